@@ -1,0 +1,154 @@
+"""The model catalogue: every model the service knows, as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec"]
+Capability = Literal["music", "sound", "melody", "continuation", "codec"]
+
+WEIGHTS_LICENCE = "CC-BY-NC-4.0"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    repo: str
+    kind: Kind
+    hub_format: Literal["transformers", "audiocraft"]
+    sample_rate: int
+    channels: int
+    codebooks: int
+    codebook_size: int
+    frame_rate_hz: float
+    capabilities: tuple[Capability, ...]
+    approx_size_gb: float
+    text_encoder: str | None = None
+    # (hidden size, attention heads, layers) of the language model, for the real checkpoints.
+    lm_shape: tuple[int, int, int] | None = None
+    bandwidths_kbps: tuple[float, ...] = ()
+    licence: str = WEIGHTS_LICENCE
+    # Extra repos the model needs at run time (AudioGen's T5 lives in its own repo).
+    extra_repos: tuple[str, ...] = field(default=())
+
+    @property
+    def window_s(self) -> float | None:
+        if self.kind in ("musicgen", "musicgen-melody"):
+            return 30.0
+        if self.kind == "audiogen":
+            return 10.0
+        return None
+
+
+def _musicgen(name: str, lm_shape: tuple[int, int, int], size_gb: float, stereo: bool, melody: bool) -> ModelSpec:
+    caps: tuple[Capability, ...] = ("music", "continuation") + (("melody",) if melody else ())
+    return ModelSpec(
+        name=name,
+        repo=f"facebook/{name}",
+        kind="musicgen-melody" if melody else "musicgen",
+        hub_format="transformers",
+        sample_rate=32000,
+        channels=2 if stereo else 1,
+        codebooks=8 if stereo else 4,
+        codebook_size=2048,
+        frame_rate_hz=50.0,
+        capabilities=caps,
+        approx_size_gb=size_gb,
+        text_encoder="t5-base",
+        lm_shape=lm_shape,
+    )
+
+
+SMALL, MEDIUM, LARGE = (1024, 16, 24), (1536, 24, 48), (2048, 32, 48)
+
+CATALOGUE: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        _musicgen("musicgen-small", SMALL, 2.4, stereo=False, melody=False),
+        _musicgen("musicgen-medium", MEDIUM, 8.0, stereo=False, melody=False),
+        _musicgen("musicgen-large", LARGE, 13.0, stereo=False, melody=False),
+        _musicgen("musicgen-melody", MEDIUM, 6.2, stereo=False, melody=True),
+        _musicgen("musicgen-melody-large", LARGE, 13.0, stereo=False, melody=True),
+        _musicgen("musicgen-stereo-small", SMALL, 2.4, stereo=True, melody=False),
+        _musicgen("musicgen-stereo-medium", MEDIUM, 8.0, stereo=True, melody=False),
+        _musicgen("musicgen-stereo-large", LARGE, 13.0, stereo=True, melody=False),
+        _musicgen("musicgen-stereo-melody", MEDIUM, 6.2, stereo=True, melody=True),
+        _musicgen("musicgen-stereo-melody-large", LARGE, 13.0, stereo=True, melody=True),
+        ModelSpec(
+            name="audiogen-medium",
+            repo="facebook/audiogen-medium",
+            kind="audiogen",
+            hub_format="audiocraft",
+            sample_rate=16000,
+            channels=1,
+            codebooks=4,
+            codebook_size=2048,
+            frame_rate_hz=50.0,
+            capabilities=("sound", "continuation"),
+            approx_size_gb=6.0,
+            text_encoder="t5-large",
+            lm_shape=MEDIUM,
+            extra_repos=("google-t5/t5-large",),
+        ),
+        ModelSpec(
+            name="encodec-24khz",
+            repo="facebook/encodec_24khz",
+            kind="encodec",
+            hub_format="transformers",
+            sample_rate=24000,
+            channels=1,
+            codebooks=32,
+            codebook_size=1024,
+            frame_rate_hz=75.0,
+            capabilities=("codec",),
+            approx_size_gb=0.09,
+            bandwidths_kbps=(1.5, 3.0, 6.0, 12.0, 24.0),
+        ),
+        ModelSpec(
+            name="encodec-48khz",
+            repo="facebook/encodec_48khz",
+            kind="encodec",
+            hub_format="transformers",
+            sample_rate=48000,
+            channels=2,
+            codebooks=16,
+            codebook_size=1024,
+            frame_rate_hz=150.0,
+            capabilities=("codec",),
+            approx_size_gb=0.09,
+            bandwidths_kbps=(3.0, 6.0, 12.0, 24.0),
+        ),
+        ModelSpec(
+            name="encodec-32khz",
+            repo="facebook/encodec_32khz",
+            kind="encodec",
+            hub_format="transformers",
+            sample_rate=32000,
+            channels=1,
+            codebooks=4,
+            codebook_size=2048,
+            frame_rate_hz=50.0,
+            capabilities=("codec",),
+            approx_size_gb=0.06,
+            bandwidths_kbps=(2.2,),
+        ),
+    ]
+}
+
+
+class UnknownModel(LookupError):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise UnknownModel(name) from None
+
+
+def names_with(capability: Capability) -> list[str]:
+    return [s.name for s in CATALOGUE.values() if capability in s.capabilities]

@@ -1,0 +1,126 @@
+"""Request and response schemas, shared by the server (validation, OpenAPI) and the CLI."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
+Normalize = Literal["loudness", "peak", "none"]
+MAX_SEED = 2**63 - 1
+
+
+class OutputOptions(BaseModel):
+    """How the audio is delivered: container, rate, depth, loudness."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    format: AudioFormat = Field("wav", description="Container and codec of the answer")
+    sample_rate: int | Literal["native"] = Field(
+        44100, description="Output sample rate in Hz, or 'native' for the model's own rate"
+    )
+    bit_depth: Literal[16, 24, 32] = Field(16, description="wav/flac sample depth; 32 means float (wav only)")
+    normalize: Normalize = Field("loudness", description="loudness: -14 LUFS; peak: -1 dBFS; none: as generated")
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _rate_in_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 8000 <= v <= 192000:
+            raise ValueError("sample_rate must be between 8000 and 192000 Hz, or 'native'")
+        return v
+
+
+class SamplingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Drawn when absent; always reported")
+    top_k: int = Field(250, ge=0, le=2048, description="Sample from the k most likely tokens; 0 = off")
+    top_p: float = Field(0.0, ge=0.0, le=1.0, description="Nucleus sampling; 0 = off (top_k applies)")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, description="0 means greedy argmax")
+    cfg_coef: float = Field(3.0, ge=0.0, le=30.0, description="Classifier-free guidance strength")
+
+
+class GenerateRequest(OutputOptions, SamplingOptions):
+    """Text to audio. Limits that depend on the server's settings come in the validation context."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    prompt: str = Field(..., min_length=1, description="What to generate, 1 to 2000 characters")
+    duration: float = Field(10.0, gt=0, description="Seconds of audio")
+    model: str | None = Field(None, description="A catalogue name; default from settings")
+    async_: bool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
+    stream: bool = Field(False, description="Send audio chunks as they are made")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_len(cls, v: str, info: ValidationInfo) -> str:
+        limit = (info.context or {}).get("max_prompt_chars", 2000)
+        if not v.strip():
+            raise ValueError("prompt must not be blank")
+        if len(v) > limit:
+            raise ValueError(f"prompt is {len(v)} characters; the limit is {limit}")
+        return v
+
+    @field_validator("duration")
+    @classmethod
+    def _duration_limit(cls, v: float, info: ValidationInfo) -> float:
+        limit = (info.context or {}).get("max_duration_s", 300.0)
+        if v > limit:
+            raise ValueError(f"duration must be at most {limit:g} s")
+        return v
+
+
+class MusicRequest(GenerateRequest):
+    duration: float = Field(10.0, gt=0, description="Seconds of audio (default 10)")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(..., description="Stable machine-readable code, e.g. invalid_field, model_not_installed")
+    message: str
+    field: str | None = None
+    hint: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+class QueueState(BaseModel):
+    queued: int
+    running: int
+    capacity: int
+
+
+class LoadedModel(BaseModel):
+    name: str
+    device: str
+    dtype: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "starting"]
+    version: str
+    device: str
+    uptime_s: float
+    models: list[LoadedModel]
+    queue: QueueState
+
+
+class ModelInfo(BaseModel):
+    name: str
+    repo: str
+    kind: str
+    capabilities: list[str]
+    installed: bool
+    size_on_disk_bytes: int
+    loaded: bool
+    device: str | None = None
+    dtype: str | None = None
+    licence: str
+    sample_rate: int
+    channels: int
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]

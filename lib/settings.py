@@ -1,0 +1,69 @@
+"""The one place that reads the environment (prefix AUDIOCRAFT_). CLI flags override it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "resource-audiocraft"
+
+
+def _default_hub_cache() -> Path:
+    # Mirrors huggingface_hub's own resolution (HF_HUB_CACHE, then HF_HOME/hub) without importing it,
+    # so a model downloaded with transformers is found and never fetched twice.
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
+    return Path(hf_home) / "hub"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUDIOCRAFT_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the server binds to")
+    port: int = Field(7862, ge=1, le=65535, description="Port of the REST API")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Jobs, artifacts, content, logs")
+    models_dir: Path | None = Field(
+        None, description="Hub-cache-layout directory holding the weights; default: the Hugging Face hub cache"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight precision; auto picks the fastest safe choice for the device"
+    )
+    runtime: Literal["auto", "docker", "native"] = Field("auto", description="How the CLI runs the server")
+
+    default_music_model: str = "musicgen-small"
+    default_sound_model: str = "audiogen-medium"
+    default_melody_model: str = "musicgen-melody"
+    default_codec_model: str = "encodec-24khz"
+
+    max_duration_s: float = Field(300.0, gt=0, description="Longest audio one request may ask for")
+    max_prompt_chars: int = Field(2000, ge=1, description="Longest text prompt")
+    max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload")
+    queue_depth: int = Field(64, ge=1, description="Queued jobs before new ones get 429")
+    max_batch: int = Field(4, ge=1, description="Requests decoded together in one batch")
+    torch_threads: int = Field(0, ge=0, description="Threads for torch; 0 = one per core")
+
+    api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def hub_cache(self) -> Path:
+        return self.models_dir if self.models_dir is not None else _default_hub_cache()
+
+    @property
+    def endpoint(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with non-None overrides (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
