@@ -124,3 +124,44 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobResult(BaseModel):
+    media_type: str
+    format: str
+    sample_rate: int
+    channels: int
+    duration_s: float
+    size_bytes: int
+
+
+class Job(BaseModel):
+    """A unit of work. Every generation is one; synchronous requests wait on theirs."""
+
+    id: str
+    kind: str = Field(..., description="music, sound, melody, continuation, ...")
+    state: JobState
+    model: str
+    seed: int | None = None
+    progress: float = Field(0.0, ge=0.0, le=1.0)
+    eta_s: float | None = None
+    position: int | None = Field(None, description="Place in the queue while queued (0 = next)")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: ErrorBody | None = None
+    result: JobResult | None = None
+    request: dict = Field(default_factory=dict)
+
+
+class JobAccepted(BaseModel):
+    job: Job
+    location: str
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    total: int
