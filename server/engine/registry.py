@@ -1,0 +1,75 @@
+"""Models in memory: loaded on first use, kept for the next request."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from lib.catalogue import ModelSpec, get_spec
+from lib.settings import Settings
+from server.engine import store
+from server.engine.device import pick_device, pick_dtype
+from server.engine.errors import ModelLoadFailed, UnsupportedRequest
+from server.engine.loaded import LoadedModel, load_musicgen
+
+_LOADERS = {"musicgen": load_musicgen, "musicgen-melody": load_musicgen}
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        self.dtype = pick_dtype(settings.dtype, self.device)
+        self._loaded: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def spec(self, name: str) -> ModelSpec:
+        """Catalogue entry of an installed model; raises UnknownModel / ModelNotInstalled."""
+        spec = get_spec(name)
+        if spec.name not in self._loaded and store.snapshot_dir(spec, self.settings.hub_cache) is None:
+            raise store.ModelNotInstalled(spec)
+        return spec
+
+    def get(self, name: str) -> LoadedModel:
+        spec = self.spec(name)
+        with self._lock:
+            lm = self._loaded.get(spec.name)
+            if lm is None:
+                lm = self._load(spec)
+                self._loaded[spec.name] = lm
+        lm.last_used = time.time()
+        return lm
+
+    def _load(self, spec: ModelSpec) -> LoadedModel:
+        loader = _LOADERS.get(spec.kind)
+        if loader is None:
+            raise UnsupportedRequest(f"{spec.name} ({spec.kind}) is not supported by this build yet", field="model")
+        snapshot = store.snapshot_dir(spec, self.settings.hub_cache)
+        if snapshot is None:
+            raise store.ModelNotInstalled(spec)
+        try:
+            return loader(spec, snapshot, self.device, self.dtype)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadFailed(
+                f"could not load {spec.name} from {snapshot}: {exc}",
+                hint=f"the files may be damaged; reinstall with: resource-audiocraft models pull {spec.name}",
+            ) from exc
+
+    def loaded(self) -> list[LoadedModel]:
+        # A copy, read without the lock: /health must never wait on a model load.
+        return list(self._loaded.values())
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def unload(self, name: str) -> bool:
+        with self._lock:
+            lm = self._loaded.pop(name, None)
+        if lm is None:
+            return False
+        del lm
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return True

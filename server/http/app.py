@@ -1,0 +1,69 @@
+"""The Starlette application: routes, error mapping, start-up and shut-down. HTTP only."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from lib import __version__
+from lib.schemas import Health, Job, JobAccepted, JobList, ModelInfo, ModelList, MusicRequest
+from lib.settings import Settings
+from server.http import errors
+from server.http.openapi import Endpoint, build_document
+from server.http.routes import generate, health, jobs, models
+from server.services import Services, build_services
+
+log = logging.getLogger("audiocraft.http")
+
+ENDPOINTS = [
+    Endpoint("GET", "/health", health.health, "Service health, never blocked by generation", answer=Health,
+             errors=(503,)),
+    Endpoint("GET", "/api/models", models.list_models, "The model catalogue", answer=ModelList),
+    Endpoint("GET", "/api/models/{name}", models.get_model, "One model", answer=ModelInfo, errors=(404,)),
+    Endpoint(
+        "POST", "/api/generate/music", generate.generate_music, "Text to music", body=MusicRequest,
+        answers_audio=True, errors=(400, 404, 409, 413, 422, 429, 503),
+    ),
+    Endpoint("GET", "/api/jobs", jobs.list_jobs, "Jobs, newest first", answer=JobList, errors=(422,),
+             query=(("state", "queued|running|succeeded|failed|cancelled"), ("limit", "1-1000"), ("offset", ""))),
+    Endpoint("GET", "/api/jobs/{job_id}", jobs.get_job, "One job", answer=Job, errors=(404,)),
+    Endpoint("GET", "/api/jobs/{job_id}/audio", jobs.job_audio, "A finished job's audio", answers_audio=True,
+             errors=(404, 409)),
+    Endpoint("DELETE", "/api/jobs/{job_id}", jobs.cancel_job, "Cancel a job", answer=Job, errors=(404,)),
+    Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics"),
+]
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
+    settings = settings or Settings()
+    svc = services or build_services(settings)
+    document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=(JobAccepted,))
+
+    async def openapi(_request: Request) -> JSONResponse:
+        return JSONResponse(document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):
+        svc.start()
+        log.info("serving on %s:%s, device %s, models from %s",
+                 settings.host, settings.port, svc.registry.device, settings.hub_cache)
+        try:
+            yield
+        finally:
+            svc.stop()
+
+    routes = [Route(ep.path, ep.handler, methods=[ep.method]) for ep in ENDPOINTS]
+    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={cls: errors.handle for cls in errors.HANDLED},
+    )
+    app.state.services = svc
+    app.state.openapi = document
+    return app

@@ -1,0 +1,81 @@
+"""POST /api/generate/*: validate, turn into a job, then wait for it (or answer 202 with it)."""
+
+from __future__ import annotations
+
+import secrets
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from lib.schemas import MAX_SEED, JobAccepted, MusicRequest
+from server.engine.errors import UnsupportedRequest
+from server.engine.text_to_audio import check_duration
+from server.http.errors import ApiError, error_response
+from server.http.payload import read_fields
+from server.jobs.job import PRIORITY_INTERACTIVE, Job
+from server.services import Services
+
+
+def job_location(job: Job) -> str:
+    return f"/api/jobs/{job.id}"
+
+
+def accepted(svc: Services, job: Job) -> JSONResponse:
+    body = JobAccepted(job=job.view(svc.scheduler.position(job)), location=job_location(job))
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": job_location(job)})
+
+
+def audio_response(job: Job) -> Response:
+    assert job.artifact is not None and job.result is not None
+    headers = {
+        "X-Job-Id": job.id,
+        "X-Seed": str(job.seed),
+        "X-Model": job.model,
+        "X-Duration-S": f"{job.result.duration_s:.6g}",
+        "X-Sample-Rate": str(job.result.sample_rate),
+        "X-Generation-Time-S": f"{job.generation_time_s or 0.0:.3f}",
+        "Content-Disposition": f'attachment; filename="{job.id}.{job.artifact.extension}"',
+    }
+    return Response(job.artifact.data, media_type=job.artifact.media_type, headers=headers)
+
+
+def failed_response(job: Job) -> JSONResponse:
+    if job.state == "cancelled":
+        return error_response(409, "cancelled", f"job {job.id} was cancelled before it finished")
+    err = job.error
+    assert err is not None
+    status = 422 if err.code in ("unsupported", "render_failed") else 503
+    return error_response(status, err.code, err.message, err.field, err.hint, headers={"X-Job-Id": job.id})
+
+
+def make_job(svc: Services, kind: str, request: BaseModel, model: str, priority: int) -> Job:
+    """Checks that need the server's state (model known, installed, able), then a queued-ready job."""
+    spec = svc.registry.spec(model)
+    if kind not in spec.capabilities:
+        raise UnsupportedRequest(f"{spec.name} cannot make {kind}", field="model")
+    check_duration(spec.window_s, request.duration, spec.name)
+    if getattr(request, "stream", False):
+        raise UnsupportedRequest(
+            "streaming is not available yet", hint='use "async": true and poll the job', field="stream"
+        )
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
+    return Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
+
+
+async def run_or_accept(svc: Services, job: Job, is_async: bool) -> Response:
+    svc.scheduler.submit(job)
+    if is_async:
+        return accepted(svc, job)
+    await svc.scheduler.wait(job)
+    return audio_response(job) if job.state == "succeeded" else failed_response(job)
+
+
+async def generate_music(request: Request) -> Response:
+    svc: Services = request.app.state.services
+    fields, files = await read_fields(request, int(svc.settings.max_upload_mb * 1e6))
+    if files:
+        raise ApiError(422, "invalid_field", "music generation takes no file upload", field=next(iter(files)))
+    req = MusicRequest.model_validate(fields, context=svc.limits)
+    job = make_job(svc, "music", req, req.model or svc.settings.default_music_model, PRIORITY_INTERACTIVE)
+    return await run_or_accept(svc, job, req.async_)

@@ -1,0 +1,40 @@
+"""GET /health and GET /metrics: cheap reads only, never waiting on model work."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from lib import __version__
+from lib.schemas import Health, LoadedModel, QueueState
+from server.engine.device import dtype_name
+
+
+async def health(request: Request) -> JSONResponse:
+    svc = request.app.state.services
+    queued, running = svc.scheduler.counts()
+    if not svc.ready:
+        status = "starting"
+    elif not svc.scheduler.alive:
+        status = "degraded"
+    else:
+        status = "ok"
+    body = Health(
+        status=status,
+        version=__version__,
+        device=svc.registry.device.type,
+        uptime_s=round(time.time() - svc.started_at, 3),
+        models=[
+            LoadedModel(name=lm.spec.name, device=lm.device.type, dtype=dtype_name(lm.dtype))
+            for lm in svc.registry.loaded()
+        ],
+        queue=QueueState(queued=queued, running=running, capacity=svc.settings.queue_depth),
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if status != "degraded" else 503)
+
+
+async def metrics(_request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,98 @@
+"""One unit of work and its life: queued -> running -> succeeded | failed | cancelled."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lib.schemas import ErrorBody, JobResult, JobState
+from lib.schemas import Job as JobView
+
+FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+# Synchronous requests jump ahead of bulk batch work.
+PRIORITY_INTERACTIVE = 0
+PRIORITY_BATCH = 10
+
+
+@dataclass
+class Artifact:
+    data: bytes
+    media_type: str
+    extension: str
+
+
+@dataclass
+class Job:
+    kind: str
+    model: str
+    request: Any  # a lib.schemas request model
+    seed: int
+    priority: int = PRIORITY_INTERACTIVE
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    state: JobState = "queued"
+    progress: float = 0.0
+    eta_s: float | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: ErrorBody | None = None
+    result: JobResult | None = None
+    artifact: Artifact | None = None
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    _waiters: list[Callable[[], None]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def generation_time_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the job ends (at once if it already has)."""
+        with self._lock:
+            if not self.finished:
+                self._waiters.append(callback)
+                return
+        callback()
+
+    def finish(self, state: JobState, error: ErrorBody | None = None) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.state = state
+            self.error = error
+            self.finished_at = time.time()
+            if state == "succeeded":
+                self.progress = 1.0
+            self.eta_s = 0.0 if state == "succeeded" else None
+            waiters, self._waiters = self._waiters, []
+        for callback in waiters:
+            callback()
+
+    def view(self, position: int | None = None) -> JobView:
+        return JobView(
+            id=self.id,
+            kind=self.kind,
+            state=self.state,
+            model=self.model,
+            seed=self.seed,
+            progress=round(self.progress, 4),
+            eta_s=None if self.eta_s is None else round(self.eta_s, 2),
+            position=position,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            error=self.error,
+            result=self.result,
+            request=self.request.model_dump(mode="json", by_alias=True, exclude_none=True),
+        )

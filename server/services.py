@@ -1,0 +1,45 @@
+"""Wires the parts together: settings -> model registry -> job scheduler. HTTP holds one of these."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from lib.settings import Settings
+from server.engine.registry import ModelRegistry
+from server.jobs.runner import GenerationRunner
+from server.jobs.scheduler import Scheduler
+
+
+@dataclass
+class Services:
+    settings: Settings
+    registry: ModelRegistry
+    scheduler: Scheduler
+    started_at: float = field(default_factory=time.time)
+    ready: bool = False
+
+    @property
+    def limits(self) -> dict[str, float]:
+        """Validation context for request schemas: the limits that come from settings."""
+        return {"max_duration_s": self.settings.max_duration_s, "max_prompt_chars": self.settings.max_prompt_chars}
+
+    def start(self) -> None:
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        self.scheduler.start()
+        self.ready = True
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.ready = False
+        self.scheduler.stop(timeout_s)
+
+
+def build_services(settings: Settings) -> Services:
+    registry = ModelRegistry(settings)
+    scheduler = Scheduler(
+        GenerationRunner(registry), queue_depth=settings.queue_depth, max_batch=settings.max_batch
+    )
+    return Services(settings=settings, registry=registry, scheduler=scheduler)
