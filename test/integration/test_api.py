@@ -1,0 +1,319 @@
+"""The HTTP API through the ASGI app, on tiny models loaded by the real code."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from starlette.testclient import TestClient
+
+from lib.settings import Settings
+from server.http.app import create_app
+
+
+def make_client(models_dir, tmp_path, **overrides) -> TestClient:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32",
+                        **overrides)
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_hub, tmp_path_factory):
+    with make_client(tiny_hub, tmp_path_factory.mktemp("api")) as c:
+        yield c
+
+
+def read_audio(resp):
+    return sf.read(io.BytesIO(resp.content), always_2d=True, dtype="float32")
+
+
+def wait_job(client, job_id, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_health(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["device"] == "cpu"
+    assert set(body["queue"]) == {"queued", "running", "capacity"}
+    assert isinstance(body["uptime_s"], float)
+
+
+def test_models_list(client):
+    models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    assert models["musicgen-small"]["installed"] is True
+    assert models["musicgen-small"]["size_on_disk_bytes"] > 0
+    assert models["musicgen-small"]["licence"] == "CC-BY-NC-4.0"
+    assert models["musicgen-stereo-small"]["channels"] == 2
+    assert models["encodec-24khz"]["installed"] is False
+    one = client.get("/api/models/musicgen-small").json()
+    assert one["sample_rate"] == 32000
+    assert client.get("/api/models/nope").status_code == 404
+
+
+def test_music_default_is_10s_44k_16bit_wav(client):
+    r = client.post("/api/generate/music", json={"prompt": "upbeat electronic music", "duration": 10})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/wav"
+    info = sf.info(io.BytesIO(r.content))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (44100, 1, 441000, "PCM_16")
+    for header in ("x-job-id", "x-seed", "x-model", "x-duration-s", "x-generation-time-s"):
+        assert header in r.headers
+    assert r.headers["x-model"] == "musicgen-small"
+    assert float(r.headers["x-duration-s"]) == 10.0
+
+
+@pytest.mark.parametrize(
+    "fmt,media,subtype",
+    [("mp3", "audio/mpeg", "MPEG_LAYER_III"), ("flac", "audio/flac", "PCM_24"), ("ogg", "audio/ogg", "VORBIS")],
+)
+def test_other_formats(client, fmt, media, subtype):
+    r = client.post("/api/generate/music", json={"prompt": "drums", "duration": 3, "format": fmt, "bit_depth": 24})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == media
+    info = sf.info(io.BytesIO(r.content))
+    assert info.subtype == subtype
+    assert abs(info.duration - 3.0) < 0.1
+
+
+def test_loudness_normalised(client):
+    import pyloudnorm
+
+    r = client.post("/api/generate/music", json={"prompt": "noise", "duration": 4, "seed": 1, "bit_depth": 32})
+    audio, rate = read_audio(r)
+    assert abs(pyloudnorm.Meter(rate).integrated_loudness(audio) + 14.0) < 0.5
+    assert np.abs(audio).max() <= 10 ** (-1 / 20) + 1e-4
+
+
+def test_stereo_model_gives_two_channels(client):
+    r = client.post("/api/generate/music", json={"prompt": "wide synth", "duration": 2, "model": "musicgen-stereo-small"})
+    assert r.status_code == 200, r.text
+    assert sf.info(io.BytesIO(r.content)).channels == 2
+
+
+def test_greedy_native_float_reproduces_transformers_sample_for_sample(client):
+    body = {"prompt": "upbeat electronic music", "duration": 2, "temperature": 0, "sample_rate": "native",
+            "bit_depth": 32, "normalize": "none", "seed": 5}
+    r = client.post("/api/generate/music", json=body)
+    assert r.status_code == 200, r.text
+    audio, rate = read_audio(r)
+    assert rate == 32000
+
+    lm = client.app.state.services.registry.get("musicgen-small")
+    inputs = lm.tokenizer([body["prompt"]], return_tensors="pt")
+    want = lm.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=100 + 3)
+    want = want[0, 0].numpy()
+    assert audio.shape == (64000, 1)
+    assert np.array_equal(audio[:, 0], want)
+
+
+def test_seed_is_reported_and_reproduces(client):
+    a = client.post("/api/generate/music", json={"prompt": "bells", "duration": 1, "format": "wav"})
+    seed = int(a.headers["x-seed"])
+    b = client.post("/api/generate/music", json={"prompt": "bells", "duration": 1, "seed": seed})
+    assert a.content == b.content
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"duration": 3}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"prompt": "x", "duration": 0}, "duration"),
+        ({"prompt": "x", "duration": -3}, "duration"),
+        ({"prompt": "x", "duration": 301}, "duration"),
+        ({"prompt": "x", "duration": "long"}, "duration"),
+        ({"prompt": "x", "format": "aiff"}, "format"),
+        ({"prompt": "x", "bit_depth": 8}, "bit_depth"),
+        ({"prompt": "x", "sample_rate": 1000}, "sample_rate"),
+        ({"prompt": "x", "temperature": -1}, "temperature"),
+        ({"prompt": "x", "top_k": -1}, "top_k"),
+        ({"prompt": "x", "seed": -1}, "seed"),
+        ({"prompt": "x", "normalize": "loud"}, "normalize"),
+        ({"prompt": "x", "colour": "blue"}, "colour"),
+    ],
+)
+def test_bad_fields_are_422_naming_the_field(client, body, field):
+    r = client.post("/api/generate/music", json=body)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_field"
+    assert err["field"] == field
+    assert err["message"]
+
+
+def test_flac_32_bit_is_refused(client):
+    r = client.post("/api/generate/music", json={"prompt": "x", "format": "flac", "bit_depth": 32})
+    assert r.status_code == 422
+    assert "24" in r.json()["error"]["message"]
+
+
+def test_duration_past_the_window_is_explained(client):
+    r = client.post("/api/generate/music", json={"prompt": "x", "duration": 45})
+    assert r.status_code == 422
+    assert r.json()["error"]["field"] == "duration"
+
+
+def test_unknown_model_is_404_with_names(client):
+    r = client.post("/api/generate/music", json={"prompt": "x", "model": "musicgen-huge"})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["code"] == "unknown_model"
+    assert "musicgen-small" in err["hint"]
+
+
+def test_wrong_kind_of_model(client):
+    r = client.post("/api/generate/music", json={"prompt": "x", "model": "encodec-24khz"})
+    assert r.status_code in (409, 422)
+
+
+def test_not_installed_is_409_with_hint(tmp_path):
+    with make_client(tmp_path / "empty-hub", tmp_path) as c:
+        r = c.post("/api/generate/music", json={"prompt": "x", "duration": 1})
+        assert r.status_code == 409
+        err = r.json()["error"]
+        assert err["code"] == "model_not_installed"
+        assert "resource-audiocraft models pull musicgen-small" in err["hint"]
+
+
+@pytest.mark.parametrize(
+    "content,ctype,status",
+    [
+        (b"{not json", "application/json", 400),
+        (b"[1, 2]", "application/json", 400),
+        (b"", "application/json", 400),
+        (b"\xff\xfe\x00garbage", "application/octet-stream", 400),
+    ],
+)
+def test_malformed_bodies_are_4xx(client, content, ctype, status):
+    r = client.post("/api/generate/music", content=content, headers={"content-type": ctype})
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+
+
+def test_body_over_the_limit_is_413(tiny_hub, tmp_path):
+    with make_client(tiny_hub, tmp_path, max_upload_mb=0.001) as c:
+        r = c.post("/api/generate/music", json={"prompt": "x" * 5000})
+        assert r.status_code == 413
+        assert r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_form_fields_work_like_json(client):
+    r = client.post("/api/generate/music", data={"prompt": "harp", "duration": "1", "format": "flac"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/flac"
+
+
+def test_async_job_then_audio(client):
+    r = client.post("/api/generate/music", json={"prompt": "organ", "duration": 2, "async": True})
+    assert r.status_code == 202
+    location = r.headers["location"]
+    job_id = r.json()["job"]["id"]
+    assert location == f"/api/jobs/{job_id}"
+    job = wait_job(client, job_id)
+    assert job["state"] == "succeeded"
+    assert job["progress"] == 1.0
+    assert job["result"]["duration_s"] == 2.0
+    audio = client.get(f"{location}/audio")
+    assert audio.status_code == 200
+    assert sf.info(io.BytesIO(audio.content)).frames == 88200
+    listed = client.get("/api/jobs", params={"state": "succeeded"}).json()
+    assert job_id in [j["id"] for j in listed["jobs"]]
+    assert client.get("/api/jobs", params={"state": "bogus"}).status_code == 422
+    assert client.get("/api/jobs/nope").status_code == 404
+
+
+def test_cancel_running_and_queued_jobs(client):
+    ids = [
+        client.post("/api/generate/music", json={"prompt": f"long {i}", "duration": 30, "async": True,
+                                                 "model": "musicgen-medium"}).json()["job"]["id"]
+        for i in range(2)
+    ]
+    # Health answers while the batch runs: it never waits on model work.
+    assert client.get("/health").status_code == 200
+    for job_id in ids:
+        assert client.delete(f"/api/jobs/{job_id}").status_code == 200
+    for job_id in ids:
+        assert wait_job(client, job_id)["state"] == "cancelled"
+    r = client.get(f"/api/jobs/{ids[0]}/audio")
+    assert r.status_code == 409
+
+
+def test_queue_full_is_429_with_retry_after(tiny_hub, tmp_path):
+    with make_client(tiny_hub, tmp_path, queue_depth=1, max_batch=1) as c:
+        codes = []
+        jobs = []
+        for i in range(4):
+            r = c.post("/api/generate/music", json={"prompt": f"q{i}", "duration": 20, "async": True})
+            codes.append(r.status_code)
+            if r.status_code == 202:
+                jobs.append(r.json()["job"]["id"])
+            else:
+                assert r.headers["retry-after"].isdigit()
+                assert r.json()["error"]["code"] == "queue_full"
+        assert 429 in codes
+        for job_id in jobs:
+            c.delete(f"/api/jobs/{job_id}")
+        assert c.get("/health").status_code == 200
+
+
+def test_broken_weights_fail_the_request_not_the_service(tiny_hub, tmp_path):
+    hub = tmp_path / "hub"
+    shutil.copytree(tiny_hub, hub, symlinks=True)
+    weights = next((hub / "models--facebook--musicgen-small" / "snapshots").glob("*/model.safetensors"))
+    blob = weights.resolve()
+    blob.write_bytes(blob.read_bytes()[:100])
+    with make_client(hub, tmp_path) as c:
+        r = c.post("/api/generate/music", json={"prompt": "x", "duration": 1})
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "model_load_failed"
+        ok = c.post("/api/generate/music", json={"prompt": "x", "duration": 1, "model": "musicgen-medium"})
+        assert ok.status_code == 200
+        assert c.get("/health").json()["status"] == "ok"
+
+
+def test_unknown_route_and_method_are_json(client):
+    r = client.get("/api/nothing-here")
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+    assert client.get("/api/generate/music").status_code == 405
+
+
+def test_openapi_is_generated_from_the_schemas(client):
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    op = doc["paths"]["/api/generate/music"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/MusicRequest")
+    props = doc["components"]["schemas"]["MusicRequest"]["properties"]
+    assert {"prompt", "duration", "model", "seed", "top_k", "top_p", "temperature", "cfg_coef", "format",
+            "sample_rate", "bit_depth", "normalize", "async"} <= set(props)
+    assert "/health" in doc["paths"] and "/api/models" in doc["paths"]
+
+
+def test_metrics(client):
+    text = client.get("/metrics").text
+    assert "audiocraft_jobs_submitted_total" in text
+
+
+def test_torch_not_required_for_lib_import():
+    import subprocess
+    import sys
+
+    code = "import lib.settings, lib.schemas, lib.catalogue, sys; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert torch.__version__.startswith("2.13")
