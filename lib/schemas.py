@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
 Normalize = Literal["loudness", "peak", "none"]
 MAX_SEED = 2**63 - 1
+# The only rates MPEG audio layer III defines (libsndfile/LAME refuses others). Defined here so the
+# CLI validates without importing the server; server.audio.encode uses this same tuple.
+MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 class OutputOptions(BaseModel):
@@ -29,6 +32,24 @@ class OutputOptions(BaseModel):
         if isinstance(v, int) and not 8000 <= v <= 192000:
             raise ValueError("sample_rate must be between 8000 and 192000 Hz, or 'native'")
         return v
+
+    @model_validator(mode="after")
+    def _format_fits_codec(self) -> OutputOptions:
+        # Combinations the codecs cannot write are refused here, as a 422 naming what works,
+        # rather than failing in the encoder after the audio has been generated.
+        if self.format == "flac" and self.bit_depth == 32:
+            raise ValueError(
+                "flac holds at most 24-bit integer samples; "
+                "use bit_depth 16 or 24, or format wav for 32-bit float"
+            )
+        rate = self.sample_rate
+        if self.format == "mp3" and isinstance(rate, int) and rate not in MP3_SAMPLE_RATES:
+            rates = ", ".join(str(r) for r in MP3_SAMPLE_RATES)
+            raise ValueError(
+                f"mp3 cannot be written at {rate} Hz; it supports {rates} Hz (48000 at most). "
+                "Pick one of those, or format wav, flac or ogg for other rates"
+            )
+        return self
 
 
 class SamplingOptions(BaseModel):
