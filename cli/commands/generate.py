@@ -1,0 +1,179 @@
+"""`generate music|sound|melody|continue`: talk to the service, write the audio to a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from cli import generation
+from cli.context import state
+
+app = typer.Typer(
+    help="Generate audio with the running service (a progress bar, then a file).", no_args_is_help=True
+)
+
+SERVER = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)")
+PROMPT = typer.Option(None, "--prompt", "-p", help="What to generate (1-2000 characters)")
+DURATION = typer.Option(
+    None, "--duration", "-d", help="Seconds of audio (service default: 10 music, 5 sound)"
+)
+MODEL = typer.Option(None, "--model", "-m", help="Catalogue model name (default from the service settings)")
+SEED = typer.Option(None, "--seed", help="Random seed (drawn when absent; always reported)")
+TOP_K = typer.Option(None, "--top-k", help="Sample among the k most likely tokens (default 250)")
+TOP_P = typer.Option(None, "--top-p", help="Nucleus sampling, 0 = off (default 0)")
+TEMPERATURE = typer.Option(None, "--temperature", help="0 = greedy (default 1.0)")
+CFG = typer.Option(None, "--cfg-coef", help="Guidance strength (default 3.0)")
+FORMAT = typer.Option(
+    None,
+    "--format",
+    "-f",
+    help="Audio format: wav (default, or the --output extension), flac, mp3, ogg; json: print JSON",
+)
+JSON_OUT = typer.Option(False, "--json", help="Print the result as JSON (for scripts)")
+SAMPLE_RATE = typer.Option(None, "--sample-rate", help="Hz (default 44100) or 'native'")
+BIT_DEPTH = typer.Option(None, "--bit-depth", help="16 (default), 24 or 32 (float)")
+NORMALIZE = typer.Option(None, "--normalize", help="loudness (default, -14 LUFS), peak or none")
+OUTPUT = typer.Option(None, "--output", "-o", help="Where to write the audio (default ./<type>-<job>.<fmt>)")
+NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar")
+
+
+def run(
+    ctx: typer.Context,
+    kind: str,
+    server: str | None,
+    output: Path | None,
+    json_out: bool,
+    no_progress: bool,
+    input_value: str | None = None,
+    **fields,
+) -> None:
+    st = state(ctx)
+    output = generation.check_output(output)
+    fields["fmt"], out_format = generation.split_format(fields.get("fmt"), output, json_out)
+    body = generation.build_request(**fields)
+    input_file = generation.resolve_input(input_value, st.settings().data_dir, "the input audio")
+    with st.client(server) as client:
+        if output is None:
+            # The job id is not known before submitting: write to a temp name, then rename.
+            tmp = Path.cwd() / f".{kind}-{os.getpid()}.pending.{body.get('format', 'wav')}"
+            outcome = generation.generate(
+                client, kind, body, tmp, input_file=input_file, progress=not no_progress
+            )
+            final = Path.cwd() / f"{kind}-{(outcome.job_id or 'result')[:8]}.{outcome.format}"
+            tmp.replace(final)
+            outcome.path = final
+        else:
+            outcome = generation.generate(
+                client, kind, body, output, input_file=input_file, progress=not no_progress
+            )
+    generation.print_outcome(outcome, out_format)
+
+
+@app.command("music")
+def music(
+    ctx: typer.Context,
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What to generate (1-2000 characters)"),
+    duration: float | None = DURATION,
+    model: str | None = MODEL,
+    seed: int | None = SEED,
+    top_k: int | None = TOP_K,
+    top_p: float | None = TOP_P,
+    temperature: float | None = TEMPERATURE,
+    cfg_coef: float | None = CFG,
+    audio_format: str | None = FORMAT,
+    sample_rate: str | None = SAMPLE_RATE,
+    bit_depth: int | None = BIT_DEPTH,
+    normalize: str | None = NORMALIZE,
+    output: Path | None = OUTPUT,
+    server: str | None = SERVER,
+    json_out: bool = JSON_OUT,
+    no_progress: bool = NO_PROGRESS,
+) -> None:
+    """Text to music (MusicGen)."""
+    run(ctx, "music", server, output, json_out, no_progress, prompt=prompt, duration=duration, model=model,
+        seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef, fmt=audio_format,
+        sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
+
+
+@app.command("sound")
+def sound(
+    ctx: typer.Context,
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What to generate (1-2000 characters)"),
+    duration: float | None = DURATION,
+    model: str | None = MODEL,
+    seed: int | None = SEED,
+    top_k: int | None = TOP_K,
+    top_p: float | None = TOP_P,
+    temperature: float | None = TEMPERATURE,
+    cfg_coef: float | None = CFG,
+    audio_format: str | None = FORMAT,
+    sample_rate: str | None = SAMPLE_RATE,
+    bit_depth: int | None = BIT_DEPTH,
+    normalize: str | None = NORMALIZE,
+    output: Path | None = OUTPUT,
+    server: str | None = SERVER,
+    json_out: bool = JSON_OUT,
+    no_progress: bool = NO_PROGRESS,
+) -> None:
+    """Text to sound effect (AudioGen)."""
+    run(ctx, "sound", server, output, json_out, no_progress, prompt=prompt, duration=duration, model=model,
+        seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef, fmt=audio_format,
+        sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
+
+
+@app.command("melody")
+def melody(
+    ctx: typer.Context,
+    melody_in: str = typer.Option(..., "--melody", help="The melody: an audio file or an audio content name"),
+    prompt: str | None = PROMPT,
+    duration: float | None = DURATION,
+    model: str | None = MODEL,
+    seed: int | None = SEED,
+    top_k: int | None = TOP_K,
+    top_p: float | None = TOP_P,
+    temperature: float | None = TEMPERATURE,
+    cfg_coef: float | None = CFG,
+    audio_format: str | None = FORMAT,
+    sample_rate: str | None = SAMPLE_RATE,
+    bit_depth: int | None = BIT_DEPTH,
+    normalize: str | None = NORMALIZE,
+    output: Path | None = OUTPUT,
+    server: str | None = SERVER,
+    json_out: bool = JSON_OUT,
+    no_progress: bool = NO_PROGRESS,
+) -> None:
+    """Music guided by a melody (MusicGen-melody), with an optional text prompt."""
+    run(ctx, "melody", server, output, json_out, no_progress, input_value=melody_in, prompt=prompt,
+        duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
+        cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
+        normalize=normalize)  # fmt: skip
+
+
+@app.command("continue")
+def continue_(
+    ctx: typer.Context,
+    audio_in: str = typer.Option(..., "--audio", help="The audio prompt: a file or an audio content name"),
+    prompt: str | None = PROMPT,
+    duration: float | None = DURATION,
+    model: str | None = MODEL,
+    seed: int | None = SEED,
+    top_k: int | None = TOP_K,
+    top_p: float | None = TOP_P,
+    temperature: float | None = TEMPERATURE,
+    cfg_coef: float | None = CFG,
+    audio_format: str | None = FORMAT,
+    sample_rate: str | None = SAMPLE_RATE,
+    bit_depth: int | None = BIT_DEPTH,
+    normalize: str | None = NORMALIZE,
+    output: Path | None = OUTPUT,
+    server: str | None = SERVER,
+    json_out: bool = JSON_OUT,
+    no_progress: bool = NO_PROGRESS,
+) -> None:
+    """Continue an audio prompt, optionally steered by text."""
+    run(ctx, "continuation", server, output, json_out, no_progress, input_value=audio_in, prompt=prompt,
+        duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
+        cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
+        normalize=normalize)  # fmt: skip

@@ -1,0 +1,207 @@
+"""`manage install|uninstall|start|stop|restart`, over the runtime interface."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from cli import ui
+from cli.commands.lifecycle import probe_health
+from cli.context import State, state
+from cli.errors import CliError, Skipped
+from lib.catalogue import CATALOGUE
+
+app = typer.Typer(help="Install, uninstall, start, stop and restart the service.", no_args_is_help=True)
+
+VENV_OPTION = typer.Option(None, "--venv", hidden=True, help="The venv to manage (default: <repo>/.venv)")
+
+
+@app.command("install")
+def install(
+    ctx: typer.Context,
+    force: bool = typer.Option(False, "--force", help="Reinstall even when installed"),
+    skip_validation: bool = typer.Option(
+        False, "--skip-validation", help="Skip the post-install import check"
+    ),
+    with_model: list[str] = typer.Option(
+        [], "--with-model", help="Also download this catalogue model (repeatable)", show_default=False
+    ),
+    venv: Path | None = VENV_OPTION,
+) -> None:
+    """Install the server (the project's venv with the server extra). Exit 2 when already installed."""
+    for name in with_model:
+        if name not in CATALOGUE:
+            raise CliError(
+                f"unknown model {name!r}", "see `resource-audiocraft models list` for catalogue names"
+            )
+    rt = state(ctx).runtime(venv=venv)
+    try:
+        ui.info(f"Installing the {rt.name} runtime ...")
+        rt.install(force=force, skip_validation=skip_validation)
+        ui.success("installed")
+    except Skipped:
+        if not with_model:
+            raise
+        ui.info("already installed")
+    for name in with_model:
+        pull_model(state(ctx), name, python=getattr(rt, "python", None))
+
+
+def pull_model(st: State, name: str, python: Path | None = None) -> None:
+    """Download a catalogue model's repos into the hub cache with huggingface_hub, in the server venv."""
+    import subprocess
+    import sys
+
+    from lib.catalogue import get_spec
+
+    spec = get_spec(name)
+    s = st.settings()
+    py = str(python) if python and Path(python).exists() else sys.executable
+    repos = [spec.repo, *spec.extra_repos]
+    code = (
+        "import sys\n"
+        "from huggingface_hub import snapshot_download\n"
+        "for repo in sys.argv[2:]:\n"
+        "    print('downloading', repo, file=sys.stderr, flush=True)\n"
+        "    snapshot_download(repo, cache_dir=sys.argv[1])\n"
+    )
+    ui.info(f"Pulling {name} ({', '.join(repos)}, about {spec.approx_size_gb:g} GB) into {s.hub_cache} ...")
+    res = subprocess.run(
+        [py, "-c", code, str(s.hub_cache), *repos], stdout=sys.stderr, stderr=subprocess.PIPE, text=True
+    )
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+        raise CliError(
+            f"could not download {name}: {last[:300]}",
+            "check the network and HF_TOKEN; offline, `models make-tiny` writes test models",
+        )
+    ui.success(f"{name} is in {s.hub_cache}")
+
+
+@app.command("uninstall")
+def uninstall(
+    ctx: typer.Context,
+    force: bool = typer.Option(False, "--force", help="No confirmation; kill the server if it will not stop"),
+    keep_data: bool = typer.Option(False, "--keep-data", help="Keep content, jobs and logs"),
+    venv: Path | None = VENV_OPTION,
+) -> None:
+    """Remove the venv (and the data unless --keep-data). Model weights stay. Exit 2 when not installed."""
+    st = state(ctx)
+    rt = st.runtime(venv=venv)
+    if not force and ui.is_interactive():
+        what = "the venv" + ("" if keep_data else f" and the data in {st.settings().data_dir}")
+        if not typer.confirm(f"Remove {what}?", default=False):
+            raise CliError("uninstall cancelled", "pass --force to skip the question")
+    removed = rt.uninstall(force=force, keep_data=keep_data)
+    # Print before returning: the venv this CLI runs from may be gone now.
+    ui.success("uninstalled: " + (", ".join(removed) or "nothing left"))
+
+
+def wait_healthy(st: State, rt, endpoint: str, timeout: float) -> None:  # noqa: ANN001
+    """Poll /health until the service answers ok; fail early if the process dies."""
+    s = st.settings()
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    with ui.err.status(f"waiting for {endpoint}/health ...", spinner="dots"):
+        while True:
+            health, why = probe_health(endpoint, s.api_key, timeout=2.0)
+            if health is not None:
+                if health.status == "ok":
+                    return
+                if health.status == "degraded":
+                    ui.warn("the service is up but degraded; see `resource-audiocraft status --verbose`")
+                    return
+                last = f"status {health.status}"
+            else:
+                last = why or last
+            if not rt.status().running:
+                raise CliError(
+                    "the server process exited while starting",
+                    "see `resource-audiocraft logs --tail 50`",
+                )
+            if time.monotonic() >= deadline:
+                raise CliError(
+                    f"the service was not healthy within {timeout:g} s ({last}); it may still be starting",
+                    "check `resource-audiocraft status` and `resource-audiocraft logs`, or raise --timeout",
+                )
+            time.sleep(0.5)
+
+
+def do_start(ctx: typer.Context, wait: bool, timeout: float) -> None:
+    st = state(ctx)
+    s = st.settings()
+    rt = st.runtime()
+    current = rt.status()
+    if current.running:
+        raise Skipped(f"already running (pid {current.pid}) at {current.endpoint}")
+    health, _ = probe_health(s.endpoint, s.api_key, timeout=1.5)
+    if health is not None:
+        raise Skipped(f"already running at {s.endpoint} (not started by this CLI)")
+    started = rt.start()
+    ui.success(f"started ({rt.name}, pid {started.pid}) on {started.endpoint}; log: {started.log_file}")
+    if wait:
+        t0 = time.monotonic()
+        wait_healthy(st, rt, started.endpoint, timeout)
+        ui.success(f"healthy after {time.monotonic() - t0:.1f} s")
+    else:
+        ui.info("[dim]`resource-audiocraft status` shows when it is ready[/dim]")
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    wait: bool = typer.Option(False, "--wait", help="Wait until /health answers ok"),
+    timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds --wait waits"),
+) -> None:
+    """Start the service in the background. Exit 2 when it already runs."""
+    do_start(ctx, wait, timeout)
+
+
+def do_stop(ctx: typer.Context, force: bool, timeout: float) -> None:
+    st = state(ctx)
+    s = st.settings()
+    rt = st.runtime()
+    current = rt.status()
+    if not current.running:
+        health, _ = probe_health(s.endpoint, s.api_key, timeout=1.5)
+        if health is not None:
+            raise CliError(
+                f"a service answers at {s.endpoint} but this CLI did not start it (no pid file)",
+                "stop it where it was started",
+            )
+    if current.running:
+        ui.info(f"stopping (pid {current.pid}) ...")
+    graceful = rt.stop(force=force, timeout=timeout)
+    if graceful:
+        ui.success("stopped")
+    else:
+        ui.success("stopped (killed)" if force else f"stopped (killed after {timeout:g} s without exiting)")
+
+
+@app.command("stop")
+def stop(
+    ctx: typer.Context,
+    force: bool = typer.Option(False, "--force", help="Kill at once (SIGKILL); running jobs are lost"),
+    timeout: float = typer.Option(
+        30.0, "--timeout", min=0, help="Seconds to drain running jobs before a kill"
+    ),
+) -> None:
+    """Stop the service: SIGTERM, drain running jobs, SIGKILL after --timeout. Exit 2 when not running."""
+    do_stop(ctx, force, timeout)
+
+
+@app.command("restart")
+def restart(
+    ctx: typer.Context,
+    force: bool = typer.Option(False, "--force", help="Kill instead of draining"),
+    wait: bool = typer.Option(False, "--wait", help="Wait until /health answers ok"),
+    timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds to wait for stop and for health"),
+) -> None:
+    """Stop (if running), then start."""
+    try:
+        do_stop(ctx, force, min(timeout, 30.0))
+    except Skipped:
+        ui.info("not running; starting")
+    do_start(ctx, wait, timeout)

@@ -1,0 +1,75 @@
+"""`serve`: run the server in the foreground (what `manage start` runs detached)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from cli import ui
+from cli.context import state
+from cli.errors import CliError
+
+
+def _timestamped_logs(settings) -> None:  # noqa: ANN001
+    """Give uvicorn's default log lines a timestamp (for `logs --since`), and let the service's own
+    loggers (server.*) reach the same stream at the configured level."""
+    try:
+        from uvicorn.config import LOGGING_CONFIG
+    except ImportError:
+        return
+    for name in ("default", "access"):
+        formatter = LOGGING_CONFIG.get("formatters", {}).get(name)
+        if formatter and "%(asctime)s" not in formatter.get("fmt", ""):
+            formatter["fmt"] = "%(asctime)s " + formatter.get("fmt", "%(message)s")
+            formatter["datefmt"] = "%Y-%m-%d %H:%M:%S"
+    loggers = LOGGING_CONFIG.setdefault("loggers", {})
+    loggers.setdefault(
+        "server", {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
+    )
+
+
+def serve_command(
+    ctx: typer.Context,
+    host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)"),
+    port: int | None = typer.Option(None, "--port", help="Port (default 7862)"),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Hub-cache directory with the weights"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Jobs, artifacts, content, logs"),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    dtype: str | None = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16"),
+    max_batch: int | None = typer.Option(None, "--max-batch", help="Requests decoded together"),
+    queue_depth: int | None = typer.Option(None, "--queue-depth", help="Queued jobs before 429"),
+    max_duration: float | None = typer.Option(
+        None, "--max-duration", help="Longest audio one request may ask"
+    ),
+    torch_threads: int | None = typer.Option(
+        None, "--torch-threads", help="Threads for torch (0 = per core)"
+    ),
+    log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error"),
+) -> None:
+    """Run the server in the foreground (Ctrl-C stops it). Flags override AUDIOCRAFT_* settings."""
+    settings = state(ctx).settings(
+        host=host,
+        port=port,
+        models_dir=models_dir,
+        data_dir=data_dir,
+        device=device,
+        dtype=dtype,
+        max_batch=max_batch,
+        queue_depth=queue_depth,
+        max_duration_s=max_duration,
+        torch_threads=torch_threads,
+        log_level=log_level,
+    )
+    try:
+        from server.main import serve
+    except ImportError as e:
+        raise CliError(
+            f"the server is not installed in this environment ({e})",
+            "run `resource-audiocraft manage install`",
+        ) from None
+    if not sys.stderr.isatty():
+        _timestamped_logs(settings)
+    ui.info(f"serving on {settings.endpoint} (models: {settings.hub_cache}, data: {settings.data_dir})")
+    serve(settings)

@@ -1,0 +1,147 @@
+"""`resource-audiocraft`: the lifecycle CLI (v2.0 contract), content, and client commands.
+
+Starts without torch: only `serve` and `models make-tiny` import the server, and only when run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from cli import ui
+from cli.commands import content, generate, jobs, lifecycle, manage, models, serve
+from cli.context import state
+from cli.errors import FAILURE, CliError
+
+app = typer.Typer(
+    name="resource-audiocraft",
+    help="A self-hosted AudioCraft audio service: lifecycle (manage, status, logs), content, generation.\n\n"
+    "Run `resource-audiocraft help` for examples, every command and the default configuration.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from lib import __version__
+
+        typer.echo(f"resource-audiocraft {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    runtime: str | None = typer.Option(
+        None, "--runtime", help="docker, native or auto (AUDIOCRAFT_RUNTIME); auto = native for now"
+    ),
+    server_host: str | None = typer.Option(None, "--host", help="Service host (AUDIOCRAFT_HOST)"),
+    port: int | None = typer.Option(None, "--port", help="Service port (AUDIOCRAFT_PORT, default 7862)"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Content, jobs, logs (AUDIOCRAFT_DATA_DIR)"
+    ),
+    models_dir: Path | None = typer.Option(
+        None, "--models-dir", help="Hub cache with weights (AUDIOCRAFT_MODELS_DIR)"
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda (AUDIOCRAFT_DEVICE)"),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors"),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version"
+    ),
+) -> None:
+    overrides = {
+        "runtime": runtime.lower() if runtime else None,
+        "host": server_host,
+        "port": port,
+        "data_dir": data_dir,
+        "models_dir": models_dir,
+        "device": device,
+    }
+    st = state(ctx)
+    st.overrides = {k: v for k, v in overrides.items() if v is not None}
+    st.debug = debug
+    if runtime:
+        from cli.runtime import resolve_runtime_name
+
+        resolve_runtime_name(runtime)  # fail fast on a bad value
+
+
+app.command("help", help="Usage examples, available commands and the default configuration.")(
+    lifecycle.help_command
+)
+app.command("info")(lifecycle.info_command)
+app.add_typer(manage.app, name="manage")
+app.command("status")(lifecycle.status_command)
+app.command("logs")(lifecycle.logs_command)
+app.command("credentials")(lifecycle.credentials_command)
+app.command("test")(lifecycle.test_command)
+app.add_typer(content.app, name="content")
+app.add_typer(generate.app, name="generate")
+app.add_typer(models.app, name="models")
+app.add_typer(jobs.app, name="jobs")
+app.command("serve")(serve.serve_command)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The console script: every error becomes one or two clear lines and a contract exit code."""
+    from typer._click import exceptions as click_exc
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="resource-audiocraft", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except CliError as e:
+        ui.error_line(e.message, e.hint)
+        code = e.code
+    except click_exc.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "resource-audiocraft"
+        ui.error_line(e.format_message(), f"see `{where} --help`")
+        code = FAILURE  # the contract keeps 2 for "skipped"
+    except click_exc.Abort:
+        ui.error_line("aborted")
+        code = FAILURE
+    except click_exc.ClickException as e:
+        ui.error_line(e.format_message())
+        code = FAILURE
+    except KeyboardInterrupt:
+        ui.error_line("interrupted")
+        code = 130
+    except BrokenPipeError:
+        code = FAILURE
+    except Exception as e:
+        from lib.content import ContentError, ContentExists, ContentNotFound, NotExecutable
+
+        if isinstance(e, ContentExists | ContentNotFound | NotExecutable):
+            ui.error_line(e.message, e.hint)
+            code = 2
+        elif isinstance(e, ContentError):
+            ui.error_line(e.message, e.hint)
+            code = FAILURE
+        else:
+            if _debug_requested(argv):
+                raise
+            first = (str(e).splitlines() or [""])[0][:300]
+            ui.error_line(
+                f"unexpected {e.__class__.__name__}: {first}",
+                "rerun with --debug for the traceback, and report it",
+            )
+            code = FAILURE
+    return code
+
+
+def main_entry() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main_entry()
