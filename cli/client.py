@@ -97,7 +97,15 @@ class Client:
     # -- endpoints -------------------------------------------------------------------------------
 
     def health(self, timeout: float = 3.0) -> Health:
-        return Health.model_validate(self.request("GET", "/health", timeout=timeout).json())
+        """/health; a degraded service answers 503 with the same body, which is still a Health."""
+        try:
+            resp = self.request("GET", "/health", timeout=timeout)
+        except ApiError as e:
+            body = getattr(e, "body", None)
+            if e.status == 503 and isinstance(body, dict) and "status" in body:
+                return Health.model_validate(body)
+            raise
+        return Health.model_validate(resp.json())
 
     def models(self) -> ModelList:
         return ModelList.model_validate(self.request("GET", "/api/models", timeout=10.0).json())
@@ -196,4 +204,6 @@ def api_error(resp: httpx.Response) -> ApiError:
     if resp.status_code == 429 and not hint:
         retry = resp.headers.get("Retry-After")
         hint = f"the queue is full; retry in {retry} s" if retry else "the queue is full; retry later"
-    return ApiError(resp.status_code, code, message, hint, field)
+    err = ApiError(resp.status_code, code, message, hint, field)
+    err.body = body
+    return err

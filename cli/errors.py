@@ -36,6 +36,7 @@ class ApiError(CliError):
         self.status = status
         self.error_code = code
         self.field = field
+        self.body: object = None  # the parsed answer, when it was JSON
 
 
 class ServiceDown(CliError):

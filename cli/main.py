@@ -13,7 +13,7 @@ import typer
 from cli import ui
 from cli.commands import content, generate, jobs, lifecycle, manage, models, serve
 from cli.context import state
-from cli.errors import FAILURE, CliError
+from cli.errors import FAILURE, SKIPPED, CliError
 
 app = typer.Typer(
     name="resource-audiocraft",
@@ -101,7 +101,10 @@ def run(argv: list[str] | None = None) -> int:
         rv = command.main(args=argv, prog_name="resource-audiocraft", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
     except CliError as e:
-        ui.error_line(e.message, e.hint)
+        if e.code == SKIPPED:
+            ui.skipped_line(e.message, e.hint)
+        else:
+            ui.error_line(e.message, e.hint)
         code = e.code
     except click_exc.UsageError as e:
         where = e.ctx.command_path if e.ctx is not None else "resource-audiocraft"
@@ -122,8 +125,8 @@ def run(argv: list[str] | None = None) -> int:
         from lib.content import ContentError, ContentExists, ContentNotFound, NotExecutable
 
         if isinstance(e, ContentExists | ContentNotFound | NotExecutable):
-            ui.error_line(e.message, e.hint)
-            code = 2
+            ui.skipped_line(e.message, e.hint)
+            code = SKIPPED
         elif isinstance(e, ContentError):
             ui.error_line(e.message, e.hint)
             code = FAILURE

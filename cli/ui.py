@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: tables stay whole for grep and logs.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 TEXT_FORMATS = ("text", "json", "yaml")
 
@@ -77,10 +78,17 @@ def error_line(message: str, hint: str | None = None) -> None:
         err.print(f"  [dim]→[/dim] {escape(hint)}")
 
 
+def skipped_line(message: str, hint: str | None = None) -> None:
+    """The contract's exit-2 cases (already running, not found, ...): not an error, nothing was done."""
+    err.print(f"[yellow]skipped:[/yellow] {escape(message)}")
+    if hint:
+        err.print(f"  [dim]→[/dim] {escape(hint)}")
+
+
 def table(columns: Iterable[str], rows: Iterable[Iterable[Any]], title: str | None = None) -> None:
     t = Table(title=title, header_style="bold", show_edge=False)
     for c in columns:
-        t.add_column(c)
+        t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*["" if v is None else escape(str(v)) for v in r])
     out.print(t)
