@@ -87,6 +87,59 @@ app.add_typer(jobs.app, name="jobs")
 app.command("serve")(serve.serve_command)
 
 
+# Global options that take a value / that are flags. They may also follow the subcommand
+# (`status --port 9000`) unless that subcommand has an option of the same name (`serve --port`).
+_GLOBAL_VALUED = ("--runtime", "--host", "--port", "--data-dir", "--models-dir", "--device")
+_GLOBAL_FLAGS = ("--debug",)
+
+
+def hoist_global_options(command, argv: list[str]) -> list[str]:  # noqa: ANN001 - a click Group
+    """Move global options written after the subcommand to the front, where click expects them."""
+    group, i, first = command, 0, None
+    # Skip leading global options, then walk down the command path.
+    while i < len(argv):
+        tok = argv[i]
+        if tok in _GLOBAL_VALUED:
+            i += 2
+            continue
+        if tok.split("=", 1)[0] in _GLOBAL_VALUED or tok in _GLOBAL_FLAGS or tok.startswith("-"):
+            i += 1
+            continue
+        sub = getattr(group, "commands", {}).get(tok)
+        if sub is None:
+            return argv
+        group = sub
+        first = i if first is None else first
+        i += 1
+        if not getattr(group, "commands", None):
+            break
+    else:
+        return argv
+    own = {opt for p in getattr(group, "params", []) for opt in (*p.opts, *p.secondary_opts)}
+    head, rest, moved = argv[:i], argv[i:], []
+    kept: list[str] = []
+    j = 0
+    while j < len(rest):
+        tok = rest[j]
+        if tok == "--":
+            kept.extend(rest[j:])
+            break
+        name = tok.split("=", 1)[0]
+        if name in own:
+            kept.append(tok)
+        elif tok in _GLOBAL_VALUED and j + 1 < len(rest):
+            moved.extend(rest[j : j + 2])
+            j += 2
+            continue
+        elif name in _GLOBAL_VALUED and "=" in tok or tok in _GLOBAL_FLAGS:
+            moved.append(tok)
+        else:
+            kept.append(tok)
+        j += 1
+    # Right before the subcommand: after any global options already in front, so the later wins.
+    return head[:first] + moved + head[first:] + kept
+
+
 def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv
 
@@ -97,6 +150,7 @@ def run(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(app)
+    argv = hoist_global_options(command, argv)
     try:
         rv = command.main(args=argv, prog_name="resource-audiocraft", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
