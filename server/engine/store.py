@@ -1,0 +1,131 @@
+"""Where models live: a directory in the Hugging Face hub cache layout.
+
+    <hub_cache>/models--<org>--<name>/
+        blobs/<etag>                      file contents (sha256 for LFS files, git blob sha1 otherwise)
+        snapshots/<commit>/<file>         relative symlinks into blobs/
+        refs/main                         the commit that "main" points to
+
+A model counts as installed only when refs/main names a snapshot that holds every file the engine
+needs, so an interrupted download or write is never mistaken for a model. Everything here reads a
+few small files and never touches the network: GET /api/models calls it for every catalogue entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from huggingface_hub.file_download import repo_folder_name
+
+from lib.catalogue import ModelSpec
+
+# Any one of these is a complete set of weights for a transformers-format repo.
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_TRANSFORMERS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# Extra repos (AudioGen's T5) are plain transformers repos; a T5 snapshot also needs its tokenizer.
+_AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
+
+
+class ModelNotInstalled(LookupError):
+    """The model's weights are not in the hub cache (or only partly)."""
+
+    def __init__(self, spec: ModelSpec, hub_cache: Path | None = None):
+        self.spec = spec
+        self.hub_cache = hub_cache
+        self.hint = f"resource-audiocraft models pull {spec.name}"
+        where = f" in {hub_cache}" if hub_cache is not None else ""
+        super().__init__(f"model {spec.name} ({spec.repo}) is not installed{where}; run: {self.hint}")
+
+
+def repo_folder(repo: str, hub_cache: Path) -> Path:
+    """The cache folder of a model repo: models--org--name."""
+    return Path(hub_cache) / repo_folder_name(repo_id=repo, repo_type="model")
+
+
+def current_revision(repo: str, hub_cache: Path) -> str | None:
+    """The commit refs/main points to, or None when there is no readable ref."""
+    ref = repo_folder(repo, hub_cache) / "refs" / "main"
+    try:
+        rev = ref.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    # A ref names a commit: 40 hex digits. Anything else is not something we wrote or downloaded.
+    if len(rev) != 40 or any(c not in "0123456789abcdef" for c in rev.lower()):
+        return None
+    return rev
+
+
+def _has_transformers_weights(snapshot: Path) -> bool:
+    if not (snapshot / "config.json").is_file():
+        return False
+    if any((snapshot / name).is_file() for name in _TRANSFORMERS_WEIGHTS):
+        return True
+    for index_name in _TRANSFORMERS_INDEXES:
+        index = snapshot / index_name
+        if not index.is_file():
+            continue
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if shards and all((snapshot / shard).is_file() for shard in shards):
+            return True
+    return False
+
+
+def _complete(snapshot: Path, hub_format: str) -> bool:
+    # is_file() follows the snapshot's symlinks, so a link to a missing blob counts as missing.
+    if hub_format == "transformers":
+        return _has_transformers_weights(snapshot)
+    if hub_format == "audiocraft":
+        return all((snapshot / name).is_file() for name in _AUDIOCRAFT_FILES)
+    raise ValueError(f"unknown hub format: {hub_format!r}")
+
+
+def _snapshot_of(repo: str, hub_format: str, hub_cache: Path) -> Path | None:
+    rev = current_revision(repo, hub_cache)
+    if rev is None:
+        return None
+    snapshot = repo_folder(repo, hub_cache) / "snapshots" / rev
+    return snapshot if snapshot.is_dir() and _complete(snapshot, hub_format) else None
+
+
+def snapshot_dir(spec: ModelSpec, hub_cache: Path) -> Path | None:
+    """The snapshot refs/main points to, if it holds the files the engine needs; else None."""
+    return _snapshot_of(spec.repo, spec.hub_format, hub_cache)
+
+
+def is_installed(spec: ModelSpec, hub_cache: Path) -> bool:
+    """The model and every extra repo it needs at run time (AudioGen's T5) are complete."""
+    if snapshot_dir(spec, hub_cache) is None:
+        return False
+    return all(_snapshot_of(repo, "transformers", hub_cache) is not None for repo in spec.extra_repos)
+
+
+def require_snapshot(spec: ModelSpec, hub_cache: Path) -> Path:
+    """snapshot_dir, or ModelNotInstalled."""
+    snapshot = snapshot_dir(spec, hub_cache)
+    if snapshot is None:
+        raise ModelNotInstalled(spec, hub_cache)
+    return snapshot
+
+
+def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:
+    """Bytes held in the repo folder's blobs/ (all revisions, partial downloads too); 0 when absent.
+
+    Only the spec's own repo: extra repos (AudioGen's T5) may be shared with other models.
+    """
+    blobs = repo_folder(spec.repo, hub_cache) / "blobs"
+    total = 0
+    try:
+        with os.scandir(blobs) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    except OSError:
+        return 0
+    return total
