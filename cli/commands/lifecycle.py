@@ -367,7 +367,6 @@ def test_command(
     rs = st.runtime().status()
     if rs.running:
         env["AUDIOCRAFT_PORT"] = str(rs.port)
-    env["AUDIOCRAFT_TEST_PYTHON"] = sys.executable
     started = time.monotonic()
     try:
         code = subprocess.call(["bash", str(script), phase], env=env, cwd=paths.project_root())

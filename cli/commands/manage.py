@@ -129,10 +129,10 @@ def wait_healthy(st: State, rt, endpoint: str, timeout: float) -> None:  # noqa:
             time.sleep(0.5)
 
 
-def do_start(ctx: typer.Context, wait: bool, timeout: float) -> None:
+def do_start(ctx: typer.Context, wait: bool, timeout: float, venv: Path | None = None) -> None:
     st = state(ctx)
     s = st.settings()
-    rt = st.runtime()
+    rt = st.runtime(venv=venv)
     current = rt.status()
     if current.running:
         raise Skipped(f"already running (pid {current.pid}) at {current.endpoint}")
@@ -154,9 +154,10 @@ def start(
     ctx: typer.Context,
     wait: bool = typer.Option(False, "--wait", help="Wait until /health answers ok"),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds --wait waits"),
+    venv: Path | None = VENV_OPTION,
 ) -> None:
     """Start the service in the background. Exit 2 when it already runs."""
-    do_start(ctx, wait, timeout)
+    do_start(ctx, wait, timeout, venv)
 
 
 def do_stop(ctx: typer.Context, force: bool, timeout: float) -> None:
