@@ -39,7 +39,5 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     registry = ModelRegistry(settings)
-    scheduler = Scheduler(
-        GenerationRunner(registry), queue_depth=settings.queue_depth, max_batch=settings.max_batch
-    )
+    scheduler = Scheduler(GenerationRunner(registry), queue_depth=settings.queue_depth, max_batch=settings.max_batch)
     return Services(settings=settings, registry=registry, scheduler=scheduler)

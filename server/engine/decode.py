@@ -96,10 +96,7 @@ def generate_codes(
             cond, uncond = logits[:batch], logits[batch:]
             logits = torch.where(cfg == 1.0, cond, guide(cond, uncond, cfg))
         next_tokens = torch.stack(
-            [
-                sample(logits[i], r.temperature, r.top_k, r.top_p, generators[i])
-                for i, r in enumerate(requests)
-            ]
+            [sample(logits[i], r.temperature, r.top_k, r.top_p, generators[i]) for i, r in enumerate(requests)]
         )
         col = step + 1
         sequence[:, :, col] = torch.where(keep[:, :, col], next_tokens, sequence[:, :, col])
@@ -113,10 +110,7 @@ def generate_codes(
             if not live:
                 break
 
-    return [
-        None if cancelled[i] else delay.undelay(sequence[i], r.n_frames, delays)
-        for i, r in enumerate(requests)
-    ]
+    return [None if cancelled[i] else delay.undelay(sequence[i], r.n_frames, delays) for i, r in enumerate(requests)]
 
 
 @torch.inference_mode()

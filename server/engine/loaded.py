@@ -64,7 +64,11 @@ def load_musicgen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: 
     """Load from a local snapshot folder only: no network at load time."""
     import time
 
-    from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+    )
 
     started = time.perf_counter()
     cls = MusicgenMelodyForConditionalGeneration if spec.kind == "musicgen-melody" else MusicgenForConditionalGeneration

@@ -51,7 +51,7 @@ class ModelRegistry:
             raise store.ModelNotInstalled(spec)
         try:
             return loader(spec, snapshot, self.device, self.dtype)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
             raise ModelLoadFailed(
                 f"could not load {spec.name} from {snapshot}: {exc}",
                 hint=f"the files may be damaged; reinstall with: resource-audiocraft models pull {spec.name}",

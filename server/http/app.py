@@ -21,19 +21,38 @@ from server.services import Services, build_services
 log = logging.getLogger("audiocraft.http")
 
 ENDPOINTS = [
-    Endpoint("GET", "/health", health.health, "Service health, never blocked by generation", answer=Health,
-             errors=(503,)),
+    Endpoint(
+        "GET", "/health", health.health, "Service health, never blocked by generation", answer=Health, errors=(503,)
+    ),
     Endpoint("GET", "/api/models", models.list_models, "The model catalogue", answer=ModelList),
     Endpoint("GET", "/api/models/{name}", models.get_model, "One model", answer=ModelInfo, errors=(404,)),
     Endpoint(
-        "POST", "/api/generate/music", generate.generate_music, "Text to music", body=MusicRequest,
-        answers_audio=True, errors=(400, 404, 409, 413, 422, 429, 503),
+        "POST",
+        "/api/generate/music",
+        generate.generate_music,
+        "Text to music",
+        body=MusicRequest,
+        answers_audio=True,
+        errors=(400, 404, 409, 413, 422, 429, 503),
     ),
-    Endpoint("GET", "/api/jobs", jobs.list_jobs, "Jobs, newest first", answer=JobList, errors=(422,),
-             query=(("state", "queued|running|succeeded|failed|cancelled"), ("limit", "1-1000"), ("offset", ""))),
+    Endpoint(
+        "GET",
+        "/api/jobs",
+        jobs.list_jobs,
+        "Jobs, newest first",
+        answer=JobList,
+        errors=(422,),
+        query=(("state", "queued|running|succeeded|failed|cancelled"), ("limit", "1-1000"), ("offset", "")),
+    ),
     Endpoint("GET", "/api/jobs/{job_id}", jobs.get_job, "One job", answer=Job, errors=(404,)),
-    Endpoint("GET", "/api/jobs/{job_id}/audio", jobs.job_audio, "A finished job's audio", answers_audio=True,
-             errors=(404, 409)),
+    Endpoint(
+        "GET",
+        "/api/jobs/{job_id}/audio",
+        jobs.job_audio,
+        "A finished job's audio",
+        answers_audio=True,
+        errors=(404, 409),
+    ),
     Endpoint("DELETE", "/api/jobs/{job_id}", jobs.cancel_job, "Cancel a job", answer=Job, errors=(404,)),
     Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics"),
 ]
@@ -50,8 +69,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette):
         svc.start()
-        log.info("serving on %s:%s, device %s, models from %s",
-                 settings.host, settings.port, svc.registry.device, settings.hub_cache)
+        log.info(
+            "serving on %s:%s, device %s, models from %s",
+            settings.host,
+            settings.port,
+            svc.registry.device,
+            settings.hub_cache,
+        )
         try:
             yield
         finally:

@@ -94,7 +94,9 @@ def to_response(exc: Exception) -> JSONResponse:
                 headers={"Retry-After": str(exc.retry_after_s)},
             )
         case JobNotFound():
-            return error_response(404, "job_not_found", f"there is no job '{exc.job_id}'", hint="GET /api/jobs lists them")
+            return error_response(
+                404, "job_not_found", f"there is no job '{exc.job_id}'", hint="GET /api/jobs lists them"
+            )
         case HTTPException():
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
             return error_response(exc.status_code, code, str(exc.detail))

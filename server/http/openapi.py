@@ -38,8 +38,10 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in (part[1:-1].split(":")[0] for part in ep.path.split("/") if part.startswith("{"))
     ]
-    params += [{"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
-               for n, d in ep.query]
+    params += [
+        {"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
+        for n, d in ep.query
+    ]
     if params:
         op["parameters"] = params
     if ep.body is not None:
@@ -71,9 +73,7 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
 def build_document(endpoints: Sequence[Endpoint], title: str, version: str, extra: Sequence[type[BaseModel]] = ()):
     models = {m for ep in endpoints for m in (ep.body, ep.answer) if m is not None} | {ErrorEnvelope, *extra}
     ordered = sorted(models, key=lambda m: m.__name__)
-    _, schemas = models_json_schema(
-        [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
-    )
+    _, schemas = models_json_schema([(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}")
     paths: dict[str, dict[str, Any]] = {}
     for ep in endpoints:
         paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)

@@ -17,8 +17,7 @@ from server.http.app import create_app
 
 
 def make_client(models_dir, tmp_path, **overrides) -> TestClient:
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32",
-                        **overrides)
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32", **overrides)
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
@@ -94,19 +93,30 @@ def test_loudness_normalised(client):
 
     r = client.post("/api/generate/music", json={"prompt": "noise", "duration": 4, "seed": 1, "bit_depth": 32})
     audio, rate = read_audio(r)
-    assert abs(pyloudnorm.Meter(rate).integrated_loudness(audio) + 14.0) < 0.5
-    assert np.abs(audio).max() <= 10 ** (-1 / 20) + 1e-4
+    loudness, peak = pyloudnorm.Meter(rate).integrated_loudness(audio), np.abs(audio).max()
+    assert peak <= 10 ** (-1 / 20) + 1e-4
+    # -14 LUFS unless the -1 dBFS peak cap stops it first (random-weight codecs add a large DC offset).
+    assert abs(loudness + 14.0) < 0.5 or (loudness < -14.0 and abs(peak - 10 ** (-1 / 20)) < 1e-3)
 
 
 def test_stereo_model_gives_two_channels(client):
-    r = client.post("/api/generate/music", json={"prompt": "wide synth", "duration": 2, "model": "musicgen-stereo-small"})
+    r = client.post(
+        "/api/generate/music", json={"prompt": "wide synth", "duration": 2, "model": "musicgen-stereo-small"}
+    )
     assert r.status_code == 200, r.text
     assert sf.info(io.BytesIO(r.content)).channels == 2
 
 
 def test_greedy_native_float_reproduces_transformers_sample_for_sample(client):
-    body = {"prompt": "upbeat electronic music", "duration": 2, "temperature": 0, "sample_rate": "native",
-            "bit_depth": 32, "normalize": "none", "seed": 5}
+    body = {
+        "prompt": "upbeat electronic music",
+        "duration": 2,
+        "temperature": 0,
+        "sample_rate": "native",
+        "bit_depth": 32,
+        "normalize": "none",
+        "seed": 5,
+    }
     r = client.post("/api/generate/music", json=body)
     assert r.status_code == 200, r.text
     audio, rate = read_audio(r)
@@ -240,8 +250,10 @@ def test_async_job_then_audio(client):
 
 def test_cancel_running_and_queued_jobs(client):
     ids = [
-        client.post("/api/generate/music", json={"prompt": f"long {i}", "duration": 30, "async": True,
-                                                 "model": "musicgen-medium"}).json()["job"]["id"]
+        client.post(
+            "/api/generate/music",
+            json={"prompt": f"long {i}", "duration": 30, "async": True, "model": "musicgen-medium"},
+        ).json()["job"]["id"]
         for i in range(2)
     ]
     # Health answers while the batch runs: it never waits on model work.
@@ -300,8 +312,21 @@ def test_openapi_is_generated_from_the_schemas(client):
     op = doc["paths"]["/api/generate/music"]["post"]
     assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/MusicRequest")
     props = doc["components"]["schemas"]["MusicRequest"]["properties"]
-    assert {"prompt", "duration", "model", "seed", "top_k", "top_p", "temperature", "cfg_coef", "format",
-            "sample_rate", "bit_depth", "normalize", "async"} <= set(props)
+    assert {
+        "prompt",
+        "duration",
+        "model",
+        "seed",
+        "top_k",
+        "top_p",
+        "temperature",
+        "cfg_coef",
+        "format",
+        "sample_rate",
+        "bit_depth",
+        "normalize",
+        "async",
+    } <= set(props)
     assert "/health" in doc["paths"] and "/api/models" in doc["paths"]
 
 

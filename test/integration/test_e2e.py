@@ -75,8 +75,9 @@ def test_prd_music_generation(server):
 
 
 def test_prd_mp3(server):
-    r = httpx.post(f"{server}/api/generate/music", json={"prompt": "piano", "duration": 3, "format": "mp3"},
-                   timeout=300)
+    r = httpx.post(
+        f"{server}/api/generate/music", json={"prompt": "piano", "duration": 3, "format": "mp3"}, timeout=300
+    )
     assert r.status_code == 200
     assert r.headers["content-type"] == "audio/mpeg"
     assert abs(sf.info(io.BytesIO(r.content)).duration - 3.0) < 0.1
@@ -89,5 +90,7 @@ def test_prd_model_list(server):
 
 def test_errors_then_still_serving(server):
     assert httpx.post(f"{server}/api/generate/music", content=b"{", timeout=5).status_code == 400
-    assert httpx.post(f"{server}/api/generate/music", json={"prompt": "x", "model": "nope"}, timeout=5).status_code == 404
+    assert (
+        httpx.post(f"{server}/api/generate/music", json={"prompt": "x", "model": "nope"}, timeout=5).status_code == 404
+    )
     assert httpx.get(f"{server}/health", timeout=5).status_code == 200

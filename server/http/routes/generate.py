@@ -35,7 +35,7 @@ def audio_response(job: Job) -> Response:
         "X-Duration-S": f"{job.result.duration_s:.6g}",
         "X-Sample-Rate": str(job.result.sample_rate),
         "X-Generation-Time-S": f"{job.generation_time_s or 0.0:.3f}",
-        "Content-Disposition": f'attachment; filename="{job.id}.{job.artifact.extension}"',
+        "Content-Disposition": f'attachment; filename="{job.id}{job.artifact.extension}"',
     }
     return Response(job.artifact.data, media_type=job.artifact.media_type, headers=headers)
 
