@@ -160,11 +160,17 @@ def run(argv: list[str] | None = None) -> int:
         else:
             ui.error_line(e.message, e.hint)
         code = e.code
+    except click_exc.NoArgsIsHelpError as e:
+        # A bare group (`resource-audiocraft`, `... manage`): its help, as --help would print it.
+        help_text = e.ctx.get_help() if e.ctx is not None else ""
+        if help_text:
+            sys.stdout.write(help_text + "\n")
+        code = 0
     except click_exc.UsageError as e:
         where = e.ctx.command_path if e.ctx is not None else "resource-audiocraft"
         ui.error_line(e.format_message(), f"see `{where} --help`")
         code = FAILURE  # the contract keeps 2 for "skipped"
-    except click_exc.Abort:
+    except typer.Abort:
         ui.error_line("aborted")
         code = FAILURE
     except click_exc.ClickException as e:

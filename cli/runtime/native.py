@@ -185,7 +185,7 @@ class NativeRuntime(Runtime):
             )
 
     def uninstall(self, force: bool = False, keep_data: bool = False) -> list[str]:
-        has_data = self.data_dir.exists() and not keep_data
+        has_data = self._has_data() and not keep_data
         if not self.venv.exists() and not has_data:
             raise Skipped(f"not installed (no venv at {self.venv})")
         removed: list[str] = []
@@ -198,6 +198,10 @@ class NativeRuntime(Runtime):
             shutil.rmtree(self.venv, ignore_errors=True)
             removed.append(f"venv {self.venv}")
         return removed
+
+    def _has_data(self) -> bool:
+        d = self.data_dir
+        return (d / DATA_MARKER).exists() or any((d / entry).exists() for entry in OWN_DATA_ENTRIES)
 
     def _remove_data(self) -> list[str]:
         d = self.data_dir
@@ -214,6 +218,8 @@ class NativeRuntime(Runtime):
             else:
                 continue
             removed.append(f"data {p}")
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when nothing else is left in it
         return removed
 
     # -- process ---------------------------------------------------------------------------------

@@ -1,0 +1,95 @@
+"""Helpers for the CLI tests (no tests here): drive the real CLI as a subprocess, isolated — its own
+data dir, a free port, no inherited AUDIOCRAFT_* settings. Named test_cli_* to live beside them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_command() -> list[str]:
+    """The console script next to this interpreter (the venv's), else `python -m cli.main`."""
+    script = Path(sys.executable).with_name("resource-audiocraft")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+class Cli:
+    def __init__(self, data_dir: Path, port: int, cwd: Path, **env: str):
+        self.data_dir = data_dir
+        self.port = port
+        self.cwd = cwd
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOCRAFT_")}
+        base.update(
+            {
+                "AUDIOCRAFT_DATA_DIR": str(data_dir),
+                "AUDIOCRAFT_PORT": str(port),
+                "AUDIOCRAFT_HOST": "127.0.0.1",
+                "NO_COLOR": "1",
+                "COLUMNS": "200",
+            }
+        )
+        base.update(env)
+        self.env = base
+
+    def __call__(self, *args: str, timeout: float = 60.0, input: str | None = None, **env: str) -> Result:
+        t0 = time.monotonic()
+        p = subprocess.run(
+            [*cli_command(), *args],
+            capture_output=True,
+            text=True,
+            env={**self.env, **env},
+            cwd=self.cwd,
+            timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+
+
+def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000) -> Path:
+    import math
+    import struct
+    import wave
+
+    frames = int(seconds * rate)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(
+            b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate))) for i in range(frames))
+        )
+    return path
+
+
+def assert_clean_error(r: Result, code: int = 1) -> None:
+    """A failure is one or two lines on stderr, no traceback, the contract's exit code."""
+    assert r.code == code, (r.code, r.out, r.err)
+    assert "Traceback" not in r.text, r.text
+    lines = [ln for ln in r.err.splitlines() if ln.strip()]
+    assert 1 <= len(lines) <= 2, r.err
