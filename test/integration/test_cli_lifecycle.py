@@ -1,0 +1,191 @@
+"""The issue's "done when", through the real CLI and a real server process on tiny models:
+manage start --wait → status → content generate → content list → test smoke → manage stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import wave
+from pathlib import Path
+
+import pytest
+from test_cli_support import Cli, assert_clean_error, free_port, write_wav
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def live(tiny_hub, tmp_path_factory):
+    """A CLI bound to its own data dir and port, with the service started by `manage start --wait`."""
+    base = tmp_path_factory.mktemp("cli-live")
+    work = base / "work"
+    work.mkdir()
+    cli = Cli(base / "data", free_port(), cwd=work, AUDIOCRAFT_MODELS_DIR=str(tiny_hub), AUDIOCRAFT_DEVICE="cpu")
+    r = cli("manage", "start", "--wait", "--timeout", "90", timeout=120)
+    assert r.code == 0, r.text + _log(cli)
+    yield cli
+    # Whatever happened in the tests, leave no server behind.
+    pid_file = cli.data_dir / "server.pid"
+    if pid_file.exists():
+        cli("manage", "stop", "--timeout", "20", timeout=60)
+    if pid_file.exists():
+        try:
+            os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
+def _log(cli: Cli) -> str:
+    log = cli.data_dir / "logs" / "server.log"
+    return "\n--- server.log ---\n" + (log.read_text()[-4000:] if log.exists() else "(none)")
+
+
+def test_status_json_running_and_healthy(live):
+    r = live("status", "--json", timeout=15)
+    assert r.code == 0, r.text
+    assert r.out.startswith("{")
+    data = json.loads(r.out)
+    assert data["running"] is True and data["healthy"] is True
+    assert data["port"] == live.port
+    assert data["endpoint"] == f"http://127.0.0.1:{live.port}"
+    assert isinstance(data["pid"], int)
+    assert data["version"] and data["device"] == "cpu"
+    assert set(data["queue"]) == {"queued", "running", "capacity"}
+    assert r.seconds < 10
+    text = live("status")
+    assert text.code == 0 and "healthy" in text.out
+
+
+def test_start_again_exits_2(live):
+    r = live("manage", "start")
+    assert r.code == 2, r.text
+    assert "already running" in r.err
+
+
+def test_content_generate_music_writes_a_5s_wav(live, tmp_path):
+    out = tmp_path / "x.wav"
+    r = live(
+        "content", "generate", "--type", "music", "--prompt", "calm piano", "--duration", "5",
+        "--output", str(out), "--seed", "7", timeout=300,
+    )  # fmt: skip
+    assert r.code == 0, r.text + _log(live)
+    with wave.open(str(out)) as w:
+        assert abs(w.getnframes() / w.getframerate() - 5.0) < 0.05
+    assert "saved as content" in r.out
+
+    listed = live("content", "list", "--format", "json")
+    assert listed.code == 0
+    items = [i for i in json.loads(listed.out) if i["source"] == "generated"]
+    assert len(items) >= 1
+    item = next(i for i in items if i["metadata"].get("seed") == 7)
+    assert item["type"] == "audio" and item["duration_s"] == pytest.approx(5.0, abs=0.05)
+    assert item["metadata"]["prompt"] == "calm piano"
+    assert item["metadata"]["model"] == "musicgen-small"
+    # The stored copy is the same audio as --output.
+    got = tmp_path / "copy.wav"
+    assert live("content", "get", "--name", item["name"], "--output", str(got)).code == 0
+    assert got.read_bytes() == out.read_bytes()
+
+
+def test_content_generate_named_json_and_existing_name(live):
+    r = live(
+        "content", "generate", "--type", "music", "--prompt", "drums", "--duration", "1", "--name", "beat",
+        "--json", timeout=300,
+    )  # fmt: skip
+    assert r.code == 0, r.text
+    data = json.loads(r.out)
+    assert data["content"] == "beat" and data["duration_s"] == pytest.approx(1.0, abs=0.05)
+    assert Path(data["output"]).is_file()
+    again = live("content", "generate", "--type", "music", "--prompt", "drums", "--name", "beat")
+    assert again.code == 2
+
+
+def test_preset_execute(live, tmp_path):
+    preset = tmp_path / "short.json"
+    preset.write_text(json.dumps({"type": "music", "prompt": "soft pad", "duration": 1, "model": "musicgen-small"}))
+    assert live("content", "add", "--file", str(preset)).code == 0
+    r = live("content", "execute", "--name", "short", "--options", '{"seed": 11}', "--format", "json", timeout=300)
+    assert r.code == 0, r.text
+    data = json.loads(r.out)
+    assert data["seed"] == 11 and data["content"].startswith("short-")
+
+
+def test_generate_music_client_command(live, tmp_path):
+    out = tmp_path / "beat.flac"
+    r = live("generate", "music", "--prompt", "lofi", "--duration", "1", "--output", str(out), "--json", timeout=300)
+    assert r.code == 0, r.text
+    data = json.loads(r.out)
+    assert data["format"] == "flac" and out.read_bytes()[:4] == b"fLaC"
+    # A model error from the service: its message and hint, exit 1.
+    bad = live("generate", "music", "--prompt", "x", "--model", "no-such-model")
+    assert_clean_error(bad)
+    assert "no-such-model" in bad.err
+
+
+def test_types_without_an_endpoint_yet_fail_clearly(live, tmp_path):
+    r = live("generate", "sound", "--prompt", "rain")
+    if r.code == 0:
+        pytest.skip("the sound endpoint has landed")
+    assert_clean_error(r)
+
+
+def test_models_and_jobs(live):
+    r = live("models", "list", "--format", "json")
+    assert r.code == 0, r.text
+    models = {m["name"]: m for m in json.loads(r.out)["models"]}
+    assert models["musicgen-small"]["installed"] is True
+    assert live("models", "list").code == 0
+
+    r = live("jobs", "list", "--format", "json")
+    assert r.code == 0
+    jobs = json.loads(r.out)["jobs"]
+    assert jobs and all(j["state"] == "succeeded" for j in jobs)
+    job_id = jobs[0]["id"]
+    assert live("jobs", "show", job_id).code == 0
+    r = live("jobs", "wait", job_id, "--format", "json")
+    assert r.code == 0 and json.loads(r.out)["state"] == "succeeded"
+    assert_clean_error(live("jobs", "show", "no-such-job"))
+
+
+def test_logs_show_the_server(live):
+    r = live("logs", "--tail", "20")
+    assert r.code == 0
+    assert len(r.out.splitlines()) <= 20
+    r = live("logs", "--since", "10m", "--tail", "1000")
+    assert "starting the server" in r.out
+
+
+def test_test_smoke_passes_against_the_running_service(live):
+    r = live("test", "smoke", timeout=60)
+    assert r.code == 0, r.text
+    assert r.seconds < 30
+
+
+def test_input_audio_from_content_is_resolved(live, tmp_path):
+    wav = write_wav(tmp_path / "theme.wav")
+    assert live("content", "add", "--file", str(wav), "--name", "theme").code == 0
+    r = live("content", "generate", "--type", "continuation", "--input", "theme", "--prompt", "more", "--duration", "1",
+             timeout=300)  # fmt: skip
+    # The continuation endpoint may not exist yet: either it works, or one clear line.
+    if r.code != 0:
+        assert_clean_error(r)
+
+
+def test_z_stop_then_stop_again(live):
+    """Named to run last in the module: stop (0), stop again (2), status not running (2)."""
+    t0 = time.monotonic()
+    r = live("manage", "stop", timeout=70)
+    assert r.code == 0, r.text
+    assert time.monotonic() - t0 < 60
+    assert not (live.data_dir / "server.pid").exists()
+    assert live("manage", "stop").code == 2
+    assert live("status", "--json").code == 2
+    # restart from stopped brings it back; then leave it stopped.
+    r = live("manage", "restart", "--wait", timeout=120)
+    assert r.code == 0, r.text + _log(live)
+    assert live("status").code == 0
+    assert live("manage", "stop", "--force").code == 0
+    assert live("manage", "stop").code == 2
