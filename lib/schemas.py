@@ -186,3 +186,14 @@ class JobAccepted(BaseModel):
 class JobList(BaseModel):
     jobs: list[Job]
     total: int
+
+
+class MusicJob(MusicRequest):
+    """One item of POST /api/jobs (the body may also be a list of them)."""
+
+    kind: Literal["music"] = "music"
+
+
+class JobsSubmitted(BaseModel):
+    ids: list[str]
+    jobs: list[Job]
