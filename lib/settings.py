@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload")
     queue_depth: int = Field(64, ge=1, description="Queued jobs before new ones get 429")
     max_batch: int = Field(4, ge=1, description="Requests decoded together in one batch")
+    job_retention_h: float = Field(168.0, gt=0, description="Finished jobs and their audio are kept this long")
     torch_threads: int = Field(0, ge=0, description="Threads for torch; 0 = one per core")
 
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")

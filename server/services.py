@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from lib.settings import Settings
 from server.engine.registry import ModelRegistry
+from server.jobs.artifacts import ArtifactStore
 from server.jobs.runner import GenerationRunner
 from server.jobs.scheduler import Scheduler
+from server.jobs.store import JobStore
 
 
 @dataclass
@@ -39,5 +41,13 @@ class Services:
 
 def build_services(settings: Settings) -> Services:
     registry = ModelRegistry(settings)
-    scheduler = Scheduler(GenerationRunner(registry), queue_depth=settings.queue_depth, max_batch=settings.max_batch)
+    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    scheduler = Scheduler(
+        GenerationRunner(registry, artifacts),
+        store=JobStore(settings.data_dir / "jobs.sqlite3"),
+        artifacts=artifacts,
+        queue_depth=settings.queue_depth,
+        max_batch=settings.max_batch,
+        retention_s=settings.job_retention_h * 3600,
+    )
     return Services(settings=settings, registry=registry, scheduler=scheduler)

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lib import __version__
-from lib.schemas import Health, Job, JobAccepted, JobList, ModelInfo, ModelList, MusicRequest
+from lib.schemas import Health, Job, JobAccepted, JobList, JobsSubmitted, ModelInfo, ModelList, MusicJob, MusicRequest
 from lib.settings import Settings
 from server.http import errors
 from server.http.openapi import Endpoint, build_document
@@ -36,6 +36,16 @@ ENDPOINTS = [
         errors=(400, 404, 409, 413, 422, 429, 503),
     ),
     Endpoint(
+        "POST",
+        "/api/jobs",
+        jobs.submit_jobs,
+        "Submit one job or a list (bulk work, queued behind interactive requests)",
+        body=MusicJob,
+        answer=JobsSubmitted,
+        status=202,
+        errors=(400, 404, 409, 413, 422, 429),
+    ),
+    Endpoint(
         "GET",
         "/api/jobs",
         jobs.list_jobs,
@@ -49,9 +59,22 @@ ENDPOINTS = [
         "GET",
         "/api/jobs/{job_id}/audio",
         jobs.job_audio,
-        "A finished job's audio",
+        "A finished job's audio, converted on request",
         answers_audio=True,
-        errors=(404, 409),
+        errors=(404, 409, 422),
+        query=(
+            ("format", "wav|flac|mp3|ogg"),
+            ("sample_rate", "Hz or native"),
+            ("bit_depth", "16|24|32"),
+            ("normalize", "loudness|peak|none"),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs/{job_id}/events",
+        jobs.job_events,
+        "Server-sent events: progress, position and ETA, then done, failed or cancelled",
+        errors=(404,),
     ),
     Endpoint("DELETE", "/api/jobs/{job_id}", jobs.cancel_job, "Cancel a job", answer=Job, errors=(404,)),
     Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics"),

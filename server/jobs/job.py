@@ -20,13 +20,6 @@ PRIORITY_BATCH = 10
 
 
 @dataclass
-class Artifact:
-    data: bytes
-    media_type: str
-    extension: str
-
-
-@dataclass
 class Job:
     kind: str
     model: str
@@ -42,8 +35,11 @@ class Job:
     finished_at: float | None = None
     error: ErrorBody | None = None
     result: JobResult | None = None
-    artifact: Artifact | None = None
+    attempts: int = 0
     cancel_requested: threading.Event = field(default_factory=threading.Event)
+    # Set when the server stops before the job ends: the job stops without finishing, so the
+    # store still says 'running' and the next start runs it again.
+    interrupted: threading.Event = field(default_factory=threading.Event)
     _waiters: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,6 +74,31 @@ class Job:
             waiters, self._waiters = self._waiters, []
         for callback in waiters:
             callback()
+
+    def row(self) -> dict[str, Any]:
+        """The persistent fields, as the job store keeps them."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model,
+            "request": self.request.model_dump(mode="json", by_alias=True),
+            "seed": self.seed,
+            "priority": self.priority,
+            "state": self.state,
+            "progress": self.progress,
+            "eta_s": self.eta_s,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "result": self.result,
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], request_types: dict[str, type]) -> Job:
+        fields = {k: v for k, v in row.items() if k != "request"}
+        return cls(request=request_types[row["kind"]].model_validate(row["request"]), **fields)
 
     def view(self, position: int | None = None) -> JobView:
         return JobView(

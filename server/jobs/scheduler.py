@@ -1,8 +1,8 @@
 """What runs when. Jobs wait in a priority queue; one worker thread takes the next job plus any
 queued jobs it can share a decode batch with (same kind and model), up to max_batch.
 
-In memory for now: the durable store replaces the dicts below without changing this interface.
-"""
+Every state change goes to the durable store as it happens; on start, jobs that were queued or
+running when the last process died are queued again (same id, same seed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from collections.abc import Callable
 
 from lib.schemas import ErrorBody
 from server import metrics
+from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
+from server.jobs.kinds import REQUEST_TYPES
+from server.jobs.store import JobStore
 
 log = logging.getLogger("audiocraft.jobs")
 
@@ -35,12 +38,22 @@ class JobNotFound(LookupError):
 
 
 class Scheduler:
-    def __init__(self, run_batch: BatchRunner, queue_depth: int, max_batch: int, keep_finished: int = 1000):
+    def __init__(
+        self,
+        run_batch: BatchRunner,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        queue_depth: int,
+        max_batch: int,
+        retention_s: float,
+    ):
         self._run_batch = run_batch
+        self.store = store
+        self.artifacts = artifacts
         self.queue_depth = queue_depth
         self.max_batch = max_batch
-        self._keep_finished = keep_finished
-        self._jobs: dict[str, Job] = {}
+        self.retention_s = retention_s
+        self._live: dict[str, Job] = {}  # queued and running jobs; finished ones live in the store
         self._queue: list[Job] = []
         self._running: list[Job] = []
         self._cond = threading.Condition()
@@ -50,47 +63,80 @@ class Scheduler:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        self.recover()
+        self.clean_up()
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="audiocraft-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Let the running batch finish (up to timeout_s); queued jobs stay queued."""
+        """Let the running batch finish within timeout_s. Whatever is still running then stays
+        'running' in the store and runs again at the next start; queued jobs stay queued."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._thread is None:
+            return
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            for job in list(self._running):
+                job.interrupted.set()
+            self._thread.join(10)
+
+    def recover(self) -> int:
+        rows = self.store.unfinished()
+        for row in rows:
+            job = Job.from_row(row, REQUEST_TYPES)
+            if job.state == "running":
+                log.warning("job %s was interrupted; queueing it again", job.id)
+            job.state, job.progress, job.eta_s, job.started_at = "queued", 0.0, None, None
+            self.store.update(job.id, state="queued", progress=0.0, eta_s=None, started_at=None)
+            self._track(job)
+        self._sort()
+        return len(rows)
+
+    def clean_up(self) -> int:
+        old = self.store.finished_before(time.time() - self.retention_s)
+        for job_id in old:
+            self.artifacts.remove(job_id)
+        self.store.delete(old)
+        return len(old)
 
     # -- submission and queries ------------------------------------------------------------
     def submit(self, job: Job) -> Job:
+        return self.submit_many([job])[0]
+
+    def submit_many(self, jobs: list[Job]) -> list[Job]:
+        """All or nothing: if the queue can't take every job, none is taken."""
         with self._cond:
-            if len(self._queue) >= self.queue_depth:
+            if len(self._queue) + len(jobs) > self.queue_depth:
                 metrics.JOBS_REJECTED.inc()
                 raise QueueFull(len(self._queue), self._retry_after_s())
-            self._jobs[job.id] = job
-            self._queue.append(job)
-            self._queue.sort(key=lambda j: (j.priority, j.created_at))
-            metrics.JOBS_SUBMITTED.labels(job.kind).inc()
-            metrics.QUEUE_DEPTH.set(len(self._queue))
+            self.store.insert_many([j.row() for j in jobs])
+            for job in jobs:
+                self._track(job)
+                metrics.JOBS_SUBMITTED.labels(job.kind).inc()
+            self._sort()
             self._cond.notify_all()
-        return job
+        return jobs
 
     def get(self, job_id: str) -> Job:
-        job = self._jobs.get(job_id)
-        if job is None:
+        job = self._live.get(job_id)
+        if job is not None:
+            return job
+        row = self.store.get(job_id)
+        if row is None:
             raise JobNotFound(job_id)
-        return job
+        return Job.from_row(row, REQUEST_TYPES)
 
     def position(self, job: Job) -> int | None:
         with self._cond:
             return self._queue.index(job) if job in self._queue else None
 
     def list(self, state: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
-        jobs = sorted(self._jobs.values(), key=lambda j: j.created_at, reverse=True)
-        if state is not None:
-            jobs = [j for j in jobs if j.state == state]
-        return jobs[offset : offset + limit], len(jobs)
+        rows, total = self.store.page(state, limit, offset)
+        # Live jobs carry fresher progress than their stored row.
+        return [self._live.get(r["id"]) or Job.from_row(r, REQUEST_TYPES) for r in rows], total
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -99,9 +145,8 @@ class Scheduler:
                 self._queue.remove(job)
                 metrics.QUEUE_DEPTH.set(len(self._queue))
                 job.finish("cancelled")
-                metrics.JOBS_FINISHED.labels(job.kind, "cancelled").inc()
                 return job
-        # Running: the decode loop stops at its next step.
+        # Running: the decode loop stops at its next step. Finished: nothing to do.
         job.cancel_requested.set()
         return job
 
@@ -123,11 +168,34 @@ class Scheduler:
         await done
         return job
 
-    # -- the worker ------------------------------------------------------------------------
+    # -- internals -------------------------------------------------------------------------
+    def _track(self, job: Job) -> None:
+        self._live[job.id] = job
+        self._queue.append(job)
+        job.on_done(lambda: self._finished(job))
+
+    def _finished(self, job: Job) -> None:
+        """Runs in whichever thread ended the job: persist, then forget the live copy."""
+        self.store.update(
+            job.id,
+            state=job.state,
+            progress=job.progress,
+            eta_s=job.eta_s,
+            finished_at=job.finished_at,
+            error=job.error,
+            result=job.result,
+        )
+        metrics.JOBS_FINISHED.labels(job.kind, job.state).inc()
+        self._live.pop(job.id, None)
+
+    def _sort(self) -> None:
+        self._queue.sort(key=lambda j: (j.priority, j.created_at))
+        metrics.QUEUE_DEPTH.set(len(self._queue))
+
     def _retry_after_s(self) -> int:
         recent = self._batch_seconds[-10:]
         per_batch = sum(recent) / len(recent) if recent else 10.0
-        return max(1, round(per_batch * len(self._queue) / self.max_batch))
+        return max(1, round(per_batch * max(1, len(self._queue)) / self.max_batch))
 
     def _take_batch(self) -> list[Job]:
         head = self._queue[0]
@@ -140,14 +208,19 @@ class Scheduler:
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
-                    self._cond.wait()
+                    self._cond.wait(timeout=3600)
+                    if not self._queue:
+                        self.clean_up()
                 if self._stopping:
                     return
                 batch = self._take_batch()
                 self._running = batch
                 metrics.QUEUE_DEPTH.set(len(self._queue))
                 metrics.RUNNING.set(len(batch))
-            started = time.perf_counter()
+            started = time.time()
+            for job in batch:
+                job.state, job.started_at, job.attempts = "running", started, job.attempts + 1
+                self.store.update(job.id, state="running", started_at=started, attempts=job.attempts)
             metrics.BATCH_SIZE.observe(len(batch))
             try:
                 self._run_batch(batch)
@@ -156,16 +229,7 @@ class Scheduler:
                 for job in batch:
                     job.finish("failed", ErrorBody(code="generation_failed", message="internal error; see logs"))
             finally:
-                elapsed = time.perf_counter() - started
-                self._batch_seconds = (self._batch_seconds + [elapsed])[-50:]
-                for job in batch:
-                    metrics.JOBS_FINISHED.labels(job.kind, job.state).inc()
+                self._batch_seconds = (self._batch_seconds + [time.time() - started])[-50:]
                 with self._cond:
                     self._running = []
                     metrics.RUNNING.set(0)
-                    self._forget_old()
-
-    def _forget_old(self) -> None:
-        finished = [j for j in self._jobs.values() if j.finished]
-        for job in sorted(finished, key=lambda j: j.finished_at or 0)[: max(0, len(finished) - self._keep_finished)]:
-            del self._jobs[job.id]

@@ -9,11 +9,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lib.schemas import MAX_SEED, JobAccepted, MusicRequest
+from server.audio.encode import FILE_EXTENSIONS
 from server.engine.errors import UnsupportedRequest
 from server.engine.text_to_audio import check_duration
 from server.http.errors import ApiError, error_response
 from server.http.payload import read_fields
 from server.jobs.job import PRIORITY_INTERACTIVE, Job
+from server.jobs.runner import answer_name
 from server.services import Services
 
 
@@ -26,18 +28,24 @@ def accepted(svc: Services, job: Job) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": job_location(job)})
 
 
-def audio_response(job: Job) -> Response:
-    assert job.artifact is not None and job.result is not None
+def audio_response(svc: Services, job: Job, rendered=None) -> Response:
+    """The job's stored answer, or `rendered` (another format of it) when given."""
+    assert job.result is not None
+    if rendered is None:
+        extension = FILE_EXTENSIONS[job.result.format]
+        data, media_type = svc.scheduler.artifacts.read(job.id, answer_name(extension)), job.result.media_type
+    else:
+        extension, data, media_type = rendered.extension, rendered.data, rendered.media_type
     headers = {
         "X-Job-Id": job.id,
         "X-Seed": str(job.seed),
         "X-Model": job.model,
         "X-Duration-S": f"{job.result.duration_s:.6g}",
-        "X-Sample-Rate": str(job.result.sample_rate),
+        "X-Sample-Rate": str(rendered.sample_rate if rendered else job.result.sample_rate),
         "X-Generation-Time-S": f"{job.generation_time_s or 0.0:.3f}",
-        "Content-Disposition": f'attachment; filename="{job.id}{job.artifact.extension}"',
+        "Content-Disposition": f'attachment; filename="{job.id}{extension}"',
     }
-    return Response(job.artifact.data, media_type=job.artifact.media_type, headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
 
 
 def failed_response(job: Job) -> JSONResponse:
@@ -68,7 +76,7 @@ async def run_or_accept(svc: Services, job: Job, is_async: bool) -> Response:
     if is_async:
         return accepted(svc, job)
     await svc.scheduler.wait(job)
-    return audio_response(job) if job.state == "succeeded" else failed_response(job)
+    return audio_response(svc, job) if job.state == "succeeded" else failed_response(job)
 
 
 async def generate_music(request: Request) -> Response:

@@ -1,16 +1,26 @@
-"""/api/jobs: status, result, cancel."""
+"""/api/jobs: batch submission, status, progress events, result, cancel."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+import asyncio
+import json
 
-from lib.schemas import JobList
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from lib.schemas import JobList, JobsSubmitted, OutputOptions
 from server.http.errors import ApiError
-from server.http.routes.generate import audio_response, failed_response
+from server.http.payload import read_body
+from server.http.routes.generate import audio_response, failed_response, make_job
+from server.jobs.job import PRIORITY_BATCH
+from server.jobs.kinds import REQUEST_TYPES
+from server.jobs.runner import rerender
 from server.services import Services
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+EVENT_INTERVAL_S = 0.25
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -20,6 +30,46 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise ApiError(422, "invalid_field", f"{name} must be an integer from {low} to {high}", field=name)
     return int(raw)
+
+
+def _prefixed(exc: ValidationError, index: int, many: bool) -> ValidationError:
+    """Name the list item in the field path: [2].prompt."""
+    if not many:
+        return exc
+    errors = [{**e, "loc": (f"[{index}]", *e["loc"])} for e in exc.errors()]
+    return ValidationError.from_exception_data(exc.title, errors)  # type: ignore[arg-type]
+
+
+async def submit_jobs(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    data = json.loads(await read_body(request, int(svc.settings.max_upload_mb * 1e6)) or b"null")
+    many = isinstance(data, list)
+    items = data if many else [data]
+    if not items or not all(isinstance(i, dict) for i in items):
+        raise ApiError(
+            400,
+            "invalid_json",
+            "send one job object or a non-empty list of them",
+            hint='e.g. [{"kind": "music", "prompt": "..."}]',
+        )
+    jobs = []
+    for index, item in enumerate(items):
+        kind = item.pop("kind", "music")
+        if kind not in REQUEST_TYPES:
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"kind must be one of {', '.join(REQUEST_TYPES)}",
+                field=f"[{index}].kind" if many else "kind",
+            )
+        try:
+            req = REQUEST_TYPES[kind].model_validate(item, context=svc.limits)
+        except ValidationError as exc:
+            raise _prefixed(exc, index, many) from None
+        jobs.append(make_job(svc, kind, req, req.model or svc.settings.default_music_model, PRIORITY_BATCH))
+    svc.scheduler.submit_many(jobs)
+    body = JobsSubmitted(ids=[j.id for j in jobs], jobs=[j.view(svc.scheduler.position(j)) for j in jobs])
+    return JSONResponse(body.model_dump(), status_code=202)
 
 
 async def list_jobs(request: Request) -> JSONResponse:
@@ -41,11 +91,46 @@ async def get_job(request: Request) -> JSONResponse:
 
 
 async def job_audio(request: Request) -> Response:
+    """The answer as generated, or converted: ?format=&sample_rate=&bit_depth=&normalize=."""
     svc: Services = request.app.state.services
     job = svc.scheduler.get(request.path_params["job_id"])
     if not job.finished:
-        raise ApiError(409, "job_not_finished", f"job {job.id} is {job.state}", hint=f"GET /api/jobs/{job.id}")
-    return audio_response(job) if job.state == "succeeded" else failed_response(job)
+        raise ApiError(409, "job_not_finished", f"job {job.id} is {job.state}", hint=f"GET /api/jobs/{job.id}/events")
+    if job.state != "succeeded":
+        return failed_response(job)
+    overrides = {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}
+    if not overrides:
+        return audio_response(svc, job)
+    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields}
+    options = OutputOptions.model_validate({**stored, **overrides})
+    rendered = await run_in_threadpool(rerender, svc.scheduler.artifacts, job, options)
+    return audio_response(svc, job, rendered)
+
+
+async def job_events(request: Request) -> StreamingResponse:
+    """Server-sent events: `progress` while queued or running, then one of done / failed / cancelled."""
+    svc: Services = request.app.state.services
+    job_id = request.path_params["job_id"]
+    svc.scheduler.get(job_id)  # 404 before the stream starts
+
+    async def stream():
+        last = None
+        while True:
+            job = svc.scheduler.get(job_id)
+            view = job.view(svc.scheduler.position(job)).model_dump(mode="json")
+            if job.finished:
+                event = {"succeeded": "done"}.get(job.state, job.state)
+                yield f"event: {event}\ndata: {json.dumps(view)}\n\n"
+                return
+            snapshot = (view["state"], view["position"], view["progress"])
+            if snapshot != last:
+                last = snapshot
+                yield f"event: progress\ndata: {json.dumps(view)}\n\n"
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_INTERVAL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def cancel_job(request: Request) -> JSONResponse:

@@ -1,0 +1,11 @@
+"""Which request schema each job kind carries: how a stored job's request is read back."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from lib.schemas import MusicRequest
+
+REQUEST_TYPES: dict[str, type[BaseModel]] = {
+    "music": MusicRequest,
+}
