@@ -97,6 +97,7 @@ def uninstall(
     removed = rt.uninstall(force=force, keep_data=keep_data)
     # Print before returning: the venv this CLI runs from may be gone now.
     ui.success("uninstalled: " + (", ".join(removed) or "nothing left"))
+    rt.finish_uninstall()
 
 
 def wait_healthy(st: State, rt, endpoint: str, timeout: float) -> None:  # noqa: ANN001

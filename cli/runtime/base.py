@@ -53,6 +53,10 @@ class Runtime(abc.ABC):
 
         Raises Skipped when nothing is installed."""
 
+    def finish_uninstall(self) -> None:
+        """Called after uninstall's report is printed: removals that had to wait (the CLI's own venv)."""
+        return None
+
     # -- process ---------------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -195,9 +195,30 @@ class NativeRuntime(Runtime):
         if has_data:
             removed.extend(self._remove_data())
         if self.venv.exists():
-            shutil.rmtree(self.venv, ignore_errors=True)
+            if self._runs_this_cli():
+                # This very process runs from it: removing it now would break the imports still to
+                # come (rich loads parts lazily). finish_uninstall() removes it as the last act.
+                self.pending_removal = self.venv
+            else:
+                shutil.rmtree(self.venv, ignore_errors=True)
             removed.append(f"venv {self.venv}")
         return removed
+
+    def _runs_this_cli(self) -> bool:
+        try:
+            return Path(sys.prefix).resolve() == self.venv.resolve()
+        except OSError:
+            return False
+
+    def finish_uninstall(self) -> None:
+        """Remove a venv this CLI runs from, then end the process at once (nothing left to import)."""
+        target = getattr(self, "pending_removal", None)
+        if target is None:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        shutil.rmtree(target, ignore_errors=True)
+        os._exit(0)
 
     def _has_data(self) -> bool:
         d = self.data_dir
