@@ -33,11 +33,10 @@ OWN_DATA_ENTRIES = (
     "content",
     "logs",
     "server.pid",
-    "jobs",
-    "jobs.db",
-    "jobs.db-wal",
-    "jobs.db-shm",
     "artifacts",
+    "jobs.sqlite3",
+    "jobs.sqlite3-wal",
+    "jobs.sqlite3-shm",
 )
 
 
