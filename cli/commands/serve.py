@@ -14,7 +14,7 @@ from cli.errors import CliError
 
 def _timestamped_logs(settings) -> None:  # noqa: ANN001
     """Give uvicorn's default log lines a timestamp (for `logs --since`), and let the service's own
-    loggers (server.*) reach the same stream at the configured level."""
+    loggers (audiocraft.*) reach the same stream at the configured level."""
     try:
         from uvicorn.config import LOGGING_CONFIG
     except ImportError:
@@ -25,9 +25,8 @@ def _timestamped_logs(settings) -> None:  # noqa: ANN001
             formatter["fmt"] = "%(asctime)s " + formatter.get("fmt", "%(message)s")
             formatter["datefmt"] = "%Y-%m-%d %H:%M:%S"
     loggers = LOGGING_CONFIG.setdefault("loggers", {})
-    loggers.setdefault(
-        "server", {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False}
-    )
+    for name in ("audiocraft", "server"):  # the service's own loggers (audiocraft.http, audiocraft.jobs, ...)
+        loggers.setdefault(name, {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False})
 
 
 def serve_command(
@@ -69,7 +68,8 @@ def serve_command(
             f"the server is not installed in this environment ({e})",
             "run `resource-audiocraft manage install`",
         ) from None
-    if not sys.stderr.isatty():
+    if sys.stderr.isatty():
+        ui.info(f"serving on {settings.endpoint} (models: {settings.hub_cache}, data: {settings.data_dir})")
+    else:  # a log file (manage start): timestamped lines
         _timestamped_logs(settings)
-    ui.info(f"serving on {settings.endpoint} (models: {settings.hub_cache}, data: {settings.data_dir})")
     serve(settings)
