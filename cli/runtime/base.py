@@ -75,10 +75,6 @@ class Runtime(abc.ABC):
     def status(self) -> RuntimeStatus:
         """Whether the server process runs, where it listens; cheap, no HTTP."""
 
-    def alive(self, status: RuntimeStatus) -> bool:
-        """Whether what `status` saw is still up (the start wait loop uses this)."""
-        return self.status().running
-
     # -- logs ------------------------------------------------------------------------------------
 
     @abc.abstractmethod
