@@ -10,11 +10,12 @@ import torch
 from lib.catalogue import ModelSpec, get_spec
 from lib.settings import Settings
 from server.engine import store
+from server.engine.codec.codec import load_encodec
 from server.engine.device import pick_device, pick_dtype
 from server.engine.errors import ModelLoadFailed, UnsupportedRequest
 from server.engine.loaded import LoadedModel, load_musicgen
 
-_LOADERS = {"musicgen": load_musicgen, "musicgen-melody": load_musicgen}
+_LOADERS = {"musicgen": load_musicgen, "musicgen-melody": load_musicgen, "encodec": load_encodec}
 
 
 class ModelRegistry:

@@ -6,9 +6,10 @@ checkpoints (32 kHz EnCodec at 50 Hz with 4 codebooks of 2048, T5 text encoder, 
 decoder), only with tiny widths and random weights. Everything is built in code; nothing is
 downloaded. Output is deterministic: the same name and seed give the same bytes and revision.
 
-Only MusicGen (kind "musicgen") and MusicGen-Melody (kind "musicgen-melody") entries, mono and
-stereo, are written for now. Stereo models keep a mono EnCodec: transformers encodes and decodes
-stereo as two mono passes over the even (left) and odd (right) codebooks.
+MusicGen (kind "musicgen") and MusicGen-Melody (kind "musicgen-melody") entries, mono and
+stereo, and the EnCodec entries (kind "encodec"; see server/engine/codec/shapes.py) are
+written. Stereo MusicGen models keep a mono EnCodec: transformers encodes and decodes stereo as
+two mono passes over the even (left) and odd (right) codebooks.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from huggingface_hub.file_download import repo_folder_name
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from server.engine.store import repo_folder
 
-SUPPORTED_KINDS = ("musicgen", "musicgen-melody")
+SUPPORTED_KINDS = ("musicgen", "musicgen-melody", "encodec")
 
 # The dims of every tiny checkpoint. Structure and framing are the real ones; widths are tiny.
 # num_codebooks (4, or 8 for stereo) and the decoder's audio_channels come from the catalogue.
@@ -331,6 +332,11 @@ def _legacy_weight_norm_names(weights: Path) -> None:
 
 
 def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
+    if spec.kind == "encodec":  # EnCodec alone: its shapes live with the codec
+        from server.engine.codec.shapes import save_tiny
+
+        save_tiny(spec, out, seed, _readme(spec))
+        return
     tokenizer = build_tokenizer()
     model = build_tiny_model(spec, seed=seed, text_vocab_size=len(tokenizer))
     model.save_pretrained(out)
