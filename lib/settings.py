@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload")
     queue_depth: int = Field(64, ge=1, description="Queued jobs before new ones get 429")
     max_batch: int = Field(4, ge=1, description="Requests decoded together in one batch")
+    stop_timeout_s: float = Field(
+        30.0, ge=0, description="On stop, running work gets this long to finish; the rest runs again at next start"
+    )
     job_retention_h: float = Field(168.0, gt=0, description="Finished jobs and their audio are kept this long")
     torch_threads: int = Field(0, ge=0, description="Threads for torch; 0 = one per core")
 

@@ -34,9 +34,9 @@ class Services:
         self.scheduler.start()
         self.ready = True
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self) -> None:
         self.ready = False
-        self.scheduler.stop(timeout_s)
+        self.scheduler.stop(self.settings.stop_timeout_s)
 
 
 def build_services(settings: Settings) -> Services:

@@ -40,6 +40,10 @@ _MP3_COMPRESSION_LEVEL = 0.2
 _OGG_COMPRESSION_LEVEL = 0.4
 
 
+_SFC_SET_ADD_PEAK_CHUNK = 0x1050  # from sndfile.h
+_SF_FALSE = 0
+
+
 def encode_audio(
     audio: np.ndarray,
     sample_rate: int,
@@ -80,7 +84,13 @@ def encode_audio(
         kwargs = {"format": "OGG", "subtype": "VORBIS", "compression_level": _OGG_COMPRESSION_LEVEL}
 
     buffer = io.BytesIO()
-    sf.write(buffer, np.ascontiguousarray(audio.T), sample_rate, **kwargs)
+    channels = audio.shape[0]
+    with sf.SoundFile(buffer, "w", sample_rate, channels, **kwargs) as out:
+        if fmt == "wav" and bit_depth == 32:
+            # libsndfile stamps float files with a PEAK chunk holding the wall-clock time; without
+            # it the same audio always gives the same bytes (caching, ETags, reproducibility).
+            sf._snd.sf_command(out._file, _SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, _SF_FALSE)
+        out.write(np.ascontiguousarray(audio.T))
     return buffer.getvalue(), MEDIA_TYPES[fmt]
 
 

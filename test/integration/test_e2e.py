@@ -3,60 +3,22 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import soundfile as sf
+from server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_hub, tmp_path_factory):
-    port = free_port()
-    data = tmp_path_factory.mktemp("e2e-data")
-    env = {
-        **os.environ,
-        "AUDIOCRAFT_PORT": str(port),
-        "AUDIOCRAFT_MODELS_DIR": str(tiny_hub),
-        "AUDIOCRAFT_DATA_DIR": str(data),
-        "AUDIOCRAFT_DEVICE": "cpu",
-    }
-    log = open(data / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError((data / "server.log").read_text())
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError("server did not become healthy")
-    yield base
-    proc.terminate()
+    proc = ServerProcess(tiny_hub, tmp_path_factory.mktemp("e2e-data")).start()
+    yield proc.base
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells how it ended.
-    assert proc.wait(30) in (0, -15)
-    log.close()
-    assert "Application shutdown complete" in (data / "server.log").read_text()
+    assert proc.terminate(30) in (0, -15)
+    assert "Application shutdown complete" in proc.log()
 
 
 def test_health_answers(server):

@@ -429,3 +429,15 @@ def test_schema_rejects_mp3_rates_it_cannot_write():
     OutputOptions(format="mp3", sample_rate="native")
     OutputOptions(format="mp3", bit_depth=32)  # ignored for lossy formats
     OutputOptions(format="ogg", sample_rate=96000)
+
+
+def test_same_audio_gives_same_bytes_in_every_format():
+    # libsndfile's PEAK chunk would stamp float wav with the time; identical requests must give
+    # identical files.
+    import time as _time
+
+    audio = np.random.default_rng(3).uniform(-0.5, 0.5, (2, 16000)).astype(np.float32)
+    kinds = (("wav", 32), ("wav", 16), ("flac", 24))
+    first = [encode_audio(audio, 32000, fmt, depth)[0] for fmt, depth in kinds]
+    _time.sleep(1.1)  # the PEAK timestamp has one-second resolution
+    assert [encode_audio(audio, 32000, fmt, depth)[0] for fmt, depth in kinds] == first
