@@ -197,3 +197,97 @@ class MusicJob(MusicRequest):
 class JobsSubmitted(BaseModel):
     ids: list[str]
     jobs: list[Job]
+
+
+# -- EnCodec: POST /api/encode and POST /api/decode --------------------------------------------
+
+# What a bare bandwidth means: the encodec CLI's default, where the model offers it.
+DEFAULT_CODEC_BANDWIDTH_KBPS = 6.0
+
+
+def codec_bandwidths(model: str) -> tuple[float, ...] | None:
+    """The bandwidths a catalogue codec offers; None when `model` is not a codec we know."""
+    from lib.catalogue import CATALOGUE
+
+    spec = CATALOGUE.get(model)
+    return spec.bandwidths_kbps if spec is not None and spec.kind == "encodec" else None
+
+
+def default_bandwidth(model: str) -> float | None:
+    offered = codec_bandwidths(model)
+    if not offered:
+        return None
+    return DEFAULT_CODEC_BANDWIDTH_KBPS if DEFAULT_CODEC_BANDWIDTH_KBPS in offered else offered[0]
+
+
+class EncodeOptions(BaseModel):
+    """Options of POST /api/encode: form fields with the upload, or query parameters with a raw body.
+
+    The default model comes in the validation context (`default_codec_model`, from settings).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="encodec-24khz (default), encodec-48khz or encodec-32khz")
+    bandwidth_kbps: float | None = Field(
+        None,
+        gt=0,
+        description="Target bandwidth; one the model offers (24 kHz: 1.5, 3, 6, 12, 24; 48 kHz: 3, 6, 12, 24; "
+        "32 kHz: 2.2). Default 6, or 2.2 for encodec-32khz",
+    )
+    format: Literal["ecdc", "json"] = Field(
+        "ecdc", description="ecdc: the .ecdc bitstream; json: the codes as integer arrays, with the frame rate"
+    )
+
+    @field_validator("bandwidth_kbps")
+    @classmethod
+    def _offered(cls, v: float | None, info: ValidationInfo) -> float | None:
+        model = info.data.get("model") or (info.context or {}).get("default_codec_model")
+        offered = codec_bandwidths(model) if model else None
+        if v is not None and offered and v not in offered:
+            valid = ", ".join(f"{b:g}" for b in offered)
+            raise ValueError(f"{model} does not offer {v:g} kbps; valid values: {valid}")
+        return v
+
+
+class DecodeOptions(OutputOptions):
+    """Options of POST /api/decode: the generation output options, with codec defaults.
+
+    A codec gives back what went in: by default its own sample rate and no normalisation.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    sample_rate: int | Literal["native"] = Field(
+        "native", description="Output sample rate in Hz, or 'native' (the default) for the codec's own rate"
+    )
+    normalize: Normalize = Field(
+        "none",
+        description="none (default): as decoded; peak: -1 dBFS; loudness: -14 LUFS (files up to the "
+        "server's max duration)",
+    )
+
+
+class CodecSegment(BaseModel):
+    offset: int = Field(..., description="First sample of the segment")
+    length: int = Field(..., description="Samples in the segment")
+    scale: float | None = Field(None, description="The segment's RMS scale (models that normalise)")
+    codes: list[list[int]] = Field(..., description="One array per codebook, one code per frame")
+
+
+class CodecCodes(BaseModel):
+    """POST /api/encode with format=json."""
+
+    model: str
+    header_model: str = Field(..., description="The model name an .ecdc header would carry")
+    sample_rate: int
+    channels: int
+    frame_rate: float = Field(..., description="Frames per second")
+    bandwidth_kbps: float
+    num_codebooks: int
+    codebook_size: int
+    audio_length: int = Field(..., description="Samples at the model's rate")
+    duration_s: float
+    segment_length: int | None = Field(None, description="Samples per segment; null when the audio is one segment")
+    segment_stride: int | None = None
+    segments: list[CodecSegment]

@@ -11,11 +11,24 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lib import __version__
-from lib.schemas import Health, Job, JobAccepted, JobList, JobsSubmitted, ModelInfo, ModelList, MusicJob, MusicRequest
+from lib.schemas import (
+    CodecCodes,
+    DecodeOptions,
+    EncodeOptions,
+    Health,
+    Job,
+    JobAccepted,
+    JobList,
+    JobsSubmitted,
+    ModelInfo,
+    ModelList,
+    MusicJob,
+    MusicRequest,
+)
 from lib.settings import Settings
 from server.http import errors
 from server.http.openapi import Endpoint, build_document
-from server.http.routes import generate, health, jobs, models
+from server.http.routes import codec, generate, health, jobs, models
 from server.services import Services, build_services
 
 log = logging.getLogger("audiocraft.http")
@@ -77,6 +90,23 @@ ENDPOINTS = [
         errors=(404,),
     ),
     Endpoint("DELETE", "/api/jobs/{job_id}", jobs.cancel_job, "Cancel a job", answer=Job, errors=(404,)),
+    Endpoint(
+        "POST",
+        "/api/encode",
+        codec.encode,
+        "Audio to an EnCodec bitstream (.ecdc), or its codes as JSON",
+        body=EncodeOptions,
+        errors=(400, 404, 409, 413, 415, 422, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/api/decode",
+        codec.decode,
+        "An EnCodec bitstream (.ecdc) to audio",
+        body=DecodeOptions,
+        answers_audio=True,
+        errors=(400, 409, 413, 415, 422, 503),
+    ),
     Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics"),
 ]
 
@@ -84,7 +114,8 @@ ENDPOINTS = [
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
     settings = settings or Settings()
     svc = services or build_services(settings)
-    document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=(JobAccepted,))
+    document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=(JobAccepted, CodecCodes))
+    codec.document_uploads(document)
 
     async def openapi(_request: Request) -> JSONResponse:
         return JSONResponse(document)

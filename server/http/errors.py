@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 
 from lib.catalogue import CATALOGUE, UnknownModel
 from server.audio.errors import AudioInputError
+from server.engine.codec.errors import EcdcError
 from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
 from server.engine.store import ModelNotInstalled
 from server.jobs.scheduler import JobNotFound, QueueFull
@@ -85,6 +86,8 @@ def to_response(exc: Exception) -> JSONResponse:
             return error_response(503, exc.code, exc.message, exc.field, exc.hint)
         case AudioInputError():
             return error_response(422, "invalid_audio", str(exc), field="audio")
+        case EcdcError():
+            return error_response(422, exc.code, exc.message, exc.field, exc.hint)
         case QueueFull():
             return error_response(
                 429,
@@ -117,6 +120,7 @@ HANDLED = (
     ModelNotInstalled,
     EngineError,
     AudioInputError,
+    EcdcError,
     QueueFull,
     JobNotFound,
     HTTPException,
