@@ -12,23 +12,6 @@ from cli.context import state
 from cli.errors import CliError
 
 
-def _timestamped_logs(settings) -> None:  # noqa: ANN001
-    """Give uvicorn's default log lines a timestamp (for `logs --since`), and let the service's own
-    loggers (audiocraft.*) reach the same stream at the configured level."""
-    try:
-        from uvicorn.config import LOGGING_CONFIG
-    except ImportError:
-        return
-    for name in ("default", "access"):
-        formatter = LOGGING_CONFIG.get("formatters", {}).get(name)
-        if formatter and "%(asctime)s" not in formatter.get("fmt", ""):
-            formatter["fmt"] = "%(asctime)s " + formatter.get("fmt", "%(message)s")
-            formatter["datefmt"] = "%Y-%m-%d %H:%M:%S"
-    loggers = LOGGING_CONFIG.setdefault("loggers", {})
-    for name in ("audiocraft", "server"):  # the service's own loggers (audiocraft.http, audiocraft.jobs, ...)
-        loggers.setdefault(name, {"handlers": ["default"], "level": settings.log_level.upper(), "propagate": False})
-
-
 def serve_command(
     ctx: typer.Context,
     host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)"),
@@ -70,6 +53,4 @@ def serve_command(
         ) from None
     if sys.stderr.isatty():
         ui.info(f"serving on {settings.endpoint} (models: {settings.hub_cache}, data: {settings.data_dir})")
-    else:  # a log file (manage start): timestamped lines
-        _timestamped_logs(settings)
     serve(settings)
