@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 from lib.settings import Settings
 
@@ -38,5 +39,5 @@ def serve(settings: Settings) -> None:
         log_config=log_config(settings),
         # Generation runs in a worker thread; one process owns the models.
         workers=1,
-        timeout_graceful_shutdown=int(settings.stop_timeout_s) or None,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.stop_timeout_s)),
     )
