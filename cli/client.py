@@ -113,6 +113,13 @@ class Client:
     def job(self, job_id: str) -> Job:
         return Job.model_validate(self.request("GET", f"/api/jobs/{job_id}", timeout=10.0).json())
 
+    def job_events(self, job_id: str) -> Iterator[Job]:
+        """The job as its server-sent events report it: progress updates, then its final state."""
+        with self.stream("GET", f"/api/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=None)) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    yield Job.model_validate_json(line.removeprefix("data: "))
+
     def jobs(self, state: str | None = None, limit: int | None = None, offset: int | None = None) -> JobList:
         params = {
             k: v for k, v in {"state": state, "limit": limit, "offset": offset}.items() if v is not None

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,25 @@ class Outcome:
         }
 
 
+def _job_updates(client: Client, job_id: str, poll: float) -> Iterator[Job]:
+    """The job's server-sent events; polling GET /api/jobs/{id} if the stream breaks off."""
+    try:
+        for job in client.job_events(job_id):
+            yield job
+            if job.state in TERMINAL:
+                return
+    except CliError:
+        pass
+    while True:
+        job = client.job(job_id)
+        yield job
+        if job.state in TERMINAL:
+            return
+        time.sleep(poll)
+
+
 def follow_job(client: Client, job_id: str, progress: bool = True, poll: float = 0.3) -> Job:
-    """Poll GET /api/jobs/{id} until the job ends, drawing its progress. Ctrl-C cancels the job."""
+    """Follow the job's progress events until it ends, drawing a bar. Ctrl-C cancels the job."""
     from rich.progress import (
         BarColumn,
         Progress,
@@ -146,8 +164,7 @@ def follow_job(client: Client, job_id: str, progress: bool = True, poll: float =
     try:
         with bar:
             task = bar.add_task(f"job {job_id[:8]}", total=1.0, eta="")
-            while True:
-                job = client.job(job_id)
+            for job in _job_updates(client, job_id, poll):
                 if job.state == "queued":
                     desc = f"queued (position {job.position})" if job.position is not None else "queued"
                 else:
@@ -157,7 +174,7 @@ def follow_job(client: Client, job_id: str, progress: bool = True, poll: float =
                 bar.update(task, completed=done, description=desc, eta=eta)
                 if job.state in TERMINAL:
                     return job
-                time.sleep(poll)
+            raise CliError(f"lost track of job {job_id}")
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):
             client.cancel(job_id)

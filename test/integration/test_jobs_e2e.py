@@ -144,7 +144,7 @@ def test_interactive_requests_go_before_bulk(server):
         bulk = c.post(
             "/api/jobs",
             json=[
-                {"kind": "music", "prompt": f"bulk {i}", "duration": 10, "model": m}
+                {"kind": "music", "prompt": f"bulk {i}", "duration": 4, "model": m}
                 for i, m in enumerate(["musicgen-small", "musicgen-medium", "musicgen-large"])
             ],
         ).json()["ids"]
