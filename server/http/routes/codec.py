@@ -102,6 +102,16 @@ async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, di
     return _Upload(spool, size, None, close), fields
 
 
+def _numbers(fields: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Form and query values are strings; the schema's integer literals (bit_depth) want ints."""
+    out = dict(fields)
+    for key in keys:
+        value = out.get(key)
+        if isinstance(value, str) and value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
 def _size_of(f: BinaryIO) -> int:
     f.seek(0, 2)
     size = f.tell()
@@ -180,7 +190,7 @@ async def decode(request: Request) -> Response:
     svc: Services = request.app.state.services
     upload, fields = await _receive(request, int(svc.settings.max_upload_mb * 1e6), ".ecdc file")
     try:
-        opts = DecodeOptions.model_validate(fields)
+        opts = DecodeOptions.model_validate(_numbers(fields, ("bit_depth", "sample_rate")))
         codec_for = _codec_for(svc)
 
         def work():
