@@ -23,7 +23,7 @@ import shutil
 import string
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -446,13 +446,20 @@ def _install(staged: Path, target: Path, staging: Path) -> None:
 
 
 def write_tiny_model(spec: ModelSpec, hub_cache: Path, seed: int = 0) -> Path:
-    """Write one tiny model into hub_cache; returns its snapshot folder.
+    """Write one tiny model into hub_cache; returns its snapshot folder."""
+    _check_supported(spec)
+    return write_snapshot(spec, hub_cache, lambda out: _save_files(spec, out, seed))
+
+
+def write_snapshot(spec: ModelSpec, hub_cache: Path, save_files: Callable[[Path], None]) -> Path:
+    """Install the files `save_files(folder)` writes as spec's repo in hub_cache, in the hub's
+    layout (blobs, snapshots/<rev>, refs/main); returns the snapshot folder. Also used by the
+    benchmarks for random-weight models of the real shapes.
 
     It is built completely in a staging folder inside hub_cache and renamed into place, so a crash
-    never leaves a half-written model behind. An existing tiny model is replaced; a repo folder
+    never leaves a half-written model behind. An existing stand-in is replaced; a repo folder
     holding anything else (real weights, a partial download) is left alone: FileExistsError.
     """
-    _check_supported(spec)
     hub_cache = Path(hub_cache)
     target = repo_folder(spec.repo, hub_cache)
     if target.exists() and not _is_tiny_or_empty(target):
@@ -465,7 +472,9 @@ def write_tiny_model(spec: ModelSpec, hub_cache: Path, seed: int = 0) -> Path:
     try:
         files = staging / "files"
         files.mkdir()
-        _save_files(spec, files, seed)
+        save_files(files)
+        if not (files / "README.md").exists():
+            (files / "README.md").write_text(_readme(spec))
         staged = staging / repo_folder_name(repo_id=spec.repo, repo_type="model")
         rev = _layout(files, staged)
         _install(staged, target, staging)
