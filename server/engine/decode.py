@@ -1,21 +1,29 @@
-"""The engine's own autoregressive loop over transformers' MusicGen modules.
+"""The engine's own autoregressive loop over MusicGen's weights.
 
 Owning the loop (instead of calling generate()) is what gives each request in a batch its own
-seed and sampling parameters, progress per step, cancellation between steps, and later streaming
-and continuous batching. Greedy decoding is token-identical to MusicgenForConditionalGeneration.generate.
+seed and sampling parameters, progress per step, cancellation between steps, streaming and
+continuous batching. Greedy float32 decoding is token-identical to
+MusicgenForConditionalGeneration.generate.
+
+`DecodeBatch` is the step-able state: requests join (`add`) and leave (`remove`, or by finishing)
+at any step boundary, each with its own preallocated KV cache (server/engine/fastlm.py), so a
+request's tokens are the same whether it runs alone, batched, or joins a batch already running.
+`generate_codes` runs a fixed list of requests to the end on top of it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from server.engine import delay
+from server.engine.errors import UnsupportedRequest
+from server.engine.fastlm import FastLM, RequestCache
 from server.engine.loaded import LoadedModel
-from server.engine.sampling import guide, sample
+from server.engine.sampling import SamplerBatch, SamplingParams, guide
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,10 @@ class DecodeRequest:
     top_p: float = 0.0
     cfg_coef: float = 3.0
 
+    @property
+    def guided(self) -> bool:
+        return self.cfg_coef != 1.0
+
 
 class Cancelled(Exception):
     """Every request of the batch was cancelled."""
@@ -38,10 +50,11 @@ StepCallback = Callable[[int, int], None]
 CancelCheck = Callable[[int], bool]
 
 
-def _encode_text(lm: LoadedModel, prompts: Sequence[str], with_null: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conditional rows, then (for guidance) null rows with zeroed states and mask, in one batch."""
+def encode_text(lm: LoadedModel, prompt: str, with_null: bool) -> torch.Tensor:
+    """[rows, text_len, hidden]: the prompt's encoder states, then (for guidance) the null row with
+    zeroed states and mask, projected and masked exactly as transformers' generate() does."""
     model = lm.model
-    tokens = lm.tokenizer(list(prompts), padding=True, return_tensors="pt").to(lm.device)
+    tokens = lm.tokenizer([prompt], return_tensors="pt").to(lm.device)
     hidden = model.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
     mask = tokens.attention_mask
     if with_null:
@@ -49,7 +62,190 @@ def _encode_text(lm: LoadedModel, prompts: Sequence[str], with_null: bool) -> tu
         mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
     if getattr(model, "enc_to_dec_proj", None) is not None:
         hidden = model.enc_to_dec_proj(hidden)
-    return hidden * mask[..., None], mask
+    return hidden * mask[..., None]
+
+
+@dataclass
+class _Member:
+    handle: int
+    request: DecodeRequest
+    n_steps: int
+    cache: RequestCache
+    sequence: torch.Tensor  # [K, n_steps + 1] delayed codes; column 0 is the start token
+    keep: torch.Tensor  # [K, n_steps + 1] bool: where a sampled token is kept (else pad)
+    generator: torch.Generator
+    step: int = 0  # LM steps done
+
+    @property
+    def rows(self) -> int:
+        return self.cache.rows
+
+
+@dataclass
+class _Layout:
+    """Index tensors for the current membership (rebuilt on join/leave, not per step)."""
+
+    members: list[_Member]
+    cond_rows: torch.Tensor  # [n] conditional row of each member
+    null_rows: torch.Tensor  # [n] null row of each member (its conditional row when unguided)
+    guided: torch.Tensor  # [n, 1, 1] bool
+    cfg: torch.Tensor  # [n, 1, 1]
+    any_guided: bool
+    sampler: SamplerBatch
+    row_repeat: torch.Tensor  # [R] member index of each row
+    generators: list[torch.Generator] = field(default_factory=list)
+
+
+class DecodeBatch:
+    """A running batch of decode requests on one model, advanced one LM step at a time.
+
+    Not thread-safe: one thread calls add / remove / step / pop. A request's tokens depend only on
+    the request (prompt, frames, seed, sampling): never on when it joined or who else is in the batch.
+    """
+
+    def __init__(self, lm: LoadedModel):
+        if lm.spec.kind != "musicgen":
+            raise UnsupportedRequest(f"{lm.spec.name} ({lm.spec.kind}) is not supported by the decode loop yet")
+        self.lm = lm
+        self.fast: FastLM = lm.fast_lm()
+        self.device = lm.device
+        self.delays = delay.codebook_delays(lm.num_codebooks, lm.stereo)
+        self._members: list[_Member] = []
+        self._done: dict[int, torch.Tensor] = {}
+        self._handles = itertools.count()
+        self._layout: _Layout | None = None
+
+    # -- membership ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def add(self, request: DecodeRequest) -> int:
+        """Join the batch at the next step: encodes the text, computes its cross-attention K/V and
+        preallocates its KV cache. Returns the request's handle."""
+        if request.n_frames < 1:
+            raise ValueError("n_frames must be at least 1")
+        lm = self.lm
+        n_steps = delay.num_steps(request.n_frames, self.delays)
+        states = encode_text(lm, request.prompt, with_null=request.guided)
+        cache = self.fast.new_cache(rows=states.shape[0], steps=n_steps, encoder_states=states)
+        k_books = lm.num_codebooks
+        sequence = torch.full((k_books, n_steps + 1), lm.pad_token_id, dtype=torch.long, device=self.device)
+        sequence[:, 0] = lm.start_token_id
+        keep = delay.valid_positions(torch.tensor([request.n_frames]), self.delays, n_steps + 1)[0].to(self.device)
+        member = _Member(
+            handle=next(self._handles),
+            request=request,
+            n_steps=n_steps,
+            cache=cache,
+            sequence=sequence,
+            keep=keep,
+            generator=torch.Generator(device=self.device).manual_seed(request.seed),
+        )
+        self._members.append(member)
+        self._layout = None
+        return member.handle
+
+    def remove(self, handle: int) -> bool:
+        """Drop a request (cancelled): its rows and cache leave the batch now. False if unknown."""
+        self._done.pop(handle, None)
+        for i, m in enumerate(self._members):
+            if m.handle == handle:
+                del self._members[i]
+                self._layout = None
+                return True
+        return False
+
+    def pop(self, handle: int) -> torch.Tensor:
+        """The aligned codes [K, n_frames] of a finished request; forgets it."""
+        return self._done.pop(handle)
+
+    def finished(self) -> list[int]:
+        """Handles that finished and were not popped yet."""
+        return list(self._done)
+
+    @property
+    def active(self) -> list[int]:
+        return [m.handle for m in self._members]
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def progress(self, handle: int) -> tuple[int, int]:
+        """(steps done, steps in all) of an active request."""
+        for m in self._members:
+            if m.handle == handle:
+                return m.step, m.n_steps
+        raise KeyError(handle)
+
+    def rows(self) -> int:
+        """Decoder rows in use (2 per guided request): what one step's weight read is shared by."""
+        return sum(m.rows for m in self._members)
+
+    # -- stepping -----------------------------------------------------------------------------
+
+    def _build_layout(self) -> _Layout:
+        dev = self.device
+        members = list(self._members)
+        cond, null, row_member = [], [], []
+        row = 0
+        for i, m in enumerate(members):
+            cond.append(row)
+            null.append(row + 1 if m.rows == 2 else row)
+            row_member += [i] * m.rows
+            row += m.rows
+        params = [SamplingParams(m.request.temperature, m.request.top_k, m.request.top_p) for m in members]
+
+        def t(values, dtype=torch.long):
+            return torch.tensor(values, dtype=dtype, device=dev)
+
+        return _Layout(
+            members=members,
+            cond_rows=t(cond),
+            null_rows=t(null),
+            guided=t([m.request.guided for m in members], torch.bool).view(-1, 1, 1),
+            cfg=t([m.request.cfg_coef for m in members], torch.float32).view(-1, 1, 1),
+            any_guided=any(m.request.guided for m in members),
+            sampler=SamplerBatch(params, self.fast.vocab_size, dev),
+            row_repeat=t(row_member),
+            generators=[m.generator for m in members],
+        )
+
+    @torch.inference_mode()
+    def step(self) -> list[int]:
+        """Advance every active request by one LM step. Returns the handles that finished on this
+        step; their codes are ready with pop(), and their caches are already freed."""
+        if not self._members:
+            return []
+        if self._layout is None:
+            self._layout = self._build_layout()
+        lay = self._layout
+        members = lay.members
+
+        current = torch.stack([m.sequence[:, m.step] for m in members])  # [n, K]
+        tokens = current.index_select(0, lay.row_repeat)  # [R, K]
+        logits = self.fast.step(tokens, [m.cache for m in members], lay.cond_rows)  # [R, K, V]
+
+        cond = logits.index_select(0, lay.cond_rows)
+        if lay.any_guided:
+            uncond = logits.index_select(0, lay.null_rows)
+            scores = torch.where(lay.guided, guide(cond, uncond, lay.cfg), cond)
+        else:
+            scores = cond
+        chosen = lay.sampler(scores, lay.generators)  # [n, K]
+
+        finished = []
+        for i, m in enumerate(members):
+            m.step += 1
+            col = m.step
+            m.sequence[:, col] = torch.where(m.keep[:, col], chosen[i], m.sequence[:, col])
+            if m.step >= m.n_steps:
+                finished.append(m)
+        if finished:
+            for m in finished:
+                self._done[m.handle] = delay.undelay(m.sequence, m.request.n_frames, self.delays)
+            gone = {m.handle for m in finished}
+            self._members = [m for m in self._members if m.handle not in gone]
+            self._layout = None
+        return [m.handle for m in finished]
 
 
 @torch.inference_mode()
@@ -59,58 +255,31 @@ def generate_codes(
     on_step: StepCallback | None = None,
     is_cancelled: CancelCheck | None = None,
 ) -> list[torch.Tensor | None]:
-    """Token codes [K, n_frames] per request (None for a request cancelled mid-way)."""
-    batch = len(requests)
-    k_books = lm.num_codebooks
-    delays = delay.codebook_delays(k_books, lm.stereo)
-    n_frames = torch.tensor([r.n_frames for r in requests])
-    steps_each = [delay.num_steps(r.n_frames, delays) for r in requests]
-    total_steps = max(steps_each)
-    length = total_steps + 1
+    """Token codes [K, n_frames] per request (None for a request cancelled mid-way).
 
-    with_null = any(r.cfg_coef != 1.0 for r in requests)
-    enc_states, enc_mask = _encode_text(lm, [r.prompt for r in requests], with_null)
-
-    keep = delay.valid_positions(n_frames, delays, length).to(lm.device)
-    sequence = torch.full((batch, k_books, length), lm.pad_token_id, dtype=torch.long, device=lm.device)
-    sequence[:, :, 0] = lm.start_token_id
-    cfg = torch.tensor([r.cfg_coef for r in requests], device=lm.device).view(-1, 1, 1)
-    generators = [torch.Generator(device=lm.device).manual_seed(r.seed) for r in requests]
-    cancelled = [False] * batch
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    decoder = lm.model.decoder
-
-    for step in range(total_steps):
-        tokens = sequence[:, :, step]
-        if with_null:
-            tokens = torch.cat([tokens, tokens], dim=0)
-        out = decoder(
-            input_ids=tokens.reshape(-1, 1),
-            encoder_hidden_states=enc_states,
-            encoder_attention_mask=enc_mask,
-            cache=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1, :].float().view(-1, k_books, out.logits.shape[-1])
-        if with_null:
-            cond, uncond = logits[:batch], logits[batch:]
-            logits = torch.where(cfg == 1.0, cond, guide(cond, uncond, cfg))
-        next_tokens = torch.stack(
-            [sample(logits[i], r.temperature, r.top_k, r.top_p, generators[i]) for i, r in enumerate(requests)]
-        )
-        col = step + 1
-        sequence[:, :, col] = torch.where(keep[:, :, col], next_tokens, sequence[:, :, col])
+    Each request leaves the batch as soon as it is done or cancelled; on_step counts steps of the
+    longest request."""
+    batch = DecodeBatch(lm)
+    handles = [batch.add(r) for r in requests]
+    total = max(delay.num_steps(r.n_frames, batch.delays) for r in requests)
+    results: dict[int, torch.Tensor] = {}
+    cancelled: set[int] = set()
+    for step in range(1, total + 1):
+        if not len(batch):
+            break
+        for handle in batch.step():
+            results[handle] = batch.pop(handle)
         if on_step is not None:
-            on_step(col, total_steps)
+            on_step(step, total)
         if is_cancelled is not None:
-            cancelled = [c or is_cancelled(i) for i, c in enumerate(cancelled)]
-            live = [i for i in range(batch) if not cancelled[i] and steps_each[i] > col]
-            if all(cancelled):
+            live = set(batch.active)
+            for i, handle in enumerate(handles):
+                if handle in live and is_cancelled(i):
+                    batch.remove(handle)
+                    cancelled.add(i)
+            if len(cancelled) == len(requests):
                 raise Cancelled()
-            if not live:
-                break
-
-    return [None if cancelled[i] else delay.undelay(sequence[i], r.n_frames, delays) for i, r in enumerate(requests)]
+    return [results.get(h) for h in handles]
 
 
 @torch.inference_mode()
@@ -118,7 +287,7 @@ def codes_to_audio(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
     """[K, n_frames] codes -> [channels, samples] float32 waveform at the model's native rate.
     Stereo models interleave L/R codebooks; each channel is decoded on its own, as transformers does."""
     codec = lm.model.audio_encoder
-    frames = codes[None, None]  # [chunks=1, batch=1, K, T]
+    frames = codes.to(lm.device)[None, None]  # [chunks=1, batch=1, K, T]
     if lm.stereo:
         left = codec.decode(frames[:, :, ::2], audio_scales=[None]).audio_values
         right = codec.decode(frames[:, :, 1::2], audio_scales=[None]).audio_values

@@ -1,10 +1,26 @@
-"""Device and precision choice."""
+"""Device and precision choice.
+
+A precision names how the language model's weights are stored and what its matmuls compute in:
+
+| precision | weights | matmul inputs | residual stream, norms, softmax | where |
+|---|---|---|---|---|
+| float32 | fp32 | fp32 | fp32 | CPU, CUDA (the reference: token-identical to transformers) |
+| bfloat16 | bf16 | bf16 | fp32 | CPU (AVX512-BF16 / AMX), CUDA |
+| float16 | fp16 | fp16 | fp32 | CUDA |
+| int8 | int8, one scale per output channel | bf16 | fp32 | CPU (weight-only: activations are never quantized) |
+
+The text encoder (T5) and the audio codec (EnCodec) always run in float32: they run once per request,
+and half precision in T5 is known to overflow. docs/benchmarks.md has the measured speed and fidelity.
+"""
 
 from __future__ import annotations
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
+# Which precisions a device runs. float16 on CPU has no fast matmul; int8 is a CPU weight-only kernel.
+_SUPPORTED = {"cpu": ("float32", "bfloat16", "int8"), "cuda": ("float32", "bfloat16", "float16")}
 
 
 def pick_device(setting: str) -> torch.device:
@@ -13,11 +29,54 @@ def pick_device(setting: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 dot products (AVX512-BF16 or AMX); without them bf16 matmuls are emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def default_precision(device: torch.device) -> str:
+    """The fastest safe precision for the device (measured: docs/benchmarks.md).
+
+    CPU: int8 weight-only. The decoder step is bound by reading the weights, so a quarter of the fp32
+    bytes is the biggest single win; its fidelity against fp32 is documented. CUDA: float16, as
+    AudioCraft itself runs on GPU (autocast float16); the residual stream stays fp32 here.
+    """
+    if device.type == "cuda":
+        return "float16"
+    return "int8"
+
+
+def pick_precision(setting: str, device: torch.device) -> str:
+    """The precision name for a `dtype` setting ("auto" or a name from PRECISIONS) on a device."""
+    name = default_precision(device) if setting == "auto" else setting
+    if name not in _DTYPES:
+        raise ValueError(f"unknown precision {setting!r}; choose auto or one of {', '.join(PRECISIONS)}")
+    supported = _SUPPORTED.get(device.type, ("float32",))
+    if name not in supported:
+        raise ValueError(f"precision {name} is not available on {device.type}; choose one of {', '.join(supported)}")
+    return name
+
+
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting != "auto":
-        return _DTYPES[setting]
-    # fp32 on CPU until the precision work measures what bf16/int8 cost in fidelity.
-    return torch.float16 if device.type == "cuda" else torch.float32
+    """The weight dtype for a setting: torch.int8 stands for int8 weight-only quantization.
+
+    Loaders that have no quantized form (EnCodec) ignore it and stay float32."""
+    return _DTYPES[pick_precision(setting, device)]
+
+
+def precision_of(dtype: torch.dtype) -> str:
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise ValueError(f"no precision for {dtype}")
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """What the matmuls compute in: int8 weights are multiplied with bf16 activations."""
+    return torch.bfloat16 if precision == "int8" else _DTYPES[precision]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 
 from lib.catalogue import ModelSpec
+from server.engine.device import precision_of
 
 
 @dataclass
@@ -21,6 +23,24 @@ class LoadedModel:
     source: Path
     load_time_s: float = 0.0
     last_used: float = field(default=0.0)
+    # The decoder step the engine runs (server/engine/fastlm.py), built at load or on first use.
+    fast: Any = field(default=None, repr=False)
+    _fast_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def precision(self) -> str:
+        """float32, bfloat16, float16 or int8 (weight-only): the decoder's precision."""
+        return precision_of(self.dtype)
+
+    def fast_lm(self):
+        """The packed decoder for this model's precision (built once, then shared)."""
+        if self.fast is None:
+            with self._fast_lock:
+                if self.fast is None:
+                    from server.engine.fastlm import FastLM
+
+                    self.fast = FastLM(self.model.decoder, self.precision, self.device)
+        return self.fast
 
     @property
     def decoder_config(self):
@@ -57,11 +77,48 @@ class LoadedModel:
         return 2 if self.stereo else 1
 
     def memory_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        seen: set[int] = set()
+        total = 0
+        tensors = [p for p in self.model.parameters()]
+        if self.fast is not None:
+            tensors += self.fast.tensors()
+        for t in tensors:
+            if t.is_meta or t.untyped_storage().data_ptr() in seen:
+                continue
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+        return total
+
+
+def prepare(model, spec: ModelSpec, tokenizer, device: torch.device, dtype: torch.dtype, source: Path) -> LoadedModel:
+    """Put a float32 MusicGen model on the device at the given decoder precision.
+
+    The text encoder, the projection and EnCodec stay float32. The decoder is packed for the engine's
+    step (FastLM). At float32 the packed decoder shares the transformers weights, and the transformers
+    decoder stays usable (the reference the tests compare against). At any other precision the
+    transformers decoder's fp32 weights are released (moved to the meta device): the packed copy is
+    the only one kept, so memory holds one decoder, not two.
+    """
+    from server.engine.fastlm import FastLM
+
+    model.eval()
+    precision = precision_of(dtype)
+    lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, source=source)
+    if precision == "float32":
+        model.to(device)
+        lm.fast = FastLM(model.decoder, precision, device)
+        return lm
+    lm.fast = FastLM(model.decoder, precision, device)
+    model.decoder.to("meta")
+    for name, child in model.named_children():
+        if name != "decoder":
+            child.to(device)
+    return lm
 
 
 def load_musicgen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    """Load from a local snapshot folder only: no network at load time."""
+    """Load from a local snapshot folder only: no network at load time. dtype is the decoder's
+    precision (torch.int8: int8 weight-only); see server/engine/device.py."""
     import time
 
     from transformers import (
@@ -72,15 +129,8 @@ def load_musicgen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: 
 
     started = time.perf_counter()
     cls = MusicgenMelodyForConditionalGeneration if spec.kind == "musicgen-melody" else MusicgenForConditionalGeneration
-    model = cls.from_pretrained(snapshot, dtype=dtype, local_files_only=True)
-    model.to(device).eval()
+    model = cls.from_pretrained(snapshot, dtype=torch.float32, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
-    return LoadedModel(
-        spec=spec,
-        model=model,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-        source=snapshot,
-        load_time_s=time.perf_counter() - started,
-    )
+    lm = prepare(model, spec, tokenizer, device, dtype, snapshot)
+    lm.load_time_s = time.perf_counter() - started
+    return lm

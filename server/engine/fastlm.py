@@ -1,0 +1,338 @@
+"""MusicGen's decoder step, re-written over the transformers modules' weights for the engine's loop.
+
+What it does differently from calling the transformers decoder once per step:
+
+- **A static KV cache per request.** Each request owns a preallocated cache sized to its own length
+  ([layers, rows, heads, steps, head_dim]); a step writes one position and attends over the filled
+  prefix. Requests join and leave a running batch by adding or dropping their own cache: nothing is
+  copied or re-padded for the others.
+- **Cross-attention keys and values computed once** per request, when it joins. The null (guidance)
+  row's cross-attention is skipped: its encoder states are all zero and fully masked, so transformers
+  adds exactly 0 there too.
+- **Fewer, larger ops:** the q/k/v projections are one matmul, the codebook embeddings one lookup, the
+  codebook heads one matmul.
+- **Precision:** the weights are fp32, bf16, fp16, or int8 with one scale per output channel
+  (weight-only: `torch._weight_int8pack_mm` with bf16 activations). The residual stream, layer norms
+  and logits stay fp32 in every precision.
+
+**Batch independence, bit for bit.** A request's numbers must not depend on what it is batched with.
+Row-wise ops (norms, attention per request, the int8 kernel) are independent of the other rows by
+construction. Dense BLAS/oneDNN matmuls are not: they pick kernels by the number of rows (MKL's fp32
+GEMV for one row differs from its GEMM for two). So dense matmuls always run on blocks of exactly
+`row_block` rows, zero-padded: every row of every batch goes through a matmul of one fixed shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from server.engine.device import compute_dtype
+
+# Rows per dense matmul call (see the module docstring). MKL's fp32 GEMM gives the same bits for
+# 2..15 rows on AVX-512 and oneDNN's bf16 for 2..32, so these blocks also match transformers' own
+# two-row (conditional + null) matmuls; the int8 kernel is row-wise and needs no block.
+_ROW_BLOCK = {"float32": 8, "bfloat16": 16, "float16": 16, "int8": 1}
+
+
+class PackedLinear:
+    """y = x @ W.T (+ b) for x [rows, in]: dense in the compute dtype, or int8 weight-only."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str, device: torch.device):
+        cdt = compute_dtype(precision)
+        weight = weight.detach()
+        self.precision = precision
+        self.out_features = weight.shape[0]
+        self.block = _ROW_BLOCK[precision]
+        self.bias = None if bias is None else bias.detach().to(device=device, dtype=torch.float32)
+        if precision == "int8":
+            w = weight.to(device=device, dtype=torch.float32)
+            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            self.scales = scale.to(cdt)
+        else:
+            # No copy when the dtype and device already match (fp32 shares the transformers weights).
+            self.weight = weight.to(device=device, dtype=cdt).contiguous()
+            self.scales = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.weight, self.scales, self.bias) if t is not None]
+
+    def nbytes(self) -> int:
+        extra = 0 if self.scales is None else self.scales.numel() * self.scales.element_size()
+        return self.weight.numel() * self.weight.element_size() + extra
+
+    def __call__(self, x: torch.Tensor, blocked: bool = True) -> torch.Tensor:
+        """blocked=False: one matmul over all rows, for inputs that belong to a single request."""
+        if self.scales is not None:
+            out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
+        elif blocked:
+            out = _blocked_linear(x, self.weight, self.block)
+        else:
+            out = F.linear(x, self.weight)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out
+
+
+def _blocked_linear(x: torch.Tensor, weight: torch.Tensor, block: int) -> torch.Tensor:
+    rows = x.shape[0]
+    if rows == block:
+        return F.linear(x, weight)
+    pieces = []
+    for start in range(0, rows, block):
+        chunk = x[start : start + block]
+        if chunk.shape[0] < block:
+            chunk = F.pad(chunk, (0, 0, 0, block - chunk.shape[0]))
+        pieces.append(F.linear(chunk, weight))
+    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return out[:rows]
+
+
+@dataclass
+class _Norm:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float
+
+    @classmethod
+    def of(cls, module: torch.nn.LayerNorm, device: torch.device) -> _Norm:
+        return cls(
+            module.weight.detach().to(device, torch.float32),
+            module.bias.detach().to(device, torch.float32),
+            float(module.eps),
+        )
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.weight, self.bias]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+@dataclass
+class _Layer:
+    norm_self: _Norm
+    qkv: PackedLinear
+    out: PackedLinear
+    norm_cross: _Norm | None
+    cross_q: PackedLinear | None
+    cross_k: PackedLinear | None
+    cross_v: PackedLinear | None
+    cross_out: PackedLinear | None
+    norm_ffn: _Norm
+    fc1: PackedLinear
+    fc2: PackedLinear
+    activation: object
+
+
+@dataclass
+class RequestCache:
+    """One request's attention state: its self-attention cache and its text's cross-attention K/V."""
+
+    rows: int  # 2 with guidance (conditional, null), else 1
+    self_k: torch.Tensor  # [layers, rows, heads, steps, head_dim]
+    self_v: torch.Tensor
+    cross_k: torch.Tensor | None  # [layers, 1, heads, text_len, head_dim], conditional row only
+    cross_v: torch.Tensor | None
+    pos: int = 0  # positions filled so far
+
+    def nbytes(self) -> int:
+        tensors = [self.self_k, self.self_v, self.cross_k, self.cross_v]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class FastLM:
+    """The decoder of a MusicgenForCausalLM, as packed weights and a step function."""
+
+    def __init__(self, causal_lm, precision: str, device: torch.device):
+        config = causal_lm.config
+        decoder = causal_lm.model.decoder
+        self.precision = precision
+        self.device = device
+        self.compute_dtype = compute_dtype(precision)
+        self.cache_dtype = self.compute_dtype
+        self.num_codebooks = int(config.num_codebooks)
+        self.vocab_size = int(config.vocab_size)
+        self.hidden = int(config.hidden_size)
+        self.heads = int(config.num_attention_heads)
+        self.head_dim = self.hidden // self.heads
+        self.scaling = self.head_dim**-0.5
+        self.max_positions = int(decoder.embed_positions.weights.shape[0])
+        # fp32 keeps transformers' exact order of operations (token identity); the others are free to
+        # reassociate (a fused embedding sum).
+        self.exact = precision == "float32"
+
+        tables = [emb.weight.detach() for emb in decoder.embed_tokens]
+        self.table_rows = tables[0].shape[0]  # vocab + 1 (the pad/start token)
+        self.embed = torch.cat(tables).to(device, torch.float32)
+        self.embed_offsets = (torch.arange(self.num_codebooks, device=device) * self.table_rows).view(1, -1)
+        self.positions = decoder.embed_positions.weights.detach().to(device, torch.float32)
+
+        def lin(module: torch.nn.Linear) -> PackedLinear:
+            return PackedLinear(module.weight, module.bias, precision, device)
+
+        def fused(*modules: torch.nn.Linear) -> PackedLinear:
+            weight = torch.cat([m.weight.detach() for m in modules])
+            biases = [m.bias for m in modules]
+            bias = None if all(b is None for b in biases) else torch.cat([b.detach() for b in biases])
+            return PackedLinear(weight, bias, precision, device)
+
+        self.layers: list[_Layer] = []
+        for layer in decoder.layers:
+            attn = layer.self_attn
+            cross = getattr(layer, "encoder_attn", None)
+            self.layers.append(
+                _Layer(
+                    norm_self=_Norm.of(layer.self_attn_layer_norm, device),
+                    qkv=fused(attn.q_proj, attn.k_proj, attn.v_proj),
+                    out=lin(attn.out_proj),
+                    norm_cross=_Norm.of(layer.encoder_attn_layer_norm, device) if cross is not None else None,
+                    cross_q=lin(cross.q_proj) if cross is not None else None,
+                    cross_k=lin(cross.k_proj) if cross is not None else None,
+                    cross_v=lin(cross.v_proj) if cross is not None else None,
+                    cross_out=lin(cross.out_proj) if cross is not None else None,
+                    norm_ffn=_Norm.of(layer.final_layer_norm, device),
+                    fc1=lin(layer.fc1),
+                    fc2=lin(layer.fc2),
+                    activation=layer.activation_fn,
+                )
+            )
+        self.has_cross_attention = all(layer.cross_q is not None for layer in self.layers)
+        self.final_norm = _Norm.of(decoder.layer_norm, device)
+        self.heads_out = fused(*causal_lm.lm_heads)
+
+    # -- sizes --------------------------------------------------------------------------------
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights one step reads (the cross-attention K/V projections run once per request)."""
+        total = self.heads_out.nbytes()
+        for layer in self.layers:
+            parts = [layer.qkv, layer.out, layer.cross_q, layer.cross_out, layer.fc1, layer.fc2]
+            total += sum(p.nbytes() for p in parts if p is not None)
+        return total
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the packed decoder holds (for memory accounting)."""
+        out = [self.embed, self.positions, *self.final_norm.tensors(), *self.heads_out.tensors()]
+        for layer in self.layers:
+            for part in vars(layer).values():
+                if isinstance(part, (PackedLinear, _Norm)):
+                    out += part.tensors()
+        return out
+
+    def cache_bytes(self, rows: int, steps: int) -> int:
+        return 2 * len(self.layers) * rows * steps * self.hidden * torch.finfo(self.cache_dtype).bits // 8
+
+    # -- per request --------------------------------------------------------------------------
+
+    def new_cache(self, rows: int, steps: int, encoder_states: torch.Tensor | None) -> RequestCache:
+        """Preallocate a request's cache. encoder_states [rows, text_len, hidden]: the conditional row
+        first (then the null row, as transformers computes them), already projected and masked."""
+        if steps > self.max_positions:
+            raise ValueError(f"{steps} steps exceed the model's {self.max_positions} positions")
+        shape = (len(self.layers), rows, self.heads, steps, self.head_dim)
+        k = torch.empty(shape, device=self.device, dtype=self.cache_dtype)
+        v = torch.empty(shape, device=self.device, dtype=self.cache_dtype)
+        cross_k = cross_v = None
+        if encoder_states is not None and self.has_cross_attention:
+            cross_k, cross_v = self._cross_kv(encoder_states)
+        return RequestCache(rows=rows, self_k=k, self_v=v, cross_k=cross_k, cross_v=cross_v)
+
+    def _cross_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, text_len, _ = states.shape
+        flat = states.reshape(n * text_len, -1).to(self.compute_dtype)
+        ks, vs = [], []
+        for layer in self.layers:
+            # All rows go through the projection, as in transformers (same matmul shape, same bits);
+            # only the conditional row is kept: the null row's cross-attention output is exactly 0.
+            k = layer.cross_k(flat, blocked=False)[:text_len]
+            v = layer.cross_v(flat, blocked=False)[:text_len]
+            ks.append(k.view(1, text_len, self.heads, self.head_dim).transpose(1, 2))
+            vs.append(v.view(1, text_len, self.heads, self.head_dim).transpose(1, 2))
+        return (
+            torch.stack(ks).to(self.cache_dtype).contiguous(),
+            torch.stack(vs).to(self.cache_dtype).contiguous(),
+        )
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [rows, K] -> summed codebook embeddings [rows, hidden] (fp32)."""
+        rows = tokens.shape[0]
+        flat = (tokens + self.embed_offsets).reshape(-1)
+        e = self.embed.index_select(0, flat).view(rows, self.num_codebooks, self.hidden)
+        if not self.exact:
+            return e.sum(dim=1)
+        out = e[:, 0]  # transformers: sum(embed_k(...) for k): left to right
+        for k in range(1, self.num_codebooks):
+            out = out + e[:, k]
+        return out
+
+    @torch.inference_mode()
+    def step(
+        self,
+        tokens: torch.Tensor,
+        caches: list[RequestCache],
+        cond_rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decode step for every request of a batch.
+
+        tokens [R, K]: the current input codes of each row (a request's rows are adjacent, conditional
+        first), caches: one per request in row order, cond_rows: long [n_requests] index of each
+        request's conditional row. Returns fp32 logits [R, K, vocab]. Each cache's `pos` advances by one.
+        """
+        x = self._embed(tokens)
+        pos = torch.cat([self.positions[c.pos : c.pos + 1].expand(c.rows, -1) for c in caches])
+        h = x + pos
+        cdt = self.compute_dtype
+        hidden, heads, head_dim = self.hidden, self.heads, self.head_dim
+        spans = []
+        start = 0
+        for c in caches:
+            spans.append((start, start + c.rows))
+            start += c.rows
+
+        for li, layer in enumerate(self.layers):
+            # self-attention
+            qkv = layer.qkv(layer.norm_self(h).to(cdt))
+            q, k, v = qkv.split(hidden, dim=-1)
+            att = torch.empty(h.shape[0], hidden, device=h.device, dtype=qkv.dtype)
+            for c, (r0, r1) in zip(caches, spans, strict=True):
+                rows, p = c.rows, c.pos
+                kc, vc = c.self_k[li], c.self_v[li]
+                kc[:, :, p] = k[r0:r1].view(rows, heads, head_dim)
+                vc[:, :, p] = v[r0:r1].view(rows, heads, head_dim)
+                out = F.scaled_dot_product_attention(
+                    q[r0:r1].view(rows, heads, 1, head_dim),
+                    kc[:, :, : p + 1],
+                    vc[:, :, : p + 1],
+                    scale=self.scaling,
+                )
+                att[r0:r1] = out.transpose(1, 2).reshape(rows, hidden)
+            h = h + layer.out(att).float()
+
+            # cross-attention, conditional rows only (the null rows' is exactly 0)
+            if layer.cross_q is not None:
+                cq = layer.cross_q(layer.norm_cross(h.index_select(0, cond_rows)).to(cdt))
+                catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=cq.dtype)
+                for i, c in enumerate(caches):
+                    out = F.scaled_dot_product_attention(
+                        cq[i : i + 1].view(1, heads, 1, head_dim),
+                        c.cross_k[li],
+                        c.cross_v[li],
+                        scale=self.scaling,
+                    )
+                    catt[i : i + 1] = out.transpose(1, 2).reshape(1, hidden)
+                h = h.index_add(0, cond_rows, layer.cross_out(catt).float())
+
+            # feed-forward
+            f = layer.fc2(layer.activation(layer.fc1(layer.norm_ffn(h).to(cdt))))
+            h = h + f.float()
+
+        for c in caches:
+            c.pos += 1
+        logits = self.heads_out(self.final_norm(h).to(cdt)).float()
+        return logits.view(h.shape[0], self.num_codebooks, self.vocab_size)
