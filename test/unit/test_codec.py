@@ -278,3 +278,18 @@ def test_too_many_codebooks_and_lm_are_refused(codecs):
         data = container.encode_header(header) + b"\x00" * 100
         with pytest.raises(EcdcError):
             decode(c, data)
+
+
+@pytest.mark.parametrize("name", ["encodec-24khz", "encodec-32khz"])
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_lengths_of_whole_chunks(codecs, monkeypatch, name, chunks):
+    """A length that is a whole number of streaming chunks (nothing left for the flush)."""
+    monkeypatch.setattr(C, "CHUNK_S", 0.5)
+    c = codecs[name]
+    n = chunks * c.chunk_samples
+    audio = noise(1, n, seed=chunks)
+    data = encode(c, audio, block=c.chunk_samples)
+    assert data == encode(c, audio, block=1000)
+    assert decode(c, data).shape == (1, n)
+    monkeypatch.setattr(C, "CHUNK_S", 100.0)
+    assert encode(c, audio) == data

@@ -176,6 +176,17 @@ def _encode_whole(
         counts["frames"] += out.codes.shape[1]
         return out
 
+    # One chunk is held back: which chunk is the last is known only when the audio ends (the
+    # flush may add frames, or none when the length is a whole number of chunks).
+    held: CodeChunk | None = None
+
+    def hold(out: CodeChunk | None) -> CodeChunk | None:
+        nonlocal held
+        if out is None:
+            return None
+        ready, held = held, out
+        return ready
+
     for block in blocks:
         block = _check_block(block, codec.layout.channels)
         if not block.shape[1]:
@@ -190,26 +201,29 @@ def _encode_whole(
             pending, pending_len = ([rest] if rest.shape[1] else []), rest.shape[1]
             if encoder is None:
                 encoder = stream.streaming(model.encoder)
-            out = quantize(encoder.push(codec._tensor(piece)))
-            if out is not None:
-                yield out
+            ready = hold(quantize(encoder.push(codec._tensor(piece))))
+            if ready is not None:
+                yield ready
             if on_progress:
                 on_progress(counts["audio_length"] - pending_len, 0)
     if counts["audio_length"] == 0:
         return
     if encoder is None:
-        audio = np.concatenate(pending, axis=1)
-        outs = [quantize(model.encoder(codec._tensor(audio)))]
+        outs = [quantize(model.encoder(codec._tensor(np.concatenate(pending, axis=1))))]
     else:
         outs = []
         if pending_len:
             outs.append(quantize(encoder.push(codec._tensor(np.concatenate(pending, axis=1)))))
         outs.append(quantize(encoder.flush()))
-    outs = [o for o in outs if o is not None]
-    outs[-1].last = True
-    outs[-1].length = counts["audio_length"]
+    for out in outs:
+        ready = hold(out)
+        if ready is not None:
+            yield ready
+    assert held is not None, "the encoder made no frames"
+    held.last = True
+    held.length = counts["audio_length"]
     counts["segments"] = 1
-    yield from outs
+    yield held
     if on_progress:
         on_progress(counts["audio_length"], counts["audio_length"])
 
