@@ -34,8 +34,13 @@ class Settings(BaseSettings):
         None, description="Hub-cache-layout directory holding the weights; default: the Hugging Face hub cache"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight precision; auto picks the fastest safe choice for the device"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+        "auto",
+        description=(
+            "Language-model precision. auto: int8 (weight-only) on CPU, float16 on CUDA. "
+            "float32 is token-identical to transformers; int8 is CPU only, float16 CUDA only. "
+            "Fidelity and speed of each: docs/benchmarks.md"
+        ),
     )
     runtime: Literal["auto", "docker", "native"] = Field("auto", description="How the CLI runs the server")
 
