@@ -1,0 +1,190 @@
+"""The engine's fast path: packed decoder step, precisions, vectorised sampling, continuous batching.
+
+Everything runs on the tiny random-weight checkpoints, through the real loading code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib.settings import Settings
+from server.engine.decode import DecodeBatch, DecodeRequest, encode_text, generate_codes
+from server.engine.device import pick_dtype, pick_precision
+from server.engine.fastlm import FastLM, PackedLinear
+from server.engine.registry import ModelRegistry
+from server.engine.sampling import SamplerBatch, SamplingParams, sample
+
+PRECISIONS = ["float32", "bfloat16", "int8"]
+
+
+@pytest.fixture(scope="module")
+def registries(tiny_hub):
+    return {p: ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype=p)) for p in PRECISIONS}
+
+
+def _alone(lm, request):
+    return generate_codes(lm, [request])[0]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_join_late_and_leave_do_not_change_a_request(registries, precision):
+    lm = registries[precision].get("musicgen-small")
+    first = DecodeRequest("a long orchestral film score", 45, seed=2, top_p=0.9)
+    late = DecodeRequest("lofi hip hop beat", 30, seed=1)
+    greedy = DecodeRequest("drums", 12, seed=3, temperature=0.0, cfg_coef=1.0)
+    doomed = DecodeRequest("cancel me", 40, seed=9, temperature=0.7, top_k=20, cfg_coef=5.0)
+    want = {r: _alone(lm, r) for r in (first, late, greedy)}
+
+    batch = DecodeBatch(lm)
+    handles = {batch.add(first): first}
+    for _ in range(7):
+        batch.step()
+    handles[batch.add(late)] = late  # joins a running batch at step 7 of `first`
+    for _ in range(5):
+        batch.step()
+    handles[batch.add(greedy)] = greedy
+    gone = batch.add(doomed)
+    batch.step()
+    batch.step()
+    assert batch.rows() == 2 + 2 + 1 + 2
+    assert batch.remove(gone)  # leaves mid-way: its rows and cache go now
+    assert batch.rows() == 2 + 2 + 1
+    got = {}
+    while len(batch):
+        for h in batch.step():
+            got[handles[h]] = batch.pop(h)
+    assert batch.finished() == []
+    for request, codes in want.items():
+        assert torch.equal(got[request], codes), request.prompt
+
+
+def test_a_finished_request_leaves_at_once(registries):
+    lm = registries["float32"].get("musicgen-small")
+    batch = DecodeBatch(lm)
+    short = batch.add(DecodeRequest("short", 2, seed=0))  # 2 frames + 3 delay steps
+    long = batch.add(DecodeRequest("long", 20, seed=0))
+    finished_at = None
+    for step in range(1, 24):
+        done = batch.step()
+        if short in done:
+            finished_at = step
+            assert batch.active == [long]
+            assert batch.rows() == 2
+            assert batch.pop(short).shape == (4, 2)
+        if not len(batch):
+            break
+    assert finished_at == 5
+    assert batch.progress(long) if len(batch) else True
+
+
+@pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small"])
+def test_step_matches_transformers_decoder(registries, name):
+    """fp32 logits equal transformers' decoder with a DynamicCache (within float noise from the
+    fixed matmul blocks; bitwise at the real shapes, see docs/benchmarks.md)."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    lm = registries["float32"].get(name)
+    fast = lm.fast_lm()
+    k_books = lm.num_codebooks
+    with torch.inference_mode():
+        states = encode_text(lm, "upbeat electronic music", with_null=True)
+        cache = fast.new_cache(2, 12, states)
+        ref_cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        mask = torch.tensor([[1] * states.shape[1], [0] * states.shape[1]])
+        tokens = torch.full((2, k_books), lm.start_token_id)
+        for _ in range(12):
+            ref = (
+                lm.model.decoder(
+                    input_ids=tokens.reshape(-1, 1),
+                    encoder_hidden_states=states,
+                    encoder_attention_mask=mask,
+                    cache=ref_cache,
+                    use_cache=True,
+                )
+                .logits[:, -1]
+                .view(2, k_books, -1)
+            )
+            got = fast.step(tokens, [cache], torch.tensor([0]))
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+            tokens = ref[0].argmax(-1).view(1, -1).expand(2, -1).contiguous()
+
+
+def test_low_precisions_stay_close_to_fp32(registries):
+    ref = registries["float32"].get("musicgen-small")
+    req = DecodeRequest("calm piano", 30, seed=0, temperature=0.0)
+    want = _alone(ref, req)
+    for precision in ("bfloat16", "int8"):
+        lm = registries[precision].get("musicgen-small")
+        assert lm.precision == precision
+        assert lm.model.decoder.device.type == "meta"  # the fp32 decoder is released: one copy in memory
+        got = _alone(lm, req)
+        assert got.shape == want.shape
+        # Greedy on random weights is the harshest case (flat logits, one flip changes the rest).
+        assert (got == want).float().mean() > 0.2, precision
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_packed_linear_rows_are_independent(precision):
+    torch.manual_seed(0)
+    weight = torch.randn(96, 64) / 8
+    lin = PackedLinear(weight, None, precision, torch.device("cpu"))
+    dtype = torch.float32 if precision == "float32" else torch.bfloat16
+    x = torch.randn(40, 64).to(dtype)
+    full = lin(x)
+    for rows in (1, 2, 3, 7, 8, 15, 16, 17, 33):
+        assert torch.equal(lin(x[:rows]), full[:rows]), rows
+        assert torch.equal(lin(x[rows - 1 : rows + 4]), full[rows - 1 : rows + 4]), rows
+
+
+def test_int8_weights_are_per_channel_symmetric():
+    weight = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.0, -2.0]])
+    lin = PackedLinear(weight, None, "int8", torch.device("cpu"))
+    assert lin.weight.dtype == torch.int8
+    assert lin.weight.tolist() == [[64, -127, 32], [127, 0, -127]]
+    assert lin.nbytes() == 6 + 2 * 2
+
+
+def test_vectorised_sampler_equals_per_request_sampling():
+    torch.manual_seed(0)
+    params = [
+        SamplingParams(1.0, 250, 0.0),
+        SamplingParams(0.0, 250, 0.0),
+        SamplingParams(0.7, 20, 0.0),
+        SamplingParams(1.3, 0, 0.9),
+        SamplingParams(1.0, 0, 0.0),
+        SamplingParams(1.0, 5000, 0.0),
+    ]
+    sampler = SamplerBatch(params, 2048, torch.device("cpu"))
+    seeds = [11, 12, 13, 14, 15, 16]
+    gens_a = [torch.Generator().manual_seed(s) for s in seeds]
+    gens_b = [torch.Generator().manual_seed(s) for s in seeds]
+    for _ in range(20):
+        logits = torch.randn(len(params), 4, 2048) * 3
+        got = sampler(logits, gens_a)
+        want = torch.stack(
+            [sample(logits[i], p.temperature, p.top_k, p.top_p, gens_b[i]) for i, p in enumerate(params)]
+        )
+        assert torch.equal(got, want)
+
+
+def test_precision_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_precision("auto", cpu) == "int8"
+    assert pick_precision("auto", cuda) == "float16"
+    assert pick_dtype("int8", cpu) == torch.int8
+    assert pick_dtype("bfloat16", cuda) == torch.bfloat16
+    with pytest.raises(ValueError):
+        pick_precision("float16", cpu)
+    with pytest.raises(ValueError):
+        pick_precision("int8", cuda)
+
+
+def test_default_registry_runs_the_default_precision(tiny_hub):
+    reg = ModelRegistry(Settings(models_dir=tiny_hub, device="cpu"))
+    lm = reg.get("musicgen-small")
+    assert lm.precision == "int8"
+    assert isinstance(lm.fast, FastLM)
+    codes = generate_codes(lm, [DecodeRequest("x", 5, seed=0)])[0]
+    assert codes.shape == (4, 5)
+    assert lm.memory_bytes() > 0
