@@ -38,7 +38,7 @@ def _version(value: bool) -> None:
 def main(
     ctx: typer.Context,
     runtime: str | None = typer.Option(
-        None, "--runtime", help="docker, native or auto (AUDIOCRAFT_RUNTIME); auto = native for now"
+        None, "--runtime", help="docker, native or auto (AUDIOCRAFT_RUNTIME); auto = docker when an engine answers"
     ),
     server_host: str | None = typer.Option(None, "--host", help="Service host (AUDIOCRAFT_HOST)"),
     port: int | None = typer.Option(None, "--port", help="Service port (AUDIOCRAFT_PORT, default 7862)"),
@@ -66,9 +66,9 @@ def main(
     st.overrides = {k: v for k, v in overrides.items() if v is not None}
     st.debug = debug
     if runtime:
-        from cli.runtime import resolve_runtime_name
+        from cli.runtime import check_runtime_name
 
-        resolve_runtime_name(runtime)  # fail fast on a bad value
+        check_runtime_name(runtime)  # fail fast on a bad value
 
 
 app.command("help", help="Usage examples, available commands and the default configuration.")(

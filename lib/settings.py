@@ -44,6 +44,25 @@ class Settings(BaseSettings):
     )
     runtime: Literal["auto", "docker", "native"] = Field("auto", description="How the CLI runs the server")
 
+    # The docker runtime (cli/runtime/docker.py).
+    image: str = Field(
+        "resource-audiocraft:latest",
+        description="Docker runtime: the server image; `manage install` builds it (or pulls a registry tag)",
+    )
+    base_image: str | None = Field(
+        None,
+        description="Docker runtime: BASE_IMAGE for the build; default: the Dockerfile's (python:3.11-slim-bookworm)",
+    )
+    torch: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda|cu[0-9]+|rocm[0-9.]+)$",
+        description="Docker runtime: torch in the image; auto = cuda when the engine has the NVIDIA runtime, else cpu",
+    )
+    container_name: str = Field(
+        "audiocraft", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", description="Docker runtime: the container's name"
+    )
+    models_readonly: bool = Field(False, description="Docker runtime: mount AUDIOCRAFT_MODELS_DIR read-only")
+
     default_music_model: str = "musicgen-small"
     default_sound_model: str = "audiogen-medium"
     default_melody_model: str = "musicgen-melody"

@@ -197,6 +197,9 @@ def collect_status(ctx: typer.Context, verbose: bool = False) -> dict[str, Any]:
         "models_loaded": [m.model_dump() for m in health.models] if health else [],
         "queue": health.queue.model_dump() if health else None,
     }
+    if rs.runtime == "docker":
+        data["container"] = rs.detail.get("container")
+        data["container_health"] = rs.detail.get("health")
     if running and health is None:
         data["error"] = why
     if verbose:
@@ -248,7 +251,10 @@ def _print_status_text(d: dict[str, Any], verbose: bool) -> None:
         health = "[green]healthy[/green]" if d["healthy"] else f"[red]unhealthy[/red] ({escape(d['status'])})"
         out.print(f"resource-audiocraft: [bold]running[/bold], {health}")
         out.print(f"  endpoint   {d['endpoint']}  (port {d['port']})")
-        who = f"pid {d['pid']}" if d["pid"] else "not started by this CLI"
+        if d.get("container"):
+            who = f"container {d['container']}, health {d.get('container_health') or 'unknown'}"
+        else:
+            who = f"pid {d['pid']}" if d["pid"] else "not started by this CLI"
         out.print(f"  process    {who} ({d['runtime']} runtime)")
         if d["version"]:
             out.print(f"  version    {d['version']}   device {d['device']}   uptime {d['uptime_s']:.0f} s")

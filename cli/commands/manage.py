@@ -87,11 +87,15 @@ def uninstall(
     keep_data: bool = typer.Option(False, "--keep-data", help="Keep content, jobs and logs"),
     venv: Path | None = VENV_OPTION,
 ) -> None:
-    """Remove the venv (and the data unless --keep-data). Model weights stay. Exit 2 when not installed."""
+    """Remove the venv, or with docker the container and image (and the data unless --keep-data: docker's
+    volumes too). Native keeps model weights. Exit 2 when not installed."""
     st = state(ctx)
     rt = st.runtime(venv=venv)
     if not force and ui.is_interactive():
-        what = "the venv" + ("" if keep_data else f" and the data in {st.settings().data_dir}")
+        what = "the container and the image" if rt.name == "docker" else "the venv"
+        if not keep_data:
+            volumes = "the volumes, " if rt.name == "docker" else ""
+            what += f" and {volumes}the data in {st.settings().data_dir}"
         if not typer.confirm(f"Remove {what}?", default=False):
             raise CliError("uninstall cancelled", "pass --force to skip the question")
     removed = rt.uninstall(force=force, keep_data=keep_data)
@@ -101,7 +105,8 @@ def uninstall(
 
 
 def wait_healthy(st: State, rt, endpoint: str, timeout: float) -> None:  # noqa: ANN001
-    """Poll /health until the service answers ok; fail early if the process dies."""
+    """Poll /health until the service answers ok (and a container's health check does not say
+    unhealthy); fail early if the process or container dies."""
     s = st.settings()
     deadline = time.monotonic() + timeout
     last = "no answer yet"
@@ -110,11 +115,16 @@ def wait_healthy(st: State, rt, endpoint: str, timeout: float) -> None:  # noqa:
             health, why = probe_health(endpoint, s.api_key, timeout=2.0)
             if health is not None:
                 if health.status == "ok":
-                    return
-                if health.status == "degraded":
+                    # A container's own health check may not have run yet ("starting"): /health answering
+                    # ok through the published port is the same check. Only its "unhealthy" holds us back.
+                    if rt.health_state() != "unhealthy":
+                        return
+                    last = "the container's health check reports unhealthy"
+                elif health.status == "degraded":
                     ui.warn("the service is up but degraded; see `resource-audiocraft status --verbose`")
                     return
-                last = f"status {health.status}"
+                else:
+                    last = f"status {health.status}"
             else:
                 last = why or last
             if not rt.status().running:
@@ -136,12 +146,13 @@ def do_start(ctx: typer.Context, wait: bool, timeout: float, venv: Path | None =
     rt = st.runtime(venv=venv)
     current = rt.status()
     if current.running:
-        raise Skipped(f"already running (pid {current.pid}) at {current.endpoint}")
+        raise Skipped(f"already running ({current.describe()}) at {current.endpoint}")
     health, _ = probe_health(s.endpoint, s.api_key, timeout=1.5)
     if health is not None:
         raise Skipped(f"already running at {s.endpoint} (not started by this CLI)")
     started = rt.start()
-    ui.success(f"started ({rt.name}, pid {started.pid}) on {started.endpoint}; log: {started.log_file}")
+    log = started.log_file or "`resource-audiocraft logs`"
+    ui.success(f"started ({rt.name}, {started.describe()}) on {started.endpoint}; log: {log}")
     if wait:
         t0 = time.monotonic()
         wait_healthy(st, rt, started.endpoint, timeout)
@@ -174,7 +185,7 @@ def do_stop(ctx: typer.Context, force: bool, timeout: float) -> None:
                 "stop it where it was started",
             )
     if current.running:
-        ui.info(f"stopping (pid {current.pid}) ...")
+        ui.info(f"stopping ({current.describe()}) ...")
     graceful = rt.stop(force=force, timeout=timeout)
     if graceful:
         ui.success("stopped")

@@ -1,7 +1,7 @@
 """The runtime interface: how the server is installed, started, stopped, observed.
 
 The lifecycle commands (`manage ...`, `status`, `logs`) only talk to this interface. `native` runs a
-background process from the project's venv; `docker` (the next issue) runs the server image.
+background process from the project's venv; `docker` runs the server image as a container.
 Health checks, exit codes and output stay in the commands, so every runtime behaves the same.
 """
 
@@ -30,6 +30,12 @@ class RuntimeStatus:
     log_file: Path | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """What runs the server, for messages: `container audiocraft` or `pid 1234`."""
+        if self.detail.get("container"):
+            return f"container {self.detail['container']}"
+        return f"pid {self.pid}" if self.pid else "not started by this CLI"
+
 
 class Runtime(abc.ABC):
     name: str = "?"
@@ -52,6 +58,10 @@ class Runtime(abc.ABC):
         """Remove what install put in place (and the data unless `keep_data`); returns what went.
 
         Raises Skipped when nothing is installed."""
+
+    def health_state(self) -> str | None:
+        """The runtime's own view of health (docker: the container's HEALTHCHECK), or None if it has none."""
+        return None
 
     def finish_uninstall(self) -> None:
         """Called after uninstall's report is printed: removals that had to wait (the CLI's own venv)."""

@@ -333,15 +333,6 @@ def test_bad_setting_from_environment(cli):
     assert "AUDIOCRAFT_PORT" in r.err
 
 
-def test_docker_runtime_not_yet_available(cli):
-    for args in (("--runtime", "docker", "manage", "start"), ("status", "--runtime", "docker")):
-        r = cli(*args)
-        assert_clean_error(r)
-        assert "not yet available" in r.err
-    r = cli("manage", "start", AUDIOCRAFT_RUNTIME="docker")
-    assert_clean_error(r)
-
-
 def test_global_flags_after_the_subcommand(cli):
     other = free_port()
     r = cli("status", "--json", "--port", str(other))

@@ -49,6 +49,8 @@ class Cli:
                 "AUDIOCRAFT_DATA_DIR": str(data_dir),
                 "AUDIOCRAFT_PORT": str(port),
                 "AUDIOCRAFT_HOST": "127.0.0.1",
+                # These tests drive the native runtime; with a Docker engine up, `auto` would pick docker.
+                "AUDIOCRAFT_RUNTIME": "native",
                 "NO_COLOR": "1",
                 "COLUMNS": "200",
             }

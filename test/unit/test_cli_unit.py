@@ -145,8 +145,13 @@ def test_settings_env_round_trips(tmp_path):
     assert again.port == 9999 and again.device == "cpu" and again.data_dir == tmp_path
 
 
-def test_runtime_names():
+def test_runtime_names(monkeypatch):
+    import cli.runtime.docker as docker_rt
+
+    monkeypatch.setattr(docker_rt, "docker_available", lambda timeout=2.0: False)
     assert resolve_runtime_name("auto") == "native"
+    monkeypatch.setattr(docker_rt, "docker_available", lambda timeout=2.0: True)
+    assert resolve_runtime_name("auto") == "docker"
     assert resolve_runtime_name("NATIVE") == "native"
     assert resolve_runtime_name("docker") == "docker"
     with pytest.raises(CliError):
