@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from lib.settings import Settings
 from server.engine.registry import ModelRegistry
 from server.jobs.artifacts import ArtifactStore
-from server.jobs.runner import GenerationRunner
+from server.jobs.runner import BatchRunner
 from server.jobs.scheduler import Scheduler
 from server.jobs.store import JobStore
 
@@ -43,7 +43,7 @@ def build_services(settings: Settings) -> Services:
     registry = ModelRegistry(settings)
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     scheduler = Scheduler(
-        GenerationRunner(registry, artifacts),
+        lambda kind, model: BatchRunner(registry, artifacts, kind, model),
         store=JobStore(settings.data_dir / "jobs.sqlite3"),
         artifacts=artifacts,
         queue_depth=settings.queue_depth,

@@ -44,6 +44,26 @@ def check_duration(lm_window_s: float | None, duration_s: float, model: str) -> 
         )
 
 
+def decode_request(lm: LoadedModel, item: TextToAudio) -> DecodeRequest:
+    check_duration(lm.spec.window_s, item.duration_s, lm.spec.name)
+    return DecodeRequest(
+        prompt=item.prompt,
+        n_frames=max(1, math.ceil(item.duration_s * lm.frame_rate_hz)),
+        seed=item.seed,
+        temperature=item.temperature,
+        top_k=item.top_k,
+        top_p=item.top_p,
+        cfg_coef=item.cfg_coef,
+    )
+
+
+def waveform(lm: LoadedModel, item: TextToAudio, codes) -> Waveform:
+    """Decode a request's codes and trim to exactly the asked duration (frames are 20 ms)."""
+    audio = codes_to_audio(lm, codes).numpy()
+    n_samples = round(item.duration_s * lm.sample_rate)
+    return Waveform(np.ascontiguousarray(audio[:, :n_samples]), lm.sample_rate, item.seed)
+
+
 def generate(
     lm: LoadedModel,
     items: Sequence[TextToAudio],
@@ -51,28 +71,6 @@ def generate(
     is_cancelled: CancelCheck | None = None,
 ) -> list[Waveform | None]:
     """One decode batch for all items; each keeps its own seed, sampling and duration."""
-    for item in items:
-        check_duration(lm.spec.window_s, item.duration_s, lm.spec.name)
-    requests = [
-        DecodeRequest(
-            prompt=item.prompt,
-            n_frames=max(1, math.ceil(item.duration_s * lm.frame_rate_hz)),
-            seed=item.seed,
-            temperature=item.temperature,
-            top_k=item.top_k,
-            top_p=item.top_p,
-            cfg_coef=item.cfg_coef,
-        )
-        for item in items
-    ]
+    requests = [decode_request(lm, item) for item in items]
     codes = generate_codes(lm, requests, on_step=on_step, is_cancelled=is_cancelled)
-    waves: list[Waveform | None] = []
-    for item, item_codes in zip(items, codes, strict=True):
-        if item_codes is None:
-            waves.append(None)
-            continue
-        audio = codes_to_audio(lm, item_codes).numpy()
-        # Frames are 20 ms; trim to exactly the asked duration.
-        n_samples = round(item.duration_s * lm.sample_rate)
-        waves.append(Waveform(np.ascontiguousarray(audio[:, :n_samples]), lm.sample_rate, item.seed))
-    return waves
+    return [None if c is None else waveform(lm, item, c) for item, c in zip(items, codes, strict=True)]

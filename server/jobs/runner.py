@@ -1,16 +1,16 @@
-"""Runs one batch of generation jobs on the engine and stores each job's audio on disk."""
+"""Runs generation jobs on the engine: one continuous decode batch per model. Jobs join it at a
+step boundary and leave it as soon as they finish or are cancelled; each job's audio is stored on disk."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from lib.schemas import ErrorBody, JobResult, OutputOptions
 from server.audio.encode import encode_audio
 from server.audio.render import render
 from server.engine import text_to_audio
-from server.engine.decode import Cancelled
+from server.engine.decode import DecodeBatch
 from server.engine.errors import EngineError
 from server.engine.registry import ModelRegistry
 from server.jobs.artifacts import ArtifactStore
@@ -38,61 +38,84 @@ def _item(job: Job) -> text_to_audio.TextToAudio:
     )
 
 
-def _fail_all(batch: list[Job], error: ErrorBody) -> None:
-    for job in batch:
-        job.finish("failed", error)
+def engine_error(exc: EngineError) -> ErrorBody:
+    return ErrorBody(code=exc.code, message=exc.message, hint=exc.hint, field=exc.field)
 
 
-class GenerationRunner:
-    def __init__(self, registry: ModelRegistry, artifacts: ArtifactStore):
+class BatchRunner:
+    """The running decode batch of one (kind, model). Used by the scheduler's worker thread only."""
+
+    def __init__(self, registry: ModelRegistry, artifacts: ArtifactStore, kind: str, model: str):
         self.registry = registry
         self.artifacts = artifacts
+        self.kind, self.model = kind, model
+        self._batch: DecodeBatch | None = None
+        self._members: dict[int, tuple[Job, text_to_audio.TextToAudio]] = {}
+        self._step_s: float | None = None  # moving average of one step's wall time
 
-    def __call__(self, batch: list[Job]) -> None:
+    def accepts(self, job: Job) -> bool:
+        return job.kind == self.kind and job.model == self.model
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [job for job, _ in self._members.values()]
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def admit(self, job: Job) -> None:
+        """Join the batch at the next step. A job that can't start fails alone."""
         try:
-            lm = self.registry.get(batch[0].model)
+            if self._batch is None:
+                self._batch = DecodeBatch(self.registry.get(self.model))
+            item = _item(job)
+            handle = self._batch.add(text_to_audio.decode_request(self._batch.lm, item))
         except EngineError as exc:
-            _fail_all(batch, ErrorBody(code=exc.code, message=exc.message, hint=exc.hint))
+            job.finish("failed", engine_error(exc))
             return
+        self._members[handle] = (job, item)
 
-        own_steps = [math.ceil(j.request.duration * lm.frame_rate_hz) + lm.num_codebooks for j in batch]
-        clock = time.perf_counter()
+    def step(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        started = time.perf_counter()
+        finished = batch.step()
+        took = time.perf_counter() - started
+        self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
+        for handle in finished:
+            job, item = self._members.pop(handle)
+            self._store(job, text_to_audio.waveform(batch.lm, item, batch.pop(handle)))
+        for handle, (job, _) in list(self._members.items()):
+            done, total = batch.progress(handle)
+            job.progress = min(0.99, done / total)
+            job.eta_s = (total - done) * self._step_s
+            if job.cancel_requested.is_set():
+                batch.remove(handle)
+                del self._members[handle]
+                job.finish("cancelled")
 
-        def on_step(step: int, _total: int) -> None:
-            per_step = (time.perf_counter() - clock) / step
-            for job, steps in zip(batch, own_steps, strict=True):
-                job.progress = min(0.99, step / steps)
-                job.eta_s = max(0.0, (steps - step) * per_step)
+    def interrupt(self) -> list[Job]:
+        """Drop every member without finishing it (server stopping): the store still says
+        'running', so the next start runs them again."""
+        jobs = self.jobs
+        for handle in list(self._members):
+            self._batch.remove(handle)
+        self._members.clear()
+        return jobs
 
-        def is_cancelled(i: int) -> bool:
-            return batch[i].cancel_requested.is_set() or batch[i].interrupted.is_set()
+    def fail_all(self, error: ErrorBody) -> None:
+        for job in self.jobs:
+            job.finish("failed", error)
+        self._members.clear()
+        self._batch = None
 
+    def _store(self, job: Job, wave: text_to_audio.Waveform) -> None:
         try:
-            waves = text_to_audio.generate(lm, [_item(j) for j in batch], on_step, is_cancelled)
-        except Cancelled:
-            waves = [None] * len(batch)
-        except EngineError as exc:
-            _fail_all(batch, ErrorBody(code=exc.code, message=exc.message, hint=exc.hint))
-            return
-        except Exception as exc:
-            log.exception("generation failed on %s", lm.spec.name)
-            _fail_all(batch, ErrorBody(code="generation_failed", message=f"generation failed: {exc}"))
-            return
-
-        for job, wave in zip(batch, waves, strict=True):
-            if wave is None:
-                if not job.interrupted.is_set():
-                    job.finish("cancelled")
-                continue  # interrupted by shutdown: left 'running' in the store, runs again at start
-            self.store_audio(job, wave.audio, wave.sample_rate)
-
-    def store_audio(self, job: Job, audio, native_rate: int) -> None:
-        try:
-            rendered = render(audio, native_rate, job.request)
+            rendered = render(wave.audio, wave.sample_rate, job.request)
         except ValueError as exc:
             job.finish("failed", ErrorBody(code="render_failed", message=str(exc)))
             return
-        master, _ = encode_audio(audio, native_rate, "wav", 32)
+        master, _ = encode_audio(wave.audio, wave.sample_rate, "wav", 32)
         self.artifacts.write(job.id, MASTER, master)
         self.artifacts.write(job.id, answer_name(rendered.extension), rendered.data)
         job.result = JobResult(

@@ -1,5 +1,7 @@
-"""What runs when. Jobs wait in a priority queue; one worker thread takes the next job plus any
-queued jobs it can share a decode batch with (same kind and model), up to max_batch.
+"""What runs when. Jobs wait in a priority queue. One worker thread keeps a continuous decode batch:
+between two decode steps it admits queued jobs of the batch's kind and model (up to max_batch), as
+long as the most urgent queued job is one of them; finished and cancelled jobs leave at once. When
+the batch empties, the next batch is for the most urgent job's model.
 
 Every state change goes to the durable store as it happens; on start, jobs that were queued or
 running when the last process died are queued again (same id, same seed)."""
@@ -17,11 +19,12 @@ from server import metrics
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
 from server.jobs.kinds import REQUEST_TYPES
+from server.jobs.runner import BatchRunner
 from server.jobs.store import JobStore
 
 log = logging.getLogger("audiocraft.jobs")
 
-BatchRunner = Callable[[list[Job]], None]
+RunnerFactory = Callable[[str, str], BatchRunner]  # (kind, model) -> runner
 
 
 class QueueFull(Exception):
@@ -40,14 +43,14 @@ class JobNotFound(LookupError):
 class Scheduler:
     def __init__(
         self,
-        run_batch: BatchRunner,
+        new_runner: RunnerFactory,
         store: JobStore,
         artifacts: ArtifactStore,
         queue_depth: int,
         max_batch: int,
         retention_s: float,
     ):
-        self._run_batch = run_batch
+        self._new_runner = new_runner
         self.store = store
         self.artifacts = artifacts
         self.queue_depth = queue_depth
@@ -55,11 +58,12 @@ class Scheduler:
         self.retention_s = retention_s
         self._live: dict[str, Job] = {}  # queued and running jobs; finished ones live in the store
         self._queue: list[Job] = []
-        self._running: list[Job] = []
+        self._runner: BatchRunner | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._batch_seconds: list[float] = []
+        self._stop_deadline = 0.0
+        self._job_seconds: list[float] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -70,18 +74,14 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Let the running batch finish within timeout_s. Whatever is still running then stays
-        'running' in the store and runs again at the next start; queued jobs stay queued."""
+        """Admit nothing more; let running jobs finish within timeout_s. Whatever still runs then is
+        dropped unfinished: the store says 'running', so it runs again at the next start."""
         with self._cond:
             self._stopping = True
+            self._stop_deadline = time.monotonic() + timeout_s
             self._cond.notify_all()
-        if self._thread is None:
-            return
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            for job in list(self._running):
-                job.interrupted.set()
-            self._thread.join(10)
+        if self._thread is not None:
+            self._thread.join(timeout_s + 30)
 
     def recover(self) -> int:
         rows = self.store.unfinished()
@@ -155,7 +155,8 @@ class Scheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def counts(self) -> tuple[int, int]:
-        return len(self._queue), len(self._running)
+        runner = self._runner
+        return len(self._queue), len(runner) if runner is not None else 0
 
     async def wait(self, job: Job) -> Job:
         loop = asyncio.get_running_loop()
@@ -193,43 +194,58 @@ class Scheduler:
         metrics.QUEUE_DEPTH.set(len(self._queue))
 
     def _retry_after_s(self) -> int:
-        recent = self._batch_seconds[-10:]
-        per_batch = sum(recent) / len(recent) if recent else 10.0
-        return max(1, round(per_batch * max(1, len(self._queue)) / self.max_batch))
+        recent = self._job_seconds[-20:]
+        per_job = sum(recent) / len(recent) if recent else 10.0
+        return max(1, round(per_job * max(1, len(self._queue)) / self.max_batch))
 
-    def _take_batch(self) -> list[Job]:
+    def _admissions(self) -> list[Job]:
+        """Queued jobs that join the running batch now (called with the lock held)."""
+        if not self._queue or self._stopping:
+            return []
         head = self._queue[0]
-        batch = [j for j in self._queue if j.kind == head.kind and j.model == head.model][: self.max_batch]
-        for job in batch:
+        if self._runner is None or not len(self._runner):
+            self._runner = self._new_runner(head.kind, head.model)
+        elif not self._runner.accepts(head):
+            return []  # the most urgent job needs another model: let this batch drain first
+        room = self.max_batch - len(self._runner)
+        joining = [j for j in self._queue if self._runner.accepts(j)][:room]
+        for job in joining:
             self._queue.remove(job)
-        return batch
+        metrics.QUEUE_DEPTH.set(len(self._queue))
+        return joining
+
+    def _start(self, job: Job, now: float) -> None:
+        job.state, job.started_at, job.attempts = "running", now, job.attempts + 1
+        self.store.update(job.id, state="running", started_at=job.started_at, attempts=job.attempts)
+        job.on_done(lambda: self._job_seconds.append(time.time() - (job.started_at or time.time())))
 
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._runner_busy() and not self._stopping:
                     self._cond.wait(timeout=3600)
                     if not self._queue:
                         self.clean_up()
-                if self._stopping:
+                if self._stopping and (not self._runner_busy() or time.monotonic() > self._stop_deadline):
+                    if self._runner_busy():
+                        for job in self._runner.interrupt():
+                            log.warning("job %s interrupted by shutdown; it runs again at the next start", job.id)
                     return
-                batch = self._take_batch()
-                self._running = batch
-                metrics.QUEUE_DEPTH.set(len(self._queue))
-                metrics.RUNNING.set(len(batch))
-            started = time.time()
-            for job in batch:
-                job.state, job.started_at, job.attempts = "running", started, job.attempts + 1
-                self.store.update(job.id, state="running", started_at=started, attempts=job.attempts)
-            metrics.BATCH_SIZE.observe(len(batch))
+                joining = self._admissions()
+            now = time.time()  # jobs that join together share their start time
+            for job in joining:
+                self._start(job, now)
+                self._runner.admit(job)
+            if joining:
+                metrics.BATCH_SIZE.observe(len(self._runner))
+            metrics.RUNNING.set(len(self._runner) if self._runner is not None else 0)
+            if not self._runner_busy():
+                continue
             try:
-                self._run_batch(batch)
+                self._runner.step()
             except Exception:  # the worker must survive anything one batch does
-                log.exception("batch failed")
-                for job in batch:
-                    job.finish("failed", ErrorBody(code="generation_failed", message="internal error; see logs"))
-            finally:
-                self._batch_seconds = (self._batch_seconds + [time.time() - started])[-50:]
-                with self._cond:
-                    self._running = []
-                    metrics.RUNNING.set(0)
+                log.exception("decode step failed")
+                self._runner.fail_all(ErrorBody(code="generation_failed", message="internal error; see logs"))
+
+    def _runner_busy(self) -> bool:
+        return self._runner is not None and len(self._runner) > 0

@@ -200,3 +200,22 @@ def test_past_the_queue_depth_is_429_and_all_or_nothing(server):
         bad = c.post("/api/jobs", json=[{"prompt": "ok"}, {"prompt": ""}])
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "[1].prompt"
         assert c.get("/health").json()["status"] == "ok"
+
+
+def test_a_new_request_joins_the_running_batch_and_leaves_first(server):
+    short = {"prompt": "joins late", "duration": 1, "seed": 9, **EXACT}
+    with server.client() as c:
+        alone = c.post("/api/generate/music", json=short)
+        long_id = c.post("/api/generate/music", json={"prompt": "long runner", "duration": 20, "async": True}).json()[
+            "job"
+        ]["id"]
+        wait_running(c, long_id, min_progress=0.1)
+        joined = c.post("/api/generate/music", json=short)
+        assert joined.status_code == 200
+        short_job = c.get(f"/api/jobs/{joined.headers['x-job-id']}").json()
+        long_job = c.get(f"/api/jobs/{long_id}").json()
+        # It started while the long job ran, finished before it, and gave what it gives alone.
+        assert long_job["state"] == "running"
+        assert short_job["started_at"] > long_job["started_at"]
+        assert joined.content == alone.content
+        wait_all(c, [long_id])
