@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from cli import ui
-from cli.commands import content, generate, jobs, lifecycle, manage, models, serve
+from cli.commands import codec, content, generate, jobs, lifecycle, manage, models, serve
 from cli.context import state
 from cli.errors import FAILURE, SKIPPED, CliError
 
@@ -85,6 +85,8 @@ app.add_typer(generate.app, name="generate")
 app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")
 app.command("serve")(serve.serve_command)
+app.command("encode")(codec.encode_command)
+app.command("decode")(codec.decode_command)
 
 
 # Global options that take a value / that are flags. They may also follow the subcommand
