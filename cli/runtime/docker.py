@@ -11,7 +11,7 @@
                       --keep-data) the volumes
 
 In the container: HF_HOME=/models (hub cache /models/hub), AUDIOCRAFT_DATA_DIR=/data, port 7862.
-AUDIOCRAFT_MODELS_DIR, when set, is bind-mounted at /models/hub instead of the models volume.
+AUDIOCRAFT_MODELS_DIR, when set, is bind-mounted at /models/hub, over the models volume's hub/.
 """
 
 from __future__ import annotations
@@ -347,22 +347,25 @@ class DockerRuntime(Runtime):
 
     def validate(self) -> None:
         """The image's Python imports the server (a throwaway container, no network)."""
+        container = self.client.containers.create(
+            self.image, entrypoint=["python", "-c", IMAGE_CHECK], command=[], network_mode="none"
+        )
         try:
-            self.client.containers.run(
-                self.image,
-                entrypoint=["python", "-c", IMAGE_CHECK],
-                command=[],
-                remove=True,
-                network_mode="none",
-                stdout=True,
-                stderr=True,
-            )
+            container.start()
+            code = container.wait(timeout=300).get("StatusCode")
+            if code != 0:
+                lines = container.logs().decode(errors="replace").strip().splitlines() or [f"exit {code}"]
+                raise CliError(
+                    f"the image {self.image} does not import the server: {lines[-1][:300]}", "rebuild with --force"
+                )
+        except CliError:
+            raise
         except Exception as e:
-            stderr = getattr(e, "stderr", None)
-            last = (stderr.decode(errors="replace").strip().splitlines() or [""])[-1] if stderr else _short_reason(e)
-            raise CliError(
-                f"the image {self.image} does not import the server: {last[:300]}", "rebuild with --force"
-            ) from None
+            raise CliError(f"cannot check the image {self.image}: {_short_reason(e)}", "rebuild with --force") from None
+        finally:
+            # v=True: the anonymous volumes the image's VOLUMEs made go with it.
+            with contextlib.suppress(Exception):
+                container.remove(v=True, force=True)
 
     def uninstall(self, force: bool = False, keep_data: bool = False) -> list[str]:
         container = self._container()
@@ -377,7 +380,7 @@ class DockerRuntime(Runtime):
             if container.status in ("running", "restarting"):
                 self.stop(force=force, timeout=10.0 if force else self.settings.stop_timeout_s)
                 removed.append("the running server")
-            container.remove(force=True)
+            container.remove(force=True, v=True)
             removed.append(f"container {self.container_name}")
         if image is not None:
             from docker.errors import APIError
@@ -413,8 +416,12 @@ class DockerRuntime(Runtime):
     def mounts(self) -> tuple[dict[str, dict[str, str]], list[str]]:
         """Volumes for containers.run, and the names of the named volumes among them."""
         s = self.settings
-        vols: dict[str, dict[str, str]] = {self.volume_names["data"]: {"bind": CONTAINER_DATA, "mode": "rw"}}
-        named = [self.volume_names["data"]]
+        vols: dict[str, dict[str, str]] = {
+            self.volume_names["data"]: {"bind": CONTAINER_DATA, "mode": "rw"},
+            # Always mounted (else the image's VOLUME /models makes an anonymous one each start).
+            self.volume_names["models"]: {"bind": CONTAINER_MODELS, "mode": "rw"},
+        }
+        named = list(self.volume_names.values())
         if s.models_dir is not None:
             host = Path(s.models_dir).expanduser().resolve()
             if not host.is_dir():
@@ -422,10 +429,8 @@ class DockerRuntime(Runtime):
                     f"AUDIOCRAFT_MODELS_DIR {host} is not a directory",
                     "create it, or unset it to use the container's model volume",
                 )
+            # The host's hub cache replaces the volume's hub/ (the rest of HF_HOME stays in the volume).
             vols[str(host)] = {"bind": CONTAINER_HUB, "mode": "ro" if s.models_readonly else "rw"}
-        else:
-            vols[self.volume_names["models"]] = {"bind": CONTAINER_MODELS, "mode": "rw"}
-            named.append(self.volume_names["models"])
         return vols, named
 
     def environment(self) -> dict[str, str]:
@@ -553,7 +558,7 @@ class DockerRuntime(Runtime):
         # A stopped container from an earlier start: replaced, so the current settings apply.
         old = self._container()
         if old is not None:
-            old.remove(force=True)
+            old.remove(force=True, v=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         from docker.errors import APIError
 
@@ -561,7 +566,7 @@ class DockerRuntime(Runtime):
             container = self.client.containers.run(**config)
         except APIError as e:
             with contextlib.suppress(Exception):
-                self.client.containers.get(self.container_name).remove(force=True)
+                self.client.containers.get(self.container_name).remove(force=True, v=True)
             raise CliError(
                 f"cannot start the container: {_short_reason(e)}", "see `docker info`; rerun with --debug"
             ) from None

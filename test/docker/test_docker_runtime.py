@@ -123,6 +123,8 @@ def test_container_as_specified(live, models_dir):
     assert mounts["/models/hub"]["Type"] == "bind" and mounts["/models/hub"]["RW"] is False
     assert mounts["/models/hub"]["Source"] == str(models_dir)
     assert mounts["/data"]["Type"] == "volume" and mounts["/data"]["Name"] == f"{NAME}-data"
+    assert mounts["/models"]["Type"] == "volume" and mounts["/models"]["Name"] == f"{NAME}-models"
+    assert len(mounts) == 3  # no anonymous volumes
     env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
     assert env["AUDIOCRAFT_HOST"] == "0.0.0.0" and env["AUDIOCRAFT_PORT"] == "7862"
     assert env["AUDIOCRAFT_DATA_DIR"] == "/data" and env["HF_HOME"] == "/models"
@@ -240,11 +242,11 @@ def test_z3_uninstall(live):
     names = {c.name for c in client.containers.list(all=True)}
     assert NAME not in names
     assert alias not in {t for i in client.images.list() for t in i.tags}
-    assert client.volumes.get(f"{NAME}-data")
+    assert client.volumes.get(f"{NAME}-data") and client.volumes.get(f"{NAME}-models")
     assert client.images.get(IMAGE)  # the other tag is untouched
     r = live("manage", "uninstall", "--force", AUDIOCRAFT_IMAGE=alias, timeout=120)
     assert r.code == 0, r.text
-    assert f"volume {NAME}-data" in r.err
+    assert f"volume {NAME}-data" in r.err and f"volume {NAME}-models" in r.err
     assert live("manage", "uninstall", "--force", AUDIOCRAFT_IMAGE=alias).code == 2
     assert live("status").code == 2
     assert live("logs").code == 2

@@ -64,7 +64,7 @@ t_build=$(($(stamp) - t0))
 size=$(docker image inspect -f '{{.Size}}' "${AUDIOCRAFT_IMAGE}")
 
 t0=$(stamp)
-run_pytest "${TESTS_DIR}/docker" -q "$@"
+run_pytest "${TESTS_DIR}/docker" -q --durations=5 "$@"
 rc=$?
 t_tests=$(($(stamp) - t0))
 
