@@ -46,11 +46,12 @@ def install(
             raise
         ui.info("already installed")
     for name in with_model:
-        pull_model(state(ctx), name, python=getattr(rt, "python", None))
+        pull_model(state(ctx), name, python=getattr(rt, "python", None), runtime=rt)
 
 
-def pull_model(st: State, name: str, python: Path | None = None) -> None:
-    """Download a catalogue model's repos into the hub cache with huggingface_hub, in the server venv."""
+def pull_model(st: State, name: str, python: Path | None = None, runtime=None) -> None:  # noqa: ANN001
+    """Download a catalogue model's repos into the hub cache with huggingface_hub, in the server venv
+    (with the docker runtime: in a one-off container, into the container's model cache)."""
     import subprocess
     import sys
 
@@ -67,17 +68,22 @@ def pull_model(st: State, name: str, python: Path | None = None) -> None:
         "    print('downloading', repo, file=sys.stderr, flush=True)\n"
         "    snapshot_download(repo, cache_dir=sys.argv[1])\n"
     )
-    ui.info(f"Pulling {name} ({', '.join(repos)}, about {spec.approx_size_gb:g} GB) into {s.hub_cache} ...")
-    res = subprocess.run(
-        [py, "-c", code, str(s.hub_cache), *repos], stdout=sys.stderr, stderr=subprocess.PIPE, text=True
-    )
-    if res.returncode != 0:
-        last = (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+    in_container = getattr(runtime, "run_python", None)
+    where = runtime.hub_cache_description() if in_container else str(s.hub_cache)
+    ui.info(f"Pulling {name} ({', '.join(repos)}, about {spec.approx_size_gb:g} GB) into {where} ...")
+    if in_container:
+        code_rc, last = in_container(code, [runtime.container_hub_cache, *repos])
+    else:
+        res = subprocess.run(
+            [py, "-c", code, str(s.hub_cache), *repos], stdout=sys.stderr, stderr=subprocess.PIPE, text=True
+        )
+        code_rc, last = res.returncode, (res.stderr.strip().splitlines() or ["unknown error"])[-1]
+    if code_rc != 0:
         raise CliError(
             f"could not download {name}: {last[:300]}",
             "check the network and HF_TOKEN; offline, `models make-tiny` writes test models",
         )
-    ui.success(f"{name} is in {s.hub_cache}")
+    ui.success(f"{name} is in {where}")
 
 
 @app.command("uninstall")

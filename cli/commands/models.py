@@ -58,7 +58,8 @@ def pull(
     from cli.commands.manage import pull_model
 
     st = state(ctx)
-    pull_model(st, name, python=getattr(st.runtime(), "python", None))
+    rt = st.runtime()
+    pull_model(st, name, python=getattr(rt, "python", None), runtime=rt)
 
 
 @app.command("make-tiny")

@@ -367,6 +367,52 @@ class DockerRuntime(Runtime):
             with contextlib.suppress(Exception):
                 container.remove(v=True, force=True)
 
+    # -- one-off commands in the image (models pull) --------------------------------------------
+
+    container_hub_cache = CONTAINER_HUB
+
+    def hub_cache_description(self) -> str:
+        if self.settings.models_dir is not None:
+            return f"{Path(self.settings.models_dir).expanduser()} (mounted at {CONTAINER_HUB})"
+        return f"the volume {self.volume_names['models']}"
+
+    def run_python(self, code: str, args: list[str]) -> tuple[int, str]:
+        """Run `python -c code args...` in a throwaway container of the image with the service's
+        volumes and settings (network on); its output goes to stderr. Returns (exit code, last line)."""
+        if self._image() is None:
+            raise CliError(
+                f"not installed: no image {self.image}", "run `resource-audiocraft --runtime docker manage install`"
+            )
+        if self.settings.models_dir is not None and self.settings.models_readonly:
+            raise CliError(
+                "the models dir is mounted read-only (AUDIOCRAFT_MODELS_READONLY)",
+                "unset it to download into AUDIOCRAFT_MODELS_DIR",
+            )
+        vols, _ = self.mounts()
+        container = self.client.containers.create(
+            self.image,
+            entrypoint=["python", "-c", code],
+            command=args,
+            environment=self.environment(),
+            volumes=vols,
+            labels={f"{LABEL}.managed": "true"},
+        )
+        last = ""
+        try:
+            container.start()
+            pending = b""
+            for chunk in container.logs(stream=True, follow=True):
+                sys.stderr.write(chunk.decode(errors="replace"))
+                sys.stderr.flush()
+                pending = (pending + chunk)[-4096:]
+            code_rc = int(container.wait(timeout=60).get("StatusCode", 1))
+            lines = pending.decode(errors="replace").strip().splitlines()
+            last = lines[-1] if lines else f"exit {code_rc}"
+        finally:
+            with contextlib.suppress(Exception):
+                container.remove(v=True, force=True)
+        return code_rc, last
+
     def uninstall(self, force: bool = False, keep_data: bool = False) -> list[str]:
         container = self._container()
         image = self._image()

@@ -197,6 +197,12 @@ def test_logs_follow_streams_new_lines(live):
         proc.wait(10)
 
 
+def test_models_pull_goes_to_the_container_cache(live):
+    # Here the models dir is mounted read-only: a pull says so, at once, without a traceback.
+    r = live("models", "pull", "musicgen-small", timeout=60)
+    assert r.code == 1 and "read-only" in r.err and "Traceback" not in r.err, r.text
+
+
 def test_install_again_exits_2(live):
     r = live("manage", "install", timeout=60)
     assert r.code == 2, r.text

@@ -246,3 +246,23 @@ def test_auto_falls_back_to_native_without_an_engine(cli):
 def test_runtime_flag_names_the_choice(cli):
     r = cli("--help")
     assert "auto = docker when an engine answers" in r.out
+
+
+def test_docker_phase_skips_with_the_reason_when_no_engine_can_run(tmp_path):
+    """No engine answers, no dockerd to start, not root: the phase says SKIPPED and why, and exits 2."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text("#!/bin/sh\nexit 1\n")  # a client whose engine never answers
+    (fake / "id").write_text("#!/bin/sh\necho 1000\n")  # not root
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(tmp_path), "TEST_PYTHON": "/bin/false"}
+    r = subprocess.run(
+        ["bash", str(ROOT / "test" / "phases" / "test-docker.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "docker phase SKIPPED: no Docker engine: dockerd is not installed" in r.stderr
