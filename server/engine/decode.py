@@ -91,6 +91,7 @@ class _Layout:
     guided: torch.Tensor  # [n, 1, 1] bool
     cfg: torch.Tensor  # [n, 1, 1]
     any_guided: bool
+    cond_step: int | None  # 2: every request guided, 1: none, None: mixed
     sampler: SamplerBatch
     row_repeat: torch.Tensor  # [R] member index of each row
     generators: list[torch.Generator] = field(default_factory=list)
@@ -204,6 +205,7 @@ class DecodeBatch:
             guided=t([m.request.guided for m in members], torch.bool).view(-1, 1, 1),
             cfg=t([m.request.cfg_coef for m in members], torch.float32).view(-1, 1, 1),
             any_guided=any(m.request.guided for m in members),
+            cond_step=2 if all(m.rows == 2 for m in members) else 1 if all(m.rows == 1 for m in members) else None,
             sampler=SamplerBatch(params, self.fast.vocab_size, dev),
             row_repeat=t(row_member),
             generators=[m.generator for m in members],
@@ -222,7 +224,7 @@ class DecodeBatch:
 
         current = torch.stack([m.sequence[:, m.step] for m in members])  # [n, K]
         tokens = current.index_select(0, lay.row_repeat)  # [R, K]
-        logits = self.fast.step(tokens, [m.cache for m in members], lay.cond_rows)  # [R, K, V]
+        logits = self.fast.step(tokens, [m.cache for m in members], lay.cond_rows, lay.cond_step)  # [R, K, V]
 
         cond = logits.index_select(0, lay.cond_rows)
         if lay.any_guided:

@@ -178,7 +178,16 @@ class FastLM:
             weight = torch.cat([m.weight.detach() for m in modules])
             biases = [m.bias for m in modules]
             bias = None if all(b is None for b in biases) else torch.cat([b.detach() for b in biases])
-            return PackedLinear(weight, bias, precision, device)
+            packed = PackedLinear(weight, bias, precision, device)
+            if packed.weight.dtype == modules[0].weight.dtype and packed.weight.device == modules[0].weight.device:
+                # Same dtype and device (float32): the transformers modules take views of the fused
+                # weight, so memory holds the weights once.
+                start = 0
+                for m in modules:
+                    n = m.weight.shape[0]
+                    m.weight.data = packed.weight[start : start + n]
+                    start += n
+            return packed
 
         self.layers: list[_Layer] = []
         for layer in decoder.layers:
@@ -277,12 +286,15 @@ class FastLM:
         tokens: torch.Tensor,
         caches: list[RequestCache],
         cond_rows: torch.Tensor,
+        cond_step: int | None = None,
     ) -> torch.Tensor:
         """One decode step for every request of a batch.
 
         tokens [R, K]: the current input codes of each row (a request's rows are adjacent, conditional
         first), caches: one per request in row order, cond_rows: long [n_requests] index of each
-        request's conditional row. Returns fp32 logits [R, K, vocab]. Each cache's `pos` advances by one.
+        request's conditional row; cond_step: 2 when every request is guided (conditional rows are
+        0, 2, 4...), 1 when none is, else None. Returns fp32 logits [R, K, vocab]. Each cache's `pos`
+        advances by one.
         """
         x = self._embed(tokens)
         pos = torch.cat([self.positions[c.pos : c.pos + 1].expand(c.rows, -1) for c in caches])
@@ -316,7 +328,8 @@ class FastLM:
 
             # cross-attention, conditional rows only (the null rows' is exactly 0)
             if layer.cross_q is not None:
-                cq = layer.cross_q(layer.norm_cross(h.index_select(0, cond_rows)).to(cdt))
+                cond_h = h[::cond_step] if cond_step else h.index_select(0, cond_rows)
+                cq = layer.cross_q(layer.norm_cross(cond_h).to(cdt))
                 catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=cq.dtype)
                 for i, c in enumerate(caches):
                     out = F.scaled_dot_product_attention(
@@ -326,7 +339,11 @@ class FastLM:
                         scale=self.scaling,
                     )
                     catt[i : i + 1] = out.transpose(1, 2).reshape(1, hidden)
-                h = h.index_add(0, cond_rows, layer.cross_out(catt).float())
+                cross = layer.cross_out(catt).float()
+                if cond_step:
+                    h[::cond_step] += cross  # h is this layer's own tensor: in place is safe
+                else:
+                    h = h.index_add(0, cond_rows, cross)
 
             # feed-forward
             f = layer.fc2(layer.activation(layer.fc1(layer.norm_ffn(h).to(cdt))))

@@ -1,0 +1,262 @@
+"""Generation speed: transformers' generate() against this engine at each precision, in one run.
+
+    .venv/bin/python bench/generate.py                      # musicgen-small (+ medium if memory allows)
+    .venv/bin/python bench/generate.py --models small --rounds 2
+    .venv/bin/python bench/generate.py --device cuda        # the same on a GPU (float32/float16/bfloat16)
+
+Each configuration runs in a subprocess of its own (so its peak RSS is its own), on a random-weight
+model of the real shape built from the same seed (the compute is the real one; nothing is
+downloaded), with the same prompt and the service's default sampling (top_k 250, temperature 1,
+guidance 3). A timed run is one request for `--seconds` of audio, end to end: tokenizer and T5,
+every LM step, and EnCodec decoding to a waveform. transformers is timed with
+`MusicgenForConditionalGeneration.generate`, which does the same end to end. Rounds alternate the
+configurations, so load from other processes on the machine falls on all of them alike; the table
+keeps each configuration's fastest round and the ratios are to transformers' fastest round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PROMPT = "upbeat electronic music with a groovy bassline and punchy drums, 120 bpm"
+FRAME_RATE = 50
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# One configuration (runs in a child process)
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    import torch
+
+    from bench.common import build_real_shape, loaded_model
+    from lib.catalogue import get_spec
+    from server.engine.decode import DecodeBatch, DecodeRequest, codes_to_audio
+    from server.engine.device import pick_dtype
+    from server.engine.loaded import prepare
+    from server.engine.tiny import build_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = f"musicgen-{args.model}"
+    n_frames = round(args.seconds * FRAME_RATE)
+    steps = n_frames + 3
+    t0 = time.perf_counter()
+    model = build_real_shape(name, seed=0)
+    tokenizer = build_tokenizer()
+    result: dict = {"model": name, "config": args.config, "device": device.type, "steps": steps}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    if args.config == "transformers":
+        model.to(device)
+        lm = loaded_model(name, model, device)
+        codec = model.audio_encoder
+        original = codec.decode
+        codec_time = [0.0]
+
+        def timed_decode(*a, **kw):
+            sync()
+            started = time.perf_counter()
+            out = original(*a, **kw)
+            sync()
+            codec_time[0] += time.perf_counter() - started
+            return out
+
+        codec.decode = timed_decode
+
+        def once(seed: int, frames: int = n_frames) -> tuple[float, float]:
+            torch.manual_seed(seed)
+            codec_time[0] = 0.0
+            inputs = tokenizer([PROMPT], return_tensors="pt").to(device)
+            sync()
+            started = time.perf_counter()
+            with torch.inference_mode():
+                audio = model.generate(
+                    **inputs, do_sample=True, top_k=250, guidance_scale=3.0, max_new_tokens=frames + 3
+                )
+            sync()
+            total = time.perf_counter() - started
+            assert audio.shape[-1] == frames * 640, audio.shape
+            return total, total - codec_time[0]
+    else:
+        dtype = pick_dtype(args.config, device)
+        lm = prepare(model, get_spec(name), tokenizer, device, dtype, Path("/dev/null"))
+        del model
+
+        def once(seed: int, frames: int = n_frames) -> tuple[float, float]:
+            sync()
+            started = time.perf_counter()
+            batch = DecodeBatch(lm)
+            handle = batch.add(DecodeRequest(PROMPT, frames, seed=seed))
+            sync()
+            loop_started = time.perf_counter()
+            while len(batch):
+                batch.step()
+            sync()
+            loop = time.perf_counter() - loop_started
+            audio = codes_to_audio(lm, batch.pop(handle))
+            sync()
+            assert audio.shape[-1] == frames * 640, audio.shape
+            return time.perf_counter() - started, loop
+
+        result["weight_mb_per_step"] = lm.fast.weight_bytes() / 2**20
+
+    result["build_s"] = time.perf_counter() - t0
+    result["rss_loaded_mb"] = _status_kb("VmRSS") / 1024
+    once(1000, frames=8)  # warm-up: first-call allocations, oneDNN kernel selection
+    peak_reset = _reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    runs = [once(seed) for seed in range(args.repeats)]
+    total, loop = min(runs)
+    result.update(
+        total_s=total,
+        loop_s=loop,
+        steps_per_s=steps / loop,
+        peak_rss_mb=_status_kb("VmHWM") / 1024 if peak_reset else None,
+        peak_rss_process_mb=_status_kb("VmHWM") / 1024,
+    )
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# The driver
+
+
+def default_precisions(device: str) -> list[str]:
+    return ["float32", "float16", "bfloat16"] if device == "cuda" else ["float32", "bfloat16", "int8"]
+
+
+def medium_fits() -> bool:
+    """musicgen-medium's transformers run needs ~8 GB (fp32 weights, cache, T5, EnCodec)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) > 14 * 2**20
+    except OSError:
+        pass
+    return False
+
+
+def child(args: argparse.Namespace, model: str, config: str) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--model",
+        model,
+        "--config",
+        config,
+        "--device",
+        args.device,
+        "--seconds",
+        str(args.seconds),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
+    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{model}/{config} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], seconds: float) -> str:
+    lines = [
+        f"| model | configuration | steps/s (LM loop) | s per {seconds:g} s of audio | vs transformers "
+        "| weights read per step | RSS loaded | peak RSS while generating |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = {r["model"]: r["total_s"] for r in rows if r["config"] == "transformers"}
+    for r in rows:
+        ratio = base.get(r["model"], float("nan")) / r["total_s"]
+        weights = f"{r['weight_mb_per_step']:.0f} MB" if "weight_mb_per_step" in r else "-"
+        peak = r.get("peak_cuda_mb") or r.get("peak_rss_mb") or r["peak_rss_process_mb"]
+        label = "transformers generate (fp32)" if r["config"] == "transformers" else f"engine, {r['config']}"
+        lines.append(
+            f"| {r['model']} | {label} | {r['steps_per_s']:.1f} | {r['total_s']:.2f} | {ratio:.2f}x "
+            f"| {weights} | {r['rss_loaded_mb']:.0f} MB | {peak:.0f} MB |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="auto", help="small,medium,large or auto (small, medium if it fits)")
+    parser.add_argument("--precisions", default=None, help="engine precisions (default: all for the device)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest is kept")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per child, after one warm-up")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        print(json.dumps(run_config(args)))
+        return 0
+
+    models = args.models.split(",") if args.models != "auto" else ["small"] + (["medium"] if medium_fits() else [])
+    precisions = args.precisions.split(",") if args.precisions else default_precisions(args.device)
+    configs = ([] if args.no_transformers else ["transformers"]) + precisions
+    print(f"# {args.device}, {os.cpu_count()} cpus, {args.seconds:g} s of audio, models {models}", flush=True)
+    best: dict[tuple[str, str], dict] = {}
+    for rnd in range(args.rounds):
+        for model in models:
+            for config in configs:
+                r = child(args, model, config)
+                key = (r["model"], config)
+                print(
+                    f"round {rnd + 1}: {r['model']:16s} {config:13s} {r['total_s']:7.2f} s  "
+                    f"{r['steps_per_s']:6.1f} steps/s",
+                    flush=True,
+                )
+                if key not in best or r["total_s"] < best[key]["total_s"]:
+                    best[key] = r
+    rows = [best[(f"musicgen-{m}", c)] for m in models for c in configs]
+    print()
+    print(table(rows, args.seconds))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
