@@ -76,7 +76,7 @@ def precision_of(dtype: torch.dtype) -> str:
 
 def compute_dtype(precision: str) -> torch.dtype:
     """What the matmuls compute in: int8 weights are multiplied with bf16 activations."""
-    return torch.bfloat16 if precision == "int8" else _DTYPES[precision]
+    return torch.bfloat16 if precision in ("int8", "int8-dynamic") else _DTYPES[precision]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

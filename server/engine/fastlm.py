@@ -34,7 +34,7 @@ from server.engine.device import compute_dtype
 # Rows per dense matmul call (see the module docstring). MKL's fp32 GEMM gives the same bits for
 # 2..15 rows on AVX-512 and oneDNN's bf16 for 2..32, so these blocks also match transformers' own
 # two-row (conditional + null) matmuls; the int8 kernel is row-wise and needs no block.
-_ROW_BLOCK = {"float32": 8, "bfloat16": 16, "float16": 16, "int8": 1}
+_ROW_BLOCK = {"float32": 8, "bfloat16": 16, "float16": 16, "int8": 1, "int8-dynamic": 1}
 
 
 class PackedLinear:
@@ -47,11 +47,12 @@ class PackedLinear:
         self.out_features = weight.shape[0]
         self.block = _ROW_BLOCK[precision]
         self.bias = None if bias is None else bias.detach().to(device=device, dtype=torch.float32)
-        if precision == "int8":
+        self.dynamic = precision == "int8-dynamic"
+        if precision in ("int8", "int8-dynamic"):
             w = weight.to(device=device, dtype=torch.float32)
             scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-            self.scales = scale.to(cdt)
+            self.scales = scale if self.dynamic else scale.to(cdt)
         else:
             # No copy when the dtype and device already match (fp32 shares the transformers weights).
             self.weight = weight.to(device=device, dtype=cdt).contiguous()
@@ -66,7 +67,13 @@ class PackedLinear:
 
     def __call__(self, x: torch.Tensor, blocked: bool = True) -> torch.Tensor:
         """blocked=False: one matmul over all rows, for inputs that belong to a single request."""
-        if self.scales is not None:
+        if self.dynamic:
+            # W8A8: one scale per row of x (so rows stay independent), exact int32 accumulation.
+            xf = x.float()
+            sx = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
+            xq = torch.round(xf / sx).clamp(-127, 127).to(torch.int8)
+            out = (torch._int_mm(xq, self.weight.t()).float() * sx * self.scales).to(torch.bfloat16)
+        elif self.scales is not None:
             out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
         elif blocked:
             out = _blocked_linear(x, self.weight, self.block)
