@@ -116,7 +116,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             codebook_size=1024,
             frame_rate_hz=150.0,
             capabilities=("codec",),
-            approx_size_gb=0.09,
+            approx_size_gb=0.08,
             bandwidths_kbps=(3.0, 6.0, 12.0, 24.0),
         ),
         ModelSpec(
@@ -130,7 +130,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             codebook_size=2048,
             frame_rate_hz=50.0,
             capabilities=("codec",),
-            approx_size_gb=0.06,
+            approx_size_gb=0.24,
             bandwidths_kbps=(2.2,),
         ),
     ]

@@ -293,3 +293,29 @@ def test_lengths_of_whole_chunks(codecs, monkeypatch, name, chunks):
     assert decode(c, data).shape == (1, n)
     monkeypatch.setattr(C, "CHUNK_S", 100.0)
     assert encode(c, audio) == data
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_real_shapes(name):
+    """The benchmark's real-shape configs: the catalogue's framing and about its size on disk.
+
+    encodec_24khz's model.safetensors is 93.1 MB; the others follow from the same widths (48 kHz:
+    16 codebooks instead of 32) and from musicgen's 32 kHz codec (64 filters, codebook dim 128).
+    """
+    from lib.catalogue import get_spec
+    from server.engine.codec.shapes import real_config
+
+    spec = get_spec(name)
+    config = real_config(name)
+    assert (config.sampling_rate, config.audio_channels) == (spec.sample_rate, spec.channels)
+    assert (config.frame_rate, config.num_quantizers, config.codebook_size) == (
+        spec.frame_rate_hz,
+        spec.codebooks,
+        spec.codebook_size,
+    )
+    assert tuple(config.target_bandwidths) == spec.bandwidths_kbps
+    model = build_model(config, seed=0)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    assert size == pytest.approx(spec.approx_size_gb * 1e9, rel=0.05)
+    if name == "encodec-24khz":
+        assert size == pytest.approx(93.1e6, rel=0.002)
