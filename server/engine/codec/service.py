@@ -146,7 +146,11 @@ def encode_file(
 
 
 def _json_tee(codec: Codec, chunks: Iterator[CodeChunk], out) -> Iterator[CodeChunk]:
-    """Pass chunks on to the .ecdc writer while writing each segment as JSON into `out`."""
+    """Pass chunks on to the .ecdc writer while writing each segment as JSON into `out`.
+
+    A segment's codes are kept until it ends (as int16: 2.9 MB for 10 minutes of 24 kHz at 24 kbps,
+    where the whole file is one segment), then written one codebook row at a time.
+    """
     layout = codec.layout
     parts: list[np.ndarray] = []
     scale: float | None = None
@@ -154,12 +158,16 @@ def _json_tee(codec: Codec, chunks: Iterator[CodeChunk], out) -> Iterator[CodeCh
     for ch in chunks:
         if ch.first:
             parts, scale = [], ch.scale
-        parts.append(ch.codes)
+        parts.append(ch.codes.astype(np.int16))
         if ch.last:
-            codes = np.concatenate(parts, axis=1) if parts else np.zeros((0, 0), dtype=np.int64)
+            codes = np.concatenate(parts, axis=1)
+            parts = []
             offset = ch.segment * (layout.segment_stride or 0)
-            seg = {"offset": offset, "length": ch.length, "scale": scale, "codes": codes.tolist()}
-            out.write(("" if first else ",") + json.dumps(seg, separators=(",", ":")))
+            head = {"offset": offset, "length": ch.length, "scale": scale}
+            out.write(("" if first else ",") + json.dumps(head, separators=(",", ":"))[:-1] + ',"codes":[')
+            for k, row in enumerate(codes):
+                out.write(("," if k else "") + json.dumps(row.tolist(), separators=(",", ":")))
+            out.write("]}")
             first = False
         yield ch
 
