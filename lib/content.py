@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
 import tempfile
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from lib.files import copy_atomic, write_atomic
 
 ContentType = Literal["audio", "preset"]
 CONTENT_TYPES: tuple[str, ...] = ("audio", "preset")
@@ -172,36 +173,6 @@ def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_copy(src: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def normalize_preset(data: Any) -> dict[str, Any]:
     """A preset as one flat request dict with "type"; raises InvalidContent when it is not one."""
     if not isinstance(data, dict):
@@ -271,7 +242,7 @@ class ContentStore:
             "version": INDEX_VERSION,
             "items": {n: items[n].model_dump(mode="json") for n in sorted(items)},
         }
-        _atomic_write_bytes(self.index_path, (json.dumps(body, indent=2) + "\n").encode())
+        write_atomic(self.index_path, (json.dumps(body, indent=2) + "\n").encode())
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -387,7 +358,7 @@ class ContentStore:
                     "choose another --name, or remove it first with `content remove`",
                 )
             target = self.root / rel
-            _atomic_copy(src, target)
+            copy_atomic(src, target)
             item = ContentItem(
                 name=name,
                 type=type,  # type: ignore[arg-type]

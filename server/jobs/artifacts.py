@@ -3,9 +3,9 @@ Every file is written to a temporary name and renamed, so a crash never leaves h
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from lib.files import write_atomic
 
 
 class ArtifactStore:
@@ -18,17 +18,7 @@ class ArtifactStore:
 
     def write(self, job_id: str, name: str, data: bytes) -> Path:
         final = self.path(job_id, name)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(final, data)
         return final
 
     def read(self, job_id: str, name: str) -> bytes:
