@@ -188,3 +188,39 @@ def test_default_registry_runs_the_default_precision(tiny_hub):
     codes = generate_codes(lm, [DecodeRequest("x", 5, seed=0)])[0]
     assert codes.shape == (4, 5)
     assert lm.memory_bytes() > 0
+
+
+def test_a_step_never_reads_device_values_on_the_host(registries):
+    """On CUDA a host read (item(), bool(tensor), nonzero, multinomial's checks) stalls the queue.
+    Steps contain none, also right after a leave. (A join or leave uploads new index tensors once,
+    at the next step: a copy from the host, not a read.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    syncing = {"_local_scalar_dense", "nonzero", "multinomial", "masked_select", "equal", "is_nonzero"}
+
+    class Spy(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if name in syncing:
+                self.seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    lm = registries["int8"].get("musicgen-small")
+    batch = DecodeBatch(lm)
+    first = batch.add(DecodeRequest("a", 20, seed=0))
+    batch.step()
+    second = batch.add(DecodeRequest("b", 20, seed=1, temperature=0.0, cfg_coef=1.0))
+    batch.add(DecodeRequest("c", 20, seed=2, top_p=0.8))
+    batch.step()  # builds the layout once for the new membership (host-built index tensors)
+    with Spy() as spy:
+        for _ in range(4):
+            batch.step()
+        batch.remove(second)
+        for _ in range(4):
+            batch.step()
+    assert spy.seen == []
+    assert first in batch.active
