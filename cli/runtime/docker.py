@@ -554,7 +554,8 @@ class DockerRuntime(Runtime):
             )
         attrs = container.attrs
         state = attrs.get("State") or {}
-        running = bool(state.get("Running")) and not state.get("Restarting")
+        # A crash-looping container (restarting) counts as running: status says unhealthy (1), stop stops it.
+        running = bool(state.get("Running") or state.get("Restarting"))
         port, host = s.port, s.host
         bindings = ((attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{CONTAINER_PORT}/tcp") or []
         if bindings:
@@ -578,6 +579,7 @@ class DockerRuntime(Runtime):
                 "state": state.get("Status"),
                 "health": health,
                 "exit_code": state.get("ExitCode") if not running else None,
+                "restarts": attrs.get("RestartCount", 0),
             },
         )
 
@@ -637,8 +639,8 @@ class DockerRuntime(Runtime):
         if container is None or not self.status().running:
             raise Skipped("not running")
         if force:
-            container.kill()
-            container.wait(timeout=30)
+            # stop with no grace: SIGKILL at once, and (unlike kill) fine on a restarting container too.
+            container.stop(timeout=0)
             return False
         # The server drains for stop_timeout_s itself; the engine kills after `timeout`.
         container.stop(timeout=max(1, math.ceil(timeout)))
