@@ -24,6 +24,9 @@ def _default_hub_cache() -> Path:
     return Path(hf_home) / "hub"
 
 
+Precision = Literal["auto", "float32", "bfloat16", "float16", "int8", "int8-dynamic"]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AUDIOCRAFT_", extra="ignore")
 
@@ -34,13 +37,18 @@ class Settings(BaseSettings):
         None, description="Hub-cache-layout directory holding the weights; default: the Hugging Face hub cache"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run")
-    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+    dtype: Precision = Field(
         "auto",
         description=(
             "Language-model precision. auto: int8 (weight-only) on CPU, float16 on CUDA. "
-            "float32 is token-identical to transformers; int8 is CPU only, float16 CUDA only. "
-            "Fidelity and speed of each: docs/benchmarks.md"
+            "float32 is token-identical to transformers; int8 and int8-dynamic are CPU only, float16 CUDA "
+            "only. Fidelity and speed of each: docs/benchmarks.md"
         ),
+    )
+    model_dtype: str = Field(
+        "",
+        pattern=r"^\s*([\w.-]+\s*=\s*(auto|float32|bfloat16|float16|int8|int8-dynamic)\s*(,\s*|$))*$",
+        description="Per-model precision over `dtype`: comma-separated name=precision, e.g. musicgen-large=bfloat16",
     )
     runtime: Literal["auto", "docker", "native"] = Field("auto", description="How the CLI runs the server")
 
@@ -81,6 +89,14 @@ class Settings(BaseSettings):
 
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def dtype_for(self, model: str) -> str:
+        """The precision setting for one model: its model_dtype entry, else dtype."""
+        for item in self.model_dtype.split(","):
+            name, _, value = item.partition("=")
+            if name.strip() == model and value.strip():
+                return value.strip()
+        return self.dtype
 
     @property
     def hub_cache(self) -> Path:

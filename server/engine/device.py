@@ -8,6 +8,7 @@ A precision names how the language model's weights are stored and what its matmu
 | bfloat16 | bf16 | bf16 | fp32 | CPU (AVX512-BF16 / AMX), CUDA |
 | float16 | fp16 | fp16 | fp32 | CUDA |
 | int8 | int8, one scale per output channel | bf16 | fp32 | CPU (weight-only: activations are never quantized) |
+| int8-dynamic | int8, one scale per output channel | int8, one scale per row, int32 sums | fp32 | CPU |
 
 The text encoder (T5) and the audio codec (EnCodec) always run in float32: they run once per request,
 and half precision in T5 is known to overflow. docs/benchmarks.md has the measured speed and fidelity.
@@ -17,10 +18,18 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("float32", "bfloat16", "float16", "int8")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
-# Which precisions a device runs. float16 on CPU has no fast matmul; int8 is a CPU weight-only kernel.
-_SUPPORTED = {"cpu": ("float32", "bfloat16", "int8"), "cuda": ("float32", "bfloat16", "float16")}
+PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int8-dynamic")
+# The dtype that stands for each precision where the loaders pass a torch.dtype around: torch.int8
+# is int8 weight-only, torch.qint8 is int8 weights and int8 activations (dynamic, per row).
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int8": torch.int8,
+    "int8-dynamic": torch.qint8,
+}
+# Which precisions a device runs. float16 on CPU has no fast matmul; the int8 kernels are CPU ones.
+_SUPPORTED = {"cpu": ("float32", "bfloat16", "int8", "int8-dynamic"), "cuda": ("float32", "bfloat16", "float16")}
 
 
 def pick_device(setting: str) -> torch.device:
@@ -80,4 +89,7 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
     return str(dtype).removeprefix("torch.")

@@ -51,12 +51,23 @@ class ModelRegistry:
         if snapshot is None:
             raise store.ModelNotInstalled(spec)
         try:
-            return loader(spec, snapshot, self.device, self.dtype)
+            dtype = self.dtype_for(spec)
+        except ValueError as exc:
+            raise ModelLoadFailed(
+                f"{spec.name}: {exc}", hint="change AUDIOCRAFT_MODEL_DTYPE or AUDIOCRAFT_DTYPE for this device"
+            ) from exc
+        try:
+            return loader(spec, snapshot, self.device, dtype)
         except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
             raise ModelLoadFailed(
                 f"could not load {spec.name} from {snapshot}: {exc}",
                 hint=f"the files may be damaged; reinstall with: resource-audiocraft models pull {spec.name}",
             ) from exc
+
+    def dtype_for(self, spec: ModelSpec) -> torch.dtype:
+        """The model's own precision setting (settings.model_dtype), else the global one."""
+        setting = self.settings.dtype_for(spec.name)
+        return self.dtype if setting == self.settings.dtype else pick_dtype(setting, self.device)
 
     def loaded(self) -> list[LoadedModel]:
         # A copy, read without the lock: /health must never wait on a model load.

@@ -15,7 +15,7 @@ from server.engine.fastlm import FastLM, PackedLinear
 from server.engine.registry import ModelRegistry
 from server.engine.sampling import SamplerBatch, SamplingParams, sample
 
-PRECISIONS = ["float32", "bfloat16", "int8"]
+PRECISIONS = ["float32", "bfloat16", "int8", "int8-dynamic"]
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +224,22 @@ def test_a_step_never_reads_device_values_on_the_host(registries):
             batch.step()
     assert spy.seen == []
     assert first in batch.active
+
+
+def test_per_model_precision(tiny_hub):
+    from server.engine.errors import ModelLoadFailed
+
+    reg = ModelRegistry(
+        Settings(
+            models_dir=tiny_hub,
+            device="cpu",
+            dtype="float32",
+            model_dtype="musicgen-small=int8-dynamic, musicgen-medium = float16",
+        )
+    )
+    assert reg.get("musicgen-small").precision == "int8-dynamic"
+    assert reg.get("musicgen-stereo-small").precision == "float32"
+    with pytest.raises(ModelLoadFailed, match="not available on cpu"):
+        reg.get("musicgen-medium")
+    with pytest.raises(ValueError):
+        Settings(model_dtype="musicgen-small=int4")
