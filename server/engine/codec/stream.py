@@ -93,7 +93,8 @@ class Conv(Stage):
         if not x.shape[-1]:
             return _empty_like(x, self.conv.out_channels)
         self._seen += x.shape[-1]
-        self._tail = x[..., -self._tail_len :] if self._tail is None else _cat([self._tail, x])[..., -self._tail_len :]
+        # Kept pieces are copied: a view would keep the whole chunk alive until the next push.
+        self._tail = (x if self._tail is None else _cat([self._tail, x]))[..., -self._tail_len :].clone()
         if self._buf is None:
             self._head = x if self._head is None else _cat([self._head, x])
             if self._head.shape[-1] <= self.pad_left:  # reflecting needs pad_left + 1 samples
@@ -112,7 +113,7 @@ class Conv(Stage):
             return _empty_like(like, self.conv.out_channels)
         n = (length - self.kernel) // self.stride + 1
         y = self.conv(self._buf[..., : (n - 1) * self.stride + self.kernel])
-        self._buf = self._buf[..., n * self.stride :]
+        self._buf = self._buf[..., n * self.stride :].clone()
         return y
 
     def _extra_padding(self, length: int) -> int:
@@ -172,7 +173,7 @@ class ConvTranspose(Stage):
         first = self._frames - (0 if self._prev is None else self._prev.shape[-1])
         self._frames += x.shape[-1]
         y = self.conv(inp)
-        self._prev = inp[..., -self.context :] if self.context else None
+        self._prev = inp[..., -self.context :].clone() if self.context else None
         # Samples before frames * stride get nothing from later frames: they are final.
         return self._emit(y, first * self.stride, self._frames * self.stride)
 
@@ -218,7 +219,7 @@ class Residual(Stage):
         assert self._pending is not None and self._pending.shape[-1] >= block.shape[-1]
         n = block.shape[-1]
         out = self._pending[..., :n] + block
-        self._pending = self._pending[..., n:]
+        self._pending = self._pending[..., n:].clone()
         return out
 
     def push(self, x: torch.Tensor) -> torch.Tensor:
