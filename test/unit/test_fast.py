@@ -243,3 +243,21 @@ def test_per_model_precision(tiny_hub):
         reg.get("musicgen-medium")
     with pytest.raises(ValueError):
         Settings(model_dtype="musicgen-small=int4")
+
+
+def test_float16_path_runs(registries):
+    """The CUDA default precision, exercised on the CPU (slowly) so its dtype handling is tested here."""
+    lm = registries["float32"].get("musicgen-small")
+    fp16 = FastLM(lm.model.decoder, "float16", torch.device("cpu"))
+    ref = lm.fast_lm()
+    with torch.inference_mode():
+        states = encode_text(lm, "bells", with_null=True)
+        a, b = ref.new_cache(2, 4, states), fp16.new_cache(2, 4, states)
+        assert b.self_k.dtype == torch.float16
+        tokens = torch.full((2, lm.num_codebooks), lm.start_token_id)
+        for _ in range(4):
+            want = ref.step(tokens, [a], torch.tensor([0]), 2)
+            got = fp16.step(tokens, [b], torch.tensor([0]), 2)
+            assert got.dtype == torch.float32
+            assert (got - want).abs().max() < 0.05 * want.std()
+            tokens = want[0].argmax(-1).view(1, -1).expand(2, -1).contiguous()
