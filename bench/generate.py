@@ -3,6 +3,7 @@
     .venv/bin/python bench/generate.py                      # musicgen-small (+ medium if memory allows)
     .venv/bin/python bench/generate.py --models small --rounds 2
     .venv/bin/python bench/generate.py --device cuda        # the same on a GPU (float32/float16/bfloat16)
+    .venv/bin/python bench/generate.py --precisions int8,int8@4,int8-dynamic@4   # batching: 4 requests at once
 
 Each configuration runs in a subprocess of its own (so its peak RSS is its own), on a random-weight
 model of the real shape built from the same seed (the compute is the real one; nothing is
@@ -108,7 +109,10 @@ def run_config(args: argparse.Namespace) -> dict:
             assert audio.shape[-1] == frames * 640, audio.shape
             return total, total - codec_time[0]
     else:
-        dtype = pick_dtype(args.config, device)
+        precision, _, batch_size = args.config.partition("@")
+        n_requests = int(batch_size or 1)
+        result["requests"] = n_requests
+        dtype = pick_dtype(precision, device)
         lm = prepare(model, get_spec(name), tokenizer, device, dtype, Path("/dev/null"))
         del model
 
@@ -116,16 +120,17 @@ def run_config(args: argparse.Namespace) -> dict:
             sync()
             started = time.perf_counter()
             batch = DecodeBatch(lm)
-            handle = batch.add(DecodeRequest(PROMPT, frames, seed=seed))
+            handles = [batch.add(DecodeRequest(PROMPT, frames, seed=seed + i)) for i in range(n_requests)]
             sync()
             loop_started = time.perf_counter()
             while len(batch):
                 batch.step()
             sync()
             loop = time.perf_counter() - loop_started
-            audio = codes_to_audio(lm, batch.pop(handle))
+            for handle in handles:
+                audio = codes_to_audio(lm, batch.pop(handle))
+                assert audio.shape[-1] == frames * 640, audio.shape
             sync()
-            assert audio.shape[-1] == frames * 640, audio.shape
             return time.perf_counter() - started, loop
 
         result["weight_mb_per_step"] = lm.fast.weight_bytes() / 2**20
@@ -205,7 +210,12 @@ def table(rows: list[dict], seconds: float) -> str:
         ratio = base.get(r["model"], float("nan")) / r["total_s"]
         weights = f"{r['weight_mb_per_step']:.0f} MB" if "weight_mb_per_step" in r else "-"
         peak = r.get("peak_cuda_mb") or r.get("peak_rss_mb") or r["peak_rss_process_mb"]
-        label = "transformers generate (fp32)" if r["config"] == "transformers" else f"engine, {r['config']}"
+        if r["config"] == "transformers":
+            label = "transformers generate (fp32)"
+        elif r.get("requests", 1) > 1:
+            label = f"engine, {r['config'].partition('@')[0]}, {r['requests']} requests in one batch (time for all)"
+        else:
+            label = f"engine, {r['config']}"
         lines.append(
             f"| {r['model']} | {label} | {r['steps_per_s']:.1f} | {r['total_s']:.2f} | {ratio:.2f}x "
             f"| {weights} | {r['rss_loaded_mb']:.0f} MB | {peak:.0f} MB |"
@@ -216,7 +226,11 @@ def table(rows: list[dict], seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="auto", help="small,medium,large or auto (small, medium if it fits)")
-    parser.add_argument("--precisions", default=None, help="engine precisions (default: all for the device)")
+    parser.add_argument(
+        "--precisions",
+        default=None,
+        help="engine precisions (default: all for the device); precision@N runs N requests in one batch",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest is kept")
