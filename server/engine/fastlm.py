@@ -31,10 +31,11 @@ import torch.nn.functional as F
 
 from server.engine.device import compute_dtype
 
-# Rows per dense matmul call (see the module docstring). MKL's fp32 GEMM gives the same bits for
-# 2..15 rows on AVX-512 and oneDNN's bf16 for 2..32, so these blocks also match transformers' own
-# two-row (conditional + null) matmuls; the int8 kernel is row-wise and needs no block.
-_ROW_BLOCK = {"float32": 8, "bfloat16": 16, "float16": 16, "int8": 1, "int8-dynamic": 1}
+# Rows per dense matmul call (see the module docstring). fp32: pairs, the shape of transformers' own
+# (conditional, null) matmul, so the bits match it; padding more rows costs MKL ~3x at this size
+# (it is compute-bound on small M). bf16/fp16: 8 rows (four guided requests) cost about what 2 do.
+# The int8 kernels are row-wise (int8-dynamic sums in exact int32) and need no block.
+_ROW_BLOCK = {"float32": 2, "bfloat16": 8, "float16": 8, "int8": 1, "int8-dynamic": 1}
 
 
 class PackedLinear:
