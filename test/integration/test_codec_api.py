@@ -281,3 +281,20 @@ def test_codec_model_not_installed_is_409(tiny_hub, tmp_path):
         assert r.status_code == 409 and r.json()["error"]["code"] == "model_not_installed"
         ecdc = encode(c, audio_file(0.3)).content
         assert decode(c, ecdc).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "model,rate,channels,bandwidth",
+    [("encodec-24khz", 24000, 1, 24), ("encodec-48khz", 48000, 2, 24), ("encodec-32khz", 32000, 1, 2.2)],
+)
+def test_at_least_10_to_1_at_the_top_bandwidth(client, model, rate, channels, bandwidth):
+    """The PRD's bar, at each model's highest bitrate, on input at the model's own rate and channels.
+
+    The size depends only on the framing (length, codebooks, bits), which the tiny models share with
+    the released ones.
+    """
+    r = encode(client, audio_file(3.0, rate, channels), model=model, bandwidth_kbps=bandwidth)
+    assert r.status_code == 200, r.text
+    ratio = float(r.headers["x-compression-ratio"])
+    assert ratio == pytest.approx(3.0 * rate * channels * 2 / len(r.content), rel=1e-3)
+    assert ratio >= 10
