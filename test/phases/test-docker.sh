@@ -5,6 +5,7 @@
 #      (test/docker/build-base.sh; reused when present: no image registry is needed);
 #   3. the image, built by `resource-audiocraft --runtime docker manage install --force` (the layer
 #      cache makes a rebuild after a code change take seconds);
+#      then untagged leftovers of earlier runs are removed (test/docker/prune-stale.py);
 #   4. pytest test/docker: start --wait with tiny models mounted, music through the container's port,
 #      status --json, logs, restart, stop (0, then 2), uninstall.
 # Exit 0 pass, 1 fail, 2 skipped (no way to run a Docker engine here; the reason is printed).
@@ -61,6 +62,11 @@ if ! AUDIOCRAFT_BASE_IMAGE="${BASE}" ${CLI} --runtime docker manage install --fo
 fi
 grep -E "^(building|  build context|built )" "${BUILD_LOG}" >&2
 t_build=$(($(stamp) - t0))
+# Earlier runs' leftovers (untagged final images and build stages on our own base) go; the layer
+# cache of the next build stays.
+if [[ -z "${DOCKER_TEST_BASE_IMAGE:-}" ]]; then
+    "${PY}" "${ROOT}/test/docker/prune-stale.py" "${AUDIOCRAFT_IMAGE}" "${BASE}" || true
+fi
 size=$(docker image inspect -f '{{.Size}}' "${AUDIOCRAFT_IMAGE}")
 
 t0=$(stamp)
