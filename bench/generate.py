@@ -193,10 +193,15 @@ def child(args: argparse.Namespace, model: str, config: str) -> dict:
         str(args.threads),
     ]
     env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    load_before = os.getloadavg()[0]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{model}/{config} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # The 1-minute load average around the run: above the core count, other processes were
+    # competing for the cores and every figure of this run is slower than the machine can do.
+    result["load"] = (load_before, os.getloadavg()[0])
+    return result
 
 
 def table(rows: list[dict], seconds: float) -> str:
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 key = (r["model"], config)
                 print(
                     f"round {rnd + 1}: {r['model']:16s} {config:13s} {r['total_s']:7.2f} s  "
-                    f"{r['steps_per_s']:6.1f} steps/s",
+                    f"{r['steps_per_s']:6.1f} steps/s  (load average {r['load'][0]:.1f} -> {r['load'][1]:.1f})",
                     flush=True,
                 )
                 if key not in best or r["total_s"] < best[key]["total_s"]:
