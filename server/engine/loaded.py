@@ -102,6 +102,7 @@ def prepare(model, spec: ModelSpec, tokenizer, device: torch.device, dtype: torc
     from server.engine.fastlm import FastLM
 
     model.eval()
+    _bake_weight_norm(model.audio_encoder)
     precision = precision_of(dtype)
     lm = LoadedModel(spec=spec, model=model, tokenizer=tokenizer, device=device, dtype=dtype, source=source)
     if precision == "float32":
@@ -116,6 +117,17 @@ def prepare(model, spec: ModelSpec, tokenizer, device: torch.device, dtype: torc
             child.to(device)
     _return_freed_memory()
     return lm
+
+
+def _bake_weight_norm(module: torch.nn.Module) -> None:
+    """EnCodec's convolutions recompute weight = g * v / |v| on every call; compute it once.
+    The weights are the same values, so the audio is bit-identical."""
+    from torch.nn.utils import parametrize
+
+    for child in module.modules():
+        if parametrize.is_parametrized(child):
+            for name in list(child.parametrizations.keys()):
+                parametrize.remove_parametrizations(child, name, leave_parametrized=True)
 
 
 def _return_freed_memory() -> None:
