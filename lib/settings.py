@@ -24,7 +24,7 @@ def _default_hub_cache() -> Path:
     return Path(hf_home) / "hub"
 
 
-Precision = Literal["auto", "float32", "bfloat16", "float16", "int8", "int8-dynamic"]
+Precision = Literal["auto", "float32", "bfloat16", "float16", "int8", "int8-dynamic", "int8-rows"]
 
 
 class Settings(BaseSettings):
@@ -41,13 +41,13 @@ class Settings(BaseSettings):
         "auto",
         description=(
             "Language-model precision. auto: int8 (weight-only) on CPU, float16 on CUDA. "
-            "float32 is token-identical to transformers; int8 and int8-dynamic are CPU only, float16 CUDA "
-            "only. Fidelity and speed of each: docs/benchmarks.md"
+            "float32 is token-identical to transformers; the int8 kinds are CPU only, float16 CUDA only. "
+            "Fidelity and speed of each: docs/benchmarks.md"
         ),
     )
     model_dtype: str = Field(
         "",
-        pattern=r"^\s*([\w.-]+\s*=\s*(auto|float32|bfloat16|float16|int8|int8-dynamic)\s*(,\s*|$))*$",
+        pattern=r"^\s*([\w.-]+\s*=\s*(auto|float32|bfloat16|float16|int8|int8-dynamic|int8-rows)\s*(,\s*|$))*$",
         description="Per-model precision over `dtype`: comma-separated name=precision, e.g. musicgen-large=bfloat16",
     )
     runtime: Literal["auto", "docker", "native"] = Field("auto", description="How the CLI runs the server")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int8-dynamic")
+PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int8-dynamic", "int8-rows")
 # The dtype that stands for each precision where the loaders pass a torch.dtype around: torch.int8
 # is int8 weight-only, torch.qint8 is int8 weights and int8 activations (dynamic, per row).
 _DTYPES = {
@@ -27,9 +27,13 @@ _DTYPES = {
     "float16": torch.float16,
     "int8": torch.int8,
     "int8-dynamic": torch.qint8,
+    "int8-rows": torch.quint8,
 }
 # Which precisions a device runs. float16 on CPU has no fast matmul; the int8 kernels are CPU ones.
-_SUPPORTED = {"cpu": ("float32", "bfloat16", "int8", "int8-dynamic"), "cuda": ("float32", "bfloat16", "float16")}
+_SUPPORTED = {
+    "cpu": ("float32", "bfloat16", "int8", "int8-dynamic", "int8-rows"),
+    "cuda": ("float32", "bfloat16", "float16"),
+}
 
 
 def pick_device(setting: str) -> torch.device:
@@ -85,7 +89,7 @@ def precision_of(dtype: torch.dtype) -> str:
 
 def compute_dtype(precision: str) -> torch.dtype:
     """What the matmuls compute in: int8 weights are multiplied with bf16 activations."""
-    return torch.bfloat16 if precision in ("int8", "int8-dynamic") else _DTYPES[precision]
+    return torch.bfloat16 if precision.startswith("int8") else _DTYPES[precision]
 
 
 def dtype_name(dtype: torch.dtype) -> str:

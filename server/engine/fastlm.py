@@ -34,52 +34,86 @@ from server.engine.device import compute_dtype
 # Rows per dense matmul call (see the module docstring). fp32: pairs, the shape of transformers' own
 # (conditional, null) matmul, so the bits match it; padding more rows costs MKL ~3x at this size
 # (it is compute-bound on small M). bf16/fp16: 8 rows (four guided requests) cost about what 2 do.
-# The int8 kernels are row-wise (int8-dynamic sums in exact int32) and need no block.
-_ROW_BLOCK = {"float32": 2, "bfloat16": 8, "float16": 8, "int8": 1, "int8-dynamic": 1}
+_ROW_BLOCK = {"float32": 2, "bfloat16": 8, "float16": 8}
+
+# How each precision multiplies (docs/benchmarks.md has the speed and fidelity of each):
+# - dense: F.linear in the compute dtype, in fixed row blocks;
+# - int8pack: int8 weights, bf16 activations (torch._weight_int8pack_mm; a row-wise kernel);
+# - int8rows: int8 weights, int8 activations with one scale per row, exact int32 sums (torch._int_mm);
+# - qdynamic: int8 weights, uint8 activations with one scale per call (torch's dynamic quantized
+#   linear, fbgemm/oneDNN), called once per request so the scale never mixes requests.
+KERNELS = {"float32": "dense", "bfloat16": "dense", "float16": "dense", "int8": "int8pack", "int8-rows": "int8rows"}
+KERNELS["int8-dynamic"] = "qdynamic"
+
+Spans = list[tuple[int, int]]
 
 
 class PackedLinear:
-    """y = x @ W.T (+ b) for x [rows, in]: dense in the compute dtype, or int8 weight-only."""
+    """y = x @ W.T (+ b) for x [rows, in], in one of the precisions above."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str, device: torch.device):
         cdt = compute_dtype(precision)
         weight = weight.detach()
         self.precision = precision
-        self.out_features = weight.shape[0]
-        self.block = _ROW_BLOCK[precision]
+        self.kind = KERNELS[precision]
+        self.out_features, self.in_features = weight.shape
+        self.block = _ROW_BLOCK.get(precision, 1)
         self.bias = None if bias is None else bias.detach().to(device=device, dtype=torch.float32)
-        self.dynamic = precision == "int8-dynamic"
-        if precision in ("int8", "int8-dynamic"):
-            w = weight.to(device=device, dtype=torch.float32)
-            scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-            self.scales = scale if self.dynamic else scale.to(cdt)
-        else:
+        self.scales = None
+        self.packed = None
+        if self.kind == "dense":
             # No copy when the dtype and device already match (fp32 shares the transformers weights).
             self.weight = weight.to(device=device, dtype=cdt).contiguous()
-            self.scales = None
+            return
+        w = weight.to(device=device, dtype=torch.float32)
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+        self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        if self.kind == "int8pack":
+            self.scales = scale.to(cdt)
+        elif self.kind == "int8rows":
+            self.scales = scale
+        else:  # qdynamic: the quantized engine's prepacked weight (it keeps its own copy)
+            qweight = torch.quantize_per_channel(
+                w, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8
+            )
+            self.packed = torch.ops.quantized.linear_prepack(qweight, None)
+            self.scales = scale
+            self.weight = torch.empty(0, dtype=torch.int8)  # the packed copy is the one used
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.weight, self.scales, self.bias) if t is not None]
 
-    def nbytes(self) -> int:
-        extra = 0 if self.scales is None else self.scales.numel() * self.scales.element_size()
-        return self.weight.numel() * self.weight.element_size() + extra
+    def packed_bytes(self) -> int:
+        """Bytes held by the quantized engine's own packed copy (not a torch tensor)."""
+        return self.out_features * self.in_features if self.packed is not None else 0
 
-    def __call__(self, x: torch.Tensor, blocked: bool = True) -> torch.Tensor:
-        """blocked=False: one matmul over all rows, for inputs that belong to a single request."""
-        if self.dynamic:
-            # W8A8: one scale per row of x (so rows stay independent), exact int32 accumulation.
+    def nbytes(self) -> int:
+        """Bytes of weight one call reads."""
+        per = self.weight.element_size() if self.kind == "dense" else 1
+        scales = 0 if self.scales is None else self.scales.numel() * self.scales.element_size()
+        return self.out_features * self.in_features * per + scales
+
+    def __call__(self, x: torch.Tensor, spans: Spans | None = None, blocked: bool = True) -> torch.Tensor:
+        """x [rows, in]. spans: each request's rows, for kernels whose numbers depend on the whole
+        call (qdynamic); None: x is one request's. blocked=False: one dense matmul over all rows, for
+        inputs that belong to a single request."""
+        kind = self.kind
+        if kind == "dense":
+            out = _blocked_linear(x, self.weight, self.block) if blocked else F.linear(x, self.weight)
+        elif kind == "int8pack":
+            out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
+        elif kind == "int8rows":
             xf = x.float()
             sx = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
             xq = torch.round(xf / sx).clamp(-127, 127).to(torch.int8)
-            out = (torch._int_mm(xq, self.weight.t()).float() * sx * self.scales).to(torch.bfloat16)
-        elif self.scales is not None:
-            out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
-        elif blocked:
-            out = _blocked_linear(x, self.weight, self.block)
+            out = (torch._int_mm(xq, self.weight.t()).float() * sx * self.scales).to(x.dtype)
         else:
-            out = F.linear(x, self.weight)
+            xf = x.float()
+            if spans is None or len(spans) == 1:
+                out = torch.ops.quantized.linear_dynamic(xf, self.packed)
+            else:
+                out = torch.cat([torch.ops.quantized.linear_dynamic(xf[a:b], self.packed) for a, b in spans])
+            out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
@@ -240,6 +274,13 @@ class FastLM:
                     out += part.tensors()
         return out
 
+    def packed_bytes(self) -> int:
+        """Weights held outside torch tensors (the quantized engine's packed copies)."""
+        parts = [self.heads_out]
+        for layer in self.layers:
+            parts += [p for p in vars(layer).values() if isinstance(p, PackedLinear)]
+        return sum(p.packed_bytes() for p in parts)
+
     def cache_bytes(self, rows: int, steps: int) -> int:
         return 2 * len(self.layers) * rows * steps * self.hidden * torch.finfo(self.cache_dtype).bits // 8
 
@@ -314,10 +355,11 @@ class FastLM:
         for c in caches:
             spans.append((start, start + c.rows))
             start += c.rows
+        cond_spans = [(i, i + 1) for i in range(len(caches))]
 
         for li, layer in enumerate(self.layers):
             # self-attention
-            qkv = layer.qkv(layer.norm_self(h).to(cdt))
+            qkv = layer.qkv(layer.norm_self(h).to(cdt), spans)
             q, k, v = qkv.split(hidden, dim=-1)
             att = torch.empty(h.shape[0], hidden, device=h.device, dtype=qkv.dtype)
             for c, (r0, r1) in zip(caches, spans, strict=True):
@@ -332,12 +374,12 @@ class FastLM:
                     scale=self.scaling,
                 )
                 att[r0:r1] = out.transpose(1, 2).reshape(rows, hidden)
-            h = h + layer.out(att).float()
+            h = h + layer.out(att, spans).float()
 
             # cross-attention, conditional rows only (the null rows' is exactly 0)
             if layer.cross_q is not None:
                 cond_h = h[::cond_step] if cond_step else h.index_select(0, cond_rows)
-                cq = layer.cross_q(layer.norm_cross(cond_h).to(cdt))
+                cq = layer.cross_q(layer.norm_cross(cond_h).to(cdt), cond_spans)
                 catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=cq.dtype)
                 for i, c in enumerate(caches):
                     out = F.scaled_dot_product_attention(
@@ -347,17 +389,17 @@ class FastLM:
                         scale=self.scaling,
                     )
                     catt[i : i + 1] = out.transpose(1, 2).reshape(1, hidden)
-                cross = layer.cross_out(catt).float()
+                cross = layer.cross_out(catt, cond_spans).float()
                 if cond_step:
                     h[::cond_step] += cross  # h is this layer's own tensor: in place is safe
                 else:
                     h = h.index_add(0, cond_rows, cross)
 
             # feed-forward
-            f = layer.fc2(layer.activation(layer.fc1(layer.norm_ffn(h).to(cdt))))
+            f = layer.fc2(layer.activation(layer.fc1(layer.norm_ffn(h).to(cdt), spans)), spans)
             h = h + f.float()
 
         for c in caches:
             c.pos += 1
-        logits = self.heads_out(self.final_norm(h).to(cdt)).float()
+        logits = self.heads_out(self.final_norm(h).to(cdt), spans).float()
         return logits.view(h.shape[0], self.num_codebooks, self.vocab_size)

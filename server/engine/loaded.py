@@ -87,6 +87,8 @@ class LoadedModel:
                 continue
             seen.add(t.untyped_storage().data_ptr())
             total += t.untyped_storage().nbytes()
+        if self.fast is not None:
+            total += self.fast.packed_bytes()
         return total
 
 

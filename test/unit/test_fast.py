@@ -15,7 +15,7 @@ from server.engine.fastlm import FastLM, PackedLinear
 from server.engine.registry import ModelRegistry
 from server.engine.sampling import SamplerBatch, SamplingParams, sample
 
-PRECISIONS = ["float32", "bfloat16", "int8", "int8-dynamic"]
+PRECISIONS = ["float32", "bfloat16", "int8", "int8-dynamic", "int8-rows"]
 
 
 @pytest.fixture(scope="module")
@@ -125,16 +125,24 @@ def test_low_precisions_stay_close_to_fp32(registries):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_packed_linear_rows_are_independent(precision):
+def test_packed_linear_requests_are_independent(precision):
+    """A request's rows (a span of 1 or 2) give the same bits whatever else is in the call."""
     torch.manual_seed(0)
     weight = torch.randn(96, 64) / 8
     lin = PackedLinear(weight, None, precision, torch.device("cpu"))
     dtype = torch.float32 if precision == "float32" else torch.bfloat16
-    x = torch.randn(40, 64).to(dtype)
-    full = lin(x)
-    for rows in (1, 2, 3, 7, 8, 15, 16, 17, 33):
-        assert torch.equal(lin(x[:rows]), full[:rows]), rows
-        assert torch.equal(lin(x[rows - 1 : rows + 4]), full[rows - 1 : rows + 4]), rows
+    x = torch.randn(64, 64).to(dtype)
+    sizes = [2, 1, 2, 2, 1, 1, 2, 2, 2, 1] * 2 + [2] * 5
+    spans, start = [], 0
+    for n in sizes:
+        spans.append((start, start + n))
+        start += n
+    full = lin(x[:start], spans)
+    for a, b in spans:
+        assert torch.equal(lin(x[a:b]), full[a:b]), (a, b)
+    for cut in (1, 3, 8, 17):  # the first `cut` requests alone
+        end = spans[cut - 1][1]
+        assert torch.equal(lin(x[:end], spans[:cut]), full[:end]), cut
 
 
 def test_int8_weights_are_per_channel_symmetric():
