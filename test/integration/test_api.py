@@ -10,15 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from starlette.testclient import TestClient
-
-from lib.settings import Settings
-from server.http.app import create_app
-
-
-def make_client(models_dir, tmp_path, **overrides) -> TestClient:
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32", **overrides)
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+from api_client import make_client
 
 
 @pytest.fixture(scope="module")

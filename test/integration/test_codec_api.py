@@ -9,16 +9,9 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-from starlette.testclient import TestClient
+from api_client import make_client
 
-from lib.settings import Settings
 from server.engine.codec import container
-from server.http.app import create_app
-
-
-def make_client(models_dir, tmp_path, **overrides) -> TestClient:
-    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32", **overrides)
-    return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,13 @@
+"""The app behind an in-process ASGI client, on a given models dir (the API tests' way in)."""
+
+from __future__ import annotations
+
+from starlette.testclient import TestClient
+
+from lib.settings import Settings
+from server.http.app import create_app
+
+
+def make_client(models_dir, tmp_path, **overrides) -> TestClient:
+    settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32", **overrides)
+    return TestClient(create_app(settings), raise_server_exceptions=False)
