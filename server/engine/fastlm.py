@@ -44,6 +44,17 @@ _ROW_BLOCK = {"float32": 2, "bfloat16": 8, "float16": 8}
 #   linear, fbgemm/oneDNN), called once per request so the scale never mixes requests.
 KERNELS = {"float32": "dense", "bfloat16": "dense", "float16": "dense", "int8": "int8pack", "int8-rows": "int8rows"}
 KERNELS["int8-dynamic"] = "qdynamic"
+# What the matmuls take and give (the dynamic int8 kernels quantize fp32 themselves), and what the
+# KV cache holds.
+ACT_DTYPE = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int8": torch.bfloat16,
+    "int8-dynamic": torch.float32,
+    "int8-rows": torch.float32,
+}
+CACHE_DTYPE = {p: torch.bfloat16 for p in KERNELS} | {"float32": torch.float32, "float16": torch.float16}
 
 Spans = list[tuple[int, int]]
 
@@ -106,14 +117,13 @@ class PackedLinear:
             xf = x.float()
             sx = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
             xq = torch.round(xf / sx).clamp(-127, 127).to(torch.int8)
-            out = (torch._int_mm(xq, self.weight.t()).float() * sx * self.scales).to(x.dtype)
-        else:
+            out = torch._int_mm(xq, self.weight.t()).float().mul_(sx).mul_(self.scales)
+        else:  # qdynamic: fp32 in, fp32 out
             xf = x.float()
             if spans is None or len(spans) == 1:
                 out = torch.ops.quantized.linear_dynamic(xf, self.packed)
             else:
                 out = torch.cat([torch.ops.quantized.linear_dynamic(xf[a:b], self.packed) for a, b in spans])
-            out = out.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
@@ -177,7 +187,7 @@ class RequestCache:
     rows: int  # 2 with guidance (conditional, null), else 1
     self_k: torch.Tensor  # [layers, rows, heads, steps, head_dim]
     self_v: torch.Tensor
-    cross_k: torch.Tensor | None  # [layers, 1, heads, text_len, head_dim], conditional row only
+    cross_k: torch.Tensor | None  # [layers, 1, heads, text_len, head_dim], conditional row only, act dtype
     cross_v: torch.Tensor | None
     pos: int = 0  # positions filled so far
 
@@ -194,8 +204,8 @@ class FastLM:
         decoder = causal_lm.model.decoder
         self.precision = precision
         self.device = device
-        self.compute_dtype = compute_dtype(precision)
-        self.cache_dtype = self.compute_dtype
+        self.act_dtype = ACT_DTYPE[precision]
+        self.cache_dtype = CACHE_DTYPE[precision]
         self.num_codebooks = int(config.num_codebooks)
         self.vocab_size = int(config.vocab_size)
         self.hidden = int(config.hidden_size)
@@ -301,7 +311,7 @@ class FastLM:
 
     def _cross_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, text_len, _ = states.shape
-        flat = states.reshape(n * text_len, -1).to(self.compute_dtype)
+        flat = states.reshape(n * text_len, -1).to(self.act_dtype)
         ks, vs = [], []
         for layer in self.layers:
             # All rows go through the projection, as in transformers (same matmul shape, same bits);
@@ -310,10 +320,9 @@ class FastLM:
             v = layer.cross_v(flat, blocked=False)[:text_len]
             ks.append(k.view(1, text_len, self.heads, self.head_dim).transpose(1, 2))
             vs.append(v.view(1, text_len, self.heads, self.head_dim).transpose(1, 2))
-        return (
-            torch.stack(ks).to(self.cache_dtype).contiguous(),
-            torch.stack(vs).to(self.cache_dtype).contiguous(),
-        )
+        # Kept in the activation dtype: they are small (text length), and fp32 attention over a few
+        # keys is faster on CPU than bf16.
+        return torch.stack(ks).to(self.act_dtype).contiguous(), torch.stack(vs).to(self.act_dtype).contiguous()
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -348,7 +357,7 @@ class FastLM:
         x = self._embed(tokens)
         pos = torch.cat([self.positions[c.pos : c.pos + 1].expand(c.rows, -1) for c in caches])
         h = x + pos
-        cdt = self.compute_dtype
+        act, kv = self.act_dtype, self.cache_dtype
         hidden, heads, head_dim = self.hidden, self.heads, self.head_dim
         spans = []
         start = 0
@@ -356,12 +365,14 @@ class FastLM:
             spans.append((start, start + c.rows))
             start += c.rows
         cond_spans = [(i, i + 1) for i in range(len(caches))]
+        single = caches[0] if len(caches) == 1 else None  # one request: no gather buffers
 
         for li, layer in enumerate(self.layers):
             # self-attention
-            qkv = layer.qkv(layer.norm_self(h).to(cdt), spans)
+            qkv = layer.qkv(layer.norm_self(h).to(act), spans)
             q, k, v = qkv.split(hidden, dim=-1)
-            att = torch.empty(h.shape[0], hidden, device=h.device, dtype=qkv.dtype)
+            q = q.to(kv)  # k and v convert as they are written into the cache
+            att = torch.empty(h.shape[0], hidden, device=h.device, dtype=kv) if single is None else None
             for c, (r0, r1) in zip(caches, spans, strict=True):
                 rows, p = c.rows, c.pos
                 kc, vc = c.self_k[li], c.self_v[li]
@@ -373,14 +384,17 @@ class FastLM:
                     vc[:, :, : p + 1],
                     scale=self.scaling,
                 )
-                att[r0:r1] = out.transpose(1, 2).reshape(rows, hidden)
-            h = h + layer.out(att, spans).float()
+                if att is None:
+                    att = out.transpose(1, 2).reshape(rows, hidden)
+                else:
+                    att[r0:r1] = out.transpose(1, 2).reshape(rows, hidden)
+            h = h + layer.out(att.to(act), spans).float()
 
             # cross-attention, conditional rows only (the null rows' is exactly 0)
             if layer.cross_q is not None:
                 cond_h = h[::cond_step] if cond_step else h.index_select(0, cond_rows)
-                cq = layer.cross_q(layer.norm_cross(cond_h).to(cdt), cond_spans)
-                catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=cq.dtype)
+                cq = layer.cross_q(layer.norm_cross(cond_h).to(act), cond_spans).to(act)
+                catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=act) if single is None else None
                 for i, c in enumerate(caches):
                     out = F.scaled_dot_product_attention(
                         cq[i : i + 1].view(1, heads, 1, head_dim),
@@ -388,7 +402,10 @@ class FastLM:
                         c.cross_v[li],
                         scale=self.scaling,
                     )
-                    catt[i : i + 1] = out.transpose(1, 2).reshape(1, hidden)
+                    if catt is None:
+                        catt = out.transpose(1, 2).reshape(1, hidden)
+                    else:
+                        catt[i : i + 1] = out.transpose(1, 2).reshape(1, hidden)
                 cross = layer.cross_out(catt, cond_spans).float()
                 if cond_step:
                     h[::cond_step] += cross  # h is this layer's own tensor: in place is safe
@@ -396,10 +413,10 @@ class FastLM:
                     h = h.index_add(0, cond_rows, cross)
 
             # feed-forward
-            f = layer.fc2(layer.activation(layer.fc1(layer.norm_ffn(h).to(cdt), spans)), spans)
+            f = layer.fc2(layer.activation(layer.fc1(layer.norm_ffn(h).to(act), spans)), spans)
             h = h + f.float()
 
         for c in caches:
             c.pos += 1
-        logits = self.heads_out(self.final_norm(h).to(cdt), spans).float()
+        logits = self.heads_out(self.final_norm(h).to(act), spans).float()
         return logits.view(h.shape[0], self.num_codebooks, self.vocab_size)
