@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     default_codec_model: str = "encodec-24khz"
 
     max_duration_s: float = Field(300.0, gt=0, description="Longest audio one request may ask for")
+    musicgen_stride_s: float = Field(
+        18.0,
+        gt=0,
+        le=30,
+        description="Long-form MusicGen (past its 30 s window): new seconds per window; the rest of the "
+        "window is the previous audio's tail (12 s by default)",
+    )
+    audiogen_stride_s: float = Field(
+        6.0,
+        gt=0,
+        le=10,
+        description="Long-form AudioGen (past its 10 s window): new seconds per window (the rest: 4 s of context)",
+    )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest text prompt")
     max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload")
     queue_depth: int = Field(64, ge=1, description="Queued jobs before new ones get 429")
@@ -89,6 +102,10 @@ class Settings(BaseSettings):
 
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def stride_s(self, kind: str) -> float:
+        """New seconds per window of long-form generation, for a model kind."""
+        return self.audiogen_stride_s if kind == "audiogen" else self.musicgen_stride_s
 
     def dtype_for(self, model: str) -> str:
         """The precision setting for one model: its model_dtype entry, else dtype."""

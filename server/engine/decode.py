@@ -28,17 +28,27 @@ from server.engine.sampling import SamplerBatch, SamplingParams, guide
 
 @dataclass(frozen=True)
 class DecodeRequest:
-    prompt: str
-    n_frames: int
+    prompt: str  # "" means no text: the null condition
+    n_frames: int  # frames of the answer, prompt_codes included
     seed: int
     temperature: float = 1.0
     top_k: int = 250
     top_p: float = 0.0
     cfg_coef: float = 3.0
+    # Aligned codes [K, T] the answer starts with (an audio prompt, or the previous window's tail in
+    # long-form generation): the decoder's prefix, as transformers' decoder_input_ids. T < n_frames.
+    prompt_codes: torch.Tensor | None = field(default=None, compare=False)
+    # Melody models: the melody's one-hot chroma [frames, num_chroma]; None: no melody (transformers'
+    # null melody).
+    chroma: torch.Tensor | None = field(default=None, compare=False)
 
     @property
     def guided(self) -> bool:
         return self.cfg_coef != 1.0
+
+    @property
+    def prompt_frames(self) -> int:
+        return 0 if self.prompt_codes is None else int(self.prompt_codes.shape[1])
 
 
 class Cancelled(Exception):
@@ -52,17 +62,44 @@ CancelCheck = Callable[[int], bool]
 
 def encode_text(lm: LoadedModel, prompt: str, with_null: bool) -> torch.Tensor:
     """[rows, text_len, hidden]: the prompt's encoder states, then (for guidance) the null row with
-    zeroed states and mask, projected and masked exactly as transformers' generate() does."""
+    zeroed states and mask, projected and masked exactly as transformers' generate() does (MusicGen
+    projects both rows, MusicGen-Melody the prompt's before adding the null row). An empty prompt is
+    the null condition itself: its mask is zero, as in AudioCraft's T5 conditioner."""
     model = lm.model
     tokens = lm.tokenizer([prompt], return_tensors="pt").to(lm.device)
     hidden = model.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-    mask = tokens.attention_mask
+    mask = tokens.attention_mask if prompt.strip() else torch.zeros_like(tokens.attention_mask)
+    project = getattr(model, "enc_to_dec_proj", None)
+    if project is not None and lm.melody:
+        hidden = project(hidden)
     if with_null:
         hidden = torch.cat([hidden, torch.zeros_like(hidden)], dim=0)
         mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
-    if getattr(model, "enc_to_dec_proj", None) is not None:
-        hidden = model.enc_to_dec_proj(hidden)
+    if project is not None and not lm.melody:
+        hidden = project(hidden)
     return hidden * mask[..., None]
+
+
+def melody_prefix(lm: LoadedModel, prompt: str, chroma: torch.Tensor | None, with_null: bool) -> torch.Tensor:
+    """[rows, chroma_length + text_len, hidden]: what a melody model prepends to its decoder input,
+    built as MusicgenMelodyForConditionalGeneration.generate() builds it. The chroma is projected,
+    repeated (wrapping around) or cut to the model's chroma length, then the text states follow. The
+    null row's melody is one-hot on bin 0; without a melody the conditional row gets that too."""
+    model = lm.model
+    config = model.config
+    text = encode_text(lm, prompt, with_null)
+    length = 1 if chroma is None else chroma.shape[0]
+    null = torch.zeros((1, length, config.num_chroma), device=lm.device, dtype=text.dtype)
+    null[:, :, 0] = 1
+    audio = null if chroma is None else chroma.to(lm.device, text.dtype)[None]
+    if with_null:
+        audio = torch.cat([audio, null], dim=0)
+    if config.num_chroma != lm.decoder_config.hidden_size:
+        audio = model.audio_enc_to_dec_proj(audio)
+    if audio.shape[1] < config.chroma_length:
+        audio = audio.repeat(1, -(-config.chroma_length // audio.shape[1]), 1)
+    audio = audio[:, : config.chroma_length]
+    return torch.cat([audio, text], dim=1)
 
 
 @dataclass
@@ -105,8 +142,8 @@ class DecodeBatch:
     """
 
     def __init__(self, lm: LoadedModel):
-        if lm.spec.kind != "musicgen":
-            raise UnsupportedRequest(f"{lm.spec.name} ({lm.spec.kind}) is not supported by the decode loop yet")
+        if lm.spec.kind == "encodec":
+            raise UnsupportedRequest(f"{lm.spec.name} is a codec: it does not generate", field="model")
         self.lm = lm
         self.fast: FastLM = lm.fast_lm()
         self.device = lm.device
@@ -120,18 +157,41 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def add(self, request: DecodeRequest) -> int:
-        """Join the batch at the next step: encodes the text, computes its cross-attention K/V and
-        preallocates its KV cache. Returns the request's handle."""
+        """Join the batch at the next step: encodes the conditioning, computes its cross-attention K/V
+        and preallocates its KV cache. A request with a decoder prefix (a melody model's conditioning,
+        an audio prompt) runs that prefix and its first step now, on its own. Returns the handle."""
         if request.n_frames < 1:
             raise ValueError("n_frames must be at least 1")
         lm = self.lm
+        n_prompt = request.prompt_frames
+        if n_prompt >= request.n_frames:
+            raise ValueError("prompt_codes must be shorter than n_frames")
         n_steps = delay.num_steps(request.n_frames, self.delays)
-        states = encode_text(lm, request.prompt, with_null=request.guided)
-        cache = self.fast.new_cache(rows=states.shape[0], steps=n_steps, encoder_states=states)
+        if lm.melody:
+            prefix, states = melody_prefix(lm, request.prompt, request.chroma, request.guided), None
+        else:
+            prefix, states = None, encode_text(lm, request.prompt, with_null=request.guided)
+        rows = 2 if request.guided else 1
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        positions = n_prefix + n_steps
+        if positions > self.fast.max_positions:
+            raise UnsupportedRequest(
+                f"this request needs {positions} decoder positions; {lm.spec.name} has {self.fast.max_positions}",
+                hint="use a shorter text prompt",
+                field="prompt",
+            )
+        cache = self.fast.new_cache(rows=rows, steps=positions, encoder_states=states)
         k_books = lm.num_codebooks
         sequence = torch.full((k_books, n_steps + 1), lm.pad_token_id, dtype=torch.long, device=self.device)
         sequence[:, 0] = lm.start_token_id
-        keep = delay.valid_positions(torch.tensor([request.n_frames]), self.delays, n_steps + 1)[0].to(self.device)
+        frames = torch.tensor([request.n_frames])
+        keep = delay.valid_positions(frames, self.delays, n_steps + 1)[0].to(self.device)
+        if n_prompt:
+            # The prompt sits in its delayed positions and is never overwritten.
+            for k, d in enumerate(self.delays.tolist()):
+                sequence[k, d + 1 : d + 1 + n_prompt] = request.prompt_codes[k].to(self.device)
+            given = delay.valid_positions(torch.tensor([n_prompt]), self.delays, n_steps + 1)[0].to(self.device)
+            keep &= ~given
         member = _Member(
             handle=next(self._handles),
             request=request,
@@ -141,9 +201,33 @@ class DecodeBatch:
             keep=keep,
             generator=torch.Generator(device=self.device).manual_seed(request.seed),
         )
-        self._members.append(member)
-        self._layout = None
+        if n_prefix or n_prompt:
+            self._prefill(member, prefix, n_prompt)
+        if member.step >= member.n_steps:
+            self._done[member.handle] = delay.undelay(member.sequence, request.n_frames, self.delays)
+        else:
+            self._members.append(member)
+            self._layout = None
         return member.handle
+
+    def _prefill(self, m: _Member, prefix: torch.Tensor | None, n_prompt: int) -> None:
+        """The first forward of transformers' generate(): the prefix and the input columns 0..n_prompt
+        in one pass, then the first new column sampled from its last position."""
+        request = m.request
+        tokens = m.sequence[:, : n_prompt + 1].t()  # [n_prompt + 1, K]
+        inputs = self.fast.embed_tokens(tokens)[None].expand(m.rows, -1, -1)
+        if prefix is not None:
+            inputs = torch.cat([prefix.float(), inputs], dim=1)
+        logits = self.fast.prefill(m.cache, inputs)  # [rows, K, V]
+        scores = logits[:1]
+        if request.guided:
+            cfg = torch.tensor(request.cfg_coef, dtype=torch.float32, device=self.device)
+            scores = guide(scores, logits[1:2], cfg)
+        params = [SamplingParams(request.temperature, request.top_k, request.top_p)]
+        chosen = SamplerBatch(params, self.fast.vocab_size, self.device)(scores, [m.generator])[0]
+        m.step = n_prompt + 1
+        col = m.step
+        m.sequence[:, col] = torch.where(m.keep[:, col], chosen, m.sequence[:, col])
 
     def remove(self, handle: int) -> bool:
         """Drop a request (cancelled): its rows and cache leave the batch now. False if unknown."""
@@ -263,12 +347,12 @@ def generate_codes(
     longest request."""
     batch = DecodeBatch(lm)
     handles = [batch.add(r) for r in requests]
-    total = max(delay.num_steps(r.n_frames, batch.delays) for r in requests)
-    results: dict[int, torch.Tensor] = {}
+    results: dict[int, torch.Tensor] = {h: batch.pop(h) for h in batch.finished()}
+    total = max((n - done for done, n in map(batch.progress, batch.active)), default=0)
     cancelled: set[int] = set()
-    for step in range(1, total + 1):
-        if not len(batch):
-            break
+    step = 0
+    while len(batch):
+        step += 1
         for handle in batch.step():
             results[handle] = batch.pop(handle)
         if on_step is not None:
@@ -297,3 +381,22 @@ def codes_to_audio(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
     else:
         audio = codec.decode(frames, audio_scales=[None]).audio_values
     return audio[0].float().cpu()
+
+
+@torch.inference_mode()
+def audio_to_codes(lm: LoadedModel, audio: torch.Tensor) -> torch.Tensor:
+    """[channels, samples] float32 at the model's rate (its channel count) -> aligned codes [K, frames],
+    as transformers' generate() encodes an audio prompt: stereo models encode each channel on its
+    own and interleave the codebooks L/R."""
+    codec = lm.model.audio_encoder
+    audio = audio.to(lm.device, torch.float32)
+
+    def encode(channel: torch.Tensor) -> torch.Tensor:
+        return codec.encode(channel[None], return_dict=True).audio_codes[0, 0]  # [K', frames]
+
+    if not lm.stereo:
+        return encode(audio[:1])
+    left, right = encode(audio[:1]), encode(audio[1:2])
+    codes = left.new_ones((2 * left.shape[0], left.shape[1]))
+    codes[::2], codes[1::2] = left, right
+    return codes

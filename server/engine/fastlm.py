@@ -297,10 +297,12 @@ class FastLM:
     # -- per request --------------------------------------------------------------------------
 
     def new_cache(self, rows: int, steps: int, encoder_states: torch.Tensor | None) -> RequestCache:
-        """Preallocate a request's cache. encoder_states [rows, text_len, hidden]: the conditional row
-        first (then the null row, as transformers computes them), already projected and masked."""
+        """Preallocate a request's cache for `steps` positions (a prefix given to prefill() counts).
+        encoder_states [rows, text_len, hidden]: the conditional row first (then the null row, as
+        transformers computes them), already projected and masked; only used by decoders with
+        cross-attention."""
         if steps > self.max_positions:
-            raise ValueError(f"{steps} steps exceed the model's {self.max_positions} positions")
+            raise ValueError(f"{steps} positions exceed the model's {self.max_positions}")
         shape = (len(self.layers), rows, self.heads, steps, self.head_dim)
         k = torch.empty(shape, device=self.device, dtype=self.cache_dtype)
         v = torch.empty(shape, device=self.device, dtype=self.cache_dtype)
@@ -326,6 +328,11 @@ class FastLM:
 
     # -- the step -----------------------------------------------------------------------------
 
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [..., K] -> summed codebook embeddings [..., hidden] (fp32)."""
+        lead = tokens.shape[:-1]
+        return self._embed(tokens.reshape(-1, self.num_codebooks)).view(*lead, self.hidden)
+
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [rows, K] -> summed codebook embeddings [rows, hidden] (fp32)."""
         rows = tokens.shape[0]
@@ -337,6 +344,65 @@ class FastLM:
         for k in range(1, self.num_codebooks):
             out = out + e[:, k]
         return out
+
+    @torch.inference_mode()
+    def prefill(self, cache: RequestCache, inputs: torch.Tensor) -> torch.Tensor:
+        """Run one request's first `L` positions through the decoder at once, as transformers' first
+        forward does: inputs [rows, L, hidden] fp32 input embeddings (a melody model's conditioning
+        prefix, then the codebook embeddings of the start token and any audio prompt), causal among
+        themselves. Their keys and values fill the cache from position 0. Returns the fp32 logits of
+        the last position [rows, K, vocab]; the next step() continues at position L.
+
+        Matmuls run over all rows * L positions of the request at once (one request: no blocking
+        needed for batch independence), the shape transformers uses, so float32 stays token-identical.
+        """
+        if cache.pos != 0:
+            raise ValueError("prefill must come before any step")
+        rows, length, hidden = inputs.shape
+        if length > cache.self_k.shape[3]:
+            raise ValueError(f"{length} prefill positions exceed the cache's {cache.self_k.shape[3]}")
+        act, kv = self.act_dtype, self.cache_dtype
+        heads, head_dim = self.heads, self.head_dim
+        h = inputs.float() + self.positions[:length]
+        flat = rows * length
+
+        def split_heads(x: torch.Tensor, n: int) -> torch.Tensor:  # [n * L, hidden] -> [n, heads, L, head_dim]
+            return x.view(n, length, heads, head_dim).transpose(1, 2)
+
+        for li, layer in enumerate(self.layers):
+            x = layer.norm_self(h).reshape(flat, hidden).to(act)
+            q, k, v = layer.qkv(x, blocked=False).split(hidden, dim=-1)
+            cache.self_k[li, :, :, :length] = split_heads(k, rows)
+            cache.self_v[li, :, :, :length] = split_heads(v, rows)
+            out = F.scaled_dot_product_attention(
+                split_heads(q.to(kv), rows),
+                cache.self_k[li, :, :, :length],
+                cache.self_v[li, :, :, :length],
+                is_causal=length > 1,
+                scale=self.scaling,
+            )
+            att = out.transpose(1, 2).reshape(flat, hidden)
+            h = h + layer.out(att.to(act), blocked=False).float().view(rows, length, hidden)
+
+            if layer.cross_q is not None:  # the conditional row only (row 0): the null row's is exactly 0
+                cq = layer.cross_q(layer.norm_cross(h[0]).to(act), blocked=False).to(act)
+                out = F.scaled_dot_product_attention(
+                    split_heads(cq, 1), cache.cross_k[li], cache.cross_v[li], scale=self.scaling
+                )
+                cross = layer.cross_out(out.transpose(1, 2).reshape(length, hidden), blocked=False).float()
+                h[0] += cross  # h is this layer's own tensor: in place is safe
+
+            x = layer.norm_ffn(h).reshape(flat, hidden).to(act)
+            f = layer.fc2(layer.activation(layer.fc1(x, blocked=False)), blocked=False)
+            h = h + f.float().view(rows, length, hidden)
+
+        cache.pos = length
+        # fp32 computes the heads over every position, as transformers does (same matmul, same bits);
+        # the other precisions only need the last one.
+        last = self.final_norm(h if self.exact else h[:, -1:]).to(act)
+        logits = self.heads_out(last.reshape(-1, hidden), blocked=False).float()
+        logits = logits.view(rows, -1, self.num_codebooks, self.vocab_size)
+        return logits[:, -1]
 
     @torch.inference_mode()
     def step(

@@ -51,6 +51,12 @@ class LoadedModel:
         return int(self.decoder_config.num_codebooks)
 
     @property
+    def melody(self) -> bool:
+        """A melody model: its conditioning (chroma, then text) is prepended to the decoder input
+        instead of being cross-attended."""
+        return getattr(self.model.config, "chroma_length", None) is not None
+
+    @property
     def stereo(self) -> bool:
         return int(getattr(self.decoder_config, "audio_channels", 1)) == 2
 

@@ -1,27 +1,81 @@
-"""Text to audio on a MusicGen-family model: prompts in, waveforms out. Knows nothing of HTTP or jobs."""
+"""Text (and melody, and audio prompt) to audio on a MusicGen-family model, at any length. Knows
+nothing of HTTP or jobs.
+
+Audio of any length, and audio prompts, come by sliding-window continuation (as AudioCraft does).
+
+A model makes at most one window of audio per decode (MusicGen 30 s, AudioGen 10 s). Longer audio
+comes window by window: the first window starts from the audio prompt (if any), and each next one
+keeps the tail of what exists as its decoder prefix (MusicGen: 12 s) and adds the rest (18 s: the
+stride). A melody is cut per window from the window's start time, wrapping around when it is
+shorter than the output. Each window is one DecodeRequest, so a long request runs inside the same
+continuous batch as every other request, window after window.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from server.engine.decode import CancelCheck, DecodeRequest, StepCallback, codes_to_audio, generate_codes
+from server.engine import delay
+from server.engine.chroma import chroma, window_samples
+from server.engine.decode import DecodeRequest, audio_to_codes, codes_to_audio
 from server.engine.errors import UnsupportedRequest
 from server.engine.loaded import LoadedModel
 
+_SEED_STEP = 0x9E3779B97F4A7C15  # window i > 0 draws from seed + i * this (mod 2^63): unrelated streams
+
 
 @dataclass(frozen=True)
-class TextToAudio:
-    prompt: str
-    duration_s: float
+class Window:
+    start_frame: int  # where the window starts on the whole timeline (its prefix included)
+    context_frames: int  # frames it starts from: the audio prompt's or the previous windows' tail
+    new_frames: int
+
+    @property
+    def n_frames(self) -> int:
+        return self.context_frames + self.new_frames
+
+
+def plan_windows(total_frames: int, prompt_frames: int, window_frames: int, stride_frames: int) -> list[Window]:
+    """The windows that take a timeline holding `prompt_frames` to `total_frames`.
+
+    Each window adds as much as fits beside a prefix of at most window - stride frames (the first
+    window after an empty start adds a whole window); the prefix then takes whatever room is left,
+    so a short last step keeps more context."""
+    if not 0 < stride_frames <= window_frames:
+        raise ValueError(f"the stride ({stride_frames} frames) must be within the window ({window_frames})")
+    keep = window_frames - stride_frames
+    windows: list[Window] = []
+    have = prompt_frames
+    while have < total_frames:
+        new = min(total_frames - have, window_frames - min(have, keep))
+        context = min(have, window_frames - new)
+        windows.append(Window(have - context, context, new))
+        have += new
+    return windows
+
+
+def window_seed(seed: int, index: int) -> int:
+    return seed if index == 0 else (seed + index * _SEED_STEP) % (2**63)
+
+
+@dataclass(frozen=True)
+class AudioRequest:
+    """One generation, as the engine sees it: text, and optionally a melody or an audio prompt."""
+
+    prompt: str  # "" = no text
+    duration_s: float  # seconds of new audio
     seed: int
     temperature: float = 1.0
     top_k: int = 250
     top_p: float = 0.0
     cfg_coef: float = 3.0
+    melody: np.ndarray | None = None  # mono float32 [samples] at the model's rate
+    prompt_audio: np.ndarray | None = None  # float32 [channels, samples] at the model's rate and channels
+    include_prompt: bool = True  # the answer starts with the (re-decoded) audio prompt
 
 
 @dataclass
@@ -35,42 +89,122 @@ class Waveform:
         return self.audio.shape[-1] / self.sample_rate
 
 
-def check_duration(lm_window_s: float | None, duration_s: float, model: str) -> None:
-    if lm_window_s is not None and duration_s > lm_window_s:
-        raise UnsupportedRequest(
-            f"{model} generates at most {lm_window_s:g} s per request in this build",
-            hint=f"ask for {lm_window_s:g} s or less; longer audio arrives with sliding-window generation",
-            field="duration",
+class LongForm:
+    """One request's windows: hands out each window's DecodeRequest, collects its codes, and in the
+    end decodes the whole timeline once (so there are no seams from separate codec passes)."""
+
+    def __init__(self, lm: LoadedModel, item: AudioRequest, stride_s: float):
+        window_s = lm.spec.window_s
+        if window_s is None:
+            raise UnsupportedRequest(f"{lm.spec.name} does not generate audio", field="model")
+        self.lm, self.item = lm, item
+        fr = lm.frame_rate_hz
+        self.hop = round(lm.sample_rate / fr)
+        self.prompt_codes = self._prompt_codes(item.prompt_audio)
+        n_prompt = 0 if self.prompt_codes is None else self.prompt_codes.shape[1]
+        self.n_prompt = n_prompt
+        self.total_frames = n_prompt + max(1, math.ceil(item.duration_s * fr - 1e-9))
+        window = round(window_s * fr)
+        stride = max(1, round(stride_s * fr))
+        delays = delay.codebook_delays(lm.num_codebooks, lm.stereo)
+        self.delays = delays
+        if lm.melody:
+            # A melody model's conditioning takes decoder positions too: the window gives way to it.
+            prefix = lm.model.config.chroma_length + len(lm.tokenizer(item.prompt).input_ids)
+            room = lm.fast_lm().max_positions - prefix - int(delays.max())
+            if room < 2:
+                raise UnsupportedRequest(
+                    f"the text prompt leaves no room to generate on {lm.spec.name}",
+                    hint="use a shorter text prompt", field="prompt",
+                )  # fmt: skip
+            window = min(window, room)
+        stride = min(stride, window)
+        self.window_frames = window
+        self.windows = plan_windows(self.total_frames, n_prompt, window, stride)
+        self.codes = torch.zeros((lm.num_codebooks, self.total_frames), dtype=torch.long)
+        if self.prompt_codes is not None:
+            self.codes[:, :n_prompt] = self.prompt_codes.cpu()
+        # LM steps each window runs (its prefill counts as one): the unit of progress.
+        self.window_steps = [delay.num_steps(w.n_frames, delays) - w.context_frames for w in self.windows]
+        self.index = 0
+
+    def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:
+        if audio is None:
+            return None
+        n = (audio.shape[-1] // self.hop) * self.hop  # whole frames only: the new audio follows without a gap
+        if n == 0:
+            raise UnsupportedRequest(
+                f"the audio prompt is shorter than one frame ({1000 * self.hop / self.lm.sample_rate:g} ms)",
+                hint="send a longer audio prompt", field="audio",
+            )  # fmt: skip
+        return audio_to_codes(self.lm, torch.from_numpy(np.ascontiguousarray(audio[:, :n])))
+
+    # -- windows ------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.windows)
+
+    def request(self) -> DecodeRequest:
+        """The current window's decode request."""
+        w = self.windows[self.index]
+        item = self.item
+        context = self.codes[:, w.start_frame : w.start_frame + w.context_frames] if w.context_frames else None
+        return DecodeRequest(
+            prompt=item.prompt,
+            n_frames=w.n_frames,
+            seed=window_seed(item.seed, self.index),
+            temperature=item.temperature,
+            top_k=item.top_k,
+            top_p=item.top_p,
+            cfg_coef=item.cfg_coef,
+            prompt_codes=context,
+            chroma=self._chroma(w),
         )
 
+    def _chroma(self, w: Window) -> torch.Tensor | None:
+        melody = self.item.melody
+        if melody is None or not self.lm.melody:
+            return None
+        n = round(self.window_frames * self.hop)
+        if len(self.windows) == 1 and self.n_prompt == 0:
+            return chroma(melody[:n], self.lm.sample_rate)  # one window: the melody as given (the model repeats it)
+        return chroma(window_samples(melody, w.start_frame * self.hop, n), self.lm.sample_rate)
 
-def decode_request(lm: LoadedModel, item: TextToAudio) -> DecodeRequest:
-    check_duration(lm.spec.window_s, item.duration_s, lm.spec.name)
-    return DecodeRequest(
-        prompt=item.prompt,
-        n_frames=max(1, math.ceil(item.duration_s * lm.frame_rate_hz)),
-        seed=item.seed,
-        temperature=item.temperature,
-        top_k=item.top_k,
-        top_p=item.top_p,
-        cfg_coef=item.cfg_coef,
-    )
+    def accept(self, codes: torch.Tensor) -> None:
+        """The current window's codes [K, n_frames]; moves to the next window."""
+        w = self.windows[self.index]
+        first = w.start_frame + w.context_frames
+        self.codes[:, first : w.start_frame + w.n_frames] = codes[:, w.context_frames :].cpu()
+        self.index += 1
+
+    def progress(self, steps_done: int = 0) -> tuple[int, int]:
+        """(steps done, steps in all) over every window; steps_done: the current window's
+        (DecodeBatch.progress minus its context frames)."""
+        return sum(self.window_steps[: self.index]) + steps_done, sum(self.window_steps)
+
+    # -- the answer ---------------------------------------------------------------------------
+
+    def waveform(self) -> Waveform:
+        """The whole timeline decoded, cut to exactly the asked duration (after the prompt, which
+        leads the answer when include_prompt)."""
+        lm, item = self.lm, self.item
+        audio = codes_to_audio(lm, self.codes).numpy()
+        start = self.n_prompt * self.hop
+        n_samples = round(item.duration_s * lm.sample_rate)
+        first = 0 if item.include_prompt else start
+        audio = audio[:, first : start + n_samples]
+        return Waveform(np.ascontiguousarray(audio), lm.sample_rate, item.seed)
 
 
-def waveform(lm: LoadedModel, item: TextToAudio, codes) -> Waveform:
-    """Decode a request's codes and trim to exactly the asked duration (frames are 20 ms)."""
-    audio = codes_to_audio(lm, codes).numpy()
-    n_samples = round(item.duration_s * lm.sample_rate)
-    return Waveform(np.ascontiguousarray(audio[:, :n_samples]), lm.sample_rate, item.seed)
+def generate(lm: LoadedModel, item: AudioRequest, stride_s: float, on_window=None) -> Waveform:
+    """One request, window after window, alone (tests and scripts; the service batches through the
+    job runner)."""
+    from server.engine.decode import generate_codes
 
-
-def generate(
-    lm: LoadedModel,
-    items: Sequence[TextToAudio],
-    on_step: StepCallback | None = None,
-    is_cancelled: CancelCheck | None = None,
-) -> list[Waveform | None]:
-    """One decode batch for all items; each keeps its own seed, sampling and duration."""
-    requests = [decode_request(lm, item) for item in items]
-    codes = generate_codes(lm, requests, on_step=on_step, is_cancelled=is_cancelled)
-    return [None if c is None else waveform(lm, item, c) for item, c in zip(items, codes, strict=True)]
+    plan = LongForm(lm, item, stride_s)
+    while not plan.done:
+        plan.accept(generate_codes(lm, [plan.request()])[0])
+        if on_window is not None:
+            on_window(plan)
+    return plan.waveform()

@@ -9,32 +9,44 @@ import time
 from lib.schemas import ErrorBody, JobResult, OutputOptions
 from server.audio.encode import encode_audio
 from server.audio.render import render
-from server.engine import text_to_audio
 from server.engine.decode import DecodeBatch
 from server.engine.errors import EngineError
 from server.engine.registry import ModelRegistry
+from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
 
 log = logging.getLogger("audiocraft.jobs")
 
 MASTER = "master.wav"  # native rate, float32, not normalised: other formats are rendered from it
+# The job's input audio (a melody, an audio prompt), float32 at the model's rate, written when the
+# job is submitted so a job that runs again after a restart still has it.
+INPUT = "input.wav"
+INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}
 
 
 def answer_name(extension: str) -> str:
     return f"audio{extension}"
 
 
-def _item(job: Job) -> text_to_audio.TextToAudio:
+def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
+    from server.audio.decode import read_audio
+
     req = job.request
-    return text_to_audio.TextToAudio(
-        prompt=req.prompt,
+    inputs = {}
+    if job.kind in INPUT_KINDS:
+        audio, _rate = read_audio(artifacts.read(job.id, INPUT))
+        inputs[INPUT_KINDS[job.kind]] = audio[0] if job.kind == "melody" else audio
+    return AudioRequest(
+        prompt=req.prompt or "",
         duration_s=req.duration,
         seed=job.seed,
         temperature=req.temperature,
         top_k=req.top_k,
         top_p=req.top_p,
         cfg_coef=req.cfg_coef,
+        include_prompt=getattr(req, "include_prompt", True),
+        **inputs,
     )
 
 
@@ -50,7 +62,8 @@ class BatchRunner:
         self.artifacts = artifacts
         self.kind, self.model = kind, model
         self._batch: DecodeBatch | None = None
-        self._members: dict[int, tuple[Job, text_to_audio.TextToAudio]] = {}
+        # handle of the current window's decode request -> (job, its windows)
+        self._members: dict[int, tuple[Job, LongForm]] = {}
         self._step_s: float | None = None  # moving average of one step's wall time
 
     def accepts(self, job: Job) -> bool:
@@ -68,12 +81,25 @@ class BatchRunner:
         try:
             if self._batch is None:
                 self._batch = DecodeBatch(self.registry.get(self.model))
-            item = _item(job)
-            handle = self._batch.add(text_to_audio.decode_request(self._batch.lm, item))
+            lm = self._batch.lm
+            plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
+            self._next_window(job, plan)
         except EngineError as exc:
             job.finish("failed", engine_error(exc))
-            return
-        self._members[handle] = (job, item)
+        except (OSError, ValueError) as exc:  # the stored input audio is gone or unreadable
+            job.finish("failed", ErrorBody(code="invalid_input", message=f"the job's input audio: {exc}"))
+
+    def _next_window(self, job: Job, plan: LongForm) -> None:
+        """Start the plan's next window in the batch, or store the answer when there is none. A
+        window can finish as it joins (its prefix covers all but one step)."""
+        batch = self._batch
+        while not plan.done:
+            handle = batch.add(plan.request())
+            if handle not in batch.finished():
+                self._members[handle] = (job, plan)
+                return
+            plan.accept(batch.pop(handle))
+        self._store(job, plan.waveform())
 
     def step(self) -> None:
         batch = self._batch
@@ -83,10 +109,14 @@ class BatchRunner:
         took = time.perf_counter() - started
         self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
         for handle in finished:
-            job, item = self._members.pop(handle)
-            self._store(job, text_to_audio.waveform(batch.lm, item, batch.pop(handle)))
-        for handle, (job, _) in list(self._members.items()):
-            done, total = batch.progress(handle)
+            job, plan = self._members.pop(handle)
+            plan.accept(batch.pop(handle))
+            try:
+                self._next_window(job, plan)
+            except EngineError as exc:
+                job.finish("failed", engine_error(exc))
+        for handle, (job, plan) in list(self._members.items()):
+            done, total = plan.progress(batch.progress(handle)[0] - plan.windows[plan.index].context_frames)
             job.progress = min(0.99, done / total)
             job.eta_s = (total - done) * self._step_s
             if job.cancel_requested.is_set():
@@ -109,7 +139,7 @@ class BatchRunner:
         self._members.clear()
         self._batch = None
 
-    def _store(self, job: Job, wave: text_to_audio.Waveform) -> None:
+    def _store(self, job: Job, wave: Waveform) -> None:
         try:
             rendered = render(wave.audio, wave.sample_rate, job.request)
         except ValueError as exc:

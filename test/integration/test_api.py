@@ -165,10 +165,12 @@ def test_flac_32_bit_is_refused(client):
     assert "24" in r.json()["error"]["message"]
 
 
-def test_duration_past_the_window_is_explained(client):
-    r = client.post("/api/generate/music", json={"prompt": "x", "duration": 45})
-    assert r.status_code == 422
-    assert r.json()["error"]["field"] == "duration"
+def test_music_past_the_window_is_exactly_the_asked_duration(client):
+    r = client.post("/api/generate/music", json={"prompt": "x", "duration": 45, "sample_rate": "native"})
+    assert r.status_code == 200, r.text
+    info = sf.info(io.BytesIO(r.content))
+    assert (info.samplerate, info.frames) == (32000, 45 * 32000)
+    assert float(r.headers["x-duration-s"]) == 45.0
 
 
 def test_unknown_model_is_404_with_names(client):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers_reference import reference_generate
 
 from lib.catalogue import get_spec
 from lib.settings import Settings
@@ -21,28 +22,10 @@ def registry(tiny_hub):
 
 
 def transformers_greedy(lm, prompt: str, n_frames: int, cfg_coef: float):
-    """Reference tokens and audio from MusicgenForConditionalGeneration.generate (greedy).
-    generate() returns audio only, so the codes are read where it hands them to the codec."""
-    seen: list[torch.Tensor] = []
-    codec = lm.model.audio_encoder
-    original = codec.decode
-
-    def spy(codes, *args, **kwargs):
-        seen.append(codes.clone())
-        return original(codes, *args, **kwargs)
-
-    codec.decode = spy
-    try:
-        inputs = lm.tokenizer([prompt], return_tensors="pt")
-        steps = delay.num_steps(n_frames, delay.codebook_delays(lm.num_codebooks, lm.stereo))
-        audio = lm.model.generate(**inputs, do_sample=False, guidance_scale=cfg_coef, max_new_tokens=steps)
-    finally:
-        del codec.decode
-    if lm.stereo:  # decoded as left (even codebooks) then right (odd): interleave back
-        codes = torch.stack([seen[0][0, 0], seen[1][0, 0]], dim=1).reshape(-1, n_frames)
-    else:
-        codes = seen[0][0, 0]
-    return codes, audio[0]
+    """Reference tokens and audio from MusicgenForConditionalGeneration.generate (greedy)."""
+    inputs = lm.tokenizer([prompt], return_tensors="pt")
+    steps = delay.num_steps(n_frames, delay.codebook_delays(lm.num_codebooks, lm.stereo))
+    return reference_generate(lm, **inputs, guidance_scale=cfg_coef, max_new_tokens=steps)
 
 
 @pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small"])

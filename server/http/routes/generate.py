@@ -11,7 +11,6 @@ from starlette.responses import JSONResponse, Response
 from lib.schemas import MAX_SEED, JobAccepted, MusicRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.engine.errors import UnsupportedRequest
-from server.engine.text_to_audio import check_duration
 from server.http.errors import ApiError, error_response
 from server.http.payload import read_fields
 from server.jobs.job import PRIORITY_INTERACTIVE, Job
@@ -62,7 +61,6 @@ def make_job(svc: Services, kind: str, request: BaseModel, model: str, priority:
     spec = svc.registry.spec(model)
     if kind not in spec.capabilities:
         raise UnsupportedRequest(f"{spec.name} cannot make {kind}", field="model")
-    check_duration(spec.window_s, request.duration, spec.name)
     if getattr(request, "stream", False):
         raise UnsupportedRequest(
             "streaming is not available yet", hint='use "async": true and poll the job', field="stream"
