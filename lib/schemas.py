@@ -141,6 +141,10 @@ class ModelInfo(BaseModel):
     licence: str
     sample_rate: int
     channels: int
+    memory_bytes: int | None = Field(None, description="Memory the loaded model holds")
+    in_use: int = Field(0, description="Running jobs holding the model (it is not unloaded while > 0)")
+    last_used_at: float | None = Field(None, description="When a request last used the loaded model")
+    download_job: str | None = Field(None, description="The download job while one runs")
 
 
 class ModelList(BaseModel):
@@ -157,6 +161,21 @@ class JobResult(BaseModel):
     channels: int
     duration_s: float
     size_bytes: int
+
+
+class DownloadProgress(BaseModel):
+    job_id: str = Field(..., description="The download job")
+    bytes_done: int
+    bytes_total: int = Field(..., description="0 until the hub has said how much there is")
+    file: str | None = Field(None, description="The file being fetched")
+
+
+class DownloadRequest(BaseModel):
+    """What a download job carries (kind "download")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
 
 
 class Job(BaseModel):
@@ -176,6 +195,9 @@ class Job(BaseModel):
     error: ErrorBody | None = None
     result: JobResult | None = None
     request: dict = Field(default_factory=dict)
+    download: DownloadProgress | None = Field(
+        None, description="Download jobs, and jobs waiting for their model to download: bytes fetched so far"
+    )
 
 
 class JobAccepted(BaseModel):

@@ -50,6 +50,24 @@ class Settings(BaseSettings):
         pattern=r"^\s*([\w.-]+\s*=\s*(auto|float32|bfloat16|float16|int8|int8-dynamic|int8-rows)\s*(,\s*|$))*$",
         description="Per-model precision over `dtype`: comma-separated name=precision, e.g. musicgen-large=bfloat16",
     )
+    # Model management (server/engine/registry.py, server/jobs/downloads.py).
+    auto_download: bool = Field(
+        True, description="A request for a model that is not installed downloads it first (off: 409 with the command)"
+    )
+    download_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for the hub to connect or answer before a download fails"
+    )
+    memory_budget_gb: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Memory all loaded models may hold together; loading past it unloads the least recently used "
+            "idle model first. 0 = three quarters of the RAM (or of the GPU's memory on CUDA)"
+        ),
+    )
+    model_idle_timeout_s: float = Field(
+        1800.0, ge=0, description="Unload a model nobody used for this long; 0 = never"
+    )
     runtime: Literal["auto", "docker", "native"] = Field("auto", description="How the CLI runs the server")
 
     # The docker runtime (cli/runtime/docker.py).

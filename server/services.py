@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
+from lib.catalogue import CATALOGUE, ModelSpec
 from lib.settings import Settings
-from server.engine.registry import ModelRegistry
+from server.engine import store
+from server.engine.registry import ModelInUse, ModelRegistry
 from server.jobs.artifacts import ArtifactStore
+from server.jobs.downloads import Downloads
 from server.jobs.runner import BatchRunner
 from server.jobs.scheduler import Scheduler
 from server.jobs.store import JobStore
@@ -18,8 +22,11 @@ class Services:
     settings: Settings
     registry: ModelRegistry
     scheduler: Scheduler
+    downloads: Downloads
     started_at: float = field(default_factory=time.time)
     ready: bool = False
+    _reaper: threading.Thread | None = None
+    _stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
     def limits(self) -> dict[str, float]:
@@ -32,11 +39,38 @@ class Services:
 
             torch.set_num_threads(self.settings.torch_threads)
         self.scheduler.start()
+        self._stopped.clear()
+        self._reaper = threading.Thread(target=self._unload_idle_models, name="audiocraft-idle", daemon=True)
+        self._reaper.start()
         self.ready = True
 
     def stop(self) -> None:
         self.ready = False
+        self._stopped.set()
+        self.downloads.stop()
         self.scheduler.stop(self.settings.stop_timeout_s)
+
+    def _unload_idle_models(self) -> None:
+        timeout = self.settings.model_idle_timeout_s
+        if timeout <= 0:
+            return
+        while not self._stopped.wait(min(60.0, max(1.0, timeout / 4))):
+            self.registry.unload_idle()
+
+    def remove_model(self, spec: ModelSpec) -> int:
+        """Unload the model and delete its files; ModelInUse while a job or a download needs it.
+        Extra repos (AudioGen's T5) go too unless another installed model needs them. Returns bytes freed."""
+        if self.registry.in_use(spec.name) or spec.name in self.scheduler.busy_models():
+            raise ModelInUse(f"{spec.name} is in use by queued or running jobs", hint="retry when they finish")
+        if self.downloads.active(spec.name) is not None:
+            raise ModelInUse(
+                f"{spec.name} is downloading", hint="cancel the download job first (DELETE /api/jobs/{id})"
+            )
+        self.registry.unload(spec.name)
+        hub = self.settings.hub_cache
+        others = [s for s in CATALOGUE.values() if s.name != spec.name and store.is_installed(s, hub)]
+        shared = {repo for s in others for repo in s.extra_repos}
+        return sum(store.remove_repo(repo, hub) for repo in (spec.repo, *spec.extra_repos) if repo not in shared)
 
 
 def build_services(settings: Settings) -> Services:
@@ -50,4 +84,5 @@ def build_services(settings: Settings) -> Services:
         max_batch=settings.max_batch,
         retention_s=settings.job_retention_h * 3600,
     )
-    return Services(settings=settings, registry=registry, scheduler=scheduler)
+    downloads = Downloads(settings, scheduler)
+    return Services(settings=settings, registry=registry, scheduler=scheduler, downloads=downloads)

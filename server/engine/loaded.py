@@ -116,14 +116,14 @@ def prepare(model, spec: ModelSpec, tokenizer, device: torch.device, dtype: torc
     if precision == "float32":
         model.to(device)
         lm.fast = FastLM(model.decoder, precision, device)
-        _return_freed_memory()  # the separate q/k/v weights, now views of the fused one
+        return_freed_memory()  # the separate q/k/v weights, now views of the fused one
         return lm
     lm.fast = FastLM(model.decoder, precision, device)
     model.decoder.to("meta")
     for name, child in model.named_children():
         if name != "decoder":
             child.to(device)
-    _return_freed_memory()
+    return_freed_memory()
     return lm
 
 
@@ -138,7 +138,7 @@ def _bake_weight_norm(module: torch.nn.Module) -> None:
                 parametrize.remove_parametrizations(child, name, leave_parametrized=True)
 
 
-def _return_freed_memory() -> None:
+def return_freed_memory() -> None:
     """Hand the released fp32 decoder back to the OS: glibc keeps large freed blocks in its heap
     (its mmap threshold grows as big blocks are freed), so RSS would not drop on its own."""
     import ctypes

@@ -1,7 +1,16 @@
-"""Models in memory: loaded on first use, kept for the next request."""
+"""Models in memory: loaded on first use, kept for the next request, unloaded to make room.
+
+Loaded models share a memory budget (settings.memory_budget_gb). Loading past it first unloads the
+least recently used idle models; a model is idle when no job holds a lease on it (`acquire` /
+`release`, taken by the decode batch for as long as it runs). Models nobody used for
+settings.model_idle_timeout_s are unloaded by `unload_idle`, which the services call periodically.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import threading
 import time
 
@@ -12,10 +21,34 @@ from lib.settings import Settings
 from server.engine import store
 from server.engine.codec.codec import load_encodec
 from server.engine.device import pick_device, pick_dtype
-from server.engine.errors import ModelLoadFailed, UnsupportedRequest
-from server.engine.loaded import LoadedModel, load_musicgen
+from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
+from server.engine.loaded import LoadedModel, load_musicgen, return_freed_memory
 
 _LOADERS = {"musicgen": load_musicgen, "musicgen-melody": load_musicgen, "encodec": load_encodec}
+
+log = logging.getLogger("audiocraft.engine")
+
+# Memory a loaded model takes per byte of its fp32 weights on disk, by decoder precision: a guess
+# made before loading, to unload others first; the real figure is checked once it is loaded.
+_LOAD_FACTOR = {torch.float32: 1.0, torch.bfloat16: 0.55, torch.float16: 0.55}
+_INT8_LOAD_FACTOR = 0.35
+
+
+class ModelInUse(EngineError):
+    """The model is held by running work (or downloading) and cannot be unloaded or deleted now."""
+
+    code = "model_in_use"
+
+
+class MemoryBudgetFull(EngineError):
+    code = "memory_budget_full"
+
+
+def device_memory_bytes(device: torch.device) -> int:
+    """All the memory of the device: physical RAM, or the GPU's memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class ModelRegistry:
@@ -24,7 +57,16 @@ class ModelRegistry:
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(settings.dtype, self.device)
         self._loaded: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._leases: dict[str, int] = {}
+        self._memory: dict[str, int] = {}  # measured once per load: what each loaded model holds
+
+    @property
+    def budget_bytes(self) -> int:
+        """settings.memory_budget_gb, or (0 = auto) three quarters of the device's memory."""
+        if self.settings.memory_budget_gb > 0:
+            return int(self.settings.memory_budget_gb * 1e9)
+        return int(device_memory_bytes(self.device) * 0.75)
 
     def spec(self, name: str) -> ModelSpec:
         """Catalogue entry of an installed model; raises UnknownModel / ModelNotInstalled."""
@@ -38,10 +80,99 @@ class ModelRegistry:
         with self._lock:
             lm = self._loaded.get(spec.name)
             if lm is None:
+                if self._make_room(self._estimate_bytes(spec), keep=spec.name):
+                    self._free()
                 lm = self._load(spec)
                 self._loaded[spec.name] = lm
-        lm.last_used = time.time()
+                self._memory[spec.name] = lm.memory_bytes()
+                # The estimate may have been low: the real size decides what else must go.
+                if self._make_room(0, keep=spec.name):
+                    self._free()
+            lm.last_used = time.time()
         return lm
+
+    # -- leases: a model under running work is never unloaded -----------------------------------
+    def acquire(self, name: str) -> LoadedModel:
+        """get() plus a lease: the model stays loaded until release()."""
+        with self._lock:
+            lm = self.get(name)
+            self._leases[lm.spec.name] = self._leases.get(lm.spec.name, 0) + 1
+            return lm
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            left = self._leases.get(name, 0) - 1
+            if left > 0:
+                self._leases[name] = left
+            else:
+                self._leases.pop(name, None)
+            lm = self._loaded.get(name)
+            if lm is not None:
+                lm.last_used = time.time()
+
+    @contextlib.contextmanager
+    def lease(self, name: str):
+        lm = self.acquire(name)
+        try:
+            yield lm
+        finally:
+            self.release(lm.spec.name)
+
+    def in_use(self, name: str) -> int:
+        return self._leases.get(name, 0)
+
+    def memory_of(self, name: str) -> int | None:
+        return self._memory.get(name) if name in self._loaded else None
+
+    # -- the budget ------------------------------------------------------------------------------
+    def _estimate_bytes(self, spec: ModelSpec) -> int:
+        snapshot = store.snapshot_dir(spec, self.settings.hub_cache)
+        if snapshot is None:
+            return 0
+        on_disk = sum(p.stat().st_size for p in snapshot.iterdir() if p.suffix in (".safetensors", ".bin"))
+        try:
+            dtype = self.dtype_for(spec)
+        except ValueError:
+            return on_disk
+        return int(on_disk * _LOAD_FACTOR.get(dtype, _INT8_LOAD_FACTOR))
+
+    def _make_room(self, needed: int, keep: str) -> int:
+        """Unload idle models, least recently used first, until `needed` more bytes fit the budget.
+        Returns how many were unloaded."""
+        budget = self.budget_bytes
+        dropped = 0
+        while sum(self._memory.get(n, 0) for n in self._loaded) + needed > budget:
+            idle = [lm for n, lm in self._loaded.items() if n != keep and not self._leases.get(n)]
+            if not idle:
+                break
+            victim = min(idle, key=lambda lm: lm.last_used)
+            log.info("unloading %s (least recently used) to stay within the memory budget", victim.spec.name)
+            dropped += self._drop(victim.spec.name)
+        used = sum(self._memory.get(n, 0) for n in self._loaded) + needed
+        if used > budget and len(self._loaded) > (0 if needed else 1):
+            busy = ", ".join(n for n in self._loaded if n != keep)
+            if needed:
+                raise MemoryBudgetFull(
+                    f"loading this model would exceed the memory budget ({budget / 1e9:.3g} GB): {busy} in use",
+                    hint="retry when their jobs finish, or raise AUDIOCRAFT_MEMORY_BUDGET_GB",
+                )
+            log.warning("over the memory budget (%.3g of %.3g GB): %s in use", used / 1e9, budget / 1e9, busy)
+        return dropped
+
+    def unload_idle(self, now: float | None = None) -> list[str]:
+        """Unload the models nobody used for settings.model_idle_timeout_s (0: never)."""
+        timeout = self.settings.model_idle_timeout_s
+        if timeout <= 0:
+            return []
+        now = time.time() if now is None else now
+        with self._lock:
+            stale = [n for n, lm in self._loaded.items() if not self._leases.get(n) and now - lm.last_used > timeout]
+            for name in stale:
+                log.info("unloading %s: idle for more than %g s", name, timeout)
+                self._drop(name)
+        if stale:
+            self._free()
+        return stale
 
     def _load(self, spec: ModelSpec) -> LoadedModel:
         loader = _LOADERS.get(spec.kind)
@@ -77,11 +208,24 @@ class ModelRegistry:
         return name in self._loaded
 
     def unload(self, name: str) -> bool:
+        """Unload an idle model and give its memory back; ModelInUse while a job holds it."""
         with self._lock:
-            lm = self._loaded.pop(name, None)
+            if self._leases.get(name):
+                raise ModelInUse(f"{name} is in use by a running job", hint="retry when the job finishes")
+            dropped = self._drop(name)
+        if dropped:
+            self._free()
+        return dropped
+
+    def _drop(self, name: str) -> bool:
+        self._memory.pop(name, None)
+        lm = self._loaded.pop(name, None)
         if lm is None:
             return False
-        del lm
+        return True
+
+    def _free(self) -> None:
+        """Hand freed memory back: Python's cycles, glibc's heap, and the CUDA caching allocator."""
+        return_freed_memory()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return True

@@ -38,6 +38,15 @@ class ModelNotInstalled(LookupError):
         super().__init__(f"model {spec.name} ({spec.repo}) is not installed{where}; run: {self.hint}")
 
 
+# Downloads in progress live here (server/engine/download.py), outside any repo folder.
+PARTIAL_DIR = ".audiocraft-partial"
+
+
+def partial_folder(repo: str, hub_cache: Path) -> Path:
+    """Where a repo's download keeps its partial and checked files until it installs them."""
+    return Path(hub_cache) / PARTIAL_DIR / repo_folder_name(repo_id=repo, repo_type="model")
+
+
 def repo_folder(repo: str, hub_cache: Path) -> Path:
     """The cache folder of a model repo: models--org--name."""
     return Path(hub_cache) / repo_folder_name(repo_id=repo, repo_type="model")
@@ -128,4 +137,35 @@ def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:
                     continue
     except OSError:
         return 0
+    return total
+
+
+def remove_repo(repo: str, hub_cache: Path) -> int:
+    """Delete a repo folder (and any partial download of it); returns the bytes freed.
+
+    The folder is first renamed out of the way, so a crash midway never leaves something that
+    looks like a model."""
+    import shutil
+    import uuid
+
+    hub_cache = Path(hub_cache)
+    freed = 0
+    for folder in (repo_folder(repo, hub_cache), partial_folder(repo, hub_cache)):
+        if not folder.exists():
+            continue
+        freed += _tree_bytes(folder)
+        trash = hub_cache / f".audiocraft-trash-{uuid.uuid4().hex[:8]}"
+        os.rename(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return freed
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
     return total

@@ -14,6 +14,7 @@ from lib.catalogue import CATALOGUE, UnknownModel
 from server.audio.errors import AudioInputError
 from server.engine.codec.errors import EcdcError
 from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
+from server.engine.registry import ModelInUse
 from server.engine.store import ModelNotInstalled
 from server.jobs.scheduler import JobNotFound, QueueFull
 
@@ -80,6 +81,8 @@ def to_response(exc: Exception) -> JSONResponse:
             return error_response(409, "model_not_installed", str(exc), field="model", hint=exc.hint)
         case UnsupportedRequest():
             return error_response(422, exc.code, exc.message, exc.field, exc.hint)
+        case ModelInUse():
+            return error_response(409, exc.code, exc.message, exc.field, exc.hint)
         case ModelLoadFailed():
             return error_response(503, exc.code, exc.message, exc.field, exc.hint)
         case EngineError():

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.schemas import ErrorBody, JobResult, JobState
+from lib.schemas import DownloadProgress, ErrorBody, JobResult, JobState
 from lib.schemas import Job as JobView
 
 FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -36,6 +36,9 @@ class Job:
     error: ErrorBody | None = None
     result: JobResult | None = None
     attempts: int = 0
+    # Live only (not stored): a download's byte counts; the download a generation job waits for.
+    download: DownloadProgress | None = None
+    waits_for: Job | None = field(default=None, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     # Set when the server stops before the job ends: the job stops without finishing, so the
     # store still says 'running' and the next start runs it again.
@@ -116,4 +119,5 @@ class Job:
             error=self.error,
             result=self.result,
             request=self.request.model_dump(mode="json", by_alias=True, exclude_none=True),
+            download=self.download if self.waits_for is None or self.waits_for.finished else self.waits_for.download,
         )

@@ -9,6 +9,7 @@ import time
 from lib.schemas import ErrorBody, JobResult, OutputOptions
 from server.audio.encode import encode_audio
 from server.audio.render import render
+from server.engine import store
 from server.engine.decode import DecodeBatch
 from server.engine.errors import EngineError
 from server.engine.registry import ModelRegistry
@@ -80,14 +81,17 @@ class BatchRunner:
         """Join the batch at the next step. A job that can't start fails alone."""
         try:
             if self._batch is None:
-                self._batch = DecodeBatch(self.registry.get(self.model))
+                self._open()
             lm = self._batch.lm
             plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
             self._next_window(job, plan)
         except EngineError as exc:
             job.finish("failed", engine_error(exc))
+        except store.ModelNotInstalled as exc:  # deleted, or its download failed, after the job was queued
+            job.finish("failed", ErrorBody(code="model_not_installed", message=str(exc), field="model", hint=exc.hint))
         except (OSError, ValueError) as exc:  # the stored input audio is gone or unreadable
             job.finish("failed", ErrorBody(code="invalid_input", message=f"the job's input audio: {exc}"))
+        self._close_if_empty()
 
     def _next_window(self, job: Job, plan: LongForm) -> None:
         """Start the plan's next window in the batch, or store the answer when there is none. A
@@ -100,6 +104,20 @@ class BatchRunner:
                 return
             plan.accept(batch.pop(handle))
         self._store(job, plan.waveform())
+
+    def _open(self) -> None:
+        """The batch holds a lease on its model: the registry never unloads it under running jobs."""
+        lm = self.registry.acquire(self.model)
+        try:
+            self._batch = DecodeBatch(lm)
+        except BaseException:
+            self.registry.release(self.model)
+            raise
+
+    def _close_if_empty(self) -> None:
+        if self._batch is not None and not self._members:
+            self._batch = None
+            self.registry.release(self.model)
 
     def step(self) -> None:
         batch = self._batch
@@ -123,6 +141,7 @@ class BatchRunner:
                 batch.remove(handle)
                 del self._members[handle]
                 job.finish("cancelled")
+        self._close_if_empty()
 
     def interrupt(self) -> list[Job]:
         """Drop every member without finishing it (server stopping): the store still says
@@ -131,13 +150,14 @@ class BatchRunner:
         for handle in list(self._members):
             self._batch.remove(handle)
         self._members.clear()
+        self._close_if_empty()
         return jobs
 
     def fail_all(self, error: ErrorBody) -> None:
         for job in self.jobs:
             job.finish("failed", error)
         self._members.clear()
-        self._batch = None
+        self._close_if_empty()
 
     def _store(self, job: Job, wave: Waveform) -> None:
         try:

@@ -64,6 +64,30 @@ class Scheduler:
         self._stopping = False
         self._stop_deadline = 0.0
         self._job_seconds: list[float] = []
+        self._request_types: dict[str, type] = dict(REQUEST_TYPES)
+        self._side_kinds: dict[str, Callable[[Job], None]] = {}
+
+    # -- side jobs: stored and shown like any job, run outside the decode queue (downloads) ------
+    def register_side_kind(self, kind: str, request_type: type, resume: Callable[[Job], None]) -> None:
+        """Jobs of `kind` are run by someone else; `resume` gets the unfinished ones at start."""
+        self._request_types[kind] = request_type
+        self._side_kinds[kind] = resume
+
+    def add_side_job(self, job: Job) -> Job:
+        with self._cond:
+            self.store.insert(job.row())
+            self._live[job.id] = job
+            metrics.JOBS_SUBMITTED.labels(job.kind).inc()
+        job.on_done(lambda: self._finished(job))
+        return job
+
+    def side_job_started(self, job: Job) -> None:
+        job.state, job.started_at, job.attempts = "running", time.time(), job.attempts + 1
+        self.store.update(job.id, state="running", started_at=job.started_at, attempts=job.attempts)
+
+    def busy_models(self) -> set[str]:
+        """Models that queued or running generation jobs need."""
+        return {j.model for j in list(self._live.values()) if j.kind not in self._side_kinds}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,7 +110,12 @@ class Scheduler:
     def recover(self) -> int:
         rows = self.store.unfinished()
         for row in rows:
-            job = Job.from_row(row, REQUEST_TYPES)
+            job = Job.from_row(row, self._request_types)
+            if job.kind in self._side_kinds:
+                self._live[job.id] = job
+                job.on_done(lambda job=job: self._finished(job))
+                self._side_kinds[job.kind](job)
+                continue
             if job.state == "running":
                 log.warning("job %s was interrupted; queueing it again", job.id)
             job.state, job.progress, job.eta_s, job.started_at = "queued", 0.0, None, None
@@ -116,6 +145,8 @@ class Scheduler:
             for job in jobs:
                 self._track(job)
                 metrics.JOBS_SUBMITTED.labels(job.kind).inc()
+                if job.waits_for is not None:
+                    job.waits_for.on_done(self._wake)
             self._sort()
             self._cond.notify_all()
         return jobs
@@ -127,7 +158,7 @@ class Scheduler:
         row = self.store.get(job_id)
         if row is None:
             raise JobNotFound(job_id)
-        return Job.from_row(row, REQUEST_TYPES)
+        return Job.from_row(row, self._request_types)
 
     def position(self, job: Job) -> int | None:
         with self._cond:
@@ -136,7 +167,7 @@ class Scheduler:
     def list(self, state: str | None = None, limit: int = 50, offset: int = 0) -> tuple[list[Job], int]:
         rows, total = self.store.page(state, limit, offset)
         # Live jobs carry fresher progress than their stored row.
-        return [self._live.get(r["id"]) or Job.from_row(r, REQUEST_TYPES) for r in rows], total
+        return [self._live.get(r["id"]) or Job.from_row(r, self._request_types) for r in rows], total
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -170,6 +201,23 @@ class Scheduler:
         return job
 
     # -- internals -------------------------------------------------------------------------
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _ready(self) -> list[Job]:
+        """Queued jobs that can run now: not waiting for their model's download. Jobs whose
+        download failed fail with its error (called with the lock held)."""
+        for job in [j for j in self._queue if j.waits_for is not None and j.waits_for.finished]:
+            download, job.waits_for = job.waits_for, None
+            if download.state != "succeeded":
+                self._queue.remove(job)
+                error = download.error or ErrorBody(
+                    code="download_failed", message=f"the download of {job.model} was {download.state}"
+                )
+                job.finish("failed", error)
+        return [j for j in self._queue if j.waits_for is None]
+
     def _track(self, job: Job) -> None:
         self._live[job.id] = job
         self._queue.append(job)
@@ -200,15 +248,16 @@ class Scheduler:
 
     def _admissions(self) -> list[Job]:
         """Queued jobs that join the running batch now (called with the lock held)."""
-        if not self._queue or self._stopping:
+        ready = self._ready()
+        if not ready or self._stopping:
             return []
-        head = self._queue[0]
+        head = ready[0]
         if self._runner is None or not len(self._runner):
             self._runner = self._new_runner(head.kind, head.model)
         elif not self._runner.accepts(head):
             return []  # the most urgent job needs another model: let this batch drain first
         room = self.max_batch - len(self._runner)
-        joining = [j for j in self._queue if self._runner.accepts(j)][:room]
+        joining = [j for j in ready if self._runner.accepts(j)][:room]
         for job in joining:
             self._queue.remove(job)
         metrics.QUEUE_DEPTH.set(len(self._queue))
@@ -222,7 +271,7 @@ class Scheduler:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._runner_busy() and not self._stopping:
+                while not self._ready() and not self._runner_busy() and not self._stopping:
                     self._cond.wait(timeout=3600)
                     if not self._queue:
                         self.clean_up()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from api_client import make_client
+from api_client import make_client, wait_job
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +20,6 @@ def client(tiny_hub, tmp_path_factory):
 
 def read_audio(resp):
     return sf.read(io.BytesIO(resp.content), always_2d=True, dtype="float32")
-
-
-def wait_job(client, job_id, timeout_s=120):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_health(client):

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from lib.catalogue import get_spec
 from lib.schemas import MAX_SEED, JobAccepted, MusicRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.engine.errors import UnsupportedRequest
@@ -57,8 +58,9 @@ def failed_response(job: Job) -> JSONResponse:
 
 
 def make_job(svc: Services, kind: str, request: BaseModel, model: str, priority: int) -> Job:
-    """Checks that need the server's state (model known, installed, able), then a queued-ready job."""
-    spec = svc.registry.spec(model)
+    """Checks that need the server's state (model known, installed, able), then a queued-ready job.
+    A model that is not installed is downloaded first (settings.auto_download): the job waits for it."""
+    spec = get_spec(model)
     if kind not in spec.capabilities:
         raise UnsupportedRequest(f"{spec.name} cannot make {kind}", field="model")
     if getattr(request, "stream", False):
@@ -66,7 +68,10 @@ def make_job(svc: Services, kind: str, request: BaseModel, model: str, priority:
             "streaming is not available yet", hint='use "async": true and poll the job', field="stream"
         )
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
-    return Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
+    job = Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
+    if not svc.registry.is_loaded(spec.name):
+        job.waits_for = svc.downloads.require(spec)
+    return job
 
 
 async def run_or_accept(svc: Services, job: Job, is_async: bool) -> Response:

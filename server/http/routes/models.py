@@ -1,7 +1,8 @@
-"""GET /api/models and GET /api/models/{name}: the catalogue with install and load state."""
+"""/api/models: the catalogue with install and load state; download, delete, load, unload."""
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -9,12 +10,14 @@ from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from lib.schemas import ModelInfo, ModelList
 from server.engine import store
 from server.engine.device import dtype_name
+from server.http.routes.generate import accepted
 from server.services import Services
 
 
 def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
     loaded = {lm.spec.name: lm for lm in svc.registry.loaded()}
     lm = loaded.get(spec.name)
+    downloading = svc.downloads.active(spec.name)
     return ModelInfo(
         name=spec.name,
         repo=spec.repo,
@@ -28,7 +31,15 @@ def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
         licence=spec.licence,
         sample_rate=spec.sample_rate,
         channels=spec.channels,
+        memory_bytes=svc.registry.memory_of(spec.name) if lm else None,
+        in_use=svc.registry.in_use(spec.name),
+        last_used_at=lm.last_used if lm else None,
+        download_job=downloading.id if downloading else None,
     )
+
+
+def _spec(request: Request) -> ModelSpec:
+    return get_spec(request.path_params["name"])
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -39,4 +50,35 @@ async def list_models(request: Request) -> JSONResponse:
 
 async def get_model(request: Request) -> JSONResponse:
     svc = request.app.state.services
-    return JSONResponse(model_info(svc, get_spec(request.path_params["name"])).model_dump())
+    return JSONResponse(model_info(svc, _spec(request)).model_dump())
+
+
+async def download_model(request: Request) -> JSONResponse:
+    """202 with the download job (the running one if there is one); 200 with the model when it is
+    already installed."""
+    svc: Services = request.app.state.services
+    spec = _spec(request)
+    if store.is_installed(spec, svc.settings.hub_cache) and svc.downloads.active(spec.name) is None:
+        return JSONResponse(model_info(svc, spec).model_dump())
+    return accepted(svc, svc.downloads.start(spec))
+
+
+async def delete_model(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    spec = _spec(request)
+    await run_in_threadpool(svc.remove_model, spec)
+    return JSONResponse(model_info(svc, spec).model_dump())
+
+
+async def load_model(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    spec = _spec(request)
+    await run_in_threadpool(svc.registry.get, spec.name)
+    return JSONResponse(model_info(svc, spec).model_dump())
+
+
+async def unload_model(request: Request) -> JSONResponse:
+    svc: Services = request.app.state.services
+    spec = _spec(request)
+    await run_in_threadpool(svc.registry.unload, spec.name)
+    return JSONResponse(model_info(svc, spec).model_dump())
