@@ -96,6 +96,12 @@ class MusicRequest(GenerateRequest):
     duration: float = Field(10.0, gt=0, description="Seconds of audio (default 10)")
 
 
+class SoundRequest(GenerateRequest):
+    """Text to sound effect (AudioGen)."""
+
+    duration: float = Field(5.0, gt=0, description="Seconds of audio (default 5)")
+
+
 class ErrorBody(BaseModel):
     code: str = Field(..., description="Stable machine-readable code, e.g. invalid_field, model_not_installed")
     message: str

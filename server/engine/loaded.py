@@ -154,6 +154,36 @@ def return_freed_memory() -> None:
 def load_musicgen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load from a local snapshot folder only: no network at load time. dtype is the decoder's
     precision (torch.int8: int8 weight-only); see server/engine/device.py."""
+    return _load_folder(spec, snapshot, snapshot, device, dtype)
+
+
+def load_audiogen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """An audiocraft export (AudioGen): converted into the MusicGen classes on first load, then the
+    converted copy beside it in the hub cache is what loads (server/engine/convert/)."""
+    from server.engine import store
+    from server.engine.convert.cache import ensure_converted
+
+    hub_cache = snapshot.parent.parent.parent  # <hub>/models--org--name/snapshots/<rev>
+    t5_snapshots = [store.transformers_snapshot(repo, hub_cache) for repo in spec.extra_repos]
+    if not t5_snapshots or t5_snapshots[0] is None:
+        raise store.ModelNotInstalled(spec, hub_cache)
+    return _load_folder(spec, ensure_converted(snapshot, t5_snapshots[0]), snapshot, device, dtype, audiocraft=True)
+
+
+def audiocraft_positions(num_positions: int, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """The sinusoidal table as audiocraft computes it (cos then sin, phase = t / max_period^(i / (half - 1))).
+    transformers writes the same formula through exp/log, which differs in the last bits; models
+    trained in audiocraft get audiocraft's numbers."""
+    half = dim // 2
+    positions = torch.arange(num_positions, dtype=torch.float32).view(-1, 1)
+    adim = torch.arange(half, dtype=torch.float32).view(1, -1)
+    phase = positions / (torch.full([], max_period, dtype=torch.float32) ** (adim / (half - 1)))
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+
+
+def _load_folder(
+    spec: ModelSpec, folder: Path, source: Path, device: torch.device, dtype: torch.dtype, audiocraft: bool = False
+) -> LoadedModel:
     import time
 
     from transformers import (
@@ -164,8 +194,11 @@ def load_musicgen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: 
 
     started = time.perf_counter()
     cls = MusicgenMelodyForConditionalGeneration if spec.kind == "musicgen-melody" else MusicgenForConditionalGeneration
-    model = cls.from_pretrained(snapshot, dtype=torch.float32, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(snapshot, local_files_only=True)
-    lm = prepare(model, spec, tokenizer, device, dtype, snapshot)
+    model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    if audiocraft:
+        embed = model.decoder.model.decoder.embed_positions
+        embed.weights = audiocraft_positions(embed.weights.shape[0], embed.weights.shape[1])
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    lm = prepare(model, spec, tokenizer, device, dtype, source)
     lm.load_time_s = time.perf_counter() - started
     return lm

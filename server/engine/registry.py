@@ -22,9 +22,14 @@ from server.engine import store
 from server.engine.codec.codec import load_encodec
 from server.engine.device import pick_device, pick_dtype
 from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
-from server.engine.loaded import LoadedModel, load_musicgen, return_freed_memory
+from server.engine.loaded import LoadedModel, load_audiogen, load_musicgen, return_freed_memory
 
-_LOADERS = {"musicgen": load_musicgen, "musicgen-melody": load_musicgen, "encodec": load_encodec}
+_LOADERS = {
+    "musicgen": load_musicgen,
+    "musicgen-melody": load_musicgen,
+    "audiogen": load_audiogen,
+    "encodec": load_encodec,
+}
 
 log = logging.getLogger("audiocraft.engine")
 

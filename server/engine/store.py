@@ -105,6 +105,11 @@ def snapshot_dir(spec: ModelSpec, hub_cache: Path) -> Path | None:
     return _snapshot_of(spec.repo, spec.hub_format, hub_cache)
 
 
+def transformers_snapshot(repo: str, hub_cache: Path) -> Path | None:
+    """The complete snapshot of a plain transformers repo (an extra repo, such as AudioGen's T5)."""
+    return _snapshot_of(repo, "transformers", hub_cache)
+
+
 def is_installed(spec: ModelSpec, hub_cache: Path) -> bool:
     """The model and every extra repo it needs at run time (AudioGen's T5) are complete."""
     if snapshot_dir(spec, hub_cache) is None:

@@ -8,8 +8,10 @@ downloaded. Output is deterministic: the same name and seed give the same bytes 
 
 MusicGen (kind "musicgen") and MusicGen-Melody (kind "musicgen-melody") entries, mono and
 stereo, and the EnCodec entries (kind "encodec"; see server/engine/codec/shapes.py) are
-written. Stereo MusicGen models keep a mono EnCodec: transformers encodes and decodes stereo as
-two mono passes over the even (left) and odd (right) codebooks.
+written. AudioGen (kind "audiogen") is written in audiocraft's export format, as it is on the hub
+(server/engine/convert/tiny_export.py), with a tiny T5 as its text-encoder repo. Stereo MusicGen
+models keep a mono EnCodec: transformers encodes and decodes stereo as two mono passes over the even
+(left) and odd (right) codebooks.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from huggingface_hub.file_download import repo_folder_name
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from server.engine.store import repo_folder
 
-SUPPORTED_KINDS = ("musicgen", "musicgen-melody", "encodec")
+SUPPORTED_KINDS = ("musicgen", "musicgen-melody", "audiogen", "encodec")
 
 # The dims of every tiny checkpoint. Structure and framing are the real ones; widths are tiny.
 # num_codebooks (4, or 8 for stereo) and the decoder's audio_channels come from the catalogue.
@@ -331,7 +333,27 @@ def _legacy_weight_norm_names(weights: Path) -> None:
     save_file(tensors, str(weights), metadata=metadata)
 
 
+def _save_t5_repo(out: Path, seed: int) -> None:
+    """A tiny T5 text-encoder repo, as google-t5/t5-large holds it (the full encoder-decoder model and
+    its tokenizer); AudioGen uses its encoder."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tokenizer = build_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), **TINY["text_encoder"]))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
+    if spec.kind == "audiogen":
+        from server.engine.convert.tiny_export import save_export
+
+        save_export(out, model_seed(spec.name, seed), text_width=TINY["text_encoder"]["d_model"])
+        (out / "README.md").write_text(_readme(spec))
+        return
     if spec.kind == "encodec":  # EnCodec alone: its shapes live with the codec
         from server.engine.codec.shapes import save_tiny
 
@@ -446,8 +468,12 @@ def _install(staged: Path, target: Path, staging: Path) -> None:
 
 
 def write_tiny_model(spec: ModelSpec, hub_cache: Path, seed: int = 0) -> Path:
-    """Write one tiny model into hub_cache; returns its snapshot folder."""
+    """Write one tiny model (and the extra repos it needs, AudioGen's T5) into hub_cache; returns its
+    snapshot folder."""
     _check_supported(spec)
+    for repo in spec.extra_repos:
+        readme = f"# {repo} ({_README_MARKER})\n\nA tiny random-weight T5 for {spec.name}.\n"
+        write_repo(repo, readme, hub_cache, lambda out, r=repo: _save_t5_repo(out, model_seed(r, seed)))
     return write_snapshot(spec, hub_cache, lambda out: _save_files(spec, out, seed))
 
 
@@ -460,8 +486,13 @@ def write_snapshot(spec: ModelSpec, hub_cache: Path, save_files: Callable[[Path]
     never leaves a half-written model behind. An existing stand-in is replaced; a repo folder
     holding anything else (real weights, a partial download) is left alone: FileExistsError.
     """
+    return write_repo(spec.repo, _readme(spec), hub_cache, save_files)
+
+
+def write_repo(repo: str, readme: str, hub_cache: Path, save_files: Callable[[Path], None]) -> Path:
+    """write_snapshot for any repo name (extra repos have no catalogue entry of their own)."""
     hub_cache = Path(hub_cache)
-    target = repo_folder(spec.repo, hub_cache)
+    target = repo_folder(repo, hub_cache)
     if target.exists() and not _is_tiny_or_empty(target):
         raise FileExistsError(
             f"{target} holds files that are not a tiny model (real weights?); "
@@ -474,8 +505,8 @@ def write_snapshot(spec: ModelSpec, hub_cache: Path, save_files: Callable[[Path]
         files.mkdir()
         save_files(files)
         if not (files / "README.md").exists():
-            (files / "README.md").write_text(_readme(spec))
-        staged = staging / repo_folder_name(repo_id=spec.repo, repo_type="model")
+            (files / "README.md").write_text(readme)
+        staged = staging / repo_folder_name(repo_id=repo, repo_type="model")
         rev = _layout(files, staged)
         _install(staged, target, staging)
     finally:
@@ -498,9 +529,10 @@ def write_tiny_models(hub_cache: Path, names: Iterable[str] | None = None, seed:
         for spec in specs:
             _check_supported(spec)
     for spec in specs:  # refuse before writing anything
-        target = repo_folder(spec.repo, hub_cache)
-        if target.exists() and not _is_tiny_or_empty(target):
-            raise FileExistsError(f"{target} holds files that are not a tiny model (real weights?)")
+        for repo in (spec.repo, *spec.extra_repos):
+            target = repo_folder(repo, hub_cache)
+            if target.exists() and not _is_tiny_or_empty(target):
+                raise FileExistsError(f"{target} holds files that are not a tiny model (real weights?)")
     if hub_cache.is_dir():
         _clean_stale_staging(hub_cache)
     written = []

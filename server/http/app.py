@@ -24,6 +24,7 @@ from lib.schemas import (
     ModelList,
     MusicJob,
     MusicRequest,
+    SoundRequest,
 )
 from lib.settings import Settings
 from server.http import errors
@@ -78,6 +79,15 @@ ENDPOINTS = [
         generate.generate_music,
         "Text to music",
         body=MusicRequest,
+        answers_audio=True,
+        errors=(400, 404, 409, 413, 422, 429, 503),
+    ),
+    Endpoint(
+        "POST",
+        "/api/generate/sound",
+        generate.generate_sound,
+        "Text to sound effect (AudioGen)",
+        body=SoundRequest,
         answers_audio=True,
         errors=(400, 404, 409, 413, 422, 429, 503),
     ),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from lib.schemas import MusicRequest
+from lib.schemas import MusicRequest, SoundRequest
 
 REQUEST_TYPES: dict[str, type[BaseModel]] = {
     "music": MusicRequest,
+    "sound": SoundRequest,
 }

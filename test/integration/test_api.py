@@ -56,6 +56,52 @@ def test_music_default_is_10s_44k_16bit_wav(client):
     assert float(r.headers["x-duration-s"]) == 10.0
 
 
+def test_sound_default_is_5s_wav_from_audiogen(client):
+    r = client.post("/api/generate/sound", json={"prompt": "thunderstorm with rain"})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "audio/wav"
+    info = sf.info(io.BytesIO(r.content))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (44100, 1, 5 * 44100, "PCM_16")
+    assert r.headers["x-model"] == "audiogen-medium"
+    assert float(r.headers["x-duration-s"]) == 5.0
+    native = client.post(
+        "/api/generate/sound", json={"prompt": "dog barking", "duration": 1.5, "sample_rate": "native", "seed": 3}
+    )
+    assert native.status_code == 200, native.text
+    audio, rate = read_audio(native)
+    assert rate == 16000 and audio.shape == (24000, 1) and np.abs(audio).max() > 0
+
+
+def test_sound_checks_its_own_limits(client):
+    r = client.post("/api/generate/sound", json={"prompt": "rain", "duration": 12})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "duration"
+    assert "10" in r.json()["error"]["message"]  # AudioGen's window, not MusicGen's 30 s
+    r = client.post("/api/generate/sound", json={"prompt": "rain", "model": "musicgen-small"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "model"
+    r = client.post("/api/generate/music", json={"prompt": "rain", "model": "audiogen-medium"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "model"
+
+
+def test_sound_async_and_as_a_batch_job(client):
+    r = client.post("/api/generate/sound", json={"prompt": "footsteps", "duration": 1, "async": True})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job"]["id"])
+    assert job["state"] == "succeeded" and job["kind"] == "sound" and job["model"] == "audiogen-medium"
+    assert client.get(f"/api/jobs/{job['id']}/audio").status_code == 200
+    r = client.post("/api/jobs", json={"kind": "sound", "prompt": "wind", "duration": 1})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["ids"][0])
+    assert (job["state"], job["model"], job["result"]["duration_s"]) == ("succeeded", "audiogen-medium", 1.0)
+
+
+def test_openapi_documents_the_sound_endpoint(client):
+    doc = client.get("/openapi.json").json()
+    op = doc["paths"]["/api/generate/sound"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    name = schema["$ref"].rsplit("/", 1)[-1]
+    assert doc["components"]["schemas"][name]["properties"]["duration"]["default"] == 5.0
+
+
 @pytest.mark.parametrize(
     "fmt,media,subtype",
     [("mp3", "audio/mpeg", "MPEG_LAYER_III"), ("flac", "audio/flac", "PCM_24"), ("ogg", "audio/ogg", "VORBIS")],

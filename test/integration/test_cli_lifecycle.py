@@ -125,11 +125,17 @@ def test_generate_music_client_command(live, tmp_path):
     assert "no-such-model" in bad.err
 
 
-def test_types_without_an_endpoint_yet_fail_clearly(live, tmp_path):
-    r = live("generate", "sound", "--prompt", "rain")
-    if r.code == 0:
-        pytest.skip("the sound endpoint has landed")
-    assert_clean_error(r)
+def test_sound_through_both_cli_commands(live, tmp_path):
+    out = tmp_path / "rain.wav"
+    r = live("generate", "sound", "--prompt", "rain", "--output", str(out), "--json", timeout=300)
+    assert r.code == 0, r.text
+    data = json.loads(r.out)
+    assert data["model"] == "audiogen-medium" and data["duration_s"] == 5.0
+    with wave.open(str(out)) as w:
+        assert w.getnframes() == 5 * 44100
+    r = live("content", "generate", "--type", "sound", "--prompt", "dog barking", "--duration", "2", timeout=300)
+    assert r.code == 0, r.text + _log(live)
+    assert "saved as content" in r.out
 
 
 def test_models_and_jobs(live):

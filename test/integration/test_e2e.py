@@ -38,6 +38,14 @@ def test_prd_music_generation(server):
     assert (info.samplerate, info.frames, info.subtype, info.format) == (44100, 441000, "PCM_16", "WAV")
 
 
+def test_sound_generation_is_5s(server):
+    r = httpx.post(f"{server}/api/generate/sound", json={"prompt": "thunderstorm with rain"}, timeout=300)
+    assert r.status_code == 200, r.text
+    info = sf.info(io.BytesIO(r.content))
+    assert (info.samplerate, info.frames, info.format) == (44100, 5 * 44100, "WAV")
+    assert r.headers["x-model"] == "audiogen-medium"
+
+
 def test_prd_mp3(server):
     r = httpx.post(
         f"{server}/api/generate/music", json={"prompt": "piano", "duration": 3, "format": "mp3"}, timeout=300

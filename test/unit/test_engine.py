@@ -28,7 +28,7 @@ def transformers_greedy(lm, prompt: str, n_frames: int, cfg_coef: float):
     return reference_generate(lm, **inputs, guidance_scale=cfg_coef, max_new_tokens=steps)
 
 
-@pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small"])
+@pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small", "audiogen-medium"])
 @pytest.mark.parametrize("prompt", ["upbeat electronic music", "calm piano with soft strings, 90 bpm"])
 def test_greedy_is_token_identical_to_transformers(registry, name, prompt):
     lm = registry.get(name)
@@ -37,7 +37,7 @@ def test_greedy_is_token_identical_to_transformers(registry, name, prompt):
     assert got.shape == (lm.num_codebooks, N_FRAMES)
     assert torch.equal(got, want_codes)
     audio = codes_to_audio(lm, got)
-    assert audio.shape == (2 if lm.stereo else 1, N_FRAMES * 640)
+    assert audio.shape == (2 if lm.stereo else 1, N_FRAMES * lm.model.config.audio_encoder.hop_length)
     assert torch.equal(audio, want_audio)
 
 

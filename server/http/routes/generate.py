@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lib.catalogue import get_spec
-from lib.schemas import MAX_SEED, JobAccepted, MusicRequest
+from lib.schemas import MAX_SEED, JobAccepted, MusicRequest, SoundRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.engine.errors import UnsupportedRequest
 from server.http.errors import ApiError, error_response
@@ -82,11 +82,24 @@ async def run_or_accept(svc: Services, job: Job, is_async: bool) -> Response:
     return audio_response(svc, job) if job.state == "succeeded" else failed_response(job)
 
 
-async def generate_music(request: Request) -> Response:
+def default_model(svc: Services, kind: str) -> str:
+    """The settings' model for a job kind when the request names none."""
+    return {"sound": svc.settings.default_sound_model}.get(kind, svc.settings.default_music_model)
+
+
+async def _generate_from_text(request: Request, kind: str, schema: type[MusicRequest | SoundRequest]) -> Response:
     svc: Services = request.app.state.services
     fields, files = await read_fields(request, int(svc.settings.max_upload_mb * 1e6))
     if files:
-        raise ApiError(422, "invalid_field", "music generation takes no file upload", field=next(iter(files)))
-    req = MusicRequest.model_validate(fields, context=svc.limits)
-    job = make_job(svc, "music", req, req.model or svc.settings.default_music_model, PRIORITY_INTERACTIVE)
+        raise ApiError(422, "invalid_field", f"{kind} generation takes no file upload", field=next(iter(files)))
+    req = schema.model_validate(fields, context=svc.limits)
+    job = make_job(svc, kind, req, req.model or default_model(svc, kind), PRIORITY_INTERACTIVE)
     return await run_or_accept(svc, job, req.async_)
+
+
+async def generate_music(request: Request) -> Response:
+    return await _generate_from_text(request, "music", MusicRequest)
+
+
+async def generate_sound(request: Request) -> Response:
+    return await _generate_from_text(request, "sound", SoundRequest)

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from lib.schemas import JobList, JobsSubmitted, OutputOptions
 from server.http.errors import ApiError
 from server.http.payload import read_body
-from server.http.routes.generate import audio_response, failed_response, make_job
+from server.http.routes.generate import audio_response, default_model, failed_response, make_job
 from server.jobs.job import PRIORITY_BATCH
 from server.jobs.kinds import REQUEST_TYPES
 from server.jobs.runner import rerender
@@ -66,7 +66,7 @@ async def submit_jobs(request: Request) -> JSONResponse:
             req = REQUEST_TYPES[kind].model_validate(item, context=svc.limits)
         except ValidationError as exc:
             raise _prefixed(exc, index, many) from None
-        jobs.append(make_job(svc, kind, req, req.model or svc.settings.default_music_model, PRIORITY_BATCH))
+        jobs.append(make_job(svc, kind, req, req.model or default_model(svc, kind), PRIORITY_BATCH))
     svc.scheduler.submit_many(jobs)
     body = JobsSubmitted(ids=[j.id for j in jobs], jobs=[j.view(svc.scheduler.position(j)) for j in jobs])
     return JSONResponse(body.model_dump(), status_code=202)

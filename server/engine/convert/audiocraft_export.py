@@ -1,0 +1,149 @@
+"""audiocraft's export format -> a MusicgenForConditionalGeneration folder.
+
+An export is `state_dict.bin` ({'best_state': LM state dict, 'xp.cfg': YAML}) and
+`compression_state_dict.bin` (the same for the EnCodec compression model). The text encoder is not in
+the export: audiocraft's T5 conditioner loads it by name, so it comes from a T5 repo.
+
+The conversion is strict: every tensor of the target model is filled from the export or the T5 repo,
+every key of the export is used, every shape matches; anything else raises ConversionError naming the
+key. The result holds the config, the weights, the T5 tokenizer and a generation config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from server.engine.convert import keys, xpcfg
+from server.engine.convert.xpcfg import ConversionError
+
+LM_FILE = "state_dict.bin"
+COMPRESSION_FILE = "compression_state_dict.bin"
+
+
+def read_package(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(best_state, parsed xp.cfg) of one export file. weights_only: an export holds tensors and a
+    YAML string, nothing that needs arbitrary unpickling."""
+    try:
+        pkg = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConversionError(f"{path.name} is not a readable audiocraft export ({exc})") from exc
+    if not isinstance(pkg, dict):
+        raise ConversionError(f"{path.name}: expected a dict with best_state and xp.cfg")
+    if "pretrained" in pkg:
+        raise ConversionError(
+            f"{path.name} names a pretrained compression model ({pkg['pretrained']!r}) instead of holding it; "
+            "only exports with the full compression model convert"
+        )
+    for key in ("best_state", "xp.cfg"):
+        if key not in pkg:
+            raise ConversionError(f"{path.name} has no {key!r}")
+    state = pkg["best_state"]
+    if isinstance(state, dict) and "model" in state and not isinstance(state["model"], torch.Tensor):
+        state = state["model"]  # a solver checkpoint's best_state
+    cfg_text = pkg["xp.cfg"]
+    if not isinstance(cfg_text, str):
+        raise ConversionError(f"{path.name}: xp.cfg is not a YAML string")
+    return dict(state), xpcfg.parse(cfg_text)
+
+
+def build_config(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], t5_dir: Path):
+    """(MusicgenConfig, LMSettings) for an export and the T5 repo that goes with it."""
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    settings = xpcfg.lm_settings(lm_cfg)
+    text = T5Config.from_pretrained(t5_dir, local_files_only=True)
+    audio = EncodecConfig(**xpcfg.encodec_config_kwargs(codec_cfg))
+    if audio.sampling_rate != settings.sample_rate:
+        raise ConversionError(
+            f"the LM's sample_rate ({settings.sample_rate}) differs from the compression model's "
+            f"({audio.sampling_rate})"
+        )
+    decoder = MusicgenDecoderConfig(**xpcfg.decoder_config_kwargs(settings))
+    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder), settings
+
+
+def _text_encoder_state(t5_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import T5EncoderModel
+
+    t5 = T5EncoderModel.from_pretrained(t5_dir, dtype=torch.float32, local_files_only=True)
+    return {f"text_encoder.{k}": v for k, v in t5.state_dict().items()}
+
+
+def check_against(model: torch.nn.Module, mapped: dict[str, torch.Tensor], origin: dict[str, str]) -> None:
+    """Every tensor of `model` is provided with its exact shape, and nothing else is."""
+    expected = model.state_dict()
+    for name, tensor in mapped.items():
+        if name not in expected:
+            raise ConversionError(
+                f"unmapped key in the export: {origin.get(name, name)!r} (-> {name!r}, not in the model)"
+            )
+        want = tuple(expected[name].shape)
+        if tuple(tensor.shape) != want:
+            raise ConversionError(
+                f"shape mismatch for {origin.get(name, name)!r}: the export has {tuple(tensor.shape)}, "
+                f"{name!r} needs {want}"
+            )
+    missing = [name for name in expected if name not in mapped]
+    if missing:
+        raise ConversionError(
+            f"missing key: the export has no {_audiocraft_name(missing[0])!r} (for {missing[0]!r}; "
+            f"{len(missing)} missing in all)"
+        )
+
+
+def _audiocraft_name(target: str) -> str:
+    """The audiocraft key a transformers parameter comes from (for error messages)."""
+    return keys.audiocraft_name(target) or target
+
+
+def _origins(source: dict[str, torch.Tensor], rules, split_rules=(), prefix="") -> dict[str, str]:
+    """transformers name -> the audiocraft name it came from (for error messages)."""
+    names = {}
+    for name in source:
+        for target in keys.map_state({name: source[name]}, rules, split_rules, prefix):
+            names[target] = name
+    return names
+
+
+def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path) -> None:
+    """Write the converted model (config, safetensors, tokenizer, generation config) into out_dir."""
+    from transformers import AutoTokenizer, GenerationConfig, MusicgenForConditionalGeneration
+
+    export_dir, t5_dir = Path(export_dir), Path(t5_dir)
+    lm_state, lm_cfg = read_package(export_dir / LM_FILE)
+    codec_state, codec_cfg = read_package(export_dir / COMPRESSION_FILE)
+    config, settings = build_config(lm_cfg, codec_cfg, t5_dir)
+
+    mapped = keys.map_state(lm_state, keys.LM_RULES, keys.IN_PROJ_RULES)
+    mapped |= keys.map_state(codec_state, keys.CODEC_RULES, prefix="audio_encoder.")
+    origin = _origins(lm_state, keys.LM_RULES, keys.IN_PROJ_RULES)
+    origin |= _origins(codec_state, keys.CODEC_RULES, prefix="audio_encoder.")
+    mapped |= _text_encoder_state(t5_dir)
+
+    # The T5's width against the conditioner's projection is checked with every other shape below
+    # (output_proj -> enc_to_dec_proj), so a tiny T5 stand-in of any width converts.
+    if config.text_encoder.hidden_size == settings.dim:
+        # transformers' MusicGen drops the text projection when the widths match; audiocraft keeps it.
+        raise ConversionError(
+            f"the T5 in {t5_dir} and the LM are both {settings.dim} wide: the MusicGen class has no "
+            "place for 'condition_provider.conditioners.description.output_proj'"
+        )
+    with torch.device("meta"):
+        model = MusicgenForConditionalGeneration(config)
+    check_against(model, mapped, origin)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()}, strict=True, assign=True)
+    model.generation_config = GenerationConfig(
+        do_sample=True,
+        guidance_scale=settings.cfg_coef,
+        top_k=250,
+        max_length=int(settings.segment_duration_s * config.audio_encoder.frame_rate) + settings.n_q,
+        pad_token_id=settings.card,
+        bos_token_id=settings.card,
+        decoder_start_token_id=settings.card,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(t5_dir, local_files_only=True).save_pretrained(out_dir)

@@ -1,0 +1,173 @@
+"""Tiny random-weight models in audiocraft's export format, written without the audiocraft package.
+
+The weights are drawn for the transformers modules of the target shape, then renamed to audiocraft's
+keys by the same rules the converter reads (server/engine/convert/keys.py, run backwards), and saved
+as audiocraft saves them: `state_dict.bin` = {'best_state', 'xp.cfg'} and `compression_state_dict.bin`
+likewise. The xp.cfg holds the Hydra keys the builders read, with OmegaConf references left
+unresolved as `OmegaConf.to_yaml` leaves them. test/conformance checks these rules against the real
+package.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from server.engine.convert import keys, xpcfg
+from server.engine.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE
+
+# The LM part of an AudioGen xp.cfg (config/model/lm/audiogen_lm.yaml and its defaults), tiny widths.
+LM_CFG: dict[str, Any] = {
+    "device": "cpu",
+    "dtype": "float32",
+    "sample_rate": 16000,
+    "channels": 1,
+    "solver": "audiogen",
+    "lm_model": "transformer_lm",
+    "dataset": {"segment_duration": 10},
+    "classifier_free_guidance": {"training_dropout": 0.1, "inference_coef": 3.0},
+    "attribute_dropout": {},
+    "codebooks_pattern": {
+        "modeling": "delay",
+        "delay": {"delays": [0, 1, 2, 3], "flatten_first": 0, "empty_initial": 0},
+    },
+    "transformer_lm": {
+        "dim": 64,  # not the tiny T5's width: MusicGen has a text projection only when they differ
+        "num_heads": 4,
+        "num_layers": 2,
+        "hidden_scale": 2,
+        "n_q": 4,
+        "card": 2048,
+        "dropout": 0.0,
+        "emb_lr": None,
+        "activation": "gelu",
+        "norm_first": True,
+        "bias_ff": False,
+        "bias_attn": False,
+        "bias_proj": False,
+        "past_context": None,
+        "causal": True,
+        "custom": False,
+        "memory_efficient": True,
+        "attention_as_float32": False,
+        "layer_scale": None,
+        "positional_embedding": "sin",
+        "xpos": False,
+        "checkpointing": "none",
+        "weight_init": "gaussian",
+        "depthwise_init": "current",
+        "zero_bias_init": True,
+        "norm": "layer_norm",
+        "cross_attention": False,
+        "qk_layer_norm": False,
+        "qk_layer_norm_cross": False,
+        "attention_dropout": None,
+        "kv_repeat": 1,
+        "two_step_cfg": False,
+    },
+    "fuser": {
+        "cross_attention_pos_emb": False,
+        "cross_attention_pos_emb_scale": 1,
+        "sum": [],
+        "prepend": [],
+        "cross": ["description"],
+        "input_interpolate": [],
+    },
+    "conditioners": {
+        "description": {
+            "model": "t5",
+            "t5": {"name": "t5-large", "finetune": False, "word_dropout": 0.0, "normalize_text": False},
+        }
+    },
+}
+
+# The compression model's xp.cfg (config/model/encodec/encodec_large_nq4_s320.yaml over its default):
+# 16 kHz, ratios 8*5*4*2 = 320 -> 50 Hz, 4 codebooks of 2048; tiny widths.
+COMPRESSION_CFG: dict[str, Any] = {
+    "device": "cpu",
+    "dtype": "float32",
+    "sample_rate": 16000,
+    "channels": 1,
+    "compression_model": "encodec",
+    "encodec": {
+        "autoencoder": "seanet",
+        "quantizer": "rvq",
+        "sample_rate": "${sample_rate}",
+        "channels": "${channels}",
+        "causal": False,
+        "renormalize": False,
+    },
+    "seanet": {
+        "dimension": 16,
+        "channels": "${channels}",
+        "causal": "${encodec.causal}",
+        "n_filters": 4,
+        "n_residual_layers": 1,
+        "ratios": [8, 5, 4, 2],
+        "activation": "ELU",
+        "activation_params": {"alpha": 1.0},
+        "norm": "weight_norm",
+        "norm_params": {},
+        "kernel_size": 7,
+        "residual_kernel_size": 3,
+        "last_kernel_size": 7,
+        "dilation_base": 2,
+        "pad_mode": "constant",
+        "true_skip": True,
+        "compress": 2,
+        "lstm": 1,
+        "disable_norm_outer_blocks": 0,
+        "decoder": {"trim_right_ratio": 1.0, "final_activation": None, "final_activation_params": None},
+        "encoder": {},
+    },
+    "rvq": {
+        "n_q": 4,
+        "q_dropout": False,
+        "bins": 2048,
+        "decay": 0.99,
+        "kmeans_init": True,
+        "kmeans_iters": 50,
+        "threshold_ema_dead_code": 2,
+        "orthogonal_reg_weight": 0.0,
+        "orthogonal_reg_active_codes_only": False,
+    },
+}
+
+
+def _random_target_state(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text_width: int, seed: int):
+    """Random weights for the decoder, the text projection and EnCodec, under their transformers names."""
+    from transformers import EncodecConfig, EncodecModel, MusicgenDecoderConfig, MusicgenForCausalLM
+
+    settings = xpcfg.lm_settings(xpcfg.parse(yaml.safe_dump(lm_cfg)))
+    codec_kwargs = xpcfg.encodec_config_kwargs(xpcfg.parse(yaml.safe_dump(codec_cfg)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        decoder = MusicgenForCausalLM(MusicgenDecoderConfig(**xpcfg.decoder_config_kwargs(settings)))
+        proj = torch.nn.Linear(text_width, settings.dim)
+        codec = EncodecModel(EncodecConfig(**codec_kwargs))
+    state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
+    state |= {f"enc_to_dec_proj.{k}": v for k, v in proj.state_dict().items()}
+    state |= {f"audio_encoder.{k}": v for k, v in codec.state_dict().items()}
+    return state
+
+
+def save_export(
+    out: Path, seed: int, text_width: int, lm_cfg: dict[str, Any] | None = None, codec_cfg: dict[str, Any] | None = None
+) -> None:
+    """Write state_dict.bin and compression_state_dict.bin for a tiny model into `out`."""
+    lm_cfg = copy.deepcopy(lm_cfg or LM_CFG)
+    codec_cfg = copy.deepcopy(codec_cfg or COMPRESSION_CFG)
+    state = _random_target_state(lm_cfg, codec_cfg, text_width, seed)
+    lm_state = keys.unmap_state(
+        {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, keys.LM_RULES, keys.IN_PROJ_RULES
+    )
+    codec_state = keys.unmap_state(state, keys.CODEC_RULES, prefix="audio_encoder.")
+    # Separate storage per tensor (audiocraft's state dicts hold no views of each other).
+    lm_state = {k: v.detach().clone().contiguous() for k, v in lm_state.items()}
+    codec_state = {k: v.detach().clone().contiguous() for k, v in codec_state.items()}
+    torch.save({"best_state": lm_state, "xp.cfg": yaml.safe_dump(lm_cfg, sort_keys=True)}, out / LM_FILE)
+    torch.save({"best_state": codec_state, "xp.cfg": yaml.safe_dump(codec_cfg, sort_keys=True)}, out / COMPRESSION_FILE)

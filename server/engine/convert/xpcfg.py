@@ -1,0 +1,216 @@
+"""Reading the Hydra config (`xp.cfg`) audiocraft stores in its exports, and checking that the model it
+describes is one the transformers MusicGen classes can represent exactly.
+
+Only what changes the numbers is read; anything the MusicGen decoder or EncodecModel cannot do raises
+ConversionError naming the config key, rather than converting into a model that computes something else.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+
+class ConversionError(ValueError):
+    """The export cannot be converted exactly; the message names the key or config entry."""
+
+
+# T5Conditioner takes the text encoder's width from its name.
+T5_WIDTHS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
+T5_WIDTHS |= {"google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024}
+
+_REF = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
+
+
+def parse(text: str) -> dict[str, Any]:
+    """The YAML of an xp.cfg, with OmegaConf's `${a.b}` references (which `OmegaConf.to_yaml` keeps
+    unresolved) replaced by the values they point to."""
+    cfg = yaml.safe_load(text)
+    if not isinstance(cfg, dict):
+        raise ConversionError("xp.cfg is not a YAML mapping")
+
+    def resolve(value: Any, depth: int = 0) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v, depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, depth) for v in value]
+        if isinstance(value, str) and (m := _REF.match(value)):
+            if depth > 10:
+                raise ConversionError(f"xp.cfg: reference loop at {value}")
+            return resolve(lookup(cfg, m.group(1)), depth + 1)
+        return value
+
+    return resolve(cfg)
+
+
+def lookup(cfg: dict[str, Any], path: str, default: Any = ...) -> Any:
+    node: Any = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is not ...:
+                return default
+            raise ConversionError(f"xp.cfg has no {path}")
+        node = node[part]
+    return node
+
+
+def _require(cfg: dict[str, Any], path: str, expected: Any, default: Any = ...) -> None:
+    value = lookup(cfg, path, default)
+    if value != expected:
+        raise ConversionError(
+            f"xp.cfg {path} = {value!r}: only {expected!r} converts exactly into the MusicGen decoder"
+        )
+
+
+@dataclass(frozen=True)
+class LMSettings:
+    dim: int
+    num_heads: int
+    num_layers: int
+    ffn_dim: int
+    n_q: int
+    card: int
+    t5_name: str
+    t5_width: int
+    cfg_coef: float
+    segment_duration_s: float
+    sample_rate: int
+    channels: int
+    positional_max_period: float
+
+
+def lm_settings(cfg: dict[str, Any]) -> LMSettings:
+    """The LM's shape, after checking every setting that the transformers decoder hard-codes."""
+    lm = lookup(cfg, "transformer_lm")
+    if cfg.get("lm_model", "transformer_lm") != "transformer_lm":
+        raise ConversionError(f"xp.cfg lm_model = {cfg.get('lm_model')!r}: only transformer_lm converts")
+    for key, expected, default in [
+        ("norm_first", True, ...),
+        ("bias_ff", False, ...),
+        ("bias_attn", False, ...),
+        ("bias_proj", False, ...),
+        ("activation", "gelu", ...),
+        ("norm", "layer_norm", "layer_norm"),
+        ("positional_embedding", "sin", "sin"),
+        ("layer_scale", None, None),
+        ("qk_layer_norm", False, False),
+        ("qk_layer_norm_cross", False, False),
+        ("kv_repeat", 1, 1),
+        ("causal", True, True),
+        ("past_context", None, None),
+        ("positional_scale", 1.0, 1.0),
+    ]:
+        _require(cfg, f"transformer_lm.{key}", expected, default)
+    n_q = int(lm["n_q"])
+    _require(cfg, "codebooks_pattern.modeling", "delay")
+    _require(cfg, "codebooks_pattern.delay.delays", list(range(n_q)))
+    _require(cfg, "codebooks_pattern.delay.flatten_first", 0, 0)
+    _require(cfg, "codebooks_pattern.delay.empty_initial", 0, 0)
+    # Text on cross-attention only (melody's prepended chroma is a different class).
+    _require(cfg, "fuser.cross", ["description"])
+    for key in ("prepend", "sum", "input_interpolate"):
+        _require(cfg, f"fuser.{key}", [], [])
+    _require(cfg, "fuser.cross_attention_pos_emb", False, False)
+    conditioners = lookup(cfg, "conditioners")
+    if not isinstance(conditioners, dict) or set(conditioners) != {"description"}:
+        raise ConversionError(f"xp.cfg conditioners = {sorted(conditioners or {})}: only [description] converts")
+    _require(cfg, "conditioners.description.model", "t5")
+    t5_name = str(lookup(cfg, "conditioners.description.t5.name"))
+    if t5_name not in T5_WIDTHS:
+        raise ConversionError(f"xp.cfg conditioners.description.t5.name = {t5_name!r} is not a T5 audiocraft knows")
+    dim = int(lm["dim"])
+    return LMSettings(
+        dim=dim,
+        num_heads=int(lm["num_heads"]),
+        num_layers=int(lm["num_layers"]),
+        ffn_dim=int(float(lm["hidden_scale"]) * dim),
+        n_q=n_q,
+        card=int(lm["card"]),
+        t5_name=t5_name,
+        t5_width=T5_WIDTHS[t5_name],
+        cfg_coef=float(lookup(cfg, "classifier_free_guidance.inference_coef", 3.0)),
+        segment_duration_s=float(lookup(cfg, "dataset.segment_duration", 10.0)),
+        sample_rate=int(lookup(cfg, "sample_rate")),
+        channels=int(lookup(cfg, "channels", 1)),
+        positional_max_period=float(lm.get("max_period", 10000.0)),
+    )
+
+
+def decoder_config_kwargs(s: LMSettings) -> dict[str, Any]:
+    """MusicgenDecoderConfig arguments for these settings."""
+    return {
+        "vocab_size": s.card,
+        "num_codebooks": s.n_q,
+        "hidden_size": s.dim,
+        "num_hidden_layers": s.num_layers,
+        "num_attention_heads": s.num_heads,
+        "ffn_dim": s.ffn_dim,
+        "activation_function": "gelu",
+        "max_position_embeddings": 2048,
+        "pad_token_id": s.card,
+        "bos_token_id": s.card,
+        "audio_channels": s.channels,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "layerdrop": 0.0,
+        "scale_embedding": False,
+        "tie_word_embeddings": False,
+    }
+
+
+def encodec_config_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """EncodecConfig arguments for the compression model an xp.cfg describes (SEANet + RVQ)."""
+    _require(cfg, "compression_model", "encodec")
+    _require(cfg, "encodec.autoencoder", "seanet")
+    _require(cfg, "encodec.quantizer", "rvq")
+    seanet = lookup(cfg, "seanet")
+    # Encoder- or decoder-only overrides would make the two halves differ: EncodecModel has one config.
+    if lookup(cfg, "seanet.encoder", {}) not in ({}, None):
+        raise ConversionError(f"xp.cfg seanet.encoder = {lookup(cfg, 'seanet.encoder')!r}: overrides do not convert")
+    decoder_over = dict(lookup(cfg, "seanet.decoder", {}) or {})
+    trim = float(decoder_over.pop("trim_right_ratio", 1.0))
+    for key in ("final_activation", "final_activation_params"):
+        if decoder_over.pop(key, None) is not None:
+            raise ConversionError(f"xp.cfg seanet.decoder.{key}: a final activation does not convert")
+    if decoder_over:
+        raise ConversionError(f"xp.cfg seanet.decoder overrides {sorted(decoder_over)}: they do not convert")
+    _require(cfg, "seanet.activation", "ELU")
+    _require(cfg, "seanet.activation_params", {"alpha": 1.0}, {"alpha": 1.0})
+    _require(cfg, "seanet.norm", "weight_norm")
+    _require(cfg, "seanet.disable_norm_outer_blocks", 0, 0)
+    sample_rate = int(lookup(cfg, "encodec.sample_rate", lookup(cfg, "sample_rate", 0)))
+    ratios = [int(r) for r in seanet["ratios"]]
+    frame_rate = sample_rate / math.prod(ratios)
+    n_q, bins = int(lookup(cfg, "rvq.n_q")), int(lookup(cfg, "rvq.bins"))
+    # EncodecModel keeps as many codebooks as its largest bandwidth needs: exactly n_q at this one.
+    bandwidth_kbps = n_q * frame_rate * math.log2(bins) / 1000
+    return {
+        "sampling_rate": sample_rate,
+        "audio_channels": int(lookup(cfg, "encodec.channels", lookup(cfg, "channels", 1))),
+        "normalize": bool(lookup(cfg, "encodec.renormalize", False)),
+        "target_bandwidths": [bandwidth_kbps],
+        "hidden_size": int(seanet["dimension"]),
+        "num_filters": int(seanet["n_filters"]),
+        "num_residual_layers": int(seanet["n_residual_layers"]),
+        "upsampling_ratios": ratios,
+        "norm_type": "weight_norm",
+        "kernel_size": int(seanet["kernel_size"]),
+        "last_kernel_size": int(seanet["last_kernel_size"]),
+        "residual_kernel_size": int(seanet["residual_kernel_size"]),
+        "dilation_growth_rate": int(seanet["dilation_base"]),
+        "use_causal_conv": bool(seanet["causal"]),
+        "pad_mode": str(seanet["pad_mode"]),
+        "compress": int(seanet["compress"]),
+        "num_lstm_layers": int(seanet["lstm"]),
+        "trim_right_ratio": trim,
+        "codebook_size": bins,
+        "codebook_dim": int(seanet["dimension"]),
+        "use_conv_shortcut": not bool(seanet["true_skip"]),
+        "chunk_length_s": None,
+        "overlap": None,
+    }
