@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 7862
 
-.PHONY: install install-test run test lint unit integration tiny clean test-docker docker-base docker-image
+.PHONY: install install-test run test lint unit integration conformance tiny clean test-docker docker-base docker-image
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -57,6 +57,12 @@ TORCH ?= auto
 docker-image: install
 	AUDIOCRAFT_IMAGE=$(IMAGE) AUDIOCRAFT_TORCH=$(TORCH) $(if $(filter command line environment,$(origin BASE_IMAGE)),AUDIOCRAFT_BASE_IMAGE=$(BASE_IMAGE)) \
 		$(VENV)/bin/resource-audiocraft --runtime docker manage install --force
+
+# The engine against the audiocraft package (spec §4): test/conformance/setup-env.sh installs
+# audiocraft 1.3.0 and its pinned torch into a venv of its own, cached in
+# $${AUDIOCRAFT_ORACLE_ENV:-~/.cache/audiocraft-oracle/venv}; `make test` runs it too (test/ holds it).
+conformance: install-test
+	$(VENV)/bin/pytest test/conformance -v
 
 unit: install-test
 	$(VENV)/bin/pytest test/unit

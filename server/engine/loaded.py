@@ -154,7 +154,7 @@ def return_freed_memory() -> None:
 def load_musicgen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load from a local snapshot folder only: no network at load time. dtype is the decoder's
     precision (torch.int8: int8 weight-only); see server/engine/device.py."""
-    return _load_folder(spec, snapshot, snapshot, device, dtype)
+    return load_folder(spec, snapshot, snapshot, device, dtype)
 
 
 def load_audiogen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -167,7 +167,7 @@ def load_audiogen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: 
     t5_snapshots = [store.transformers_snapshot(repo, hub_cache) for repo in spec.extra_repos]
     if not t5_snapshots or t5_snapshots[0] is None:
         raise store.ModelNotInstalled(spec, hub_cache)
-    return _load_folder(spec, ensure_converted(snapshot, t5_snapshots[0]), snapshot, device, dtype, audiocraft=True)
+    return load_folder(spec, ensure_converted(snapshot, t5_snapshots[0]), snapshot, device, dtype, audiocraft=True)
 
 
 def audiocraft_positions(num_positions: int, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -181,9 +181,11 @@ def audiocraft_positions(num_positions: int, dim: int, max_period: float = 10000
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
-def _load_folder(
+def load_folder(
     spec: ModelSpec, folder: Path, source: Path, device: torch.device, dtype: torch.dtype, audiocraft: bool = False
 ) -> LoadedModel:
+    """A MusicGen-class folder as a LoadedModel for `spec`. audiocraft: the folder was converted from
+    audiocraft's export format (its positional table is then audiocraft's)."""
     import time
 
     from transformers import (

@@ -59,6 +59,7 @@ def test_make_tiny_writes_audiocraft_format(snapshots):
     assert "condition_provider.conditioners.description.output_proj.weight" in state
     codec = torch.load(export / COMPRESSION_FILE, weights_only=True)["best_state"]
     assert "encoder.model.0.conv.conv.weight_g" in codec and "quantizer.vq.layers.3._codebook.embed" in codec
+    assert "decoder.model.3.convtr.convtr.weight_v" in codec  # the upsampling convolutions
     assert (t5 / "config.json").is_file() and store.is_installed(SPEC, export.parent.parent.parent)
 
 

@@ -119,7 +119,7 @@ COMPRESSION_CFG: dict[str, Any] = {
         "pad_mode": "constant",
         "true_skip": True,
         "compress": 2,
-        "lstm": 1,
+        "lstm": 2,
         "disable_norm_outer_blocks": 0,
         "decoder": {"trim_right_ratio": 1.0, "final_activation": None, "final_activation_params": None},
         "encoder": {},
@@ -152,7 +152,10 @@ def _random_target_state(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text
     state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
     state |= {f"enc_to_dec_proj.{k}": v for k, v in proj.state_dict().items()}
     state |= {f"audio_encoder.{k}": v for k, v in codec.state_dict().items()}
-    return state
+    # transformers calls every decoder convolution `conv`; audiocraft calls the upsampling ones
+    # `convtr.convtr`, so the way back needs to know which layers those are.
+    transposed = {i for i, layer in enumerate(codec.decoder.layers) if type(layer).__name__ == "EncodecConvTranspose1d"}
+    return state, transposed
 
 
 def save_export(
@@ -161,13 +164,21 @@ def save_export(
     """Write state_dict.bin and compression_state_dict.bin for a tiny model into `out`."""
     lm_cfg = copy.deepcopy(lm_cfg or LM_CFG)
     codec_cfg = copy.deepcopy(codec_cfg or COMPRESSION_CFG)
-    state = _random_target_state(lm_cfg, codec_cfg, text_width, seed)
+    state, transposed = _random_target_state(lm_cfg, codec_cfg, text_width, seed)
     lm_state = keys.unmap_state(
         {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, keys.LM_RULES, keys.IN_PROJ_RULES
     )
     codec_state = keys.unmap_state(state, keys.CODEC_RULES, prefix="audio_encoder.")
+    codec_state = {_as_transposed(k, transposed): v for k, v in codec_state.items()}
     # Separate storage per tensor (audiocraft's state dicts hold no views of each other).
     lm_state = {k: v.detach().clone().contiguous() for k, v in lm_state.items()}
     codec_state = {k: v.detach().clone().contiguous() for k, v in codec_state.items()}
     torch.save({"best_state": lm_state, "xp.cfg": yaml.safe_dump(lm_cfg, sort_keys=True)}, out / LM_FILE)
     torch.save({"best_state": codec_state, "xp.cfg": yaml.safe_dump(codec_cfg, sort_keys=True)}, out / COMPRESSION_FILE)
+
+
+def _as_transposed(name: str, transposed: set[int]) -> str:
+    parts = name.split(".")  # decoder.model.<i>.conv.conv.<param>
+    if parts[:2] == ["decoder", "model"] and int(parts[2]) in transposed and parts[3:5] == ["conv", "conv"]:
+        return ".".join(parts[:3] + ["convtr", "convtr"] + parts[5:])
+    return name
