@@ -123,7 +123,7 @@ class Outcome:
         }
 
 
-def _job_updates(client: Client, job_id: str, poll: float) -> Iterator[Job]:
+def job_updates(client: Client, job_id: str, poll: float = 0.3) -> Iterator[Job]:
     """The job's server-sent events; polling GET /api/jobs/{id} if the stream breaks off."""
     try:
         for job in client.job_events(job_id):
@@ -164,13 +164,17 @@ def follow_job(client: Client, job_id: str, progress: bool = True, poll: float =
     try:
         with bar:
             task = bar.add_task(f"job {job_id[:8]}", total=1.0, eta="")
-            for job in _job_updates(client, job_id, poll):
+            for job in job_updates(client, job_id, poll):
                 if job.state == "queued":
                     desc = f"queued (position {job.position})" if job.position is not None else "queued"
                 else:
                     desc = f"{job.kind} {job.state}"
                 eta = f"eta {job.eta_s:.0f} s" if job.eta_s is not None and job.state == "running" else ""
                 done = 1.0 if job.state == "succeeded" else job.progress
+                if job.state == "queued" and job.download is not None:  # waiting for its model to download
+                    got, total = job.download.bytes_done, job.download.bytes_total
+                    desc = f"downloading {job.model} ({ui.human_bytes(got)} of {ui.human_bytes(total)})"
+                    done = got / total if total else 0.0
                 bar.update(task, completed=done, description=desc, eta=eta)
                 if job.state in TERMINAL:
                     return job

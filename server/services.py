@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from lib.catalogue import CATALOGUE, ModelSpec
+from lib.catalogue import ModelSpec
 from lib.settings import Settings
 from server.engine import store
 from server.engine.registry import ModelInUse, ModelRegistry
@@ -67,10 +67,7 @@ class Services:
                 f"{spec.name} is downloading", hint="cancel the download job first (DELETE /api/jobs/{id})"
             )
         self.registry.unload(spec.name)
-        hub = self.settings.hub_cache
-        others = [s for s in CATALOGUE.values() if s.name != spec.name and store.is_installed(s, hub)]
-        shared = {repo for s in others for repo in s.extra_repos}
-        return sum(store.remove_repo(repo, hub) for repo in (spec.repo, *spec.extra_repos) if repo not in shared)
+        return store.remove_model(spec, self.settings.hub_cache)
 
 
 def build_services(settings: Settings) -> Services:

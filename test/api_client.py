@@ -15,8 +15,8 @@ def make_client(models_dir, tmp_path, **overrides) -> TestClient:
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
 
-def wait_job(client: TestClient, job_id: str, timeout_s: float = 120) -> dict:
-    """Poll the job until it ends; its final view."""
+def wait_job(client, job_id: str, timeout_s: float = 120) -> dict:  # noqa: ANN001
+    """Poll the job until it ends (through a TestClient or an httpx.Client); its final view."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.get(f"/api/jobs/{job_id}").json()

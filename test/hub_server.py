@@ -11,7 +11,7 @@ Endpoints (what huggingface_hub calls):
 
 Faults (per file name): `cut_once` sends half the file and drops the connection, once;
 `corrupt` flips a byte (right size, wrong hash); `short` sends fewer bytes than the metadata says
-(a self-consistent response of the wrong size); `hold()` makes file GETs wait until `release()`.
+(a self-consistent response of the wrong size); `hold(*names)` makes file GETs wait until `release()`.
 Every request is recorded in `requests` as (method, path, Range header).
 """
 
@@ -72,12 +72,17 @@ class FakeHub:
     def __post_init__(self) -> None:
         self._open = threading.Event()
         self._open.set()
+        self._held: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
 
     # -- control -------------------------------------------------------------------------------
-    def hold(self) -> None:
-        """File GETs wait (headers not sent) until release()."""
+    def hold(self, *names: str) -> None:
+        """GETs of these files (all files if none are named) wait, headers unsent, until release()."""
+        self._held = set(names)
         self._open.clear()
+
+    def _waits(self, name: str) -> bool:
+        return not self._held or name in self._held
 
     def release(self) -> None:
         self._open.set()
@@ -189,7 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
         if head:
             self._send(200, headers | {"Content-Length": str(size)}, b"")
             return
-        self.hub._open.wait()
+        if self.hub._waits(name):
+            self.hub._open.wait()
         if name in self.hub.corrupt:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         if name in self.hub.short:

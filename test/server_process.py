@@ -22,7 +22,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, models_dir: Path, data_dir: Path, port: int | None = None, **settings: object):
+    def __init__(
+        self,
+        models_dir: Path,
+        data_dir: Path,
+        port: int | None = None,
+        env: dict[str, str | None] | None = None,
+        **settings: object,
+    ):
+        """`settings` become AUDIOCRAFT_* variables; `env` sets other variables (None removes one)."""
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -35,6 +43,11 @@ class ServerProcess:
             "AUDIOCRAFT_DEVICE": "cpu",
             **{f"AUDIOCRAFT_{k.upper()}": str(v) for k, v in settings.items()},
         }
+        for key, value in (env or {}).items():
+            if value is None:
+                self.env.pop(key, None)
+            else:
+                self.env[key] = value
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60) -> ServerProcess:

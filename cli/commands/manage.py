@@ -61,21 +61,22 @@ def pull_model(st: State, name: str, python: Path | None = None, runtime=None) -
     s = st.settings()
     py = str(python) if python and Path(python).exists() else sys.executable
     repos = [spec.repo, *spec.extra_repos]
+    # The engine's downloader: only the files it needs, resumable, checked (server/engine/download.py).
     code = (
         "import sys\n"
-        "from huggingface_hub import snapshot_download\n"
-        "for repo in sys.argv[2:]:\n"
-        "    print('downloading', repo, file=sys.stderr, flush=True)\n"
-        "    snapshot_download(repo, cache_dir=sys.argv[1])\n"
+        "from lib.catalogue import get_spec\n"
+        "from server.engine.download import download_model\n"
+        "print('downloading', sys.argv[2], file=sys.stderr, flush=True)\n"
+        "download_model(get_spec(sys.argv[2]), sys.argv[1])\n"
     )
     in_container = getattr(runtime, "run_python", None)
     where = runtime.hub_cache_description() if in_container else str(s.hub_cache)
     ui.info(f"Pulling {name} ({', '.join(repos)}, about {spec.approx_size_gb:g} GB) into {where} ...")
     if in_container:
-        code_rc, last = in_container(code, [runtime.container_hub_cache, *repos])
+        code_rc, last = in_container(code, [runtime.container_hub_cache, name])
     else:
         res = subprocess.run(
-            [py, "-c", code, str(s.hub_cache), *repos], stdout=sys.stderr, stderr=subprocess.PIPE, text=True
+            [py, "-c", code, str(s.hub_cache), name], stdout=sys.stderr, stderr=subprocess.PIPE, text=True
         )
         code_rc, last = res.returncode, (res.stderr.strip().splitlines() or ["unknown error"])[-1]
     if code_rc != 0:

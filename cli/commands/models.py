@@ -1,4 +1,4 @@
-"""`models list|pull|make-tiny`."""
+"""`models list|info|pull|rm|import|make-tiny`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from cli.errors import CliError
 from lib.catalogue import CATALOGUE
 
 app = typer.Typer(
-    help="The model catalogue: what is installed and loaded; tiny offline models.", no_args_is_help=True
+    help="The model catalogue: what is installed and loaded; download, remove, import; tiny offline models.",
+    no_args_is_help=True,
 )
 
 
@@ -47,19 +48,237 @@ def list_models(
     ui.table(["name", "kind", "does", "installed", "size", "loaded", "audio", "licence"], rows)
 
 
+def _engine(what: str):
+    """An engine module for the commands that work on the model files in-process."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"server.engine.{what}")
+    except ImportError as e:
+        raise CliError(
+            f"the engine is not installed in this environment ({e})",
+            "start the service (`resource-audiocraft manage start`) or run `resource-audiocraft manage install`",
+        ) from None
+
+
+def _spec(name: str):
+    from lib.catalogue import get_spec
+
+    if name not in CATALOGUE:
+        raise CliError(f"unknown model {name!r}", f"known: {', '.join(CATALOGUE)}")
+    return get_spec(name)
+
+
+def _server_or_here(st, server: str | None, by_server, here):  # noqa: ANN001, ANN202
+    """Ask the running service; when none runs (and no --server was named), do it here."""
+    from cli.errors import ServiceDown
+
+    with st.client(server, timeout=60.0) as c:
+        try:
+            return by_server(c)
+        except ServiceDown:
+            if server is not None:
+                raise
+    return here()
+
+
+def _byte_bar(progress: bool):
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=ui.err,
+        disable=not progress,
+    )
+
+
+def _follow_download(client, job_id: str, name: str, progress: bool):  # noqa: ANN001, ANN202
+    """Follow the download job's events with a byte progress bar; its final state."""
+    from cli.generation import TERMINAL, job_updates
+
+    with _byte_bar(progress) as bar:
+        task = bar.add_task(f"{name}", total=None)
+        for job in job_updates(client, job_id):
+            if job.download is not None and job.download.bytes_total:
+                bar.update(task, total=job.download.bytes_total, completed=job.download.bytes_done)
+            if job.state in TERMINAL:
+                if job.state == "succeeded" and bar.tasks[0].total:
+                    bar.update(task, completed=bar.tasks[0].total)
+                return job
+    raise CliError(f"lost track of download job {job_id}")
+
+
+def _pull_in_process(st, spec, progress: bool) -> None:  # noqa: ANN001
+    download = _engine("download")
+    hub = st.settings().hub_cache
+    ui.info(f"the service is not running: downloading {spec.name} here, into {hub}")
+    with _byte_bar(progress) as bar:
+        task = bar.add_task(spec.name, total=None)
+        try:
+            download.download_model(
+                spec,
+                hub,
+                timeout_s=st.settings().download_timeout_s,
+                progress=lambda done, total, _name: bar.update(task, total=total, completed=done),
+            )
+        except download.DownloadFailed as e:
+            raise CliError(f"could not download {spec.name}: {e.message}", e.hint) from None
+        except KeyboardInterrupt:
+            raise CliError("interrupted; run the same command again to resume the download", code=130) from None
+
+
 @app.command("pull")
 def pull(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A catalogue name, e.g. musicgen-small"),
+    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Draw a progress bar"),
 ) -> None:
-    """Download a model's weights from the Hugging Face hub into the hub cache."""
-    if name not in CATALOGUE:
-        raise CliError(f"unknown model {name!r}", f"known: {', '.join(CATALOGUE)}")
-    from cli.commands.manage import pull_model
+    """Download a model (only the files the engine needs) into the hub cache, resuming a cut one.
 
+    With the service running, the service downloads it as a job and this follows the job's progress
+    (Ctrl-C leaves it running). Without, it downloads here, into the same hub cache."""
+    from cli.errors import ServiceDown
+    from cli.generation import job_failure
+
+    spec = _spec(name)
     st = state(ctx)
-    rt = st.runtime()
-    pull_model(st, name, python=getattr(rt, "python", None), runtime=rt)
+    with st.client(server, timeout=30.0) as c:
+        try:
+            resp = c.request("POST", f"/api/models/{name}/download")
+        except ServiceDown:
+            if server is not None:
+                raise
+            rt = st.runtime()
+            if rt.name == "docker":  # the weights belong in the container's model volume
+                from cli.commands.manage import pull_model
+
+                pull_model(st, name, runtime=rt)
+                return
+            _pull_in_process(st, spec, progress)
+            ui.success(f"{name} is installed in {st.settings().hub_cache}")
+            return
+        if resp.status_code == 200:
+            ui.success(f"{name} is already installed")
+            return
+        job_id = resp.json()["job"]["id"]
+        try:
+            job = _follow_download(c, job_id, name, progress)
+        except KeyboardInterrupt:
+            raise CliError(f"stopped following; the download goes on as job {job_id}", code=130) from None
+        if job.state != "succeeded":
+            raise job_failure(job)
+        info = c.request("GET", f"/api/models/{name}").json()
+    ui.success(f"{name} is installed ({ui.human_bytes(info['size_on_disk_bytes'])})")
+
+
+@app.command("rm")
+def remove(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A catalogue name"),
+    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="No confirmation"),
+) -> None:
+    """Delete a model's files from the hub cache (unloading it first). Refused while jobs use it."""
+    spec = _spec(name)
+    st = state(ctx)
+    if not yes and ui.is_interactive() and not typer.confirm(f"Delete the files of {name}?", default=False):
+        raise CliError("nothing deleted")
+
+    def by_server(c) -> int:  # noqa: ANN001
+        before = c.request("GET", f"/api/models/{name}").json()["size_on_disk_bytes"]
+        c.request("DELETE", f"/api/models/{name}")
+        return before
+
+    freed = _server_or_here(st, server, by_server, lambda: _engine("store").remove_model(spec, st.settings().hub_cache))
+    ui.success(f"{name} removed; {ui.human_bytes(freed)} freed")
+
+
+@app.command("info")
+def info(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="A catalogue name"),
+    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    fmt: str = typer.Option("text", "--format", "-f", help="text, json or yaml"),
+) -> None:
+    """One model: what it does, installed, size, loaded (device, dtype, memory), licence."""
+    fmt = ui.check_format(fmt)
+    spec = _spec(name)
+    st = state(ctx)
+
+    def here() -> dict:
+        store = _engine("store")
+        hub = st.settings().hub_cache
+        return {
+            "name": spec.name,
+            "repo": spec.repo,
+            "kind": spec.kind,
+            "capabilities": list(spec.capabilities),
+            "installed": store.is_installed(spec, hub),
+            "size_on_disk_bytes": store.size_on_disk_bytes(spec, hub),
+            "loaded": False,
+            "licence": spec.licence,
+            "sample_rate": spec.sample_rate,
+            "channels": spec.channels,
+        }
+
+    data = _server_or_here(st, server, lambda c: c.request("GET", f"/api/models/{name}").json(), here)
+    if ui.emit(data, fmt):
+        return
+    rows = [
+        ["repo", data["repo"] + "".join(f", {r}" for r in spec.extra_repos)],
+        ["does", ", ".join(data["capabilities"])],
+        ["installed", "yes" if data["installed"] else "no"],
+        ["size on disk", ui.human_bytes(data["size_on_disk_bytes"])],
+        ["loaded", f"{data['device']}/{data['dtype']}" if data["loaded"] else "no"],
+        ["memory", ui.human_bytes(data.get("memory_bytes")) if data["loaded"] else ""],
+        ["audio", f"{data['sample_rate']} Hz, {data['channels']} channel(s)"],
+        ["licence", data["licence"]],
+    ]
+    ui.table(["", data["name"]], rows)
+
+
+@app.command("import")
+def import_model(
+    ctx: typer.Context,
+    source: Path = typer.Argument(
+        ..., help="A folder or a .tar(.gz)/.zip archive of one: a hub cache or snapshot, or an audiocraft export"
+    ),
+    name: str | None = typer.Option(None, "--name", help="The catalogue model, when the source does not say"),
+    force: bool = typer.Option(False, "--force", help="Replace the model if it is installed"),
+) -> None:
+    """Check and install a model copied from another machine (no network needed)."""
+    if name is not None:
+        _spec(name)
+    importer = _engine("importer")
+    hub = state(ctx).settings().hub_cache
+    try:
+        with ui.err.status(f"checking and installing {source} ..."):
+            done = importer.import_model(source, hub, name=name, force=force)
+    except importer.ImportFailed as e:
+        raise CliError(f"cannot import: {e}", "nothing was installed") from None
+    except FileExistsError as e:
+        raise CliError(str(e), "pass --force to replace it") from None
+    for item in done:
+        ui.success(f"{item.repo} installed ({len(item.files)} files, {ui.human_bytes(item.size_bytes)}) in {hub}")
+    needs = [s.name for s in CATALOGUE.values() if any(s.repo == i.repo for i in done)]
+    store = _engine("store")
+    for model in needs:
+        spec = _spec(model)
+        if not store.is_installed(spec, hub):
+            missing = [r for r in spec.extra_repos if store.current_revision(r, hub) is None]
+            ui.warn(f"{model} also needs {', '.join(missing)}: import it too (or `models pull {model}`)")
 
 
 @app.command("make-tiny")

@@ -367,10 +367,24 @@ def download_model(
 
     if offline():
         raise _hub_error(spec.repo, _offline_error(), endpoint)
+    check_writable(hub_cache)
     # Explicit from here on: huggingface_hub builds some URLs from the endpoint it read at import.
     endpoint = endpoint or constants.ENDPOINT
     plans = plan_model(spec, endpoint, timeout_s)
     return download_repos(plans, Path(hub_cache), endpoint, timeout_s, progress, cancelled)[0]
+
+
+def check_writable(hub_cache: Path) -> None:
+    """DownloadFailed at once when the hub cache cannot be written (a read-only mount)."""
+    folder = Path(hub_cache)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise DownloadFailed(
+            f"the model cache {hub_cache} is read-only: nothing can be downloaded into it",
+            hint="download where it is writable (e.g. on the host: resource-audiocraft models pull), "
+            "or copy the model and run: resource-audiocraft models import",
+        )
 
 
 def offline() -> bool:

@@ -12,6 +12,7 @@ few small files and never touches the network: GET /api/models calls it for ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -145,6 +146,16 @@ def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:
     return total
 
 
+def remove_model(spec: ModelSpec, hub_cache: Path) -> int:
+    """Delete the model's repo, and its extra repos unless another installed model needs them;
+    returns the bytes freed. (Whether the model is in use is the caller's business.)"""
+    from lib.catalogue import CATALOGUE
+
+    others = [s for s in CATALOGUE.values() if s.name != spec.name and is_installed(s, hub_cache)]
+    shared = {repo for s in others for repo in s.extra_repos}
+    return sum(remove_repo(repo, hub_cache) for repo in (spec.repo, *spec.extra_repos) if repo not in shared)
+
+
 def remove_repo(repo: str, hub_cache: Path) -> int:
     """Delete a repo folder (and any partial download of it); returns the bytes freed.
 
@@ -162,6 +173,8 @@ def remove_repo(repo: str, hub_cache: Path) -> int:
         trash = hub_cache / f".audiocraft-trash-{uuid.uuid4().hex[:8]}"
         os.rename(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.unlink(f"{partial_folder(repo, hub_cache)}.lock")
     return freed
 
 

@@ -42,6 +42,7 @@ class Downloads:
             job = self._active.get(spec.name)
             if job is not None:
                 return job
+            download.check_writable(self.settings.hub_cache)
             request = DownloadRequest(model=spec.name)
             job = Job(kind=KIND, model=spec.name, request=request, seed=0, priority=PRIORITY_BATCH)
             job.download = DownloadProgress(job_id=job.id, bytes_done=0, bytes_total=0)
