@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from huggingface_hub.file_download import repo_folder_name
@@ -127,23 +128,13 @@ def require_snapshot(spec: ModelSpec, hub_cache: Path) -> Path:
 
 
 def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:
-    """Bytes held in the repo folder's blobs/ (all revisions, partial downloads too); 0 when absent.
+    """Bytes held in the repo folder's blobs/ (all revisions) and converted/ (AudioGen's converted
+    copy, server/engine/convert/cache.py); 0 when absent.
 
     Only the spec's own repo: extra repos (AudioGen's T5) may be shared with other models.
     """
-    blobs = repo_folder(spec.repo, hub_cache) / "blobs"
-    total = 0
-    try:
-        with os.scandir(blobs) as entries:
-            for entry in entries:
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
-    except OSError:
-        return 0
-    return total
+    folder = repo_folder(spec.repo, hub_cache)
+    return _tree_bytes(folder / "blobs") + _tree_bytes(folder / "converted")
 
 
 def remove_model(spec: ModelSpec, hub_cache: Path) -> int:
@@ -179,11 +170,14 @@ def remove_repo(repo: str, hub_cache: Path) -> int:
 
 
 def _tree_bytes(folder: Path) -> int:
+    """Bytes of the regular files under folder (links not followed); 0 when absent."""
     total = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                st = os.lstat(os.path.join(root, name))
             except OSError:
                 continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
     return total
