@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from cli.errors import ApiError, CliError, ServiceDown
-from lib.schemas import Health, Job, JobAccepted, JobList, ModelList
+from lib.schemas import INPUT_FIELDS, Health, Job, JobAccepted, JobList, ModelList
 
 # Endpoints per generation type. "continue" is the client command's name for continuation.
 GENERATE_PATHS = {
@@ -20,8 +20,6 @@ GENERATE_PATHS = {
     "melody": "/api/generate/melody",
     "continuation": "/api/generate/continuation",
 }
-# The multipart file field carrying the input audio of each type that takes one.
-INPUT_FIELDS = {"melody": "melody", "continuation": "audio"}
 # Error codes meaning "no such route" rather than e.g. "no such model".
 _ROUTE_MISSING = (
     "not_found",

@@ -56,6 +56,9 @@ def build_request(
     sample_rate: str | None = None,
     bit_depth: int | None = None,
     normalize: str | None = None,
+    melody_start: float | None = None,
+    melody_end: float | None = None,
+    include_prompt: bool | None = None,
 ) -> dict[str, Any]:
     """The request body from flags, checked locally so a typo costs no round trip. Unset flags are
     left out: the service's defaults apply (10 s of music, 5 s of sound, ...)."""
@@ -80,6 +83,10 @@ def build_request(
                 ) from None
     if bit_depth is not None and bit_depth not in BIT_DEPTHS:
         raise CliError(f"invalid --bit-depth {bit_depth}", "use 16, 24 or 32 (float)")
+    if melody_start is not None and melody_start < 0:
+        raise CliError(f"invalid --melody-start {melody_start:g}: must be 0 or more")
+    if melody_end is not None and melody_end <= (melody_start or 0.0):
+        raise CliError(f"invalid --melody-end {melody_end:g}: must come after --melody-start")
     if normalize is not None and normalize not in NORMALIZE:
         raise CliError(f"invalid --normalize {normalize!r}", f"use one of: {', '.join(NORMALIZE)}")
     body = {
@@ -95,6 +102,9 @@ def build_request(
         "sample_rate": rate,
         "bit_depth": bit_depth,
         "normalize": normalize,
+        "melody_start": melody_start,
+        "melody_end": melody_end,
+        "include_prompt": include_prompt,
     }
     return {k: v for k, v in body.items() if v is not None}
 

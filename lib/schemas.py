@@ -75,8 +75,10 @@ class GenerateRequest(OutputOptions, SamplingOptions):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_len(cls, v: str, info: ValidationInfo) -> str:
+    def _prompt_len(cls, v: str | None, info: ValidationInfo) -> str | None:
         limit = (info.context or {}).get("max_prompt_chars", 2000)
+        if v is None:  # only where the text is optional (melody, continuation)
+            return v
         if not v.strip():
             raise ValueError("prompt must not be blank")
         if len(v) > limit:
@@ -100,6 +102,47 @@ class SoundRequest(GenerateRequest):
     """Text to sound effect (AudioGen)."""
 
     duration: float = Field(5.0, gt=0, description="Seconds of audio (default 5)")
+
+
+# The field naming each generation kind's input audio: the multipart file field, and the base64 JSON
+# field (with `_job` and `_content` variants for references). The CLI sends these names.
+INPUT_FIELDS: dict[str, str] = {"melody": "melody", "continuation": "audio"}
+AUDIO_INPUT = "an audio file (wav, mp3, flac, ogg or m4a; any sample rate and channel count)"
+
+
+class MelodyRequest(GenerateRequest):
+    """Music that follows a melody. The melody comes as the multipart file field `melody`, or base64
+    in `melody`, or as `melody_job` (an earlier job's audio) or `melody_content` (an audio content
+    item): exactly one of them."""
+
+    prompt: str | None = Field(None, description="Text to go with the melody (optional)")
+    duration: float = Field(10.0, gt=0, description="Seconds of audio (default 10)")
+    melody: str | None = Field(None, description=f"The melody: {AUDIO_INPUT}, base64-encoded")
+    melody_job: str | None = Field(None, description="The melody: the audio of this earlier job (its id)")
+    melody_content: str | None = Field(None, description="The melody: this audio content item (its name)")
+    melody_start: float | None = Field(None, ge=0, description="Seconds into the melody where it starts")
+    melody_end: float | None = Field(None, gt=0, description="Seconds into the melody where it ends")
+
+    @model_validator(mode="after")
+    def _trim_order(self) -> MelodyRequest:
+        if self.melody_end is not None and self.melody_end <= (self.melody_start or 0.0):
+            raise ValueError("melody_end must come after melody_start")
+        return self
+
+
+class ContinuationRequest(GenerateRequest):
+    """Continue an audio prompt. It comes as the multipart file field `audio`, or base64 in `audio`,
+    or as `audio_job` (an earlier job's audio) or `audio_content` (an audio content item)."""
+
+    prompt: str | None = Field(None, description="Text to steer the continuation (optional)")
+    duration: float = Field(10.0, gt=0, description="Seconds of new audio after the prompt (default 10)")
+    audio: str | None = Field(None, description=f"The audio prompt: {AUDIO_INPUT}, base64-encoded")
+    audio_job: str | None = Field(None, description="The audio prompt: the audio of this earlier job (its id)")
+    audio_content: str | None = Field(None, description="The audio prompt: this audio content item (its name)")
+    include_prompt: bool = Field(
+        True,
+        description="The answer starts with the prompt (re-encoded), then the continuation; false: only the new audio",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -220,6 +263,18 @@ class MusicJob(MusicRequest):
     """One item of POST /api/jobs (the body may also be a list of them)."""
 
     kind: Literal["music"] = "music"
+
+
+class MelodyJob(MelodyRequest):
+    """A melody item of POST /api/jobs (the melody as base64, melody_job or melody_content)."""
+
+    kind: Literal["melody"]
+
+
+class ContinuationJob(ContinuationRequest):
+    """A continuation item of POST /api/jobs (the prompt as base64, audio_job or audio_content)."""
+
+    kind: Literal["continuation"]
 
 
 class JobsSubmitted(BaseModel):

@@ -127,6 +127,8 @@ def sound(
 def melody(
     ctx: typer.Context,
     melody_in: str = typer.Option(..., "--melody", help="The melody: an audio file or an audio content name"),
+    melody_start: float | None = typer.Option(None, "--melody-start", help="Seconds into the melody where it starts"),
+    melody_end: float | None = typer.Option(None, "--melody-end", help="Seconds into the melody where it ends"),
     prompt: str | None = PROMPT,
     duration: float | None = DURATION,
     model: str | None = MODEL,
@@ -148,13 +150,18 @@ def melody(
     run(ctx, "melody", server, output, json_out, no_progress, input_value=melody_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize)  # fmt: skip
+        normalize=normalize, melody_start=melody_start, melody_end=melody_end)  # fmt: skip
 
 
 @app.command("continue")
 def continue_(
     ctx: typer.Context,
     audio_in: str = typer.Option(..., "--audio", help="The audio prompt: a file or an audio content name"),
+    include_prompt: bool | None = typer.Option(
+        None,
+        "--include-prompt/--no-include-prompt",
+        help="Whether the file starts with the prompt (service default: it does); --duration is the new audio",
+    ),
     prompt: str | None = PROMPT,
     duration: float | None = DURATION,
     model: str | None = MODEL,
@@ -176,4 +183,4 @@ def continue_(
     run(ctx, "continuation", server, output, json_out, no_progress, input_value=audio_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize)  # fmt: skip
+        normalize=normalize, include_prompt=include_prompt)  # fmt: skip

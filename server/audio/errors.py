@@ -10,6 +10,7 @@ class AudioInputError(ValueError):
     so the HTTP layer can pass it through unchanged (as a 400/422), never as a 500.
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field  # the request field that carried the file, when known

@@ -13,6 +13,8 @@ from starlette.routing import Route
 from lib import __version__
 from lib.schemas import (
     CodecCodes,
+    ContinuationJob,
+    ContinuationRequest,
     DecodeOptions,
     EncodeOptions,
     Health,
@@ -20,6 +22,8 @@ from lib.schemas import (
     JobAccepted,
     JobList,
     JobsSubmitted,
+    MelodyJob,
+    MelodyRequest,
     ModelInfo,
     ModelList,
     MusicJob,
@@ -33,6 +37,14 @@ from server.http.routes import codec, generate, health, jobs, models
 from server.services import Services, build_services
 
 log = logging.getLogger("audiocraft.http")
+
+
+def _generation(path: str, handler, summary: str, body) -> Endpoint:
+    """A POST /api/generate/* endpoint: a request schema in, audio (or a 202 job) out."""
+    return Endpoint(
+        "POST", path, handler, summary, body=body, answers_audio=True, errors=(400, 404, 409, 413, 422, 429, 503)
+    )
+
 
 ENDPOINTS = [
     Endpoint(
@@ -73,24 +85,20 @@ ENDPOINTS = [
         answer=ModelInfo,
         errors=(404, 409),
     ),
-    Endpoint(
-        "POST",
-        "/api/generate/music",
-        generate.generate_music,
-        "Text to music",
-        body=MusicRequest,
-        answers_audio=True,
-        errors=(400, 404, 409, 413, 422, 429, 503),
+    _generation("/api/generate/music", generate.generate_music, "Text to music", MusicRequest),
+    _generation(
+        "/api/generate/melody",
+        generate.generate_melody,
+        "Music that follows a melody (MusicGen-Melody): a multipart upload, or JSON",
+        MelodyRequest,
     ),
-    Endpoint(
-        "POST",
-        "/api/generate/sound",
-        generate.generate_sound,
-        "Text to sound effect (AudioGen)",
-        body=SoundRequest,
-        answers_audio=True,
-        errors=(400, 404, 409, 413, 422, 429, 503),
+    _generation(
+        "/api/generate/continuation",
+        generate.generate_continuation,
+        "Continue an audio prompt, optionally steered by text: a multipart upload, or JSON",
+        ContinuationRequest,
     ),
+    _generation("/api/generate/sound", generate.generate_sound, "Text to sound effect (AudioGen)", SoundRequest),
     Endpoint(
         "POST",
         "/api/jobs",
@@ -157,8 +165,10 @@ ENDPOINTS = [
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
     settings = settings or Settings()
     svc = services or build_services(settings)
-    document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=(JobAccepted, CodecCodes))
+    extra = (JobAccepted, CodecCodes, MelodyJob, ContinuationJob)
+    document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=extra)
     codec.document_uploads(document)
+    generate.document_uploads(document)
 
     async def openapi(_request: Request) -> JSONResponse:
         return JSONResponse(document)

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from lib.catalogue import CATALOGUE, UnknownModel
+from lib.content import ContentError, ContentNotFound
 from server.audio.errors import AudioInputError
 from server.engine.codec.errors import EcdcError
 from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
@@ -88,7 +89,11 @@ def to_response(exc: Exception) -> JSONResponse:
         case EngineError():
             return error_response(503, exc.code, exc.message, exc.field, exc.hint)
         case AudioInputError():
-            return error_response(422, "invalid_audio", str(exc), field="audio")
+            return error_response(422, "invalid_audio", str(exc), field=exc.field or "audio")
+        case ContentNotFound():
+            return error_response(404, "content_not_found", str(exc), hint=exc.hint)
+        case ContentError():
+            return error_response(422, "invalid_content", str(exc), hint=exc.hint)
         case EcdcError():
             return error_response(422, exc.code, exc.message, exc.field, exc.hint)
         case QueueFull():
@@ -123,6 +128,7 @@ HANDLED = (
     ModelNotInstalled,
     EngineError,
     AudioInputError,
+    ContentError,
     EcdcError,
     QueueFull,
     JobNotFound,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from lib.schemas import MusicRequest, SoundRequest
+from lib.schemas import INPUT_FIELDS, ContinuationRequest, MelodyRequest, MusicRequest, SoundRequest
 
 REQUEST_TYPES: dict[str, type[BaseModel]] = {
     "music": MusicRequest,
     "sound": SoundRequest,
+    "melody": MelodyRequest,
+    "continuation": ContinuationRequest,
 }
+
+__all__ = ["INPUT_FIELDS", "REQUEST_TYPES"]

@@ -173,11 +173,37 @@ def test_test_smoke_passes_against_the_running_service(live):
 def test_input_audio_from_content_is_resolved(live, tmp_path):
     wav = write_wav(tmp_path / "theme.wav")
     assert live("content", "add", "--file", str(wav), "--name", "theme").code == 0
+    out = tmp_path / "more.wav"
     r = live("content", "generate", "--type", "continuation", "--input", "theme", "--prompt", "more", "--duration", "1",
-             timeout=300)  # fmt: skip
-    # The continuation endpoint may not exist yet: either it works, or one clear line.
-    if r.code != 0:
-        assert_clean_error(r)
+             "--output", str(out), timeout=300)  # fmt: skip
+    assert r.code == 0, r.text + _log(live)
+    with wave.open(str(out)) as w:  # the 0.5 s prompt (whole 20 ms frames), then 1 s
+        assert w.getnframes() / w.getframerate() == pytest.approx(1.5, abs=0.02)
+
+
+def _mp3(path: Path, seconds: float = 2.0) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(44100 * seconds)) / 44100
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 44100, format="MP3")
+    return path
+
+
+def test_generate_melody_and_continue_with_an_mp3(live, tmp_path):
+    mp3 = _mp3(tmp_path / "theme.mp3")
+    out = tmp_path / "melody.flac"
+    r = live("generate", "melody", "--melody", str(mp3), "--prompt", "strings", "--duration", "2",
+             "--melody-start", "0.5", "--output", str(out), "--json", timeout=300)  # fmt: skip
+    assert r.code == 0, r.text + _log(live)
+    assert json.loads(r.out)["duration_s"] == 2.0
+    assert out.read_bytes()[:4] == b"fLaC"
+    out = tmp_path / "cont.wav"
+    r = live("generate", "continue", "--audio", str(mp3), "--duration", "1", "--no-include-prompt",
+             "--output", str(out), timeout=300)  # fmt: skip
+    assert r.code == 0, r.text + _log(live)
+    with wave.open(str(out)) as w:
+        assert w.getnframes() / w.getframerate() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_z_stop_then_stop_again(live):

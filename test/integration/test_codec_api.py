@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 from api_client import make_client
+from audio_files import make_m4a
 
 from server.engine.codec import container
 
@@ -34,21 +34,7 @@ def audio_file(seconds=2.0, rate=44100, channels=2, fmt="WAV", subtype="PCM_16",
 
 
 def m4a_file(seconds=1.5, rate=44100) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        stream = out.add_stream("aac", rate=rate)
-        stream.layout = "stereo"
-        pcm = signal(seconds, rate, 2).T
-        for i in range(0, pcm.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(pcm[:, i : i + 1024]), format="fltp", layout="stereo"
-            )
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
+    return make_m4a(np.ascontiguousarray(signal(seconds, rate, 2).T), rate)
 
 
 def encode(client, data: bytes, name="in.wav", **fields):

@@ -66,3 +66,43 @@ def test_errors_then_still_serving(server):
         httpx.post(f"{server}/api/generate/music", json={"prompt": "x", "model": "nope"}, timeout=5).status_code == 404
     )
     assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+
+
+def _mp3(seconds: float = 2.0) -> bytes:
+    import numpy as np
+
+    t = np.arange(int(44100 * seconds)) / 44100
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 44100, format="MP3")
+    return buf.getvalue()
+
+
+def test_melody_and_continuation_with_an_mp3_upload(server):
+    mp3 = _mp3()
+    r = httpx.post(
+        f"{server}/api/generate/melody",
+        data={"prompt": "strings", "duration": "3"},
+        files={"melody": ("theme.mp3", mp3, "audio/mpeg")},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    assert sf.info(io.BytesIO(r.content)).frames == 3 * 44100
+    r = httpx.post(
+        f"{server}/api/generate/continuation",
+        data={"duration": "2", "include_prompt": "false", "model": "musicgen-stereo-small"},
+        files={"audio": ("theme.mp3", mp3, "audio/mpeg")},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    info = sf.info(io.BytesIO(r.content))
+    assert (info.channels, info.frames) == (2, 2 * 44100)
+    bad = httpx.post(
+        f"{server}/api/generate/melody", files={"melody": ("x.mp3", b"not audio", "audio/mpeg")}, timeout=30
+    )
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "melody"
+
+
+def test_long_music_is_exact(server):
+    r = httpx.post(f"{server}/api/generate/music", json={"prompt": "x", "duration": 45}, timeout=300)
+    assert r.status_code == 200, r.text
+    assert sf.info(io.BytesIO(r.content)).frames == 45 * 44100

@@ -5,12 +5,12 @@ from __future__ import annotations
 import io
 import warnings
 
-import av
 import numpy as np
 import pydantic
 import pyloudnorm
 import pytest
 import soundfile as sf
+from audio_files import make_m4a
 
 from lib.schemas import GenerateRequest, OutputOptions
 from server.audio.decode import read_audio, to_channels, to_mono
@@ -43,21 +43,6 @@ def wav_bytes(frames: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> 
     """``frames`` in soundfile's (samples, channels) layout."""
     buf = io.BytesIO()
     sf.write(buf, frames, sample_rate, format="WAV", subtype=subtype)
-    return buf.getvalue()
-
-
-def make_m4a(audio: np.ndarray, sample_rate: int) -> bytes:
-    """AAC in an MP4 (m4a) container, written with PyAV's ffmpeg encoder."""
-    layout = {1: "mono", 2: "stereo", 6: "5.1"}[audio.shape[0]]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="ipod") as out:
-        stream = out.add_stream("aac", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout=layout)
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
     return buf.getvalue()
 
 

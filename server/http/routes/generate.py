@@ -5,16 +5,18 @@ from __future__ import annotations
 import secrets
 
 from pydantic import BaseModel
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lib.catalogue import get_spec
-from lib.schemas import MAX_SEED, JobAccepted, MusicRequest, SoundRequest
+from lib.schemas import MAX_SEED, ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.engine.errors import UnsupportedRequest
 from server.http.errors import ApiError, error_response
 from server.http.payload import read_fields
 from server.jobs.job import PRIORITY_INTERACTIVE, Job
+from server.jobs.kinds import INPUT_FIELDS
 from server.jobs.runner import answer_name
 from server.services import Services
 
@@ -74,8 +76,33 @@ def make_job(svc: Services, kind: str, request: BaseModel, model: str, priority:
     return job
 
 
+async def prepare_job(
+    svc: Services, kind: str, request: BaseModel, files: dict[str, UploadFile], model: str, priority: int
+) -> Job:
+    """make_job, plus the kind's input audio (melody, audio prompt): read, checked and kept with the
+    job. The stored request keeps references only, not the base64 audio."""
+    from server.http.inputs import input_audio, keep_input
+
+    field = INPUT_FIELDS.get(kind)
+    if field is None:
+        if files:
+            raise ApiError(422, "invalid_field", f"{kind} generation takes no file upload", field=next(iter(files)))
+        return make_job(svc, kind, request, model, priority)
+    extra = set(files) - {field}
+    if extra:
+        raise ApiError(422, "invalid_field", f"unknown file field '{extra.pop()}'", hint=f"send the file as '{field}'")
+    job = make_job(svc, kind, request.model_copy(update={field: None}), model, priority)
+    spec = get_spec(job.model)
+    keep_input(svc, job, await input_audio(svc, spec, request, files, field), spec.sample_rate)
+    return job
+
+
 async def run_or_accept(svc: Services, job: Job, is_async: bool) -> Response:
-    svc.scheduler.submit(job)
+    try:
+        svc.scheduler.submit(job)
+    except Exception:
+        svc.scheduler.artifacts.remove(job.id)  # its input audio, if any
+        raise
     if is_async:
         return accepted(svc, job)
     await svc.scheduler.wait(job)
@@ -84,22 +111,46 @@ async def run_or_accept(svc: Services, job: Job, is_async: bool) -> Response:
 
 def default_model(svc: Services, kind: str) -> str:
     """The settings' model for a job kind when the request names none."""
-    return {"sound": svc.settings.default_sound_model}.get(kind, svc.settings.default_music_model)
+    settings = svc.settings
+    return {"sound": settings.default_sound_model, "melody": settings.default_melody_model}.get(
+        kind, settings.default_music_model
+    )
 
 
-async def _generate_from_text(request: Request, kind: str, schema: type[MusicRequest | SoundRequest]) -> Response:
+async def _generate(request: Request, kind: str, schema: type[BaseModel]) -> Response:
     svc: Services = request.app.state.services
     fields, files = await read_fields(request, int(svc.settings.max_upload_mb * 1e6))
-    if files:
-        raise ApiError(422, "invalid_field", f"{kind} generation takes no file upload", field=next(iter(files)))
     req = schema.model_validate(fields, context=svc.limits)
-    job = make_job(svc, kind, req, req.model or default_model(svc, kind), PRIORITY_INTERACTIVE)
+    job = await prepare_job(svc, kind, req, files, req.model or default_model(svc, kind), PRIORITY_INTERACTIVE)
     return await run_or_accept(svc, job, req.async_)
 
 
 async def generate_music(request: Request) -> Response:
-    return await _generate_from_text(request, "music", MusicRequest)
+    return await _generate(request, "music", MusicRequest)
 
 
 async def generate_sound(request: Request) -> Response:
-    return await _generate_from_text(request, "sound", SoundRequest)
+    return await _generate(request, "sound", SoundRequest)
+
+
+async def generate_melody(request: Request) -> Response:
+    return await _generate(request, "melody", MelodyRequest)
+
+
+async def generate_continuation(request: Request) -> Response:
+    return await _generate(request, "continuation", ContinuationRequest)
+
+
+def document_uploads(document: dict) -> None:
+    """Multipart bodies of the endpoints that take input audio: the fields plus the file field."""
+    for path, kind in (("/api/generate/melody", "melody"), ("/api/generate/continuation", "continuation")):
+        op = document.get("paths", {}).get(path, {}).get("post")
+        if op is None:
+            continue
+        field = INPUT_FIELDS[kind]
+        content = op["requestBody"]["content"]
+        fields = content["multipart/form-data"]["schema"]
+        upload = {"type": "string", "format": "binary", "description": f"The {field} audio file"}
+        content["multipart/form-data"]["schema"] = {
+            "allOf": [fields, {"type": "object", "properties": {field: upload}}]
+        }

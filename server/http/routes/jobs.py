@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from lib.schemas import JobList, JobsSubmitted, OutputOptions
 from server.http.errors import ApiError
 from server.http.payload import read_body
-from server.http.routes.generate import audio_response, default_model, failed_response, make_job
+from server.http.routes.generate import audio_response, default_model, failed_response, prepare_job
 from server.jobs.job import PRIORITY_BATCH
 from server.jobs.kinds import REQUEST_TYPES
 from server.jobs.runner import rerender
@@ -38,6 +38,12 @@ def _prefixed(exc: ValidationError, index: int, many: bool) -> ValidationError:
         return exc
     errors = [{**e, "loc": (f"[{index}]", *e["loc"])} for e in exc.errors()]
     return ValidationError.from_exception_data(exc.title, errors)  # type: ignore[arg-type]
+
+
+def _forget_inputs(svc: Services, jobs) -> None:
+    """Input audio kept for jobs that were not taken after all."""
+    for job in jobs:
+        svc.scheduler.artifacts.remove(job.id)
 
 
 async def submit_jobs(request: Request) -> JSONResponse:
@@ -66,8 +72,16 @@ async def submit_jobs(request: Request) -> JSONResponse:
             req = REQUEST_TYPES[kind].model_validate(item, context=svc.limits)
         except ValidationError as exc:
             raise _prefixed(exc, index, many) from None
-        jobs.append(make_job(svc, kind, req, req.model or default_model(svc, kind), PRIORITY_BATCH))
-    svc.scheduler.submit_many(jobs)
+        try:
+            jobs.append(await prepare_job(svc, kind, req, {}, req.model or default_model(svc, kind), PRIORITY_BATCH))
+        except Exception:
+            _forget_inputs(svc, jobs)
+            raise
+    try:
+        svc.scheduler.submit_many(jobs)
+    except Exception:
+        _forget_inputs(svc, jobs)
+        raise
     body = JobsSubmitted(ids=[j.id for j in jobs], jobs=[j.view(svc.scheduler.position(j)) for j in jobs])
     return JSONResponse(body.model_dump(), status_code=202)
 
