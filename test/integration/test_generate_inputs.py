@@ -234,3 +234,13 @@ def test_openapi_documents_the_new_endpoints(client):
     props = doc["components"]["schemas"]["ContinuationRequest"]["properties"]
     assert {"audio", "audio_job", "audio_content", "include_prompt", "prompt", "duration"} <= set(props)
     assert "MelodyJob" in doc["components"]["schemas"]
+
+
+def test_continuation_on_audiogen_past_its_window(client):
+    r = client.post(
+        "/api/generate/continuation",
+        data={"prompt": "rain", "duration": "12", "include_prompt": "false", "model": "audiogen-medium", **NATIVE},
+        files={"audio": ("rain.ogg", tone_file("OGG", seconds=2.0, rate=48000), "audio/ogg")},
+    )
+    got = info(r)
+    assert (got.samplerate, got.channels, got.frames) == (16000, 1, 12 * 16000)
