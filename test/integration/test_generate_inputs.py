@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
 import pytest
@@ -37,8 +38,6 @@ def info(resp):
 
 
 def wait_job(client, job_id):
-    import time
-
     for _ in range(2000):
         job = client.get(f"/api/jobs/{job_id}").json()
         if job["state"] in ("succeeded", "failed", "cancelled"):
@@ -244,3 +243,21 @@ def test_continuation_on_audiogen_past_its_window(client):
     )
     got = info(r)
     assert (got.samplerate, got.channels, got.frames) == (16000, 1, 12 * 16000)
+
+
+def test_progress_of_a_long_job_covers_the_whole_run(client):
+    """45 s is two windows: progress climbs once from 0 to 1, never restarting per window."""
+    r = client.post("/api/generate/music", json={"prompt": "x", "duration": 45, "async": True})
+    job_id = r.json()["job"]["id"]
+    seen = []
+    while True:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] == "running":
+            seen.append(job["progress"])
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.02)
+    assert job["state"] == "succeeded"
+    assert seen == sorted(seen)
+    assert len(set(seen)) > 2
+    assert job["result"]["duration_s"] == 45.0
