@@ -32,6 +32,7 @@ class Downloads:
         self._lock = threading.Lock()
         self._stopping = False
         scheduler.register_side_kind(KIND, DownloadRequest, self._resume)
+        scheduler.before_requeue = self._attach
 
     def active(self, name: str) -> Job | None:
         return self._active.get(name)
@@ -72,6 +73,12 @@ class Downloads:
             thread.join(timeout_s)
 
     # -- internals -------------------------------------------------------------------------------
+    def _attach(self, job: Job) -> None:
+        """A recovered job whose model is not installed waits for its download again."""
+        try:
+            job.waits_for = self.require(get_spec(job.model))
+        except (store.ModelNotInstalled, download.DownloadFailed):
+            pass  # the runner fails it with the command to run
     def _resume(self, job: Job) -> None:
         log.warning("download %s of %s was interrupted; resuming it", job.id, job.model)
         with self._lock:

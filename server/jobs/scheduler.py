@@ -66,6 +66,9 @@ class Scheduler:
         self._job_seconds: list[float] = []
         self._request_types: dict[str, type] = dict(REQUEST_TYPES)
         self._side_kinds: dict[str, Callable[[Job], None]] = {}
+        # Called for each recovered generation job before it is queued again (downloads attach it
+        # to its model's download).
+        self.before_requeue: Callable[[Job], None] | None = None
 
     # -- side jobs: stored and shown like any job, run outside the decode queue (downloads) ------
     def register_side_kind(self, kind: str, request_type: type, resume: Callable[[Job], None]) -> None:
@@ -109,13 +112,15 @@ class Scheduler:
 
     def recover(self) -> int:
         rows = self.store.unfinished()
-        for row in rows:
-            job = Job.from_row(row, self._request_types)
-            if job.kind in self._side_kinds:
-                self._live[job.id] = job
-                job.on_done(lambda job=job: self._finished(job))
-                self._side_kinds[job.kind](job)
-                continue
+        jobs = [Job.from_row(row, self._request_types) for row in rows]
+        # Side jobs (downloads) first: the queued jobs waiting for one find it running again.
+        for job in [j for j in jobs if j.kind in self._side_kinds]:
+            self._live[job.id] = job
+            job.on_done(lambda job=job: self._finished(job))
+            self._side_kinds[job.kind](job)
+        for job in [j for j in jobs if j.kind not in self._side_kinds]:
+            if self.before_requeue is not None:
+                self.before_requeue(job)
             if job.state == "running":
                 log.warning("job %s was interrupted; queueing it again", job.id)
             job.state, job.progress, job.eta_s, job.started_at = "queued", 0.0, None, None
@@ -145,8 +150,6 @@ class Scheduler:
             for job in jobs:
                 self._track(job)
                 metrics.JOBS_SUBMITTED.labels(job.kind).inc()
-                if job.waits_for is not None:
-                    job.waits_for.on_done(self._wake)
             self._sort()
             self._cond.notify_all()
         return jobs
@@ -222,6 +225,8 @@ class Scheduler:
         self._live[job.id] = job
         self._queue.append(job)
         job.on_done(lambda: self._finished(job))
+        if job.waits_for is not None:  # wake the worker when the download ends
+            job.waits_for.on_done(self._wake)
 
     def _finished(self, job: Job) -> None:
         """Runs in whichever thread ended the job: persist, then forget the live copy."""

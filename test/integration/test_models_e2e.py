@@ -116,3 +116,29 @@ def test_import_an_archive_with_the_cli(tiny_hub, tmp_path):
     assert r.code == 1 and "--force" in r.err and "Traceback" not in r.err
     r = cli("models", "import", str(tmp_path / "nothing-here"))
     assert r.code == 1 and "does not exist" in r.err
+
+
+def test_a_request_waiting_for_its_download_survives_a_restart(hub, tmp_path):
+    models, data = tmp_path / "models", tmp_path / "data"
+    hub.hold("model.safetensors")
+    server = start_server(models, data, hub)
+    try:
+        with server.client() as http:
+            body = {"prompt": "rain", "duration": 0.5, "model": NAME, "async": True}
+            job_id = http.post("/api/generate/music", json=body).json()["job"]["id"]
+            deadline = time.monotonic() + 60
+            while not hub.file_gets("model.safetensors") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            job = http.get(f"/api/jobs/{job_id}").json()
+            assert job["state"] == "queued" and job["download"]["bytes_total"] > 0, job
+    finally:
+        server.kill()
+    hub.release()
+    server = start_server(models, data, hub)
+    try:
+        with server.client() as http:
+            job = wait_job(http, job_id)
+            assert job["state"] == "succeeded", (job, server.log())
+            assert http.get(f"/api/jobs/{job_id}/audio").status_code == 200
+    finally:
+        server.kill()
