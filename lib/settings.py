@@ -55,7 +55,12 @@ class Settings(BaseSettings):
         True, description="A request for a model that is not installed downloads it first (off: 409 with the command)"
     )
     download_timeout_s: float = Field(
-        10.0, gt=0, description="Seconds to wait for the hub to connect or answer before a download fails"
+        10.0,
+        gt=0,
+        description=(
+            "Seconds the hub gets to answer a download's listing and metadata requests; file transfers "
+            "use huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT between reads"
+        ),
     )
     memory_budget_gb: float = Field(
         0.0,

@@ -123,3 +123,18 @@ def test_delete_load_unload(tiny_hub, tmp_path):
         assert not any(models.glob("models--*"))
         assert client.post(f"/api/models/{NAME}/load").status_code == 409  # not installed
         assert client.delete("/api/models/nope").status_code == 404
+
+
+def test_cancelling_a_download_fails_the_requests_waiting_for_it(hub, tmp_path):
+    with make_client(tmp_path / "models", tmp_path) as client:
+        hub.hold("model.safetensors")
+        r = client.post("/api/generate/music", json={"prompt": "a beat", "duration": 0.5, "async": True})
+        job_id = r.json()["job"]["id"]
+        download_id = wait_for(lambda: client.get(f"/api/models/{NAME}").json()["download_job"])
+        assert client.delete(f"/api/jobs/{download_id}").status_code == 200
+        hub.release()
+        assert wait_job(client, download_id)["state"] == "cancelled"
+        job = wait_job(client, job_id)
+        assert job["state"] == "failed" and job["error"]["code"] == "download_failed"
+        assert "cancelled" in job["error"]["message"]
+        assert client.get(f"/api/models/{NAME}").json()["installed"] is False
