@@ -194,6 +194,8 @@ class ModelRegistry:
             ) from exc
         try:
             return loader(spec, snapshot, self.device, dtype)
+        except store.ModelNotInstalled:
+            raise  # a repo the model needs (AudioGen's T5) is missing: a 409 with the pull command, not a 503
         except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
             raise ModelLoadFailed(
                 f"could not load {spec.name} from {snapshot}: {exc}",

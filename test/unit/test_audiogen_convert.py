@@ -167,3 +167,17 @@ def test_key_rules_run_both_ways():
     )
     with pytest.raises(ConversionError, match="transformer.layers.0.gate.weight"):
         keys.map_state({"transformer.layers.0.gate.weight": torch.ones(1)}, keys.LM_RULES, keys.IN_PROJ_RULES)
+
+
+def test_missing_text_encoder_repo_is_not_installed_not_broken(tmp_path):
+    """AudioGen without its T5 repo is a model to pull (409 with the command), not damaged files (503)."""
+    from lib.settings import Settings
+    from server.engine.registry import ModelRegistry
+
+    hub = tmp_path / "hub"
+    write_tiny_models(hub, ["audiogen-medium"])
+    shutil.rmtree(store.repo_folder("google-t5/t5-large", hub))
+    assert not store.is_installed(SPEC, hub)
+    registry = ModelRegistry(Settings(models_dir=hub, data_dir=tmp_path / "data", device="cpu"))
+    with pytest.raises(store.ModelNotInstalled, match="models pull audiogen-medium"):
+        registry.get("audiogen-medium")
