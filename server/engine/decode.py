@@ -368,19 +368,44 @@ def generate_codes(
     return [results.get(h) for h in handles]
 
 
+# Long timelines decode in pieces of this many frames (30 s at 50 Hz), each with this many frames of
+# context on both sides that are decoded and dropped. EnCodec's activations grow with the length
+# (musicgen's 32 kHz codec: ~1.2 GB for 30 s, ~11 GB for 300 s in one pass); with 1 s of context the
+# pieces join to within float noise of a single pass (~4e-8 at real shapes, random weights).
+DECODE_CHUNK_FRAMES = 1500
+DECODE_CONTEXT_FRAMES = 50
+
+
 @torch.inference_mode()
 def codes_to_audio(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
     """[K, n_frames] codes -> [channels, samples] float32 waveform at the model's native rate.
-    Stereo models interleave L/R codebooks; each channel is decoded on its own, as transformers does."""
+    Stereo models interleave L/R codebooks; each channel is decoded on its own, as transformers does.
+    Up to DECODE_CHUNK_FRAMES frames decode in one pass, exactly as transformers decodes them."""
     codec = lm.model.audio_encoder
-    frames = codes.to(lm.device)[None, None]  # [chunks=1, batch=1, K, T]
+    codes = codes.to(lm.device)
+    n_frames = codes.shape[-1]
+    hop = round(lm.sample_rate / lm.frame_rate_hz)
+
+    def decode(piece: torch.Tensor) -> torch.Tensor:  # [K', T] -> [1, samples]
+        return codec.decode(piece[None, None], audio_scales=[None]).audio_values[0]
+
+    def decode_channel(channel_codes: torch.Tensor) -> torch.Tensor:
+        if n_frames <= DECODE_CHUNK_FRAMES:
+            return decode(channel_codes)
+        pieces = []
+        for start in range(0, n_frames, DECODE_CHUNK_FRAMES):
+            end = min(n_frames, start + DECODE_CHUNK_FRAMES)
+            first, last = max(0, start - DECODE_CONTEXT_FRAMES), min(n_frames, end + DECODE_CONTEXT_FRAMES)
+            audio = decode(channel_codes[:, first:last])
+            skip = (start - first) * hop
+            pieces.append(audio[:, skip : skip + (end - start) * hop])
+        return torch.cat(pieces, dim=-1)
+
     if lm.stereo:
-        left = codec.decode(frames[:, :, ::2], audio_scales=[None]).audio_values
-        right = codec.decode(frames[:, :, 1::2], audio_scales=[None]).audio_values
-        audio = torch.cat([left, right], dim=1)
+        audio = torch.cat([decode_channel(codes[::2]), decode_channel(codes[1::2])], dim=0)
     else:
-        audio = codec.decode(frames, audio_scales=[None]).audio_values
-    return audio[0].float().cpu()
+        audio = decode_channel(codes)
+    return audio.float().cpu()
 
 
 @torch.inference_mode()

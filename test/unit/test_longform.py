@@ -94,3 +94,17 @@ def test_continuation_past_the_window(registry):
     prompt = np.zeros((1, SR * 5), dtype=np.float32)
     plan = LongForm(lm, AudioRequest("x", duration_s=35.0, seed=0, prompt_audio=prompt), stride_s=18.0)
     assert [(w.context_frames, w.new_frames) for w in plan.windows] == [(250, 1250), (1000, 500)]
+
+
+@pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small"])
+def test_long_timelines_decode_in_pieces_that_join_seamlessly(registry, name, monkeypatch):
+    from server.engine import decode
+
+    lm = registry.get(name)
+    codes = torch.randint(0, 2048, (lm.num_codebooks, 350), generator=torch.Generator().manual_seed(0))
+    whole = decode.codes_to_audio(lm, codes)  # 350 frames: one pass
+    monkeypatch.setattr(decode, "DECODE_CHUNK_FRAMES", 100)
+    pieces = decode.codes_to_audio(lm, codes)  # four pieces with 50 frames of context each side
+    assert pieces.shape == whole.shape == (lm.channels, 350 * 640)
+    assert not torch.equal(pieces, whole)  # really decoded differently...
+    assert (pieces - whole).abs().max() < 1e-4 * whole.abs().max()  # ...to the same audio
