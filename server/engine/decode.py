@@ -377,35 +377,34 @@ DECODE_CONTEXT_FRAMES = 50
 
 
 @torch.inference_mode()
-def codes_to_audio(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
-    """[K, n_frames] codes -> [channels, samples] float32 waveform at the model's native rate.
-    Stereo models interleave L/R codebooks; each channel is decoded on its own, as transformers does.
-    Up to DECODE_CHUNK_FRAMES frames decode in one pass, exactly as transformers decodes them."""
+def decode_piece(lm: LoadedModel, codes: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """The audio [channels, (end - start) * hop] of frames [start, end) of the codes [K, n_frames]:
+    one codec pass over them plus up to DECODE_CONTEXT_FRAMES on each side, which are dropped.
+    Stereo models interleave L/R codebooks; each channel is decoded on its own, as transformers does."""
     codec = lm.model.audio_encoder
-    codes = codes.to(lm.device)
-    n_frames = codes.shape[-1]
     hop = round(lm.sample_rate / lm.frame_rate_hz)
+    first, last = max(0, start - DECODE_CONTEXT_FRAMES), min(codes.shape[-1], end + DECODE_CONTEXT_FRAMES)
+    frames = codes[:, first:last].to(lm.device)[None, None]  # [chunks=1, batch=1, K, T]
 
-    def decode(piece: torch.Tensor) -> torch.Tensor:  # [K', T] -> [1, samples]
-        return codec.decode(piece[None, None], audio_scales=[None]).audio_values[0]
+    def decode(channel: torch.Tensor) -> torch.Tensor:
+        return codec.decode(channel, audio_scales=[None]).audio_values[0]  # [1, samples]
 
-    def decode_channel(channel_codes: torch.Tensor) -> torch.Tensor:
-        if n_frames <= DECODE_CHUNK_FRAMES:
-            return decode(channel_codes)
-        pieces = []
-        for start in range(0, n_frames, DECODE_CHUNK_FRAMES):
-            end = min(n_frames, start + DECODE_CHUNK_FRAMES)
-            first, last = max(0, start - DECODE_CONTEXT_FRAMES), min(n_frames, end + DECODE_CONTEXT_FRAMES)
-            audio = decode(channel_codes[:, first:last])
-            skip = (start - first) * hop
-            pieces.append(audio[:, skip : skip + (end - start) * hop])
-        return torch.cat(pieces, dim=-1)
+    audio = torch.cat([decode(frames[:, :, ::2]), decode(frames[:, :, 1::2])]) if lm.stereo else decode(frames)
+    skip = (start - first) * hop
+    return audio[:, skip : skip + (end - start) * hop].float().cpu()
 
-    if lm.stereo:
-        audio = torch.cat([decode_channel(codes[::2]), decode_channel(codes[1::2])], dim=0)
-    else:
-        audio = decode_channel(codes)
-    return audio.float().cpu()
+
+def piece_bounds(n_frames: int) -> list[tuple[int, int]]:
+    """How a timeline of n_frames is cut into codec passes (one pass up to DECODE_CHUNK_FRAMES)."""
+    return [(s, min(n_frames, s + DECODE_CHUNK_FRAMES)) for s in range(0, n_frames, DECODE_CHUNK_FRAMES)]
+
+
+@torch.inference_mode()
+def codes_to_audio(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
+    """[K, n_frames] codes -> [channels, samples] float32 waveform at the model's native rate. Up to
+    DECODE_CHUNK_FRAMES frames decode in one pass, exactly as transformers decodes them; longer ones
+    in pieces (decode_piece)."""
+    return torch.cat([decode_piece(lm, codes, s, e) for s, e in piece_bounds(codes.shape[-1])], dim=-1)
 
 
 @torch.inference_mode()

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from server.engine import delay
+from server.engine import decode, delay
 from server.engine.chroma import chroma, window_samples
-from server.engine.decode import DecodeRequest, audio_to_codes, codes_to_audio
+from server.engine.decode import DecodeRequest, audio_to_codes
 from server.engine.errors import UnsupportedRequest
 from server.engine.loaded import LoadedModel
 
@@ -127,6 +127,11 @@ class LongForm:
         # LM steps each window runs (its prefill counts as one): the unit of progress.
         self.window_steps = [delay.num_steps(w.n_frames, delays) - w.context_frames for w in self.windows]
         self.index = 0
+        self.have = n_prompt  # frames of the timeline that are final
+        # The codec passes (decode.piece_bounds), decoded as soon as their frames and context are final,
+        # so a long request's audio comes piece by piece between windows, not all at the end.
+        self._pieces = decode.piece_bounds(self.total_frames)
+        self._audio: list[torch.Tensor] = []
 
     def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:
         if audio is None:
@@ -177,6 +182,15 @@ class LongForm:
         first = w.start_frame + w.context_frames
         self.codes[:, first : w.start_frame + w.n_frames] = codes[:, w.context_frames :].cpu()
         self.index += 1
+        self.have = w.start_frame + w.n_frames
+        self._decode_ready()
+
+    def _decode_ready(self) -> None:
+        while len(self._audio) < len(self._pieces):
+            start, end = self._pieces[len(self._audio)]
+            if self.have < self.total_frames and end + decode.DECODE_CONTEXT_FRAMES > self.have:
+                return
+            self._audio.append(decode.decode_piece(self.lm, self.codes, start, end))
 
     def progress(self, steps_done: int = 0) -> tuple[int, int]:
         """(steps done, steps in all) over every window; steps_done: the current window's
@@ -189,7 +203,10 @@ class LongForm:
         """The whole timeline decoded, cut to exactly the asked duration (after the prompt, which
         leads the answer when include_prompt)."""
         lm, item = self.lm, self.item
-        audio = codes_to_audio(lm, self.codes).numpy()
+        if self.have < self.total_frames:
+            raise RuntimeError("the timeline is not complete")
+        self._decode_ready()
+        audio = torch.cat(self._audio, dim=-1).numpy()
         start = self.n_prompt * self.hop
         n_samples = round(item.duration_s * lm.sample_rate)
         first = 0 if item.include_prompt else start

@@ -108,3 +108,16 @@ def test_long_timelines_decode_in_pieces_that_join_seamlessly(registry, name, mo
     assert pieces.shape == whole.shape == (lm.channels, 350 * 640)
     assert not torch.equal(pieces, whole)  # really decoded differently...
     assert (pieces - whole).abs().max() < 1e-4 * whole.abs().max()  # ...to the same audio
+
+
+def test_a_long_request_decodes_its_audio_between_windows(registry, monkeypatch):
+    from server.engine import decode
+
+    monkeypatch.setattr(decode, "DECODE_CHUNK_FRAMES", 500)
+    lm = registry.get("musicgen-small")
+    plan = LongForm(lm, AudioRequest("x", duration_s=45.0, seed=1), stride_s=18.0)
+    plan.accept(generate_codes(lm, [plan.request()])[0])
+    assert len(plan._audio) == 2  # frames 0-1000 (and 50 frames of context) are final after window 0
+    plan.accept(generate_codes(lm, [plan.request()])[0])
+    wave = plan.waveform()
+    assert np.array_equal(wave.audio, decode.codes_to_audio(lm, plan.codes).numpy())

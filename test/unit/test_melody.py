@@ -131,10 +131,11 @@ def test_melody_with_audio_prompt_matches_transformers(registry):
     assert torch.equal(generate_codes(lm, [request])[0], want)
 
 
-def test_prefixed_requests_join_a_running_batch_unchanged(registry):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8", "int8-dynamic", "int8-rows"])
+def test_prefixed_requests_join_a_running_batch_unchanged(tiny_hub, precision):
     """A melody or prompted request prefills on its own as it joins; the batch does not change it, nor
-    does it change the others."""
-    lm = registry.get("musicgen-stereo-melody")
+    does it change the others, in every precision."""
+    lm = ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype=precision)).get("musicgen-stereo-melody")
     codes = audio_to_codes(lm, 0.2 * torch.randn(2, SR // 2, generator=torch.Generator().manual_seed(3)))
     plain = DecodeRequest("drums", 40, seed=1)
     melodic = DecodeRequest("pads", 35, seed=2, top_p=0.9, chroma=chroma(tone(262.0, 1.0)))
