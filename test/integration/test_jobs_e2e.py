@@ -70,6 +70,40 @@ def test_sigkill_then_restart_completes_every_job_once(tiny_hub, tmp_path):
         server.terminate()
 
 
+def test_melody_and_continuation_jobs_keep_their_input_across_a_crash(tiny_hub, tmp_path):
+    """The input audio is kept with the job: a long melody or continuation job killed mid-run runs
+    again after a restart, window after window, to the audio a fresh run makes."""
+    import base64
+
+    import numpy as np
+
+    t = np.arange(32000 * 2) / 32000
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 294 * t)).astype(np.float32), 32000, format="WAV")
+    audio = base64.b64encode(buf.getvalue()).decode()
+    bodies = [
+        {"kind": "melody", "melody": audio, "prompt": "strings", "duration": 40, "seed": 1, **EXACT},
+        {"kind": "continuation", "audio": audio, "duration": 35, "seed": 2, "include_prompt": False, **EXACT},
+    ]
+    server = ServerProcess(tiny_hub, tmp_path / "data", max_batch=2).start()
+    with server.client() as c:
+        ids = c.post("/api/jobs", json=bodies).json()["ids"]
+        wait_running(c, ids[0], min_progress=0.05)
+    server.kill()
+    server.start()
+    try:
+        with server.client() as c:
+            jobs = wait_all(c, ids)
+            assert [j["result"]["duration_s"] for j in jobs] == [40.0, 35.0]
+            for job_id, body in zip(ids, bodies, strict=True):
+                kind = body.pop("kind")
+                fresh = c.post(f"/api/generate/{kind}", json=body)
+                assert fresh.status_code == 200, fresh.text
+                assert fresh.content == c.get(f"/api/jobs/{job_id}/audio").content
+    finally:
+        server.terminate()
+
+
 def test_graceful_stop_requeues_what_it_cannot_finish(tiny_hub, tmp_path):
     server = ServerProcess(tiny_hub, tmp_path / "data", max_batch=1, stop_timeout_s=0.2).start()
     with server.client() as c:
