@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator, model_validator
 
 AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
 Normalize = Literal["loudness", "peak", "none"]
@@ -275,6 +275,19 @@ class ContinuationJob(ContinuationRequest):
     """A continuation item of POST /api/jobs (the prompt as base64, audio_job or audio_content)."""
 
     kind: Literal["continuation"]
+
+
+class SoundJob(SoundRequest):
+    """A sound item of POST /api/jobs."""
+
+    kind: Literal["sound"]
+
+
+JobItem = MusicJob | SoundJob | MelodyJob | ContinuationJob
+
+
+class JobsRequest(RootModel[JobItem | list[JobItem]]):
+    """The body of POST /api/jobs: one item, by `kind` (music when absent), or a list of them."""
 
 
 class JobsSubmitted(BaseModel):

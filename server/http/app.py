@@ -13,7 +13,6 @@ from starlette.routing import Route
 from lib import __version__
 from lib.schemas import (
     CodecCodes,
-    ContinuationJob,
     ContinuationRequest,
     DecodeOptions,
     EncodeOptions,
@@ -21,12 +20,11 @@ from lib.schemas import (
     Job,
     JobAccepted,
     JobList,
+    JobsRequest,
     JobsSubmitted,
-    MelodyJob,
     MelodyRequest,
     ModelInfo,
     ModelList,
-    MusicJob,
     MusicRequest,
     SoundRequest,
 )
@@ -104,7 +102,7 @@ ENDPOINTS = [
         "/api/jobs",
         jobs.submit_jobs,
         "Submit one job or a list (bulk work, queued behind interactive requests)",
-        body=MusicJob,
+        body=JobsRequest,
         answer=JobsSubmitted,
         status=202,
         errors=(400, 404, 409, 413, 422, 429),
@@ -165,7 +163,7 @@ ENDPOINTS = [
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
     settings = settings or Settings()
     svc = services or build_services(settings)
-    extra = (JobAccepted, CodecCodes, MelodyJob, ContinuationJob)
+    extra = (JobAccepted, CodecCodes)
     document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=extra)
     codec.document_uploads(document)
     generate.document_uploads(document)

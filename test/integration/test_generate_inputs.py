@@ -232,7 +232,12 @@ def test_openapi_documents_the_new_endpoints(client):
     assert upload["format"] == "binary"
     props = doc["components"]["schemas"]["ContinuationRequest"]["properties"]
     assert {"audio", "audio_job", "audio_content", "include_prompt", "prompt", "duration"} <= set(props)
-    assert "MelodyJob" in doc["components"]["schemas"]
+    jobs = doc["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert jobs["$ref"].endswith("/JobsRequest")
+    items = doc["components"]["schemas"]["JobsRequest"]["anyOf"]
+    assert {i["$ref"].rsplit("/", 1)[1] for i in items if "$ref" in i} == {
+        "MusicJob", "SoundJob", "MelodyJob", "ContinuationJob"
+    }  # fmt: skip
 
 
 def test_continuation_on_audiogen_past_its_window(client):
