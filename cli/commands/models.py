@@ -39,7 +39,7 @@ def list_models(
             ", ".join(m.capabilities),
             "yes" if m.installed else "no",
             ui.human_bytes(m.size_on_disk_bytes) if m.installed else "",
-            f"{m.device}/{m.dtype}" if m.loaded else "",
+            f"{m.device}/{m.dtype}, {ui.human_bytes(m.memory_bytes)}" if m.loaded else "",
             f"{m.sample_rate // 1000} kHz {'stereo' if m.channels == 2 else 'mono'}",
             m.licence,
         ]
