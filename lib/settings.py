@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     dtype: Precision = Field(
         "auto",
         description=(
-            "Language-model precision. auto: int8 (weight-only) on CPU, float16 on CUDA. "
+            "Language-model precision. auto: int8-dynamic on x86 CPUs (int8 weight-only elsewhere), float16 on CUDA. "
             "float32 is token-identical to transformers; the int8 kinds are CPU only, float16 CUDA only. "
             "Fidelity and speed of each: docs/benchmarks.md"
         ),
