@@ -30,6 +30,7 @@ from lib.schemas import (
 )
 from lib.settings import Settings
 from server.http import errors
+from server.http.auth import ApiKeyMiddleware
 from server.http.openapi import Endpoint, build_document
 from server.http.routes import codec, generate, health, jobs, models
 from server.services import Services, build_services
@@ -193,6 +194,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
         exception_handlers={cls: errors.handle for cls in errors.HANDLED},
     )
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.state.services = svc
     app.state.openapi = document
     return app

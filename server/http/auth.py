@@ -1,0 +1,39 @@
+"""The optional API key: when `AUDIOCRAFT_API_KEY` is set, /api/* needs `Authorization: Bearer <key>`.
+
+/health, /metrics and /openapi.json stay open: orchestrators and monitoring probe them without
+credentials, and they hold nothing private. A plain ASGI middleware (not BaseHTTPMiddleware), so
+streamed answers (SSE, audio) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server.http.errors import error_response
+
+PROTECTED_PREFIX = "/api/"
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX) or self._allowed(scope):
+            await self.app(scope, receive, send)
+            return
+        response = error_response(
+            401,
+            "unauthorized",
+            "this service needs an API key",
+            hint="send the header 'Authorization: Bearer <key>' (the CLI reads AUDIOCRAFT_API_KEY)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+    def _allowed(self, scope: Scope) -> bool:
+        sent = dict(scope["headers"]).get(b"authorization", b"")
+        return hmac.compare_digest(sent, self.expected)  # constant time: no key guessing by timing
