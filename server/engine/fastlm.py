@@ -24,6 +24,7 @@ GEMV for one row differs from its GEMM for two). So dense matmuls always run on 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,12 +88,8 @@ class PackedLinear:
         elif self.kind == "int8rows":
             self.scales = scale
         else:  # qdynamic: the codes prepacked for fbgemm at unit scale; the channel scales applied after
-            unit = torch.quantize_per_channel(
-                self.weight.float(),
-                torch.ones_like(scale, dtype=torch.double),
-                torch.zeros_like(scale, dtype=torch.long),
-                0,
-                torch.qint8,
+            unit = torch._make_per_channel_quantized_tensor(
+                self.weight, torch.ones_like(scale, dtype=torch.double), torch.zeros_like(scale, dtype=torch.long), 0
             )
             self.packed = torch.ops.quantized.linear_prepack(unit, None)
             self.scales = scale
@@ -245,7 +242,10 @@ class RequestCache:
 class FastLM:
     """The decoder of a MusicgenForCausalLM, as packed weights and a step function."""
 
-    def __init__(self, causal_lm, precision: str, device: torch.device):
+    def __init__(self, causal_lm, precision: str, device: torch.device, release: bool = False):
+        """release: free each transformers layer's weights (to the meta device) as soon as it is
+        packed, so a load never holds the fp32 decoder and its packed copy at once (the caller gives up
+        the transformers decoder)."""
         config = causal_lm.config
         decoder = causal_lm.model.decoder
         self.precision = precision
@@ -287,26 +287,31 @@ class FastLM:
                     start += n
             return packed
 
-        self.layers: list[_Layer] = []
-        for layer in decoder.layers:
+        def build(layer) -> _Layer:  # noqa: ANN001
             attn = layer.self_attn
             cross = getattr(layer, "encoder_attn", None)
-            self.layers.append(
-                _Layer(
-                    norm_self=_Norm.of(layer.self_attn_layer_norm, device),
-                    qkv=fused(attn.q_proj, attn.k_proj, attn.v_proj),
-                    out=lin(attn.out_proj),
-                    norm_cross=_Norm.of(layer.encoder_attn_layer_norm, device) if cross is not None else None,
-                    cross_q=lin(cross.q_proj) if cross is not None else None,
-                    cross_k=lin(cross.k_proj) if cross is not None else None,
-                    cross_v=lin(cross.v_proj) if cross is not None else None,
-                    cross_out=lin(cross.out_proj) if cross is not None else None,
-                    norm_ffn=_Norm.of(layer.final_layer_norm, device),
-                    fc1=lin(layer.fc1),
-                    fc2=lin(layer.fc2),
-                    activation=layer.activation_fn,
-                )
+            packed_layer = _Layer(
+                norm_self=_Norm.of(layer.self_attn_layer_norm, device),
+                qkv=fused(attn.q_proj, attn.k_proj, attn.v_proj),
+                out=lin(attn.out_proj),
+                norm_cross=_Norm.of(layer.encoder_attn_layer_norm, device) if cross is not None else None,
+                cross_q=lin(cross.q_proj) if cross is not None else None,
+                cross_k=lin(cross.k_proj) if cross is not None else None,
+                cross_v=lin(cross.v_proj) if cross is not None else None,
+                cross_out=lin(cross.out_proj) if cross is not None else None,
+                norm_ffn=_Norm.of(layer.final_layer_norm, device),
+                fc1=lin(layer.fc1),
+                fc2=lin(layer.fc2),
+                activation=layer.activation_fn,
             )
+            if release:
+                layer.to("meta")
+            return packed_layer
+
+        # Layers are packed in parallel: fbgemm's weight packing runs on one core, and packing is most
+        # of an int8 model's load time (torch ops release the GIL).
+        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+            self.layers: list[_Layer] = list(pool.map(build, decoder.layers))
         self.has_cross_attention = all(layer.cross_q is not None for layer in self.layers)
         self.final_norm = _Norm.of(decoder.layer_norm, device)
         self.heads_out = fused(*causal_lm.lm_heads)

@@ -118,7 +118,7 @@ def prepare(model, spec: ModelSpec, tokenizer, device: torch.device, dtype: torc
         lm.fast = FastLM(model.decoder, precision, device)
         return_freed_memory()  # the separate q/k/v weights, now views of the fused one
         return lm
-    lm.fast = FastLM(model.decoder, precision, device)
+    lm.fast = FastLM(model.decoder, precision, device, release=True)
     model.decoder.to("meta")
     for name, child in model.named_children():
         if name != "decoder":
@@ -147,6 +147,26 @@ def return_freed_memory() -> None:
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+BIG_BLOCK_BYTES = 16 * 2**20
+
+
+def map_big_blocks() -> None:
+    """Give every allocation of 16 MB or more its own mapping, returned to the OS when freed.
+
+    glibc raises its mmap threshold each time a big block is freed, so the weights released while a
+    model is packed (one fp32 layer after another) stay in its heap and count in RSS until the end:
+    musicgen-large peaked at 22.5 GB loading at int8, 17.4 GB with this (docs/benchmarks.md). A fixed
+    threshold stops that. Decode steps allocate far below 16 MB, so they never pay for a mapping.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, BIG_BLOCK_BYTES)
     except (OSError, AttributeError):  # not glibc
         pass
 

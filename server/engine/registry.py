@@ -22,7 +22,7 @@ from server.engine import store
 from server.engine.codec.codec import load_encodec
 from server.engine.device import pick_device, pick_dtype
 from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
-from server.engine.loaded import LoadedModel, load_audiogen, load_musicgen, return_freed_memory
+from server.engine.loaded import LoadedModel, load_audiogen, load_musicgen, map_big_blocks, return_freed_memory
 
 _LOADERS = {
     "musicgen": load_musicgen,
@@ -58,6 +58,7 @@ def device_memory_bytes(device: torch.device) -> int:
 
 class ModelRegistry:
     def __init__(self, settings: Settings):
+        map_big_blocks()
         self.settings = settings
         self.device = pick_device(settings.device)
         self.dtype = pick_dtype(settings.dtype, self.device)
