@@ -74,9 +74,11 @@ def test_sound_default_is_5s_wav_from_audiogen(client):
 
 def test_sound_past_the_window_and_wrong_models(client):
     # Past AudioGen's 10 s window: sliding windows, and exactly the asked length.
-    r = client.post("/api/generate/sound", json={"prompt": "rain", "duration": 12, "sample_rate": "native"})
+    # 20 s: a 10 s window, then windows of up to 6 s new audio after AudioGen's context.
+    r = client.post("/api/generate/sound", json={"prompt": "rain", "duration": 20, "sample_rate": "native"})
     assert r.status_code == 200, r.text
-    assert sf.info(io.BytesIO(r.content)).frames == 12 * 16000
+    assert sf.info(io.BytesIO(r.content)).frames == 20 * 16000
+    assert float(r.headers["x-duration-s"]) == 20.0
     r = client.post("/api/generate/sound", json={"prompt": "rain", "model": "musicgen-small"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "model"
     r = client.post("/api/generate/music", json={"prompt": "rain", "model": "audiogen-medium"})
