@@ -1,11 +1,12 @@
 """Concurrent requests against the real server (spec §7, issue 7).
 
-On a random-weight musicgen-small of the real shape, installed in a hub-layout folder, it times in
-one run: one 5 s request alone; 10 concurrent 5 s requests with batching (max_batch 10); the same
-10 with batching off (max_batch 1). It records the server's peak memory and /health latency
-(p50/p99, polled every 50 ms) while each load runs.
+On a random-weight MusicGen of the real shape (musicgen-small unless --model says otherwise),
+installed in a hub-layout folder, it times in one run: one 5 s request alone; 10 concurrent 5 s
+requests with batching (max_batch 10); the same 10 with batching off (max_batch 1). It records the
+server's peak memory and /health latency (p50/p99, polled every 50 ms) while each load runs.
 
     .venv/bin/python bench/concurrency.py [--hub /tmp/audiocraft-bench-hub] [--requests 10] [--duration 5]
+        [--model musicgen-medium] [--batching-only]
 """
 
 from __future__ import annotations
@@ -24,22 +25,22 @@ sys.path[:0] = [str(ROOT), str(ROOT / "test")]
 from server_process import ServerProcess  # noqa: E402
 
 
-def install_real_small(hub: Path) -> None:
+def install_real_shape(hub: Path, name: str) -> None:
     from bench.common import build_real_shape
     from lib.catalogue import get_spec
     from server.engine import store
     from server.engine.tiny import _legacy_weight_norm_names, build_tokenizer, write_snapshot
 
-    spec = get_spec("musicgen-small")
+    spec = get_spec(name)
     if store.is_installed(spec, hub):
         return
 
     def save(out: Path) -> None:
-        build_real_shape("musicgen-small").save_pretrained(out)
+        build_real_shape(name).save_pretrained(out)
         _legacy_weight_norm_names(out / "model.safetensors")
         build_tokenizer().save_pretrained(out)
 
-    print(f"writing a real-shape random-weight musicgen-small into {hub} ...", flush=True)
+    print(f"writing a real-shape random-weight {name} into {hub} ...", flush=True)
     write_snapshot(spec, hub, save)
 
 
@@ -81,11 +82,11 @@ def peak_rss_gb(pid: int) -> float:
     return float("nan")
 
 
-def run_load(base: str, n: int, duration_s: float) -> tuple[float, list[int]]:
+def run_load(base: str, n: int, duration_s: float, model: str) -> tuple[float, list[int]]:
     import httpx
 
     def one(i: int) -> int:
-        body = {"prompt": f"request {i}: upbeat electronic music", "duration": duration_s, "seed": i}
+        body = {"prompt": f"request {i}: upbeat electronic music", "duration": duration_s, "seed": i, "model": model}
         return httpx.post(f"{base}/api/generate/music", json=body, timeout=3600).status_code
 
     started = time.perf_counter()
@@ -100,20 +101,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("/tmp/audiocraft-bench-data"))
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--model", default="musicgen-small", help="a MusicGen catalogue name (real shape)")
+    parser.add_argument("--batching-only", action="store_true", help="skip the run with batching off")
     args = parser.parse_args()
-    install_real_small(args.hub)
+    install_real_shape(args.hub, args.model)
 
+    modes = [("batching on", args.requests)] + ([] if args.batching_only else [("batching off", 1)])
     rows = []
-    for label, max_batch in (("batching on", args.requests), ("batching off", 1)):
+    for label, max_batch in modes:
         server = ServerProcess(
             args.hub, args.data / label.replace(" ", "-"), max_batch=max_batch, queue_depth=max(64, args.requests)
         ).start(timeout_s=300)
         try:
-            run_load(server.base, 1, 1.0)  # load the model and warm up
+            run_load(server.base, 1, 1.0, args.model)  # load the model and warm up
             with HealthProbe(server.base) as probe_one:
-                single_s, codes_one = run_load(server.base, 1, args.duration)
+                single_s, codes_one = run_load(server.base, 1, args.duration, args.model)
             with HealthProbe(server.base) as probe:
-                total_s, codes = run_load(server.base, args.requests, args.duration)
+                total_s, codes = run_load(server.base, args.requests, args.duration, args.model)
             p50, p99 = probe.percentiles()
             rows.append(
                 {
@@ -132,7 +136,7 @@ def main() -> None:
             server.terminate()
 
     n = args.requests
-    print(f"\n{n} concurrent {args.duration:g} s requests, real-shape musicgen-small, default precision\n")
+    print(f"\n{n} concurrent {args.duration:g} s requests, real-shape {args.model}, default precision\n")
     print(
         f"| mode | one request (s) | {n} concurrent (s) | ratio | succeeded | server peak RSS (GB) "
         "| /health p50 (ms) | /health p99 (ms) |"
