@@ -17,8 +17,8 @@ import typer
 from cli import ui
 from cli.context import state
 from cli.errors import CliError
+from cli.options import SERVER
 
-SERVER = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)")
 NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar")
 JSON_OUT = typer.Option(False, "--json", help="Print the result as JSON (for scripts)")
 AUDIO_FORMATS = ("wav", "flac", "mp3", "ogg")

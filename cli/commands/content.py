@@ -15,6 +15,7 @@ from rich.markup import escape
 from cli import generation, ui
 from cli.context import State, state
 from cli.errors import CliError, Skipped
+from cli.options import SERVER
 from lib.content import ContentItem, ContentStore
 
 app = typer.Typer(
@@ -151,7 +152,7 @@ def execute(
     ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Also write the audio here"),
     result_name: str | None = typer.Option(None, "--save-as", help="Content name of the result"),
-    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    server: str | None = SERVER,
     fmt: str = typer.Option("text", "--format", "-f", help="text or json"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar"),
     start: bool = typer.Option(False, "--start", help="Start the service first when it is not running"),
@@ -216,7 +217,7 @@ def generate(
     top_p: float | None = typer.Option(None, "--top-p", help="Sampling: nucleus, 0 = off"),
     temperature: float | None = typer.Option(None, "--temperature", help="0 = greedy (default 1.0)"),
     cfg_coef: float | None = typer.Option(None, "--cfg-coef", help="Guidance strength (default 3.0)"),
-    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    server: str | None = SERVER,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar"),
     start: bool = typer.Option(False, "--start", help="Start the service first when it is not running"),

@@ -9,12 +9,12 @@ import typer
 
 from cli import generation
 from cli.context import state
+from cli.options import SERVER
 
 app = typer.Typer(
     help="Generate audio with the running service (a progress bar, then a file).", no_args_is_help=True
 )
 
-SERVER = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)")
 PROMPT = typer.Option(None, "--prompt", "-p", help="What to generate (1-2000 characters)")
 DURATION = typer.Option(
     None, "--duration", "-d", help="Seconds of audio (service default: 10 music, 5 sound)"

@@ -11,11 +11,11 @@ from rich.markup import escape
 from cli import generation, ui
 from cli.context import state
 from cli.errors import CliError
+from cli.options import SERVER
 from lib.schemas import Job
 
 app = typer.Typer(help="Generation jobs on the service: list, inspect, cancel, wait.", no_args_is_help=True)
 
-SERVER = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 

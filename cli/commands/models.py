@@ -9,6 +9,7 @@ import typer
 from cli import ui
 from cli.context import state
 from cli.errors import CliError
+from cli.options import SERVER
 from lib.catalogue import CATALOGUE
 
 app = typer.Typer(
@@ -20,7 +21,7 @@ app = typer.Typer(
 @app.command("list")
 def list_models(
     ctx: typer.Context,
-    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    server: str | None = SERVER,
     fmt: str = typer.Option("text", "--format", "-f", help="text, json or yaml"),
     installed: bool = typer.Option(False, "--installed", help="Only installed models"),
 ) -> None:
@@ -142,7 +143,7 @@ def _pull_in_process(st, spec, progress: bool) -> None:  # noqa: ANN001
 def pull(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A catalogue name, e.g. musicgen-small"),
-    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    server: str | None = SERVER,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Draw a progress bar"),
 ) -> None:
     """Download a model (only the files the engine needs) into the hub cache, resuming a cut one.
@@ -187,7 +188,7 @@ def pull(
 def remove(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A catalogue name"),
-    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    server: str | None = SERVER,
     yes: bool = typer.Option(False, "--yes", "-y", help="No confirmation"),
 ) -> None:
     """Delete a model's files from the hub cache (unloading it first). Refused while jobs use it."""
@@ -209,7 +210,7 @@ def remove(
 def info(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A catalogue name"),
-    server: str | None = typer.Option(None, "--server", help="Service URL (default: the settings' endpoint)"),
+    server: str | None = SERVER,
     fmt: str = typer.Option("text", "--format", "-f", help="text, json or yaml"),
 ) -> None:
     """One model: what it does, installed, size, loaded (device, dtype, memory), licence."""
