@@ -377,6 +377,21 @@ class FastLM:
         # keys is faster on CPU than bf16.
         return torch.stack(ks).to(self.act_dtype).contiguous(), torch.stack(vs).to(self.act_dtype).contiguous()
 
+    def _cross_attention(self, q: torch.Tensor, cache: RequestCache, li: int) -> torch.Tensor:
+        """The conditional row's cross-attention, q [1, heads, L, head_dim] -> [1, heads, L, head_dim].
+
+        float32 runs it at the batch size transformers uses (the request's rows), the conditional row
+        repeated. torch's CPU attention kernel gives other bits for a row attended alone than for the
+        same row in a batch of 2, for most text lengths (measured on an AMD EPYC Zen 4 with its AVX-512
+        kernels and with torch, MKL and oneDNN held to AVX2: lengths 8, 9, 11-13, 15-17, ... differ);
+        a row's bits do not depend on the other row's values or mask. This was why float32 was not
+        bitwise transformers' on AVX2 machines. The other precisions attend the one row."""
+        k, v = cache.cross_k[li], cache.cross_v[li]
+        rows = cache.rows if self.exact else 1
+        if rows > 1:
+            q, k, v = (t.expand(rows, -1, -1, -1) for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scaling)[:1]
+
     # -- the step -----------------------------------------------------------------------------
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -437,9 +452,7 @@ class FastLM:
 
             if layer.cross_q is not None:  # the conditional row only (row 0): the null row's is exactly 0
                 cq = layer.cross_q(layer.norm_cross(h[0]).to(act), blocked=False).to(act)
-                out = F.scaled_dot_product_attention(
-                    split_heads(cq, 1), cache.cross_k[li], cache.cross_v[li], scale=self.scaling
-                )
+                out = self._cross_attention(split_heads(cq, 1), cache, li)
                 cross = layer.cross_out(out.transpose(1, 2).reshape(length, hidden), blocked=False).float()
                 h[0] += cross  # h is this layer's own tensor: in place is safe
 
@@ -513,12 +526,7 @@ class FastLM:
                 cq = layer.cross_q(layer.norm_cross(cond_h).to(act), cond_spans).to(act)
                 catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=act) if single is None else None
                 for i, c in enumerate(caches):
-                    out = F.scaled_dot_product_attention(
-                        cq[i : i + 1].view(1, heads, 1, head_dim),
-                        c.cross_k[li],
-                        c.cross_v[li],
-                        scale=self.scaling,
-                    )
+                    out = self._cross_attention(cq[i : i + 1].view(1, heads, 1, head_dim), c, li)
                     if catt is None:
                         catt = out.transpose(1, 2).reshape(1, hidden)
                     else:
