@@ -121,7 +121,9 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On stop, running work gets this long to finish; the rest runs again at next start"
     )
     job_retention_h: float = Field(168.0, gt=0, description="Finished jobs and their audio are kept this long")
-    torch_threads: int = Field(0, ge=0, description="Threads for torch; 0 = one per core")
+    torch_threads: int = Field(
+        0, ge=0, description="Threads for torch; 0 = one per usable core (affinity and cgroup CPU quota)"
+    )
 
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

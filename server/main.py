@@ -27,6 +27,9 @@ def log_config(settings: Settings) -> dict:
 
 
 def serve(settings: Settings) -> None:
+    from server.engine import threads
+
+    threads.prepare_environment(settings.torch_threads)  # before anything imports torch
     import uvicorn
 
     from server.http.app import create_app

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from lib.catalogue import ModelSpec
 from lib.settings import Settings
-from server.engine import store
+from server.engine import store, threads
 from server.engine.registry import ModelInUse, ModelRegistry
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.downloads import Downloads
@@ -34,10 +34,7 @@ class Services:
         return {"max_duration_s": self.settings.max_duration_s, "max_prompt_chars": self.settings.max_prompt_chars}
 
     def start(self) -> None:
-        if self.settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.settings.torch_threads)
+        threads.apply(self.settings.torch_threads)
         self.scheduler.start()
         self._stopped.clear()
         self._reaper = threading.Thread(target=self._unload_idle_models, name="audiocraft-idle", daemon=True)
