@@ -7,7 +7,20 @@
 # installed"). `manage install` runs `make install`, which adds the server extra to the same venv.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The real folder of this script, also when it is reached through a symlink (the platform installs
+# `~/.local/bin/resource-audiocraft -> <repo>/cli.sh`). `readlink -f` is not on every system (older
+# macOS), so the links are followed one at a time.
+real_path() {
+    local path="$1" dir
+    while [[ -L "${path}" ]]; do
+        dir="$(cd -P "$(dirname "${path}")" && pwd)"
+        path="$(readlink "${path}")"
+        [[ "${path}" == /* ]] || path="${dir}/${path}"
+    done
+    echo "$(cd -P "$(dirname "${path}")" && pwd)/$(basename "${path}")"
+}
+
+ROOT="$(dirname "$(real_path "${BASH_SOURCE[0]}")")"
 VENV="${ROOT}/.venv"
 CLI="${VENV}/bin/resource-audiocraft"
 

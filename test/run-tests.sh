@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The contract's test entry point:  test/run-tests.sh smoke|integration|unit|all [pytest args...]
+# (the flag form, `--smoke`, `--integration`, `--unit`, `--all`, is the same: the platform passes it)
 #   smoke        checks the running service (AUDIOCRAFT_HOST/PORT); 0 or 1, within 30 s
 #   integration  the CLI and the API end to end (starts its own servers on free ports)
 #   unit         fast tests of the parts; 2 when there are none
@@ -10,6 +11,7 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 phase="${1:-all}"
 shift || true
+phase="${phase#--}"
 
 case "${phase}" in
     smoke | integration | unit)
@@ -29,7 +31,7 @@ case "${phase}" in
         exit ${overall}
         ;;
     *)
-        echo "usage: $(basename "$0") smoke|integration|unit|all [pytest args...]" >&2
+        echo "usage: $(basename "$0") smoke|integration|unit|all (or --smoke, ...) [pytest args...]" >&2
         exit 1
         ;;
 esac
