@@ -76,6 +76,11 @@ app.command("help", help="Usage examples, available commands and the default con
 )
 app.command("info")(lifecycle.info_command)
 app.add_typer(manage.app, name="manage")
+# The platform falls back to top-level `start` when `manage start --force` fails: the same commands,
+# flags and exit codes as `manage start|stop|restart`.
+app.command("start", help="Alias of `manage start`: " + (manage.start.__doc__ or ""))(manage.start)
+app.command("stop", help="Alias of `manage stop`: " + (manage.stop.__doc__ or ""))(manage.stop)
+app.command("restart", help="Alias of `manage restart`: " + (manage.restart.__doc__ or ""))(manage.restart)
 app.command("status")(lifecycle.status_command)
 app.command("logs")(lifecycle.logs_command)
 app.command("credentials")(lifecycle.credentials_command)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -127,6 +127,12 @@ class Settings(BaseSettings):
 
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Enum-like settings take any case (the platform's defaults say AUDIOCRAFT_LOG_LEVEL=INFO).
+    @field_validator("device", "dtype", "model_dtype", "runtime", "torch", "log_level", mode="before")
+    @classmethod
+    def _any_case(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
 
     def stride_s(self, kind: str) -> float:
         """New seconds per window of long-form generation, for a model kind."""

@@ -30,6 +30,8 @@ USAGE_EXAMPLES = """\
   resource-audiocraft manage install                 # the venv with the server (2 if already there)
   resource-audiocraft manage start --wait            # start the service and wait until healthy
   resource-audiocraft status --json                  # {"running": true, "healthy": true, ...}
+  resource-audiocraft status --format json --fast    # pid/container state and one quick /health (< 1 s)
+  resource-audiocraft manage start --force           # start, or restart when it runs (exit 0); also: start
   resource-audiocraft content generate --type music --prompt "calm piano" --duration 5 --output calm.wav
   resource-audiocraft content list --format json
   resource-audiocraft generate music --prompt "lofi beat" --duration 8 --output beat.wav
@@ -48,7 +50,9 @@ USAGE_EXAMPLES = """\
 
 def help_command(ctx: typer.Context) -> None:
     """Usage examples, available commands and the default configuration."""
-    s = state(ctx).settings()
+    st = state(ctx)
+    st.lenient = True  # a bad setting is a warning here, never a failure
+    s = st.settings()
     root = ctx.find_root().command
     out = ui.out
     out.print(
@@ -127,17 +131,30 @@ def load_runtime_json() -> dict[str, Any]:
 
 def info_command(
     ctx: typer.Context,
-    json_out: bool = typer.Option(False, "--json", help="Print config/runtime.json as JSON"),
+    json_out: bool = typer.Option(
+        False, "--json", help="As JSON: name, description, version, port, endpoint and config/runtime.json's fields"
+    ),
 ) -> None:
-    """Runtime facts for orchestrators, from config/runtime.json."""
-    data = load_runtime_json()
-    if json_out:
-        ui.print_json(data)
-        return
-    s = state(ctx).settings()
-    from lib import __version__
+    """Runtime facts for orchestrators: who this is, where it listens, and config/runtime.json."""
+    from lib import __description__, __version__
 
-    ui.out.print(f"[bold]resource-audiocraft[/bold] {__version__}")
+    data = load_runtime_json()
+    st = state(ctx)
+    st.lenient = True  # a bad setting is a warning here, never a failure
+    s = st.settings()
+    if json_out:
+        ui.print_json(
+            {
+                "name": "resource-audiocraft",
+                "description": __description__,
+                "version": __version__,
+                "port": s.port,
+                "endpoint": s.endpoint,
+                **data,
+            }
+        )
+        return
+    ui.out.print(f"[bold]resource-audiocraft[/bold] {__version__} — {escape(__description__)}")
     rows = [(k, data[k]) for k in RUNTIME_FIELDS] + [
         ("port", s.port),
         ("endpoint", s.endpoint),
@@ -166,13 +183,18 @@ def probe_health(endpoint: str, api_key: str | None, timeout: float = 3.0) -> tu
         return None, f"unexpected /health answer: {str(e).splitlines()[0][:200]}"
 
 
-def collect_status(ctx: typer.Context, verbose: bool = False) -> dict[str, Any]:
+# `status --fast`: the one /health call gets this long (the platform lists services with it, < 1 s).
+FAST_HEALTH_TIMEOUT_S = 0.5
+
+
+def collect_status(ctx: typer.Context, verbose: bool = False, fast: bool = False) -> dict[str, Any]:
+    """The status; `fast`: the pid file or container state and one short /health call, nothing else."""
     st = state(ctx)
     s = st.settings()
     rt = st.runtime()
     rs: RuntimeStatus = rt.status()
     endpoint = rs.endpoint if rs.running else s.endpoint
-    health, why = probe_health(endpoint, s.api_key, timeout=3.0)
+    health, why = probe_health(endpoint, s.api_key, timeout=FAST_HEALTH_TIMEOUT_S if fast else 3.0)
     running = rs.running or health is not None
     healthy = health is not None and health.status == "ok"
     if not running:
@@ -213,7 +235,7 @@ def collect_status(ctx: typer.Context, verbose: bool = False) -> dict[str, Any]:
                 "settings": {k: str(v) for k, v in _config_rows(s)},
             }
         )
-        if health is not None:
+        if health is not None and not fast:
             try:
                 with st.client(endpoint, timeout=3.0) as c:
                     data["catalogue"] = [
@@ -232,10 +254,17 @@ def status_command(
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Add paths, settings and the model catalogue"
     ),
+    fast: bool = typer.Option(
+        False,
+        "--fast",
+        help=f"Only the pid or container state and one /health call ({FAST_HEALTH_TIMEOUT_S:g} s timeout); "
+        "no catalogue",
+    ),
 ) -> None:
     """Is the service running and healthy? Exit 0 healthy, 1 running but unhealthy, 2 not running."""
     fmt = "json" if json_out else ui.check_format(fmt)
-    data = collect_status(ctx, verbose)
+    state(ctx).lenient = True  # a bad setting is a warning here: status must still answer
+    data = collect_status(ctx, verbose, fast)
     code = OK if data["healthy"] else FAILURE if data["running"] else SKIPPED
     if not ui.emit(data, fmt):
         _print_status_text(data, verbose)

@@ -147,16 +147,29 @@ def wait_healthy(st: State, rt, endpoint: str, timeout: float) -> None:  # noqa:
             time.sleep(0.5)
 
 
-def do_start(ctx: typer.Context, wait: bool, timeout: float, venv: Path | None = None) -> None:
+def do_start(
+    ctx: typer.Context, wait: bool, timeout: float, venv: Path | None = None, force: bool = False
+) -> None:
+    """Start; when it runs already: exit 2, or with `force` restart it (a graceful stop first)."""
     st = state(ctx)
     s = st.settings()
     rt = st.runtime(venv=venv)
     current = rt.status()
     if current.running:
-        raise Skipped(f"already running ({current.describe()}) at {current.endpoint}")
+        if not force:
+            raise Skipped(f"already running ({current.describe()}) at {current.endpoint}", "--force restarts it")
+        ui.info(f"already running ({current.describe()}); --force: restarting it")
+        do_stop(ctx, force=False, timeout=30.0)
     health, _ = probe_health(s.endpoint, s.api_key, timeout=1.5)
     if health is not None:
-        raise Skipped(f"already running at {s.endpoint} (not started by this CLI)")
+        if not force:
+            raise Skipped(f"already running at {s.endpoint} (not started by this CLI)")
+        # Nothing this CLI can restart (no pid file, no container of ours), but the service is up.
+        ui.warn(
+            f"a service already answers at {s.endpoint} but this CLI did not start it, so --force cannot "
+            "restart it; leaving it running"
+        )
+        return
     started = rt.start()
     log = started.log_file or "`resource-audiocraft logs`"
     ui.success(f"started ({rt.name}, {started.describe()}) on {started.endpoint}; log: {log}")
@@ -173,10 +186,13 @@ def start(
     ctx: typer.Context,
     wait: bool = typer.Option(False, "--wait", help="Wait until /health answers ok"),
     timeout: float = typer.Option(60.0, "--timeout", min=1, help="Seconds --wait waits"),
+    force: bool = typer.Option(
+        False, "--force", help="Start whatever the state: if it runs, restart it (exit 0, not 2)"
+    ),
     venv: Path | None = VENV_OPTION,
 ) -> None:
-    """Start the service in the background. Exit 2 when it already runs."""
-    do_start(ctx, wait, timeout, venv)
+    """Start the service in the background. Exit 2 when it already runs (unless --force)."""
+    do_start(ctx, wait, timeout, venv, force=force)
 
 
 def do_stop(ctx: typer.Context, force: bool, timeout: float) -> None:
@@ -209,6 +225,7 @@ def stop(
     ),
 ) -> None:
     """Stop the service: SIGTERM, drain running jobs, SIGKILL after --timeout. Exit 2 when not running."""
+    state(ctx).lenient = True  # a bad setting is a warning here: the service can always be stopped
     do_stop(ctx, force, timeout)
 
 
