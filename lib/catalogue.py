@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,6 +32,8 @@ class ModelSpec:
     licence: str = WEIGHTS_LICENCE
     # Extra repos the model needs at run time (AudioGen's T5 lives in its own repo).
     extra_repos: tuple[str, ...] = field(default=())
+    # Other names accepted for it wherever a model is named (see ALIASES).
+    aliases: tuple[str, ...] = field(default=())
 
     @property
     def window_s(self) -> float | None:
@@ -57,6 +60,9 @@ def _musicgen(name: str, lm_shape: tuple[int, int, int], size_gb: float, stereo:
         approx_size_gb=size_gb,
         text_encoder="t5-base",
         lm_shape=lm_shape,
+        # The short names of AudioCraft's docs and Replicate's `model_version`: small, medium, large,
+        # melody, melody-large, stereo-large, stereo-melody-large, ...
+        aliases=(name.removeprefix("musicgen-"),),
     )
 
 
@@ -137,17 +143,57 @@ CATALOGUE: dict[str, ModelSpec] = {
 }
 
 
+# Every alias and the catalogue name it stands for: the one alias table.
+ALIASES: dict[str, str] = {alias: spec.name for spec in CATALOGUE.values() for alias in spec.aliases}
+assert not set(ALIASES) & set(CATALOGUE), "an alias may not be another model's name"
+
+
+def close_matches(name: str, limit: int = 3) -> list[str]:
+    """The models closest to a misspelt `name`: catalogue names, or `alias (name)` when the alias is closer."""
+    found = difflib.get_close_matches(name.strip().lower(), [*CATALOGUE, *ALIASES], n=2 * limit, cutoff=0.6)
+    shown: dict[str, str] = {}
+    for n in found:
+        target = ALIASES.get(n, n)
+        shown.setdefault(target, f"{n} ({target})" if n in ALIASES else n)
+    return list(shown.values())[:limit]
+
+
 class UnknownModel(LookupError):
+    """A model name that is neither a catalogue name nor an alias; `suggestions` are the close ones."""
+
     def __init__(self, name: str):
         super().__init__(name)
         self.name = name
+        self.suggestions = close_matches(name)
+
+    @property
+    def message(self) -> str:
+        text = f"there is no model named '{self.name}'"
+        if self.suggestions:
+            *rest, last = self.suggestions
+            text += f"; did you mean {', '.join(rest) + ' or ' if rest else ''}{last}?"
+        return text
+
+    @property
+    def hint(self) -> str:
+        return f"use a catalogue name ({', '.join(CATALOGUE)}) or an alias ({', '.join(ALIASES)})"
+
+
+def resolve_name(name: str) -> str:
+    """The catalogue name for a name or an alias (any case); raises UnknownModel."""
+    if name in CATALOGUE:
+        return name
+    key = name.strip().lower()
+    if key in CATALOGUE:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    raise UnknownModel(name)
 
 
 def get_spec(name: str) -> ModelSpec:
-    try:
-        return CATALOGUE[name]
-    except KeyError:
-        raise UnknownModel(name) from None
+    """The catalogue entry for a name or an alias; raises UnknownModel."""
+    return CATALOGUE[resolve_name(name)]
 
 
 def names_with(capability: Capability) -> list[str]:

@@ -69,7 +69,9 @@ class GenerateRequest(OutputOptions, SamplingOptions):
 
     prompt: str = Field(..., min_length=1, description="What to generate, 1 to 2000 characters")
     duration: float = Field(10.0, gt=0, description="Seconds of audio")
-    model: str | None = Field(None, description="A catalogue name; default from settings")
+    model: str | None = Field(
+        None, description="A catalogue name or an alias (small, stereo-melody-large, ...); default from settings"
+    )
     async_: bool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
     stream: bool = Field(False, description="Send audio chunks as they are made")
 
@@ -179,6 +181,9 @@ class Health(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    aliases: list[str] = Field(
+        default_factory=list, description="Other names accepted for the model (small, stereo-melody-large, ...)"
+    )
     repo: str
     kind: str
     capabilities: list[str]
@@ -303,10 +308,13 @@ DEFAULT_CODEC_BANDWIDTH_KBPS = 6.0
 
 def codec_bandwidths(model: str) -> tuple[float, ...] | None:
     """The bandwidths a catalogue codec offers; None when `model` is not a codec we know."""
-    from lib.catalogue import CATALOGUE
+    from lib.catalogue import UnknownModel, get_spec
 
-    spec = CATALOGUE.get(model)
-    return spec.bandwidths_kbps if spec is not None and spec.kind == "encodec" else None
+    try:
+        spec = get_spec(model)
+    except UnknownModel:
+        return None
+    return spec.bandwidths_kbps if spec.kind == "encodec" else None
 
 
 def default_bandwidth(model: str) -> float | None:

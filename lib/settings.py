@@ -140,9 +140,11 @@ class Settings(BaseSettings):
 
     def dtype_for(self, model: str) -> str:
         """The precision setting for one model: its model_dtype entry, else dtype."""
+        from lib.catalogue import ALIASES
+
         for item in self.model_dtype.split(","):
             name, _, value = item.partition("=")
-            if name.strip() == model and value.strip():
+            if ALIASES.get(name.strip(), name.strip()) == model and value.strip():
                 return value.strip()
         return self.dtype
 

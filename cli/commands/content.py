@@ -194,7 +194,7 @@ def generate(
     duration: float | None = typer.Option(
         None, "--duration", "-d", help="Seconds (service default: 10 music, 5 sound)"
     ),
-    model: str | None = typer.Option(None, "--model", "-m", help="Catalogue model name"),
+    model: str | None = typer.Option(None, "--model", "-m", help="Catalogue model name or alias, e.g. small"),
     seed: int | None = typer.Option(None, "--seed", help="Random seed (drawn when absent)"),
     audio_format: str | None = typer.Option(
         None,

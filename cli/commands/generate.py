@@ -19,7 +19,9 @@ PROMPT = typer.Option(None, "--prompt", "-p", help="What to generate (1-2000 cha
 DURATION = typer.Option(
     None, "--duration", "-d", help="Seconds of audio (service default: 10 music, 5 sound)"
 )
-MODEL = typer.Option(None, "--model", "-m", help="Catalogue model name (default from the service settings)")
+MODEL = typer.Option(
+    None, "--model", "-m", help="Catalogue model name or alias, e.g. small (default from the service settings)"
+)
 SEED = typer.Option(None, "--seed", help="Random seed (drawn when absent; always reported)")
 TOP_K = typer.Option(None, "--top-k", help="Sample among the k most likely tokens (default 250)")
 TOP_P = typer.Option(None, "--top-p", help="Nucleus sampling, 0 = off (default 0)")

@@ -11,7 +11,6 @@ from cli import ui
 from cli.commands.lifecycle import probe_health
 from cli.context import State, state
 from cli.errors import CliError, Skipped
-from lib.catalogue import CATALOGUE
 
 app = typer.Typer(help="Install, uninstall, start, stop and restart the service.", no_args_is_help=True)
 
@@ -31,11 +30,12 @@ def install(
     venv: Path | None = VENV_OPTION,
 ) -> None:
     """Install the server (the project's venv with the server extra). Exit 2 when already installed."""
-    for name in with_model:
-        if name not in CATALOGUE:
-            raise CliError(
-                f"unknown model {name!r}", "see `resource-audiocraft models list` for catalogue names"
-            )
+    from lib.catalogue import UnknownModel, resolve_name
+
+    try:
+        with_model = [resolve_name(name) for name in with_model]
+    except UnknownModel as e:
+        raise CliError(e.message, "see `resource-audiocraft models list` for the names and aliases") from None
     rt = state(ctx).runtime(venv=venv)
     try:
         ui.info(f"Installing the {rt.name} runtime ...")

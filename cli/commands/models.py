@@ -36,6 +36,7 @@ def list_models(
     rows = [
         [
             m.name,
+            ", ".join(m.aliases),
             m.kind,
             ", ".join(m.capabilities),
             "yes" if m.installed else "no",
@@ -46,7 +47,7 @@ def list_models(
         ]
         for m in models
     ]
-    ui.table(["name", "kind", "does", "installed", "size", "loaded", "audio", "licence"], rows)
+    ui.table(["name", "aliases", "kind", "does", "installed", "size", "loaded", "audio", "licence"], rows)
 
 
 def _engine(what: str):
@@ -63,11 +64,13 @@ def _engine(what: str):
 
 
 def _spec(name: str):
-    from lib.catalogue import get_spec
+    """The catalogue entry for a name or an alias; an unknown name names the close ones."""
+    from lib.catalogue import UnknownModel, get_spec
 
-    if name not in CATALOGUE:
-        raise CliError(f"unknown model {name!r}", f"known: {', '.join(CATALOGUE)}")
-    return get_spec(name)
+    try:
+        return get_spec(name)
+    except UnknownModel as e:
+        raise CliError(e.message, "`resource-audiocraft models list` shows every name and alias") from None
 
 
 def _server_or_here(st, server: str | None, by_server, here):  # noqa: ANN001, ANN202
@@ -142,7 +145,7 @@ def _pull_in_process(st, spec, progress: bool) -> None:  # noqa: ANN001
 @app.command("pull")
 def pull(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="A catalogue name, e.g. musicgen-small"),
+    name: str = typer.Argument(..., help="A catalogue name or an alias, e.g. musicgen-small or small"),
     server: str | None = SERVER,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Draw a progress bar"),
 ) -> None:
@@ -154,6 +157,7 @@ def pull(
     from cli.generation import job_failure
 
     spec = _spec(name)
+    name = spec.name  # an alias becomes the catalogue name
     st = state(ctx)
     with st.client(server, timeout=30.0) as c:
         try:
@@ -187,12 +191,13 @@ def pull(
 @app.command("rm")
 def remove(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="A catalogue name"),
+    name: str = typer.Argument(..., help="A catalogue name or an alias"),
     server: str | None = SERVER,
     yes: bool = typer.Option(False, "--yes", "-y", help="No confirmation"),
 ) -> None:
     """Delete a model's files from the hub cache (unloading it first). Refused while jobs use it."""
     spec = _spec(name)
+    name = spec.name
     st = state(ctx)
     if not yes and ui.is_interactive() and not typer.confirm(f"Delete the files of {name}?", default=False):
         raise CliError("nothing deleted")
@@ -209,13 +214,14 @@ def remove(
 @app.command("info")
 def info(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="A catalogue name"),
+    name: str = typer.Argument(..., help="A catalogue name or an alias"),
     server: str | None = SERVER,
     fmt: str = typer.Option("text", "--format", "-f", help="text, json or yaml"),
 ) -> None:
     """One model: what it does, installed, size, loaded (device, dtype, memory), licence."""
     fmt = ui.check_format(fmt)
     spec = _spec(name)
+    name = spec.name
     st = state(ctx)
 
     def here() -> dict:
@@ -223,6 +229,7 @@ def info(
         hub = st.settings().hub_cache
         return {
             "name": spec.name,
+            "aliases": list(spec.aliases),
             "repo": spec.repo,
             "kind": spec.kind,
             "capabilities": list(spec.capabilities),
@@ -238,6 +245,7 @@ def info(
     if ui.emit(data, fmt):
         return
     rows = [
+        ["aliases", ", ".join(data.get("aliases") or spec.aliases)],
         ["repo", data["repo"] + "".join(f", {r}" for r in spec.extra_repos)],
         ["does", ", ".join(data["capabilities"])],
         ["installed", "yes" if data["installed"] else "no"],
@@ -261,7 +269,7 @@ def import_model(
 ) -> None:
     """Check and install a model copied from another machine (no network needed)."""
     if name is not None:
-        _spec(name)
+        name = _spec(name).name
     importer = _engine("importer")
     hub = state(ctx).settings().hub_cache
     try:
@@ -292,9 +300,7 @@ def make_tiny(
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights"),
 ) -> None:
     """Write tiny random-weight checkpoints in hub-cache layout, to run the service offline."""
-    unknown = [n for n in names if n not in CATALOGUE]
-    if unknown:
-        raise CliError(f"unknown model {', '.join(map(repr, unknown))}", f"known: {', '.join(CATALOGUE)}")
+    names = [_spec(n).name for n in names]
     try:
         from server.engine.tiny import write_tiny_models
     except ImportError as e:

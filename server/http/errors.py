@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lib.catalogue import CATALOGUE, UnknownModel
+from lib.catalogue import UnknownModel
 from lib.content import ContentError, ContentNotFound
 from server.audio.errors import AudioInputError
 from server.engine.codec.errors import EcdcError
@@ -71,13 +71,8 @@ def to_response(exc: Exception) -> JSONResponse:
         case ValidationError():
             return _validation(exc)
         case UnknownModel():
-            return error_response(
-                404,
-                "unknown_model",
-                f"there is no model named '{exc.name}'",
-                field="model",
-                hint="valid names: " + ", ".join(CATALOGUE),
-            )
+            # The close matches are in the message; the hint has every name and alias (GET /api/models too).
+            return error_response(404, "unknown_model", exc.message, field="model", hint=exc.hint)
         case ModelNotInstalled():
             return error_response(409, "model_not_installed", str(exc), field="model", hint=exc.hint)
         case UnsupportedRequest():

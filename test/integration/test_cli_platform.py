@@ -121,6 +121,19 @@ def test_fast_status_does_not_wait_on_a_service_that_hangs(linked):
     assert r.seconds - baseline < 1.0, (r.seconds, baseline)
 
 
+# -- 6. model names ----------------------------------------------------------------------------------
+
+
+def test_unknown_model_name_in_the_cli_names_the_close_ones(linked):
+    for args in (("models", "info", "musicgen-smal"), ("models", "pull", "musicgen-smal"), ("models", "rm", "smal")):
+        r = linked(*args)
+        assert_clean_error(r)
+        assert "did you mean" in r.err and "musicgen-small" in r.err, r.err
+    r = linked("manage", "install", "--with-model", "stereo-larg")
+    assert_clean_error(r)
+    assert "stereo-large (musicgen-stereo-large)" in r.err
+
+
 # -- 7. info --json -----------------------------------------------------------------------------------
 
 
@@ -289,6 +302,29 @@ def test_p4_test_smoke_through_the_link_and_the_flag_form(platform):
         ["bash", str(ROOT / "test" / "run-tests.sh"), "--smoke"], env=env, capture_output=True, text=True, timeout=60
     )
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.e2e
+def test_p5_model_aliases_in_the_cli(platform, tmp_path):
+    r = platform("models", "list", "--format", "json")
+    assert r.code == 0, r.text
+    models = {m["name"]: m for m in json.loads(r.out)["models"]}
+    assert models["musicgen-small"]["aliases"] == ["small"]
+    assert models["musicgen-stereo-melody-large"]["aliases"] == ["stereo-melody-large"]
+    r = platform("models", "list")
+    assert r.code == 0 and "aliases" in r.out and "stereo-melody-large" in r.out
+    r = platform("models", "info", "small", "--format", "json")
+    assert r.code == 0, r.text
+    assert json.loads(r.out)["name"] == "musicgen-small"
+    out = tmp_path / "beat.wav"
+    r = platform("generate", "music", "--model", "small", "--prompt", "a beat", "--duration", "0.5",
+                 "--output", str(out), "--json", timeout=300)  # fmt: skip
+    assert r.code == 0, r.text + _log(platform)
+    assert json.loads(r.out)["model"] == "musicgen-small"
+    # The service's 404 for an unknown name: its close matches, exit 1.
+    r = platform("generate", "music", "--model", "musicgen-smal", "--prompt", "x", "--duration", "0.5")
+    assert_clean_error(r)
+    assert "did you mean musicgen-small" in r.err
 
 
 @pytest.mark.e2e

@@ -20,6 +20,7 @@ def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
     downloading = svc.downloads.active(spec.name)
     return ModelInfo(
         name=spec.name,
+        aliases=list(spec.aliases),
         repo=spec.repo,
         kind=spec.kind,
         capabilities=list(spec.capabilities),
