@@ -174,7 +174,9 @@ def medium_fits() -> bool:
     return False
 
 
-def child(args: argparse.Namespace, model: str, config: str) -> dict:
+def child(args: argparse.Namespace, model: str, config: str, env: dict[str, str] | None = None) -> dict:
+    """One configuration in a fresh process. env: the child's environment (default: this one, with
+    the OpenMP settings the service itself starts with, server/engine/threads.py)."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -192,7 +194,12 @@ def child(args: argparse.Namespace, model: str, config: str) -> dict:
         "--threads",
         str(args.threads),
     ]
-    env = dict(os.environ, TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    if env is None:
+        from server.engine import threads
+
+        env = dict(os.environ)
+        threads.prepare_environment(args.threads, env)
+    env = dict(env, TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
     load_before = os.getloadavg()[0]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
@@ -255,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models.split(",") if args.models != "auto" else ["small"] + (["medium"] if medium_fits() else [])
     precisions = args.precisions.split(",") if args.precisions else default_precisions(args.device)
     configs = ([] if args.no_transformers else ["transformers"]) + precisions
-    print(f"# {args.device}, {os.cpu_count()} cpus, {args.seconds:g} s of audio, models {models}", flush=True)
+    from server.engine import cpu
+
+    print(f"# {args.device}, {cpu.label()}, {os.cpu_count()} cpus, {args.seconds:g} s of audio, models {models}")
     best: dict[tuple[str, str], dict] = {}
     for rnd in range(args.rounds):
         for model in models:

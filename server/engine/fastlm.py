@@ -27,10 +27,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from server.engine import qdynamic
 from server.engine.device import compute_dtype
 
 # Rows per dense matmul call (see the module docstring). fp32: pairs, the shape of transformers' own
@@ -44,7 +44,7 @@ _ROW_BLOCK = {"float32": 2, "bfloat16": 8, "float16": 8}
 # - int8rows: int8 weights, int8 activations with one scale per row, exact int32 sums (torch._int_mm);
 # - qdynamic: int8 weights, uint8 activations with one scale and zero point per request (from its
 #   min and max, as torch's dynamic quantized linear picks them), exact int32 sums, in one call of
-#   fbgemm's prepacked int8 kernel for the whole batch (see _quantized_linear).
+#   fbgemm's prepacked int8 kernel for the whole batch (server/engine/qdynamic.py).
 KERNELS = {"float32": "dense", "bfloat16": "dense", "float16": "dense", "int8": "int8pack", "int8-rows": "int8rows"}
 KERNELS["int8-dynamic"] = "qdynamic"
 # What the matmuls take and give (the dynamic int8 kernels quantize fp32 themselves), and what the
@@ -88,10 +88,7 @@ class PackedLinear:
         elif self.kind == "int8rows":
             self.scales = scale
         else:  # qdynamic: the codes prepacked for fbgemm at unit scale; the channel scales applied after
-            unit = torch._make_per_channel_quantized_tensor(
-                self.weight, torch.ones_like(scale, dtype=torch.double), torch.zeros_like(scale, dtype=torch.long), 0
-            )
-            self.packed = torch.ops.quantized.linear_prepack(unit, None)
+            self.packed = qdynamic.prepack(self.weight)
             self.scales = scale
             self.weight_sums = self.weight.float().sum(dim=1)  # integer code sums, exact in fp32
             self.weight = torch.empty(0, dtype=torch.int8)  # the packed copy is the one used
@@ -124,52 +121,10 @@ class PackedLinear:
             xq = torch.round(xf / sx).clamp(-127, 127).to(torch.int8)
             out = torch._int_mm(xq, self.weight.t()).float().mul_(sx).mul_(self.scales)
         else:  # qdynamic: fp32 in, fp32 out
-            out = _quantized_linear(x.float(), spans, self.packed, self.weight_sums).mul_(self.scales)
+            out = qdynamic.linear(x.float(), spans, self.packed, self.weight_sums).mul_(self.scales)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
-
-
-# fbgemm's int8 linear that takes the input's scale and zero point from the caller and returns fp32.
-_FIXED_QLINEAR = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32
-_LEVELS = 255  # uint8 activations, the full range, as torch's dynamic linear uses them
-_ZERO_POINT = 128  # the fixed zero point of a call that carries several requests
-
-
-def _quantized_linear(x: torch.Tensor, spans: Spans | None, packed, code_sums: torch.Tensor) -> torch.Tensor:
-    """x @ codes.T for int8 weight codes (unit scale), with x quantized per request: its own scale and
-    zero point from its own rows' min and max (with 0 in the range), as dynamic quantization picks them
-    for a request alone. The weights are read once per call, whatever the number of requests.
-
-    One request: the kernel quantizes x itself, to round(x / s + z), and returns float(sum) * s.
-    Several: the kernel takes one (scale, zero point) per call, so each request's codes are computed
-    here with the kernel's own formula and passed as exact integers at scale 1 and zero point Z; the
-    extra (z_r - Z) * sum(codes) is taken off and the sum scaled by s_r. The integer sums are exact in
-    fp32 (they stay far below 2^24 for these weights), so a request gets the same bits alone or batched.
-    """
-    if spans is None or len(spans) == 1:
-        lo, hi = torch.aminmax(x)
-        scale, zero_point = _qparams(lo.item(), hi.item())
-        return _FIXED_QLINEAR(x, scale, zero_point, packed)
-    bounds = torch.stack(torch.aminmax(x, dim=1), dim=1).tolist()  # [rows][lo, hi]
-    row_scale, row_shift = [], []
-    for a, b in spans:
-        rows = bounds[a:b]
-        scale, zero_point = _qparams(min(r[0] for r in rows), max(r[1] for r in rows))
-        row_scale += [scale] * (b - a)
-        row_shift += [zero_point - _ZERO_POINT] * (b - a)
-    scale_t = torch.tensor(row_scale, dtype=torch.float32, device=x.device)[:, None]
-    shift_t = torch.tensor(row_shift, dtype=torch.float32, device=x.device)[:, None]
-    codes = torch.round_(x / scale_t + (shift_t + _ZERO_POINT)).clamp_(0, _LEVELS).sub_(_ZERO_POINT)
-    out = _FIXED_QLINEAR(codes, 1.0, _ZERO_POINT, packed)
-    return torch.addcmul(out, shift_t, code_sums, value=-1).mul_(scale_t)
-
-
-def _qparams(lo: float, hi: float) -> tuple[float, int]:
-    """Scale (as the fp32 the kernel uses) and zero point of a request's range [lo, hi]."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = float(np.float32((hi - lo) / _LEVELS)) or 1.0
-    return scale, min(_LEVELS, max(0, round(-lo / scale)))
 
 
 def _blocked_linear(x: torch.Tensor, weight: torch.Tensor, block: int) -> torch.Tensor:

@@ -1,0 +1,110 @@
+"""Generation beside a CPU hog: the time for 5 s of audio alone and with another busy process.
+
+    .venv/bin/python bench/contention.py                                   # int8-dynamic, the service's setup
+    .venv/bin/python bench/contention.py --waits service,gomp-default,passive,spin=3000 --rounds 2
+    .venv/bin/python bench/contention.py --precisions int8-dynamic,float32
+
+The bar (docs/benchmarks.md): with a hog on one of the two cores the same request takes at most
+about twice its time alone. The hog is one process spinning in a loop (as `stress-ng --cpu 1`), started
+before and stopped after each loaded run. Each run is bench/generate.py's engine configuration in a
+fresh process (real-shape random-weight musicgen-small, the service's default sampling), under one of
+these OpenMP set-ups:
+- service: what `resource-audiocraft serve` sets (server/engine/threads.py);
+- gomp-default: libgomp's own default (spin about 300,000 iterations, then sleep);
+- passive: OMP_WAIT_POLICY=PASSIVE (sleep at once);
+- spin=N: GOMP_SPINCOUNT=N;
+- threads=N: the service's set-up with N torch threads.
+Rounds alternate; each cell keeps its fastest round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_OMP_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def wait_env(wait: str) -> tuple[dict[str, str], int]:
+    """(the child's environment, torch threads) for one OpenMP set-up."""
+    from server.engine import threads
+
+    env = {k: v for k, v in os.environ.items() if k not in _OMP_VARS}
+    count = threads.usable_cpus()
+    if wait == "service":
+        threads.prepare_environment(0, env)
+    elif wait.startswith("threads="):
+        count = int(wait.partition("=")[2])
+        threads.prepare_environment(count, env)
+    else:
+        env["OMP_NUM_THREADS"] = str(count)
+        if wait == "passive":
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        elif wait.startswith("spin="):
+            env["GOMP_SPINCOUNT"] = wait.partition("=")[2]
+        elif wait != "gomp-default":
+            raise SystemExit(f"unknown wait set-up {wait!r}")
+    return env, count
+
+
+def start_hog() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import generate
+    from server.engine import cpu
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small")
+    parser.add_argument("--precisions", default="int8-dynamic")
+    parser.add_argument("--waits", default="service,gomp-default")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per child, after one warm-up")
+    args = parser.parse_args(argv)
+    print(f"# {cpu.label()}, {os.cpu_count()} cpus, {args.seconds:g} s of audio, musicgen-{args.model}", flush=True)
+
+    best: dict[tuple[str, str, bool], float] = {}
+    for rnd in range(args.rounds):
+        for precision in args.precisions.split(","):
+            for wait in args.waits.split(","):
+                env, count = wait_env(wait)
+                run_args = argparse.Namespace(
+                    device="cpu", seconds=args.seconds, repeats=args.repeats, threads=count
+                )
+                for loaded in (False, True):
+                    hog = start_hog() if loaded else None
+                    try:
+                        r = generate.child(run_args, args.model, precision, env=env)
+                    finally:
+                        if hog is not None:
+                            hog.kill()
+                            hog.wait()
+                    key = (precision, wait, loaded)
+                    best[key] = min(best.get(key, float("inf")), r["total_s"])
+                    where = "beside the hog" if loaded else "alone"
+                    print(
+                        f"round {rnd + 1}: {precision:13s} {wait:13s} {where:15s} {r['total_s']:7.2f} s "
+                        f"(load average {r['load'][0]:.1f} -> {r['load'][1]:.1f})",
+                        flush=True,
+                    )
+    print()
+    print(f"| precision | OpenMP set-up | alone, s per {args.seconds:g} s | beside a hog, s | beside / alone |")
+    print("|---|---|---|---|---|")
+    for precision in args.precisions.split(","):
+        for wait in args.waits.split(","):
+            alone, loaded = best[(precision, wait, False)], best[(precision, wait, True)]
+            print(f"| {precision} | {wait} | {alone:.2f} | {loaded:.2f} | {loaded / alone:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
