@@ -36,13 +36,17 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(
         None, description="Hub-cache-layout directory holding the weights; default: the Hugging Face hub cache"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where models run")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where models run: auto (CUDA when present), cpu, cuda"
+    )
     dtype: Precision = Field(
         "auto",
         description=(
-            "Language-model precision. auto: int8-dynamic on x86 CPUs (int8 weight-only elsewhere), float16 on CUDA. "
-            "float32 is token-identical to transformers; the int8 kinds are CPU only, float16 CUDA only. "
-            "Fidelity and speed of each: docs/benchmarks.md"
+            "Language-model precision: auto, float32, bfloat16, float16, int8, int8-dynamic or int8-rows. "
+            "auto: int8-dynamic on a CPU where torch has its x86 quantized engine (x86 builds), int8 weight-only "
+            "on other CPUs (ARM builds have only qnnpack), float16 on CUDA (server/engine/device.py "
+            "default_precision). float32 is token-identical to transformers; the int8 kinds are CPU only, "
+            "float16 CUDA only. Fidelity and speed of each: docs/benchmarks.md"
         ),
     )
     model_dtype: str = Field(
@@ -73,31 +77,43 @@ class Settings(BaseSettings):
     model_idle_timeout_s: float = Field(
         1800.0, ge=0, description="Unload a model nobody used for this long; 0 = never"
     )
-    runtime: Literal["auto", "docker", "native"] = Field("auto", description="How the CLI runs the server")
+    runtime: Literal["auto", "docker", "native"] = Field(
+        "auto", description="How the CLI runs the server: docker, native, or auto (docker when an engine answers)"
+    )
 
     # The docker runtime (cli/runtime/docker.py).
     image: str = Field(
         "resource-audiocraft:latest",
-        description="Docker runtime: the server image; `manage install` builds it (or pulls a registry tag)",
+        description=(
+            "Docker runtime: the server image; `manage install` builds it, or pulls a registry tag (`ghcr.io/...`)"
+        ),
     )
     base_image: str | None = Field(
         None,
-        description="Docker runtime: BASE_IMAGE for the build; default: the Dockerfile's (python:3.11-slim-bookworm)",
+        description=(
+            "Docker runtime: BASE_IMAGE of the build, any Debian-like image with python3.11 and venv; "
+            "default: the Dockerfile's (python:3.11-slim-bookworm)"
+        ),
     )
     torch: str = Field(
         "auto",
         pattern=r"^(auto|cpu|cuda|cu[0-9]+|rocm[0-9.]+)$",
-        description="Docker runtime: torch in the image; auto = cuda when the engine has the NVIDIA runtime, else cpu",
+        description=(
+            "Docker runtime: torch in the image: cpu, cuda (PyPI's CUDA build), cuNNN (PyTorch's index); "
+            "auto = cuda when the engine has the NVIDIA runtime, else cpu"
+        ),
     )
     container_name: str = Field(
-        "audiocraft", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", description="Docker runtime: the container's name"
+        "audiocraft",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
+        description="Docker runtime: the container's name; its volumes are `<name>-models` and `<name>-data`",
     )
     models_readonly: bool = Field(False, description="Docker runtime: mount AUDIOCRAFT_MODELS_DIR read-only")
 
-    default_music_model: str = "musicgen-small"
-    default_sound_model: str = "audiogen-medium"
-    default_melody_model: str = "musicgen-melody"
-    default_codec_model: str = "encodec-24khz"
+    default_music_model: str = Field("musicgen-small", description="Music requests that name no model (an alias works)")
+    default_sound_model: str = Field("audiogen-medium", description="Sound requests that name no model")
+    default_melody_model: str = Field("musicgen-melody", description="Melody requests that name no model")
+    default_codec_model: str = Field("encodec-24khz", description="Encode requests that name no model")
 
     max_duration_s: float = Field(300.0, gt=0, description="Longest audio one request may ask for")
     musicgen_stride_s: float = Field(
@@ -126,7 +142,9 @@ class Settings(BaseSettings):
     )
 
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="The server's log level: debug, info, warning or error (any case)"
+    )
 
     # Enum-like settings take any case (the platform's defaults say AUDIOCRAFT_LOG_LEVEL=INFO).
     @field_validator("device", "dtype", "model_dtype", "runtime", "torch", "log_level", mode="before")
