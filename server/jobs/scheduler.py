@@ -13,18 +13,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from lib.schemas import ErrorBody
 from server import metrics
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
 from server.jobs.kinds import REQUEST_TYPES
-from server.jobs.runner import BatchRunner
 from server.jobs.store import JobStore
+
+if TYPE_CHECKING:  # the runner brings the engine (torch); the scheduler only calls what it is given
+    from server.jobs.runner import BatchRunner
 
 log = logging.getLogger("audiocraft.jobs")
 
-RunnerFactory = Callable[[str, str], BatchRunner]  # (kind, model) -> runner
+RunnerFactory = Callable[[str, str], "BatchRunner"]  # (kind, model) -> runner
 
 
 class QueueFull(Exception):
@@ -112,7 +115,8 @@ class Scheduler:
 
     def recover(self) -> int:
         rows = self.store.unfinished()
-        jobs = [Job.from_row(row, self._request_types) for row in rows]
+        # Jobs already live (submitted before start, or a second start) are tracked once, not twice.
+        jobs = [Job.from_row(row, self._request_types) for row in rows if row["id"] not in self._live]
         # Side jobs (downloads) first: the queued jobs waiting for one find it running again.
         for job in [j for j in jobs if j.kind in self._side_kinds]:
             self._live[job.id] = job

@@ -723,3 +723,17 @@ def test_start_cleans_up_before_it_runs_anything(make_scheduler, tmp_path):
     sched, _ = make_scheduler(retention_s=3600, db=db)
     assert sched.store.get(old.id) is None
     assert not (tmp_path / "artifacts" / old.id).exists()
+
+
+def test_a_job_submitted_before_start_runs_once(make_scheduler):
+    """start() recovers the store's unfinished rows; one that is already live is not tracked twice."""
+    sched, runners = make_scheduler(start=False)
+    job = make_job(steps=1)
+    sched.submit(job)
+    sched.start()
+    runners.step(1)
+    wait_done(job)
+    runners.run_freely()
+    sched.stop(timeout_s=0)
+    assert runners.admitted == [job.id]
+    assert sched.store.get(job.id)["attempts"] == 1
