@@ -7,10 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+from waiting import HANG_GUARD_S, STALL_S, Stalled, cpu_ticks, file_size, wait_for_progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,25 +50,36 @@ class ServerProcess:
                 self.env[key] = value
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout_s: float = 60) -> ServerProcess:
+    def start(self, stall_s: float = STALL_S) -> ServerProcess:
+        """Start it and wait for /health, for as long as it gets on (uses CPU, writes its log)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def healthy() -> tuple[bool, tuple]:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited early:\n{self.log()}")
             try:
-                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
-                    return self
+                if httpx.get(f"{self.base}/health", timeout=stall_s).status_code == 200:
+                    return True, ()
             except httpx.HTTPError:
                 pass
-            time.sleep(0.2)
-        self.kill()
-        raise AssertionError(f"server did not become healthy:\n{self.log()}")
+            return False, self._activity()
+
+        try:
+            wait_for_progress(healthy, f"the server on port {self.port} to answer /health", stall_s=stall_s, poll_s=0.2)
+        except Stalled as e:
+            self.kill()
+            raise AssertionError(f"server did not become healthy: {e}\n{self.log()}") from None
+        return self
+
+    def _activity(self) -> tuple:
+        """What shows the process getting on: its CPU time and its log's size."""
+        assert self.proc is not None
+        return cpu_ticks(self.proc.pid), file_size(self.log_path)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -76,12 +87,22 @@ class ServerProcess:
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+            self.proc.wait(STALL_S)  # a hang guard: the kernel ends a SIGKILLed process at once
 
-    def terminate(self, timeout_s: float = 60) -> int:
+    def terminate(self, stall_s: float = STALL_S) -> int:
+        """SIGTERM, then wait for the exit while the server gets on (it may drain running jobs)."""
         assert self.proc is not None
         self.proc.terminate()
-        return self.proc.wait(timeout_s)
 
-    def client(self, timeout_s: float = 300) -> httpx.Client:
+        def exited() -> tuple[bool, tuple]:
+            return self.proc.poll() is not None, self._activity()
+
+        wait_for_progress(
+            exited, f"the server (pid {self.proc.pid}) to exit after SIGTERM", stall_s=stall_s, poll_s=0.1
+        )
+        return self.proc.returncode
+
+    def client(self, timeout_s: float = HANG_GUARD_S) -> httpx.Client:
+        """Its own timeout is a hang guard (a synchronous generation cannot report progress); the
+        waits in waiting.py poll with the stall limit."""
         return httpx.Client(base_url=self.base, timeout=timeout_s)
