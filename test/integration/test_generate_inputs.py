@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import numpy as np
 import pytest
 import soundfile as sf
-from api_client import make_client
+from api_client import make_client, wait_job
 from audio_files import make_m4a
+from waiting import TERMINAL, get_json, job_signature, wait_for_progress
 
 from lib.content import ContentStore
 
@@ -35,15 +35,6 @@ def tone_file(fmt: str, seconds: float = 3.0, rate: int = 44100, channels: int =
 def info(resp):
     assert resp.status_code == 200, resp.text
     return sf.info(io.BytesIO(resp.content))
-
-
-def wait_job(client, job_id):
-    for _ in range(2000):
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(job)
 
 
 @pytest.mark.parametrize("fmt", ["MP3", "WAV", "FLAC", "OGG"])
@@ -255,13 +246,14 @@ def test_progress_of_a_long_job_covers_the_whole_run(client):
     r = client.post("/api/generate/music", json={"prompt": "x", "duration": 45, "async": True})
     job_id = r.json()["job"]["id"]
     seen = []
-    while True:
-        job = client.get(f"/api/jobs/{job_id}").json()
+
+    def probe():
+        job = get_json(client, f"/api/jobs/{job_id}")
         if job["state"] == "running":
             seen.append(job["progress"])
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.02)
+        return (job if job["state"] in TERMINAL else None), job_signature(job)
+
+    job = wait_for_progress(probe, f"job {job_id} to end", poll_s=0.02)
     assert job["state"] == "succeeded"
     assert seen == sorted(seen)
     assert len(set(seen)) > 2

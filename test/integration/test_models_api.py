@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from api_client import make_client, wait_job
 from hub_server import FakeHub, repo_from_cache
+from waiting import get_json, job_signature, wait_for_progress
 
 NAME, REPO = "musicgen-small", "facebook/musicgen-small"
 
@@ -22,14 +21,15 @@ def hub(tiny_hub, monkeypatch):
         yield h
 
 
-def wait_for(predicate, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not reached")
+def wait_for_download_total(client, hub, job_id):
+    """The job's view once it knows its download's size; progress is the hub's requests and the job."""
+
+    def probe():
+        job = get_json(client, f"/api/jobs/{job_id}")
+        done = (job.get("download") or {}).get("bytes_total")
+        return (job if done else None), (len(hub.requests), job_signature(job))
+
+    return wait_for_progress(probe, f"job {job_id} to know the size of its download")
 
 
 def test_download_is_a_job_with_byte_progress_and_a_second_call_joins_it(hub, tmp_path):
@@ -41,7 +41,7 @@ def test_download_is_a_job_with_byte_progress_and_a_second_call_joins_it(hub, tm
         assert first.headers["Location"] == f"/api/jobs/{job_id}"
         second = client.post(f"/api/models/{NAME}/download")
         assert second.status_code == 202 and second.json()["job"]["id"] == job_id
-        job = wait_for(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["download"]["bytes_total"] and j)
+        job = wait_for_download_total(client, hub, job_id)
         assert job["kind"] == "download" and job["state"] == "running"
         info = client.get(f"/api/models/{NAME}").json()
         assert info["download_job"] == job_id and info["installed"] is False
@@ -64,7 +64,7 @@ def test_first_use_downloads_the_model_with_progress_on_the_job(hub, tmp_path):
         r = client.post("/api/generate/music", json={"prompt": "a beat", "duration": 0.5, "async": True})
         assert r.status_code == 202, r.text
         job_id = r.json()["job"]["id"]
-        job = wait_for(lambda: (j := client.get(f"/api/jobs/{job_id}").json())["download"]["bytes_total"] and j)
+        job = wait_for_download_total(client, hub, job_id)
         assert job["state"] == "queued" and job["kind"] == "music"
         hub.release()
         job = wait_job(client, job_id)
@@ -130,7 +130,12 @@ def test_cancelling_a_download_fails_the_requests_waiting_for_it(hub, tmp_path):
         hub.hold("model.safetensors")
         r = client.post("/api/generate/music", json={"prompt": "a beat", "duration": 0.5, "async": True})
         job_id = r.json()["job"]["id"]
-        download_id = wait_for(lambda: client.get(f"/api/models/{NAME}").json()["download_job"])
+
+        def download_started():
+            signature = (len(hub.requests), job_signature(get_json(client, f"/api/jobs/{job_id}")))
+            return get_json(client, f"/api/models/{NAME}")["download_job"], signature
+
+        download_id = wait_for_progress(download_started, f"{NAME}'s download job to start")
         assert client.delete(f"/api/jobs/{download_id}").status_code == 200
         hub.release()
         assert wait_job(client, download_id)["state"] == "cancelled"

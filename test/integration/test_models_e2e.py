@@ -3,7 +3,6 @@ loopback (HF_ENDPOINT), with huggingface_hub online for the server only."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from api_client import wait_job
 from hub_server import FakeHub, repo_from_cache
 from server_process import ServerProcess
 from test_cli_support import Cli, free_port
+from waiting import HANG_GUARD_S, Stalled, get_json, job_signature, wait_for_progress
 
 NAME, REPO = "musicgen-small", "facebook/musicgen-small"
 
@@ -27,12 +27,25 @@ def start_server(models: Path, data: Path, hub: FakeHub) -> ServerProcess:
     return ServerProcess(models, data, env=env, dtype="float32").start()
 
 
+def wait_for_get(hub: FakeHub, name: str, http, job_id: str, server: ServerProcess) -> None:  # noqa: ANN001
+    """Until the server asks the hub for `name`; progress is the hub's requests and the job."""
+
+    def probe():
+        signature = (len(hub.requests), job_signature(get_json(http, f"/api/jobs/{job_id}")))
+        return bool(hub.file_gets(name)), signature
+
+    try:
+        wait_for_progress(probe, f"the server to GET {name} from the hub")
+    except Stalled as e:
+        raise AssertionError(f"{e}\n{server.log()}") from None
+
+
 def test_pull_then_generate_then_rm(hub, tmp_path):
     models = tmp_path / "models"
     server = start_server(models, tmp_path / "data", hub)
     cli = Cli(tmp_path / "cli-data", server.port, cwd=tmp_path, AUDIOCRAFT_MODELS_DIR=str(models))
     try:
-        r = cli("models", "pull", NAME, timeout=120)
+        r = cli("models", "pull", NAME, timeout=HANG_GUARD_S)
         assert r.code == 0, r.text + server.log()
         assert f"{NAME} is installed" in r.err
         assert "MB" in r.err  # the byte progress bar's last state: done / total
@@ -64,10 +77,7 @@ def test_a_download_cut_and_killed_midway_resumes_after_restart(hub, tmp_path):
     try:
         with server.client() as http:
             job_id = http.post(f"/api/models/{NAME}/download").json()["job"]["id"]
-            deadline = time.monotonic() + 60
-            while not hub.file_gets("tokenizer.json") and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert hub.file_gets("tokenizer.json"), server.log()
+            wait_for_get(hub, "tokenizer.json", http, job_id, server)
             assert len(hub.file_gets("model.safetensors")) == 2  # cut, then fetched again
             job = http.get(f"/api/jobs/{job_id}").json()
             assert job["state"] == "running" and 0 < job["download"]["bytes_done"] < job["download"]["bytes_total"]
@@ -91,7 +101,7 @@ def test_pull_without_the_server_downloads_in_process(hub, tmp_path):
     models = tmp_path / "models"
     cli = Cli(tmp_path / "cli-data", free_port(), cwd=tmp_path, AUDIOCRAFT_MODELS_DIR=str(models), HF_ENDPOINT=hub.url)
     env = {"HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
-    r = cli("models", "pull", NAME, timeout=120, **env)
+    r = cli("models", "pull", NAME, timeout=HANG_GUARD_S, **env)
     assert r.code == 0, r.text
     assert "not running" in r.err and f"{NAME} is installed" in r.err
     r = cli("models", "info", NAME, "--format", "json")
@@ -126,9 +136,7 @@ def test_a_request_waiting_for_its_download_survives_a_restart(hub, tmp_path):
         with server.client() as http:
             body = {"prompt": "rain", "duration": 0.5, "model": NAME, "async": True}
             job_id = http.post("/api/generate/music", json=body).json()["job"]["id"]
-            deadline = time.monotonic() + 60
-            while not hub.file_gets("model.safetensors") and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for_get(hub, "model.safetensors", http, job_id, server)
             job = http.get(f"/api/jobs/{job_id}").json()
             assert job["state"] == "queued" and job["download"]["bytes_total"] > 0, job
     finally:
