@@ -7,6 +7,7 @@ import pytest
 from api_client import make_client
 from server_process import ServerProcess
 from test_cli_support import Cli
+from waiting import HANG_GUARD_S
 
 KEY = "s3cret-key"
 
@@ -51,7 +52,10 @@ def test_real_server_and_cli_with_the_key(tiny_hub, tmp_path):
         assert httpx.get(f"{server.base}/api/models").status_code == 401
         body = {"prompt": "calm piano", "duration": 0.5, "seed": 1}
         r = httpx.post(
-            f"{server.base}/api/generate/music", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=120
+            f"{server.base}/api/generate/music",
+            json=body,
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=HANG_GUARD_S,
         )
         assert r.status_code == 200 and r.content[:4] == b"RIFF"
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from server_process import ROOT, ServerProcess
+from waiting import HANG_GUARD_S
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,7 @@ def server(tiny_hub, tmp_path_factory):
 
 def cli(server, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", "from cli.main import main_entry; main_entry()", "--port", str(server.port), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
 
 
 def wav(path, seconds=3.0, rate=44100, channels=2):

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +73,7 @@ def test_ten_minutes_in_bounded_memory(tiny_hub, tmp_path, name, rate):
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=900,
+        timeout=HANG_GUARD_S,  # a hang guard: the child reports no progress
     )
     assert done.returncode == 0, done.stderr[-3000:]
     r = json.loads(done.stdout.strip().splitlines()[-1])

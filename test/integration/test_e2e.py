@@ -8,6 +8,7 @@ import httpx
 import pytest
 import soundfile as sf
 from server_process import ServerProcess
+from waiting import HANG_GUARD_S, QUICK_HANG_GUARD_S
 
 pytestmark = pytest.mark.e2e
 
@@ -17,12 +18,12 @@ def server(tiny_hub, tmp_path_factory):
     proc = ServerProcess(tiny_hub, tmp_path_factory.mktemp("e2e-data")).start()
     yield proc.base
     # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status tells how it ended.
-    assert proc.terminate(30) in (0, -15)
+    assert proc.terminate() in (0, -15)
     assert "Application shutdown complete" in proc.log()
 
 
 def test_health_answers(server):
-    r = httpx.get(f"{server}/health", timeout=5)
+    r = httpx.get(f"{server}/health", timeout=QUICK_HANG_GUARD_S)
     assert r.status_code == 200
     assert r.json()["status"] == "ok"
 
@@ -31,7 +32,7 @@ def test_prd_music_generation(server):
     r = httpx.post(
         f"{server}/api/generate/music",
         json={"prompt": "upbeat electronic music", "duration": 10},
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert r.status_code == 200, r.text
     info = sf.info(io.BytesIO(r.content))
@@ -39,7 +40,7 @@ def test_prd_music_generation(server):
 
 
 def test_sound_generation_is_5s(server):
-    r = httpx.post(f"{server}/api/generate/sound", json={"prompt": "thunderstorm with rain"}, timeout=300)
+    r = httpx.post(f"{server}/api/generate/sound", json={"prompt": "thunderstorm with rain"}, timeout=HANG_GUARD_S)
     assert r.status_code == 200, r.text
     info = sf.info(io.BytesIO(r.content))
     assert (info.samplerate, info.frames, info.format) == (44100, 5 * 44100, "WAV")
@@ -48,7 +49,7 @@ def test_sound_generation_is_5s(server):
 
 def test_prd_mp3(server):
     r = httpx.post(
-        f"{server}/api/generate/music", json={"prompt": "piano", "duration": 3, "format": "mp3"}, timeout=300
+        f"{server}/api/generate/music", json={"prompt": "piano", "duration": 3, "format": "mp3"}, timeout=HANG_GUARD_S
     )
     assert r.status_code == 200
     assert r.headers["content-type"] == "audio/mpeg"
@@ -56,16 +57,19 @@ def test_prd_mp3(server):
 
 
 def test_prd_model_list(server):
-    models = httpx.get(f"{server}/api/models", timeout=5).json()["models"]
+    models = httpx.get(f"{server}/api/models", timeout=QUICK_HANG_GUARD_S).json()["models"]
     assert any(m["name"] == "musicgen-small" and m["installed"] for m in models)
 
 
 def test_errors_then_still_serving(server):
-    assert httpx.post(f"{server}/api/generate/music", content=b"{", timeout=5).status_code == 400
+    assert httpx.post(f"{server}/api/generate/music", content=b"{", timeout=QUICK_HANG_GUARD_S).status_code == 400
     assert (
-        httpx.post(f"{server}/api/generate/music", json={"prompt": "x", "model": "nope"}, timeout=5).status_code == 404
+        httpx.post(
+            f"{server}/api/generate/music", json={"prompt": "x", "model": "nope"}, timeout=QUICK_HANG_GUARD_S
+        ).status_code
+        == 404
     )
-    assert httpx.get(f"{server}/health", timeout=5).status_code == 200
+    assert httpx.get(f"{server}/health", timeout=QUICK_HANG_GUARD_S).status_code == 200
 
 
 def _mp3(seconds: float = 2.0) -> bytes:
@@ -83,7 +87,7 @@ def test_melody_and_continuation_with_an_mp3_upload(server):
         f"{server}/api/generate/melody",
         data={"prompt": "strings", "duration": "3"},
         files={"melody": ("theme.mp3", mp3, "audio/mpeg")},
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert r.status_code == 200, r.text
     assert sf.info(io.BytesIO(r.content)).frames == 3 * 44100
@@ -91,18 +95,20 @@ def test_melody_and_continuation_with_an_mp3_upload(server):
         f"{server}/api/generate/continuation",
         data={"duration": "2", "include_prompt": "false", "model": "musicgen-stereo-small"},
         files={"audio": ("theme.mp3", mp3, "audio/mpeg")},
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert r.status_code == 200, r.text
     info = sf.info(io.BytesIO(r.content))
     assert (info.channels, info.frames) == (2, 2 * 44100)
     bad = httpx.post(
-        f"{server}/api/generate/melody", files={"melody": ("x.mp3", b"not audio", "audio/mpeg")}, timeout=30
+        f"{server}/api/generate/melody",
+        files={"melody": ("x.mp3", b"not audio", "audio/mpeg")},
+        timeout=QUICK_HANG_GUARD_S,
     )
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "melody"
 
 
 def test_long_music_is_exact(server):
-    r = httpx.post(f"{server}/api/generate/music", json={"prompt": "x", "duration": 45}, timeout=300)
+    r = httpx.post(f"{server}/api/generate/music", json={"prompt": "x", "duration": 45}, timeout=HANG_GUARD_S)
     assert r.status_code == 200, r.text
     assert sf.info(io.BytesIO(r.content)).frames == 45 * 44100
