@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from test_cli_support import ROOT, Cli, Result, assert_clean_error, free_port
+from waiting import QUICK_HANG_GUARD_S
 
 # The calls the platform makes, as it makes them (README's CLI section lists each of them).
 PLATFORM_CALLS = (
@@ -40,7 +41,7 @@ class LinkedCli(Cli):
         self.link.symlink_to(ROOT / "cli.sh")
         self.env["PATH"] = f"{bin_dir}{os.pathsep}{self.env.get('PATH', '')}"
 
-    def __call__(self, *args: str, timeout: float = 60.0, **env: str) -> Result:
+    def __call__(self, *args: str, timeout: float = QUICK_HANG_GUARD_S, **env: str) -> Result:
         t0 = time.monotonic()
         p = subprocess.run(
             ["resource-audiocraft", *args],  # found on PATH: the link, as the platform runs it
@@ -89,7 +90,11 @@ def test_links_to_links_relative_and_absolute(tmp_path, script):
     (tmp_path / "a" / "first").symlink_to(ROOT / script)
     (tmp_path / "b" / "resource-audiocraft").symlink_to(Path("..") / "a" / "first")
     p = subprocess.run(
-        ["./resource-audiocraft", "--version"], cwd=tmp_path / "b", capture_output=True, text=True, timeout=60
+        ["./resource-audiocraft", "--version"],
+        cwd=tmp_path / "b",
+        capture_output=True,
+        text=True,
+        timeout=QUICK_HANG_GUARD_S,
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("resource-audiocraft ")
@@ -114,11 +119,20 @@ def test_fast_status_does_not_wait_on_a_service_that_hangs(linked):
         server.bind(("127.0.0.1", 0))
         server.listen(8)
         port = server.getsockname()[1]
-        baseline = linked("--version").seconds  # the CLI's own start-up on this (shared) machine
+        # No clock: the CLI must come back on its own (the call's timeout is a hang guard), having
+        # tried the port once, not retried or gone on to slower checks.
         r = linked("status", "--format", "json", "--fast", AUDIOCRAFT_PORT=str(port))
+        server.settimeout(0)
+        connections = 0
+        while True:
+            try:
+                server.accept()[0].close()
+                connections += 1
+            except BlockingIOError:
+                break
     assert r.code == 2, r.text
     assert _status(r)["running"] is False
-    assert r.seconds - baseline < 1.0, (r.seconds, baseline)
+    assert connections == 1, connections
 
 
 # -- 6. model names ----------------------------------------------------------------------------------
@@ -195,7 +209,11 @@ def test_run_tests_takes_the_flag_form(tmp_path):
     env = {**os.environ, "TESTS_DIR": str(tests)}
     for form in ("smoke", "--smoke", "--unit", "--integration", "--all"):
         p = subprocess.run(
-            ["bash", str(ROOT / "test" / "run-tests.sh"), form], env=env, capture_output=True, text=True, timeout=120
+            ["bash", str(ROOT / "test" / "run-tests.sh"), form],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=QUICK_HANG_GUARD_S,
         )
         assert p.returncode == 0, (form, p.stdout, p.stderr)
         assert "usage" not in p.stderr, (form, p.stderr)
@@ -223,7 +241,7 @@ def platform(tiny_hub, tmp_path_factory):
     yield cli
     pid_file = cli.data_dir / "server.pid"
     if pid_file.exists():
-        cli("manage", "stop", "--timeout", "20", timeout=60)
+        cli("manage", "stop", "--timeout", "20", timeout=QUICK_HANG_GUARD_S)
     if pid_file.exists():
         try:
             os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
@@ -236,8 +254,9 @@ def _log(cli: Cli) -> str:
     return "\n--- server.log ---\n" + (log.read_text()[-4000:] if log.exists() else "(none)")
 
 
-def _wait_healthy(cli: LinkedCli, timeout_s: float = 90.0) -> dict:
-    """Poll `status --format json --fast` until it says healthy (what the platform does after a start)."""
+def _wait_healthy(cli: LinkedCli, timeout_s: float = QUICK_HANG_GUARD_S) -> dict:
+    """Poll `status --format json --fast` until it says healthy (what the platform does after a start).
+    The limit is a hang guard, not a time the start is expected to take on a busy machine."""
     deadline = time.monotonic() + timeout_s
     while True:
         r = cli("status", "--format", "json", "--fast")
@@ -256,19 +275,19 @@ def _pid(cli: LinkedCli) -> int:
 @pytest.mark.e2e
 def test_p1_force_start_from_stopped(platform):
     assert platform("status", "--format", "json", "--fast").code == 2
-    r = platform("manage", "start", "--force", timeout=120)
+    r = platform("manage", "start", "--force", timeout=QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text + _log(platform)
     data = _wait_healthy(platform)
     assert data["pid"] == _pid(platform) and data["port"] == platform.port
     r = platform("status", "--format", "json", "--fast")
-    assert r.code == 0 and r.seconds < 3.0, r.seconds
+    assert r.code == 0, r.text
 
 
 @pytest.mark.e2e
 def test_p2_force_start_from_running_restarts_it(platform):
     before = _pid(platform)
     assert platform("manage", "start").code == 2  # without --force: the contract's "already running"
-    r = platform("manage", "start", "--force", timeout=120)
+    r = platform("manage", "start", "--force", timeout=QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text + _log(platform)
     assert "restarting" in r.err
     _wait_healthy(platform)
@@ -278,15 +297,15 @@ def test_p2_force_start_from_running_restarts_it(platform):
 @pytest.mark.e2e
 def test_p3_top_level_start_stop_restart(platform):
     assert platform("start").code == 2  # running: the same exit code as `manage start`
-    r = platform("stop", timeout=90)
+    r = platform("stop", timeout=QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text
     assert platform("stop").code == 2
     assert platform("status", "--format", "json", "--fast").code == 2
-    r = platform("start", timeout=120)
+    r = platform("start", timeout=QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text + _log(platform)
     _wait_healthy(platform)
     before = _pid(platform)
-    r = platform("restart", "--wait", "--timeout", "90", timeout=150)
+    r = platform("restart", "--wait", "--timeout", "90", timeout=QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text + _log(platform)
     assert _pid(platform) != before
     assert platform("status", "--format", "json", "--fast").code == 0
@@ -294,12 +313,15 @@ def test_p3_top_level_start_stop_restart(platform):
 
 @pytest.mark.e2e
 def test_p4_test_smoke_through_the_link_and_the_flag_form(platform):
-    r = platform("test", "smoke", timeout=60)
+    r = platform("test", "smoke", timeout=QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text
-    assert r.seconds < 30
     env = {**platform.env, "AUDIOCRAFT_PORT": str(platform.port)}
     p = subprocess.run(
-        ["bash", str(ROOT / "test" / "run-tests.sh"), "--smoke"], env=env, capture_output=True, text=True, timeout=60
+        ["bash", str(ROOT / "test" / "run-tests.sh"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=QUICK_HANG_GUARD_S,
     )
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -329,7 +351,7 @@ def test_p5_model_aliases_in_the_cli(platform, tmp_path):
 
 @pytest.mark.e2e
 def test_p9_stop(platform):
-    r = platform("stop", timeout=90)
+    r = platform("stop", timeout=QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text
     assert platform("stop").code == 2
     assert not (platform.data_dir / "server.pid").exists()
