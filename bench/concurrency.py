@@ -111,7 +111,7 @@ def main() -> None:
     for label, max_batch in modes:
         server = ServerProcess(
             args.hub, args.data / label.replace(" ", "-"), max_batch=max_batch, queue_depth=max(64, args.requests)
-        ).start(timeout_s=300)
+        ).start()
         try:
             run_load(server.base, 1, 1.0, args.model)  # load the model and warm up
             with HealthProbe(server.base) as probe_one:

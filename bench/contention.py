@@ -15,6 +15,13 @@ these OpenMP set-ups:
 - spin=N: GOMP_SPINCOUNT=N;
 - threads=N: the service's set-up with N torch threads.
 Rounds alternate; each cell keeps its fastest round.
+
+    .venv/bin/python bench/contention.py --served        # the real server: lazy load against explicit load
+
+--served runs the server process (`python -m server`, with the set-up `serve` gives it) on a
+real-shape random-weight musicgen-small in a hub folder under /tmp, and times a 5 s request after the
+model was loaded either by the worker thread on the first request (lazy) or by
+POST /api/models/{name}/load (explicit), alone and beside the hog.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +66,52 @@ def start_hog() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
+def served(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT / "test"))
+    import httpx
+    from server_process import ServerProcess
+
+    from bench.concurrency import install_real_shape
+
+    hub, name = Path("/tmp/audiocraft-bench-hub"), "musicgen-small"
+    install_real_shape(hub, name)
+
+    def generate(base: str, duration_s: float) -> float:
+        body = {"prompt": "upbeat electronic music", "duration": duration_s, "seed": 1, "model": name}
+        r = httpx.post(f"{base}/api/generate/music", json=body, timeout=3600)
+        r.raise_for_status()
+        return float(r.headers["x-generation-time"]) if "x-generation-time" in r.headers else float("nan")
+
+    rows = []
+    for rnd in range(args.rounds):
+        for how in ("lazy", "explicit"):
+            for loaded in (False, True):
+                data = Path(f"/tmp/audiocraft-bench-contention/{how}-{int(loaded)}-{rnd}")
+                hog = start_hog() if loaded else None
+                server = ServerProcess(hub, data, env={v: None for v in _OMP_VARS}).start()
+                try:
+                    if how == "explicit":
+                        httpx.post(f"{server.base}/api/models/{name}/load", timeout=3600).raise_for_status()
+                    generate(server.base, 1.0)  # lazy: this request loads the model in the worker thread
+                    started = time.perf_counter()
+                    generate(server.base, args.seconds)
+                    rows.append((how, loaded, time.perf_counter() - started))
+                finally:
+                    server.terminate()
+                    if hog is not None:
+                        hog.kill()
+                        hog.wait()
+                where = "beside the hog" if loaded else "alone"
+                print(f"round {rnd + 1}: {how:8s} {where:15s} {rows[-1][2]:7.2f} s", flush=True)
+    print()
+    print(f"| model loaded | alone, s per {args.seconds:g} s | beside a hog, s | beside / alone |")
+    print("|---|---|---|---|")
+    for how in ("lazy", "explicit"):
+        alone = min(t for h, lo, t in rows if h == how and not lo)
+        hogged = min(t for h, lo, t in rows if h == how and lo)
+        print(f"| {how} | {alone:.2f} | {hogged:.2f} | {hogged / alone:.2f}x |")
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench import generate
     from server.engine import cpu
@@ -69,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per child, after one warm-up")
+    parser.add_argument("--served", action="store_true", help="the real server: lazy against explicit load")
     args = parser.parse_args(argv)
     print(f"# {cpu.label()}, {os.cpu_count()} cpus, {args.seconds:g} s of audio, musicgen-{args.model}", flush=True)
+    if args.served:
+        served(args)
+        return 0
 
     best: dict[tuple[str, str, bool], float] = {}
     for rnd in range(args.rounds):
