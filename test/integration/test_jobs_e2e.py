@@ -6,37 +6,44 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-import time
 
 import pytest
 import soundfile as sf
 from server_process import ServerProcess
+from waiting import HANG_GUARD_S, STALL_S, get_json, job_signature, running_signature, wait_for_progress, wait_jobs
 
 pytestmark = pytest.mark.e2e
 
 EXACT = {"sample_rate": "native", "bit_depth": 32, "normalize": "none"}
 
 
-def wait_all(client, ids, states=("succeeded",), timeout_s=180):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = [client.get(f"/api/jobs/{i}").json() for i in ids]
-        if all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs):
-            assert [j["state"] for j in jobs] == [s for s in states for _ in ([0] if len(states) > 1 else ids)]
-            return jobs
-        time.sleep(0.1)
-    raise AssertionError(f"jobs did not finish: {[(j['id'], j['state']) for j in jobs]}")
+def wait_all(client, ids, states=("succeeded",)):
+    """Wait, while they get on, until the jobs end; then they ended in `states` (one for all, or one each)."""
+    jobs = wait_jobs(client, ids)
+    assert [j["state"] for j in jobs] == [s for s in states for _ in ([0] if len(states) > 1 else ids)], jobs
+    return jobs
 
 
-def wait_running(client, job_id, min_progress=0.0, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}").json()
-        if job["state"] == "running" and job["progress"] > min_progress:
-            return job
+def wait_running(client, job_id, min_progress=0.0):
+    """Wait, while the server gets on, until the job runs with progress past `min_progress`."""
+
+    def probe():
+        job = get_json(client, f"/api/jobs/{job_id}")
         assert job["state"] in ("queued", "running"), job
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} never ran")
+        done = job["state"] == "running" and job["progress"] > min_progress
+        return (job if done else None), (job_signature(job), running_signature(client))
+
+    return wait_for_progress(probe, f"job {job_id} to run past progress {min_progress}")
+
+
+def fresh_audio(client, kind, body):
+    """The audio a fresh run of `body` makes: submitted async and followed while it gets on (a
+    synchronous request could only wait on a wall clock)."""
+    r = client.post(f"/api/generate/{kind}", json={**body, "async": True})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job"]["id"]
+    wait_all(client, [job_id])
+    return client.get(f"/api/jobs/{job_id}/audio").content
 
 
 def stored_states(data_dir):
@@ -64,8 +71,8 @@ def test_sigkill_then_restart_completes_every_job_once(tiny_hub, tmp_path):
                 audio = c.get(f"/api/jobs/{job['id']}/audio")
                 assert sf.info(io.BytesIO(audio.content)).frames == 12 * 32000
             # The interrupted job ran again from its recorded seed: same audio as a fresh run.
-            again = c.post("/api/generate/music", json={"prompt": "crash 0", "duration": 12, "seed": 0, **EXACT})
-            assert again.content == c.get(f"/api/jobs/{ids[0]}/audio").content
+            again = fresh_audio(c, "music", {"prompt": "crash 0", "duration": 12, "seed": 0, **EXACT})
+            assert again == c.get(f"/api/jobs/{ids[0]}/audio").content
     finally:
         server.terminate()
 
@@ -97,9 +104,7 @@ def test_melody_and_continuation_jobs_keep_their_input_across_a_crash(tiny_hub, 
             assert [j["result"]["duration_s"] for j in jobs] == [40.0, 35.0]
             for job_id, body in zip(ids, bodies, strict=True):
                 kind = body.pop("kind")
-                fresh = c.post(f"/api/generate/{kind}", json=body)
-                assert fresh.status_code == 200, fresh.text
-                assert fresh.content == c.get(f"/api/jobs/{job_id}/audio").content
+                assert fresh_audio(c, kind, body) == c.get(f"/api/jobs/{job_id}/audio").content
     finally:
         server.terminate()
 
@@ -122,7 +127,7 @@ def test_graceful_stop_requeues_what_it_cannot_finish(tiny_hub, tmp_path):
 
 
 def test_graceful_stop_finishes_short_work(tiny_hub, tmp_path):
-    server = ServerProcess(tiny_hub, tmp_path / "data", stop_timeout_s=60).start()
+    server = ServerProcess(tiny_hub, tmp_path / "data", stop_timeout_s=HANG_GUARD_S).start()
     with server.client() as c:
         job_id = c.post("/api/generate/music", json={"prompt": "short", "duration": 8, "async": True}).json()["job"][
             "id"
@@ -198,7 +203,8 @@ def test_progress_events_then_done(server):
             "id"
         ]
         events = []
-        with c.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+        # The read timeout is a stall limit: a running job sends its progress as it goes.
+        with c.stream("GET", f"/api/jobs/{job_id}/events", timeout=STALL_S) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             name = None
             for line in stream.iter_lines():
