@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import wave
 from pathlib import Path
 
 import pytest
 from test_cli_support import Cli, assert_clean_error, free_port, write_wav
+from waiting import HANG_GUARD_S, QUICK_HANG_GUARD_S
 
 pytestmark = pytest.mark.e2e
+
+# What `manage start --wait` may wait for health: far above a start-up on a loaded machine.
+START_WAIT_S = "600"
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +27,13 @@ def live(tiny_hub, tmp_path_factory):
     work = base / "work"
     work.mkdir()
     cli = Cli(base / "data", free_port(), cwd=work, AUDIOCRAFT_MODELS_DIR=str(tiny_hub), AUDIOCRAFT_DEVICE="cpu")
-    r = cli("manage", "start", "--wait", "--timeout", "90", timeout=120)
+    r = cli("manage", "start", "--wait", "--timeout", START_WAIT_S, timeout=HANG_GUARD_S)
     assert r.code == 0, r.text + _log(cli)
     yield cli
     # Whatever happened in the tests, leave no server behind.
     pid_file = cli.data_dir / "server.pid"
     if pid_file.exists():
-        cli("manage", "stop", "--timeout", "20", timeout=60)
+        cli("manage", "stop", "--timeout", "20")
     if pid_file.exists():
         try:
             os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
@@ -44,7 +47,7 @@ def _log(cli: Cli) -> str:
 
 
 def test_status_json_running_and_healthy(live):
-    r = live("status", "--json", timeout=15)
+    r = live("status", "--json")
     assert r.code == 0, r.text
     assert r.out.startswith("{")
     data = json.loads(r.out)
@@ -54,7 +57,7 @@ def test_status_json_running_and_healthy(live):
     assert isinstance(data["pid"], int)
     assert data["version"] and data["device"] == "cpu"
     assert set(data["queue"]) == {"queued", "running", "capacity"}
-    assert r.seconds < 10
+    assert r.cpu_seconds < 10, r.cpu_seconds
     text = live("status")
     assert text.code == 0 and "healthy" in text.out
 
@@ -69,7 +72,7 @@ def test_content_generate_music_writes_a_5s_wav(live, tmp_path):
     out = tmp_path / "x.wav"
     r = live(
         "content", "generate", "--type", "music", "--prompt", "calm piano", "--duration", "5",
-        "--output", str(out), "--seed", "7", timeout=300,
+        "--output", str(out), "--seed", "7", timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert r.code == 0, r.text + _log(live)
     with wave.open(str(out)) as w:
@@ -93,7 +96,7 @@ def test_content_generate_music_writes_a_5s_wav(live, tmp_path):
 def test_content_generate_named_json_and_existing_name(live):
     r = live(
         "content", "generate", "--type", "music", "--prompt", "drums", "--duration", "1", "--name", "beat",
-        "--json", timeout=300,
+        "--json", timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert r.code == 0, r.text
     data = json.loads(r.out)
@@ -107,7 +110,9 @@ def test_preset_execute(live, tmp_path):
     preset = tmp_path / "short.json"
     preset.write_text(json.dumps({"type": "music", "prompt": "soft pad", "duration": 1, "model": "musicgen-small"}))
     assert live("content", "add", "--file", str(preset)).code == 0
-    r = live("content", "execute", "--name", "short", "--options", '{"seed": 11}', "--format", "json", timeout=300)
+    r = live(
+        "content", "execute", "--name", "short", "--options", '{"seed": 11}', "--format", "json", timeout=HANG_GUARD_S
+    )
     assert r.code == 0, r.text
     data = json.loads(r.out)
     assert data["seed"] == 11 and data["content"].startswith("short-")
@@ -115,7 +120,9 @@ def test_preset_execute(live, tmp_path):
 
 def test_generate_music_client_command(live, tmp_path):
     out = tmp_path / "beat.flac"
-    r = live("generate", "music", "--prompt", "lofi", "--duration", "1", "--output", str(out), "--json", timeout=300)
+    r = live(
+        "generate", "music", "--prompt", "lofi", "--duration", "1", "--output", str(out), "--json", timeout=HANG_GUARD_S
+    )
     assert r.code == 0, r.text
     data = json.loads(r.out)
     assert data["format"] == "flac" and out.read_bytes()[:4] == b"fLaC"
@@ -127,13 +134,15 @@ def test_generate_music_client_command(live, tmp_path):
 
 def test_sound_through_both_cli_commands(live, tmp_path):
     out = tmp_path / "rain.wav"
-    r = live("generate", "sound", "--prompt", "rain", "--output", str(out), "--json", timeout=300)
+    r = live("generate", "sound", "--prompt", "rain", "--output", str(out), "--json", timeout=HANG_GUARD_S)
     assert r.code == 0, r.text
     data = json.loads(r.out)
     assert data["model"] == "audiogen-medium" and data["duration_s"] == 5.0
     with wave.open(str(out)) as w:
         assert w.getnframes() == 5 * 44100
-    r = live("content", "generate", "--type", "sound", "--prompt", "dog barking", "--duration", "2", timeout=300)
+    r = live(
+        "content", "generate", "--type", "sound", "--prompt", "dog barking", "--duration", "2", timeout=HANG_GUARD_S
+    )
     assert r.code == 0, r.text + _log(live)
     assert "saved as content" in r.out
 
@@ -165,9 +174,9 @@ def test_logs_show_the_server(live):
 
 
 def test_test_smoke_passes_against_the_running_service(live):
-    r = live("test", "smoke", timeout=60)
+    # The phase enforces its budget itself (exit 1 past it); here one far above the quiet 30 s.
+    r = live("test", "smoke", timeout=QUICK_HANG_GUARD_S + 60, SMOKE_BUDGET_S=str(int(QUICK_HANG_GUARD_S)))
     assert r.code == 0, r.text
-    assert r.seconds < 30
 
 
 def test_input_audio_from_content_is_resolved(live, tmp_path):
@@ -175,7 +184,7 @@ def test_input_audio_from_content_is_resolved(live, tmp_path):
     assert live("content", "add", "--file", str(wav), "--name", "theme").code == 0
     out = tmp_path / "more.wav"
     r = live("content", "generate", "--type", "continuation", "--input", "theme", "--prompt", "more", "--duration", "1",
-             "--output", str(out), timeout=300)  # fmt: skip
+             "--output", str(out), timeout=HANG_GUARD_S)  # fmt: skip
     assert r.code == 0, r.text + _log(live)
     with wave.open(str(out)) as w:  # the 0.5 s prompt (whole 20 ms frames), then 1 s
         assert w.getnframes() / w.getframerate() == pytest.approx(1.5, abs=0.02)
@@ -194,13 +203,13 @@ def test_generate_melody_and_continue_with_an_mp3(live, tmp_path):
     mp3 = _mp3(tmp_path / "theme.mp3")
     out = tmp_path / "melody.flac"
     r = live("generate", "melody", "--melody", str(mp3), "--prompt", "strings", "--duration", "2",
-             "--melody-start", "0.5", "--output", str(out), "--json", timeout=300)  # fmt: skip
+             "--melody-start", "0.5", "--output", str(out), "--json", timeout=HANG_GUARD_S)  # fmt: skip
     assert r.code == 0, r.text + _log(live)
     assert json.loads(r.out)["duration_s"] == 2.0
     assert out.read_bytes()[:4] == b"fLaC"
     out = tmp_path / "cont.wav"
     r = live("generate", "continue", "--audio", str(mp3), "--duration", "1", "--no-include-prompt",
-             "--output", str(out), timeout=300)  # fmt: skip
+             "--output", str(out), timeout=HANG_GUARD_S)  # fmt: skip
     assert r.code == 0, r.text + _log(live)
     with wave.open(str(out)) as w:
         assert w.getnframes() / w.getframerate() == pytest.approx(1.0, abs=1e-3)
@@ -208,15 +217,15 @@ def test_generate_melody_and_continue_with_an_mp3(live, tmp_path):
 
 def test_z_stop_then_stop_again(live):
     """Named to run last in the module: stop (0), stop again (2), status not running (2)."""
-    t0 = time.monotonic()
-    r = live("manage", "stop", timeout=70)
+    # stop honours its own bound: --timeout to drain, then SIGKILL and 10 s; the rest is start-up margin.
+    r = live("manage", "stop", "--timeout", "120", timeout=120 + 10 + QUICK_HANG_GUARD_S)
     assert r.code == 0, r.text
-    assert time.monotonic() - t0 < 60
+    assert "stopped" in r.err and "killed" not in r.err, r.err  # the idle server exited on SIGTERM
     assert not (live.data_dir / "server.pid").exists()
     assert live("manage", "stop").code == 2
     assert live("status", "--json").code == 2
     # restart from stopped brings it back; then leave it stopped.
-    r = live("manage", "restart", "--wait", timeout=120)
+    r = live("manage", "restart", "--wait", "--timeout", START_WAIT_S, timeout=HANG_GUARD_S)
     assert r.code == 0, r.text + _log(live)
     assert live("status").code == 0
     assert live("manage", "stop", "--force").code == 0

@@ -4,12 +4,15 @@ data dir, a free port, no inherited AUDIOCRAFT_* settings. Named test_cli_* to l
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from waiting import QUICK_HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +34,8 @@ class Result:
     code: int
     out: str
     err: str
-    seconds: float
+    seconds: float  # wall clock: it grows with the machine's load
+    cpu_seconds: float | None = None  # user + system CPU of the command and what it ran: its own cost
 
     @property
     def text(self) -> str:
@@ -58,8 +62,10 @@ class Cli:
         base.update(env)
         self.env = base
 
-    def __call__(self, *args: str, timeout: float = 60.0, input: str | None = None, **env: str) -> Result:
-        t0 = time.monotonic()
+    def __call__(self, *args: str, timeout: float = QUICK_HANG_GUARD_S, input: str | None = None, **env: str) -> Result:
+        """Run the CLI to completion. `timeout` is a hang guard (it cannot report progress): pass
+        waiting.HANG_GUARD_S for a command that generates."""
+        t0, cpu0 = time.monotonic(), children_cpu_seconds()
         p = subprocess.run(
             [*cli_command(), *args],
             capture_output=True,
@@ -70,7 +76,13 @@ class Cli:
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
-        return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
+        return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0, children_cpu_seconds() - cpu0)
+
+
+def children_cpu_seconds() -> float:
+    """CPU used so far by this process's finished children and what they waited for (getrusage)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_wav(path: Path, seconds: float = 0.5, rate: int = 16000) -> Path:
