@@ -9,11 +9,13 @@ about twice its time alone. The hog is one process spinning in a loop (as `stres
 before and stopped after each loaded run. Each run is bench/generate.py's engine configuration in a
 fresh process (real-shape random-weight musicgen-small, the service's default sampling), under one of
 these OpenMP set-ups:
-- service: what `resource-audiocraft serve` sets (server/engine/threads.py);
-- gomp-default: libgomp's own default (spin about 300,000 iterations, then sleep);
+- service: what `resource-audiocraft serve` runs: OMP_NUM_THREADS from the usable cores, and the
+  decode loop's StepThreads choosing its thread count from step times (server/engine/threads.py);
+- gomp-default: the same threads, fixed (no StepThreads), libgomp's own wait (spin, then sleep);
 - passive: OMP_WAIT_POLICY=PASSIVE (sleep at once);
 - spin=N: GOMP_SPINCOUNT=N;
-- threads=N: the service's set-up with N torch threads.
+- threads=N: N torch threads, fixed.
+All but `service` keep their thread count fixed.
 Rounds alternate; each cell keeps its fastest round.
 
     .venv/bin/python bench/contention.py --served        # the real server: lazy load against explicit load
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small")
     parser.add_argument("--precisions", default="int8-dynamic")
-    parser.add_argument("--waits", default="service,gomp-default")
+    parser.add_argument("--waits", default="service,gomp-default,threads=1")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per child, after one warm-up")
@@ -136,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             for wait in args.waits.split(","):
                 env, count = wait_env(wait)
                 run_args = argparse.Namespace(
-                    device="cpu", seconds=args.seconds, repeats=args.repeats, threads=count
+                    device="cpu",
+                    seconds=args.seconds,
+                    repeats=args.repeats,
+                    threads=count,
+                    fixed_threads=wait != "service",
                 )
                 for loaded in (False, True):
                     hog = start_hog() if loaded else None

@@ -64,6 +64,10 @@ def run_config(args: argparse.Namespace) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fixed_threads:
+        from server.engine import threads
+
+        threads.ADAPTIVE = False
     device = torch.device(args.device)
     name = f"musicgen-{args.model}"
     n_frames = round(args.seconds * FRAME_RATE)
@@ -193,7 +197,7 @@ def child(args: argparse.Namespace, model: str, config: str, env: dict[str, str]
         str(args.repeats),
         "--threads",
         str(args.threads),
-    ]
+    ] + (["--fixed-threads"] if getattr(args, "fixed_threads", False) else [])
     if env is None:
         from server.engine import threads
 
@@ -248,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest is kept")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per child, after one warm-up")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--fixed-threads", action="store_true", help="keep the thread count (no StepThreads choice in the loop)"
+    )
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from server.engine import delay
+from server.engine import delay, threads
 from server.engine.errors import UnsupportedRequest
 from server.engine.fastlm import FastLM, RequestCache
 from server.engine.loaded import LoadedModel
@@ -308,7 +308,8 @@ class DecodeBatch:
 
         current = torch.stack([m.sequence[:, m.step] for m in members])  # [n, K]
         tokens = current.index_select(0, lay.row_repeat)  # [R, K]
-        logits = self.fast.step(tokens, [m.cache for m in members], lay.cond_rows, lay.cond_step)  # [R, K, V]
+        with threads.step_threads().step(key=tokens.shape[0]):  # the stepping thread's chooser
+            logits = self.fast.step(tokens, [m.cache for m in members], lay.cond_rows, lay.cond_step)  # [R, K, V]
 
         cond = logits.index_select(0, lay.cond_rows)
         if lay.any_guided:

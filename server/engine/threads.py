@@ -5,25 +5,32 @@ may use two of them (a `taskset`/cpuset affinity, or a container's CPU quota). M
 usable cores make every parallel region wait for a thread that is not running. The count here is
 the cores the process may use: its affinity mask, capped by the cgroup's CPU quota.
 
-**Waiting.** torch's CPU build runs its intra-op threads on GNU OpenMP (libgomp). After each
-parallel region libgomp's threads spin for GOMP_SPINCOUNT iterations before they sleep (300,000 by
-default, milliseconds). A decode step is some hundreds of short regions, so spinning pays on a
-quiet machine; beside another busy process it collapses: a spinning thread burns the time slice it
-shares with the neighbour, and the region's end then waits for that thread's next slice. Measured
-on musicgen-small (bench/contention.py, docs/benchmarks.md §Contention): the default spin took 3.3x
-the time alone beside one CPU hog; sleeping at once (OMP_WAIT_POLICY=PASSIVE) costs 40 % alone.
-A short spin keeps most of both. libgomp reads these variables once, when torch loads it, so they
-are set in the environment before torch is imported, and only where the user has set nothing.
+**Beside another busy process.** torch's CPU build runs its intra-op threads on GNU OpenMP
+(libgomp); a decode step is some hundreds of short parallel regions, each ending at a barrier. When
+another process takes one of the two cores, every barrier waits for the thread that shares its core
+with that process. Measured on musicgen-small, 5 s of audio at int8-dynamic, beside one CPU hog
+(bench/contention.py, docs/benchmarks.md §Contention, AMD Zen 4):
+
+| OpenMP set-up | alone | beside the hog |
+|---|---|---|
+| 2 threads, libgomp's default spin | 8.4 s | 29.4 s |
+| 2 threads, GOMP_SPINCOUNT 1,000 / 10,000 / 30,000 | 10.5 / 8.2 / 8.8 s | 17.0 / 39.9 / 82.4 s |
+| 2 threads, OMP_WAIT_POLICY=PASSIVE | 13.7 s | 13.0 s |
+| 1 thread | 12.1 s | 10.8 s |
+
+No wait policy is good in both cases, and libgomp reads it once. So the decode loop chooses its
+thread count from the step times it measures (`StepThreads`): all usable cores while they pay, one
+when a neighbour makes them cost, probing the other choice now and then.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-
-# Spin iterations before an idle OpenMP thread sleeps (see the module docstring for the measure).
-SPIN_COUNT = 10_000
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -61,14 +68,12 @@ def thread_count(setting: int) -> int:
 
 
 def prepare_environment(setting: int, environ: dict[str, str] | None = None) -> None:
-    """Set OpenMP's thread count and wait policy for torch, before torch is imported.
+    """Set OpenMP's thread count for torch, before torch is imported (a variable the user set is kept).
 
-    Variables the user set are kept. Every thread that runs torch ops (the decode worker, the loader's
-    packing pool, a request thread) gets an OpenMP team of its own, sized from OMP_NUM_THREADS."""
+    Every thread that runs torch ops (the decode worker, the loader's packing pool, a request thread)
+    gets an OpenMP team of its own, sized from OMP_NUM_THREADS: the usable cores, not the host's."""
     env = os.environ if environ is None else environ
     env.setdefault("OMP_NUM_THREADS", str(thread_count(setting)))
-    if "OMP_WAIT_POLICY" not in env:
-        env.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
 
 
 def apply(setting: int) -> int:
@@ -79,3 +84,119 @@ def apply(setting: int) -> int:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
+
+
+# Off: the decode loop keeps torch's thread count (benchmarks compare against it).
+ADAPTIVE = True
+
+
+class StepThreads:
+    """Chooses the decode loop's thread count from measured step times.
+
+    It runs at `most` threads. After FIRST_PROBE steps it tries another count (one thread, or half)
+    for WINDOW measured steps, then its own again for WINDOW, and compares the alternative's mean step
+    time with its own before and after it (which cancels the slow growth of a step as the attention
+    gets longer). It switches when the other count is faster by MARGIN. The first step after each
+    change is not measured (threads wake up), nor is a window in which the batch changed size. The
+    next probe comes PROBE_EVERY steps later, twice as late after each probe that kept the count (up
+    to PROBE_MAX), so a steady machine pays for few probes and a changed one is noticed in seconds.
+    """
+
+    FIRST_PROBE = 8
+    PROBE_EVERY = 48
+    PROBE_MAX = 384
+    WINDOW = 3
+    MARGIN = 0.05
+
+    def __init__(self, most: int):
+        self.most = max(1, most)
+        self.candidates = sorted({self.most, max(1, self.most // 2), 1}, reverse=True)
+        self.current = self.most
+        self._since_probe = 0
+        self._probes = 0
+        self._plan: list[tuple[int, str]] = []  # (threads, window label) of the probe's coming steps
+        self._times: dict[str, list[float]] = {"before": [], "other": [], "after": []}
+        self._recent: list[float] = []  # measured step times at `current`, newest last
+        self._key: object = None
+        self._other = self.most
+        self._every = self.PROBE_EVERY
+        self._skip = False
+        self._applied = 0
+
+    @contextmanager
+    def step(self, key: object):
+        """Wrap one decode step; `key` names the batch's shape (steps of different shapes are not compared)."""
+        if not ADAPTIVE or len(self.candidates) == 1:
+            yield
+            return
+        threads, label = self._plan[0] if self._plan else (self.current, "run")
+        if key != self._key:
+            self._key, self._skip = key, True
+            self._recent.clear()
+            if self._plan:  # the batch changed under a probe: drop it
+                self._plan.clear()
+                threads, label = self.current, "run"
+        self._apply(threads)
+        started = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - started
+        self._record(label, elapsed)
+
+    def _apply(self, threads: int) -> None:
+        if threads != self._applied:
+            import torch
+
+            torch.set_num_threads(threads)
+            self._applied = threads
+            self._skip = True
+
+    def _record(self, label: str, elapsed: float) -> None:
+        skipped, self._skip = self._skip, False
+        if label == "run":
+            if not skipped:
+                self._recent = (self._recent + [elapsed])[-self.WINDOW :]
+            self._since_probe += 1
+            due = self.FIRST_PROBE if self._probes == 0 else self._every
+            if self._since_probe >= due and len(self._recent) == self.WINDOW:
+                self._start_probe()
+            return
+        if not skipped:
+            self._times[label].append(elapsed)
+        self._plan.pop(0)
+        if not self._plan:
+            self._finish_probe()
+
+    def _start_probe(self) -> None:
+        others = [c for c in self.candidates if c != self.current]
+        other = self._other = others[self._probes % len(others)]
+        self._probes += 1
+        self._since_probe = 0
+        self._times = {"before": list(self._recent), "other": [], "after": []}
+        # One unmeasured step after each change of count, then WINDOW measured ones.
+        self._plan = [(other, "other")] * (self.WINDOW + 1) + [(self.current, "after")] * (self.WINDOW + 1)
+
+    def _finish_probe(self) -> None:
+        times, other = self._times, self._other
+        if not all(times.values()):
+            return
+        own = (sum(times["before"]) / len(times["before"]) + sum(times["after"]) / len(times["after"])) / 2
+        theirs = sum(times["other"]) / len(times["other"])
+        if theirs < own * (1 - self.MARGIN):
+            self.current = other
+            self._recent.clear()
+            self._every = self.PROBE_EVERY
+        else:
+            self._every = min(self.PROBE_MAX, self._every * 2)
+
+
+_local = threading.local()
+
+
+def step_threads() -> StepThreads:
+    """This thread's chooser (the decode worker keeps one across batches)."""
+    chooser = getattr(_local, "chooser", None)
+    if chooser is None:
+        import torch
+
+        chooser = _local.chooser = StepThreads(torch.get_num_threads())
+    return chooser

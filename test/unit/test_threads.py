@@ -46,13 +46,10 @@ def test_the_setting_wins_over_the_cores():
 def test_environment_keeps_what_the_user_set():
     env: dict[str, str] = {}
     threads.prepare_environment(0, env)
-    assert env == {"OMP_NUM_THREADS": str(threads.usable_cpus()), "GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+    assert env == {"OMP_NUM_THREADS": str(threads.usable_cpus())}
     env = {"OMP_NUM_THREADS": "7", "OMP_WAIT_POLICY": "ACTIVE"}
     threads.prepare_environment(2, env)
     assert env == {"OMP_NUM_THREADS": "7", "OMP_WAIT_POLICY": "ACTIVE"}
-    env = {"GOMP_SPINCOUNT": "5"}
-    threads.prepare_environment(2, env)
-    assert env == {"GOMP_SPINCOUNT": "5", "OMP_NUM_THREADS": "2"}
 
 
 def test_the_server_entry_sets_them_before_torch_loads(tmp_path):
@@ -67,11 +64,79 @@ def test_the_server_entry_sets_them_before_torch_loads(tmp_path):
         f"m.serve(Settings(torch_threads=0, data_dir={str(tmp_path)!r}, models_dir={str(tmp_path)!r}))\n"
         "import torch\n"
         "assert 'torch' in sys.modules\n"
-        "print(os.environ['OMP_NUM_THREADS'], os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())\n"
+        "print(os.environ['OMP_NUM_THREADS'], torch.get_num_threads())\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=True
     )
     n = str(threads.usable_cpus())
-    assert out.stdout.split() == [n, str(threads.SPIN_COUNT), n]
+    assert out.stdout.split() == [n, n]
+
+
+class FakeMachine:
+    """Stands in for the clock and torch's thread setting: a step costs what `cost(threads)` says."""
+
+    def __init__(self, monkeypatch, cost):
+        import torch
+
+        self.now = 0.0
+        self.threads = 2
+        self.cost = cost
+        self.counts: list[int] = []
+        monkeypatch.setattr(threads.time, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(torch, "set_num_threads", self._set)
+
+    def _set(self, n: int) -> None:
+        self.threads = n
+
+    def run(self, chooser: threads.StepThreads, steps: int, key: object = 2) -> None:
+        for _ in range(steps):
+            with chooser.step(key):
+                self.now += self.cost(self.threads)
+            self.counts.append(self.threads)
+
+
+def test_step_threads_keep_every_core_while_they_pay(monkeypatch):
+    machine = FakeMachine(monkeypatch, lambda n: {2: 1.0, 1: 1.45}[n])  # alone: 2 threads are faster
+    chooser = threads.StepThreads(2)
+    machine.run(chooser, 400)
+    assert chooser.current == 2
+    # Probes are few and get rarer: one thread ran for a few steps per probe only.
+    assert machine.counts.count(1) <= 5 * (threads.StepThreads.WINDOW + 1)
+    assert machine.counts[-100:].count(1) <= threads.StepThreads.WINDOW + 1
+
+
+def test_step_threads_drop_to_one_beside_a_neighbour_and_come_back(monkeypatch):
+    hog = {"on": True}
+    machine = FakeMachine(monkeypatch, lambda n: ({2: 3.5, 1: 1.1} if hog["on"] else {2: 1.0, 1: 1.45})[n])
+    chooser = threads.StepThreads(2)
+    machine.run(chooser, 30)
+    assert chooser.current == 1  # found at the first probe
+    assert machine.counts[-10:] == [1] * 10
+    hog["on"] = False
+    machine.run(chooser, 200)
+    assert chooser.current == 2
+    assert machine.counts[-48:].count(2) >= 48 - (threads.StepThreads.WINDOW + 1)  # a probe at most
+
+
+def test_step_threads_compare_only_steps_of_one_batch_shape(monkeypatch):
+    """A request joining during a probe makes steps slower for a reason that is not the thread count."""
+    machine = FakeMachine(monkeypatch, lambda n: {2: 1.0, 1: 1.45}[n])
+    chooser = threads.StepThreads(2)
+    machine.run(chooser, threads.StepThreads.FIRST_PROBE + 1, key=2)  # the probe has begun, at one thread
+    assert machine.threads == 1
+    machine.run(chooser, 20, key=4)
+    assert chooser.current == 2
+    assert machine.counts[-5:] == [2] * 5
+
+
+def test_step_threads_do_nothing_with_one_core_or_when_off(monkeypatch):
+    machine = FakeMachine(monkeypatch, lambda n: 1.0)
+    machine.threads = 1
+    machine.run(threads.StepThreads(1), 100)
+    assert set(machine.counts) == {1}
+    monkeypatch.setattr(threads, "ADAPTIVE", False)
+    machine.threads, machine.counts = 2, []
+    machine.run(threads.StepThreads(2), 100)
+    assert set(machine.counts) == {2}
