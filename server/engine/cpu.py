@@ -8,6 +8,7 @@ benchmark names it (`label()`) and the precision choice reads it (`isa()`).
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from pathlib import Path
 
@@ -64,4 +65,6 @@ def label() -> str:
     present = isa()
     missing = [name for name in ("AVX-512", "AMX") if name not in present]
     text = f"{model_name()}: {', '.join(present) or 'no AVX2'}"
-    return text + (f"; no {', no '.join(missing)}" if missing else "")
+    text += f"; no {', no '.join(missing)}" if missing else ""
+    held = [k for k, v in AVX2_ONLY_ENV.items() if os.environ.get(k, "").lower() == v.lower()]
+    return text + (f" (kernels held to AVX2 by {', '.join(held)})" if held else "")

@@ -94,3 +94,16 @@ def test_the_default_stays_within_the_documented_drift(contracts):
     drift = contracts["drift"]
     assert drift["err_mean"] < MAX_ERR_MEAN, contracts
     assert drift["sampled"] > MIN_SAMPLED, contracts
+
+
+def test_benchmarks_name_the_cpu_and_held_kernels(monkeypatch):
+    from server.engine import cpu
+
+    for name in AVX2_ONLY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    label = cpu.label()
+    assert label.startswith(cpu.model_name()) and "held" not in label
+    assert ("AVX-512" in cpu.isa()) == ("no AVX-512" not in label)
+    for name, value in AVX2_ONLY_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert "kernels held to AVX2" in cpu.label()
