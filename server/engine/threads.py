@@ -29,8 +29,12 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -84,6 +88,32 @@ def apply(setting: int) -> int:
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return count
+
+
+def in_own_thread(fn: Callable[..., T], *args: object) -> T:
+    """Run torch work outside the decode worker in a thread that ends with it.
+
+    libgomp gives every thread that runs a parallel region a team of its own, and while more team
+    threads are alive than there are cores it throttles every team's spinning (1,000 spins instead of
+    300,000). A server's request threads live on after their work, idle, so a model loaded or a file
+    encoded in one left the decode worker throttled: 5 s of musicgen-small took 12.0 s after
+    POST /api/models/.../load against 8.1 s after a load by the worker itself (bench/contention.py
+    --served), and 100 steps took 4.8 s instead of 2.6 s while one idle thread's team was alive.
+    When the thread ends, its team goes with it."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="audiocraft-torch-call")
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["value"]  # type: ignore[return-value]
 
 
 # Off: the decode loop keeps torch's thread count (benchmarks compare against it).

@@ -140,3 +140,24 @@ def test_step_threads_do_nothing_with_one_core_or_when_off(monkeypatch):
     machine.threads, machine.counts = 2, []
     machine.run(threads.StepThreads(2), 100)
     assert set(machine.counts) == {2}
+
+
+def test_torch_work_runs_in_a_thread_that_ends_with_it():
+    import threading
+
+    import pytest
+
+    seen = []
+
+    def work(x):
+        seen.append(threading.current_thread())
+        return x * 2
+
+    assert threads.in_own_thread(work, 21) == 42
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()
+
+    def fails():
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        threads.in_own_thread(fails)

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from lib.schemas import DecodeOptions, EncodeOptions, default_bandwidth
+from server.engine import threads
 from server.engine.codec.codec import Codec
 from server.engine.codec.service import decode_file, encode_file, open_ecdc
 from server.engine.errors import UnsupportedRequest
@@ -164,7 +165,7 @@ async def encode(request: Request) -> Response:
             with _slot(request.app):
                 return encode_file(codec, upload.file, upload.size, upload.filename, bandwidth, opts.format)
 
-        result = await run_in_threadpool(work)
+        result = await run_in_threadpool(threads.in_own_thread, work)
     finally:
         await upload.close()
     headers = {
@@ -198,7 +199,7 @@ async def decode(request: Request) -> Response:
             with _slot(request.app):
                 return decode_file(plan, upload.file, opts, svc.settings.max_duration_s)
 
-        result = await run_in_threadpool(work)
+        result = await run_in_threadpool(threads.in_own_thread, work)
     finally:
         await upload.close()
     headers = {

@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from lib.schemas import ModelInfo, ModelList
-from server.engine import store
+from server.engine import store, threads
 from server.engine.device import dtype_name
 from server.http.routes.generate import accepted
 from server.services import Services
@@ -74,7 +74,7 @@ async def delete_model(request: Request) -> JSONResponse:
 async def load_model(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
     spec = _spec(request)
-    await run_in_threadpool(svc.registry.get, spec.name)
+    await run_in_threadpool(threads.in_own_thread, svc.registry.get, spec.name)
     return JSONResponse(model_info(svc, spec).model_dump())
 
 
