@@ -45,8 +45,9 @@ class Settings(BaseSettings):
             "Language-model precision: auto, float32, bfloat16, float16, int8, int8-dynamic or int8-rows. "
             "auto: int8-dynamic on a CPU where torch has its x86 quantized engine (x86 builds), int8 weight-only "
             "on other CPUs (ARM builds have only qnnpack), float16 on CUDA (server/engine/device.py "
-            "default_precision). float32 is token-identical to transformers; the int8 kinds are CPU only, "
-            "float16 CUDA only. Fidelity and speed of each: docs/benchmarks.md"
+            "default_precision). float32 is bitwise transformers' decoder on every CPU kind; int8-dynamic takes "
+            "7-bit activations on CPUs without VNNI (AVX2 only). The int8 kinds are CPU only, float16 CUDA only. "
+            "Fidelity and speed of each, per CPU: docs/benchmarks.md"
         ),
     )
     model_dtype: str = Field(
