@@ -161,3 +161,34 @@ def test_torch_work_runs_in_a_thread_that_ends_with_it():
 
     with pytest.raises(ValueError, match="bad input"):
         threads.in_own_thread(fails)
+
+
+def test_tokens_do_not_depend_on_the_thread_count(monkeypatch):
+    """StepThreads changes the count mid-request, so a request's tokens must not depend on it."""
+    import torch
+
+    monkeypatch.setattr(threads, "ADAPTIVE", False)  # the test sets the counts itself
+    from bench.common import loaded_model
+    from lib.catalogue import get_spec
+    from server.engine.decode import DecodeBatch, DecodeRequest
+    from server.engine.fastlm import FastLM
+    from server.engine.tiny import build_tiny_model
+
+    lm = loaded_model("musicgen-small", build_tiny_model(get_spec("musicgen-small")))
+    before = torch.get_num_threads()
+    try:
+        for precision in ("float32", "int8-dynamic"):
+            lm.fast = FastLM(lm.model.decoder, precision, torch.device("cpu"))
+            runs = []
+            for counts in ([2], [1], [2, 1, 2, 1]):  # fixed, or changing every step
+                batch = DecodeBatch(lm)
+                handle = batch.add(DecodeRequest("rain on a tin roof", 24, seed=3))
+                step = 0
+                while len(batch):
+                    torch.set_num_threads(counts[step % len(counts)])
+                    batch.step()
+                    step += 1
+                runs.append(batch.pop(handle))
+            assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2]), precision
+    finally:
+        torch.set_num_threads(before)
