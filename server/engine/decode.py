@@ -21,7 +21,7 @@ import torch
 
 from server.engine import delay, threads
 from server.engine.errors import UnsupportedRequest
-from server.engine.fastlm import FastLM, RequestCache
+from server.engine.fastlm import THREAD_INVARIANT, FastLM, RequestCache
 from server.engine.loaded import LoadedModel
 from server.engine.sampling import SamplerBatch, SamplingParams, guide
 
@@ -308,7 +308,8 @@ class DecodeBatch:
 
         current = torch.stack([m.sequence[:, m.step] for m in members])  # [n, K]
         tokens = current.index_select(0, lay.row_repeat)  # [R, K]
-        with threads.step_threads().step(key=tokens.shape[0]):  # the stepping thread's chooser
+        # The stepping thread's chooser; only kernels whose bits do not depend on the count adapt.
+        with threads.step_threads().step(key=tokens.shape[0], adapt=self.fast.precision in THREAD_INVARIANT):
             logits = self.fast.step(tokens, [m.cache for m in members], lay.cond_rows, lay.cond_step)  # [R, K, V]
 
         cond = logits.index_select(0, lay.cond_rows)

@@ -58,6 +58,9 @@ ACT_DTYPE = {
     "int8-rows": torch.float32,
 }
 CACHE_DTYPE = {p: torch.bfloat16 for p in KERNELS} | {"float32": torch.float32, "float16": torch.float16}
+# Precisions whose step gives the same bits at any torch thread count (integer sums; measured on the
+# real shape at 1 and 2 threads): the decode loop may change its thread count for these only.
+THREAD_INVARIANT = frozenset({"int8", "int8-dynamic"})
 
 Spans = list[tuple[int, int]]
 

@@ -130,6 +130,13 @@ class StepThreads:
     change is not measured (threads wake up), nor is a window in which the batch changed size. The
     next probe comes PROBE_EVERY steps later, twice as late after each probe that kept the count (up
     to PROBE_MAX), so a steady machine pays for few probes and a changed one is noticed in seconds.
+
+    **Bits.** The count is changed inside the step only, and put back after it, so T5, the prefill and
+    EnCodec always run at `most` threads: their convolutions and fp32 matmuls give other bits at
+    another count (the audio of a seed would depend on the machine's load). For the same reason only
+    steps whose logits are the same bits at any count adapt (`adapt`): the int8 kernels (exact integer
+    sums, measured bitwise equal at 1 and 2 threads on the real shape); fp32 and bf16 dense matmuls
+    differ (2e-6 on fp32 logits) and keep `most`.
     """
 
     FIRST_PROBE = 8
@@ -151,12 +158,13 @@ class StepThreads:
         self._other = self.most
         self._every = self.PROBE_EVERY
         self._skip = False
-        self._applied = 0
+        self._last = self.most  # the count of the last step
 
     @contextmanager
-    def step(self, key: object):
-        """Wrap one decode step; `key` names the batch's shape (steps of different shapes are not compared)."""
-        if not ADAPTIVE or len(self.candidates) == 1:
+    def step(self, key: object, adapt: bool = True):
+        """Wrap one decode step; `key` names the batch's shape (steps of different shapes are not
+        compared); adapt=False: this step's bits depend on the count, run it at `most`."""
+        if not (ADAPTIVE and adapt) or len(self.candidates) == 1:
             yield
             return
         threads, label = self._plan[0] if self._plan else (self.current, "run")
@@ -166,19 +174,20 @@ class StepThreads:
             if self._plan:  # the batch changed under a probe: drop it
                 self._plan.clear()
                 threads, label = self.current, "run"
-        self._apply(threads)
-        started = time.perf_counter()
-        yield
-        elapsed = time.perf_counter() - started
-        self._record(label, elapsed)
+        if threads != self._last:  # the first step at a new count wakes threads: not measured
+            self._last, self._skip = threads, True
+        import torch
 
-    def _apply(self, threads: int) -> None:
-        if threads != self._applied:
-            import torch
-
+        if threads != self.most:
             torch.set_num_threads(threads)
-            self._applied = threads
-            self._skip = True
+        try:
+            started = time.perf_counter()
+            yield
+            elapsed = time.perf_counter() - started
+        finally:
+            if threads != self.most:
+                torch.set_num_threads(self.most)
+        self._record(label, elapsed)
 
     def _record(self, label: str, elapsed: float) -> None:
         skipped, self._skip = self._skip, False

@@ -94,7 +94,8 @@ class FakeMachine:
         for _ in range(steps):
             with chooser.step(key):
                 self.now += self.cost(self.threads)
-            self.counts.append(self.threads)
+                self.counts.append(self.threads)
+            assert self.threads == chooser.most  # put back: what runs between steps keeps its bits
 
 
 def test_step_threads_keep_every_core_while_they_pay(monkeypatch):
@@ -125,10 +126,20 @@ def test_step_threads_compare_only_steps_of_one_batch_shape(monkeypatch):
     machine = FakeMachine(monkeypatch, lambda n: {2: 1.0, 1: 1.45}[n])
     chooser = threads.StepThreads(2)
     machine.run(chooser, threads.StepThreads.FIRST_PROBE + 1, key=2)  # the probe has begun, at one thread
-    assert machine.threads == 1
+    assert machine.counts[-1] == 1
     machine.run(chooser, 20, key=4)
     assert chooser.current == 2
     assert machine.counts[-5:] == [2] * 5
+
+
+def test_step_threads_keep_the_count_for_steps_whose_bits_depend_on_it(monkeypatch):
+    machine = FakeMachine(monkeypatch, lambda n: {2: 3.5, 1: 1.1}[n])  # one thread would be faster
+    chooser = threads.StepThreads(2)
+    for _ in range(100):
+        with chooser.step(2, adapt=False):
+            machine.now += machine.cost(machine.threads)
+            machine.counts.append(machine.threads)
+    assert set(machine.counts) == {2}
 
 
 def test_step_threads_do_nothing_with_one_core_or_when_off(monkeypatch):
