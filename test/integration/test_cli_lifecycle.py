@@ -5,13 +5,11 @@ manage start --wait → status → content generate → content list → test sm
 from __future__ import annotations
 
 import json
-import os
-import signal
 import wave
 from pathlib import Path
 
 import pytest
-from test_cli_support import Cli, assert_clean_error, free_port, write_wav
+from test_cli_support import Cli, assert_clean_error, free_port, server_log, stop_leftover, write_wav
 from waiting import HANG_GUARD_S, QUICK_HANG_GUARD_S
 
 pytestmark = pytest.mark.e2e
@@ -28,22 +26,10 @@ def live(tiny_hub, tmp_path_factory):
     work.mkdir()
     cli = Cli(base / "data", free_port(), cwd=work, AUDIOCRAFT_MODELS_DIR=str(tiny_hub), AUDIOCRAFT_DEVICE="cpu")
     r = cli("manage", "start", "--wait", "--timeout", START_WAIT_S, timeout=HANG_GUARD_S)
-    assert r.code == 0, r.text + _log(cli)
+    assert r.code == 0, r.text + server_log(cli)
     yield cli
     # Whatever happened in the tests, leave no server behind.
-    pid_file = cli.data_dir / "server.pid"
-    if pid_file.exists():
-        cli("manage", "stop", "--timeout", "20")
-    if pid_file.exists():
-        try:
-            os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
-            pass
-
-
-def _log(cli: Cli) -> str:
-    log = cli.data_dir / "logs" / "server.log"
-    return "\n--- server.log ---\n" + (log.read_text()[-4000:] if log.exists() else "(none)")
+    stop_leftover(cli)
 
 
 def test_status_json_running_and_healthy(live):
@@ -74,7 +60,7 @@ def test_content_generate_music_writes_a_5s_wav(live, tmp_path):
         "content", "generate", "--type", "music", "--prompt", "calm piano", "--duration", "5",
         "--output", str(out), "--seed", "7", timeout=HANG_GUARD_S,
     )  # fmt: skip
-    assert r.code == 0, r.text + _log(live)
+    assert r.code == 0, r.text + server_log(live)
     with wave.open(str(out)) as w:
         assert abs(w.getnframes() / w.getframerate() - 5.0) < 0.05
     assert "saved as content" in r.out
@@ -143,7 +129,7 @@ def test_sound_through_both_cli_commands(live, tmp_path):
     r = live(
         "content", "generate", "--type", "sound", "--prompt", "dog barking", "--duration", "2", timeout=HANG_GUARD_S
     )
-    assert r.code == 0, r.text + _log(live)
+    assert r.code == 0, r.text + server_log(live)
     assert "saved as content" in r.out
 
 
@@ -185,7 +171,7 @@ def test_input_audio_from_content_is_resolved(live, tmp_path):
     out = tmp_path / "more.wav"
     r = live("content", "generate", "--type", "continuation", "--input", "theme", "--prompt", "more", "--duration", "1",
              "--output", str(out), timeout=HANG_GUARD_S)  # fmt: skip
-    assert r.code == 0, r.text + _log(live)
+    assert r.code == 0, r.text + server_log(live)
     with wave.open(str(out)) as w:  # the 0.5 s prompt (whole 20 ms frames), then 1 s
         assert w.getnframes() / w.getframerate() == pytest.approx(1.5, abs=0.02)
 
@@ -204,13 +190,13 @@ def test_generate_melody_and_continue_with_an_mp3(live, tmp_path):
     out = tmp_path / "melody.flac"
     r = live("generate", "melody", "--melody", str(mp3), "--prompt", "strings", "--duration", "2",
              "--melody-start", "0.5", "--output", str(out), "--json", timeout=HANG_GUARD_S)  # fmt: skip
-    assert r.code == 0, r.text + _log(live)
+    assert r.code == 0, r.text + server_log(live)
     assert json.loads(r.out)["duration_s"] == 2.0
     assert out.read_bytes()[:4] == b"fLaC"
     out = tmp_path / "cont.wav"
     r = live("generate", "continue", "--audio", str(mp3), "--duration", "1", "--no-include-prompt",
              "--output", str(out), timeout=HANG_GUARD_S)  # fmt: skip
-    assert r.code == 0, r.text + _log(live)
+    assert r.code == 0, r.text + server_log(live)
     with wave.open(str(out)) as w:
         assert w.getnframes() / w.getframerate() == pytest.approx(1.0, abs=1e-3)
 
@@ -226,7 +212,7 @@ def test_z_stop_then_stop_again(live):
     assert live("status", "--json").code == 2
     # restart from stopped brings it back; then leave it stopped.
     r = live("manage", "restart", "--wait", "--timeout", START_WAIT_S, timeout=HANG_GUARD_S)
-    assert r.code == 0, r.text + _log(live)
+    assert r.code == 0, r.text + server_log(live)
     assert live("status").code == 0
     assert live("manage", "stop", "--force").code == 0
     assert live("manage", "stop").code == 2

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from test_cli_support import ROOT, Cli, Result, assert_clean_error, free_port
+from test_cli_support import ROOT, Cli, Result, assert_clean_error, free_port, server_log, stop_leftover
 from waiting import HANG_GUARD_S, QUICK_HANG_GUARD_S
 
 # The calls the platform makes, as it makes them (README's CLI section lists each of them).
@@ -239,19 +238,7 @@ def platform(tiny_hub, tmp_path_factory):
         AUDIOCRAFT_LOG_LEVEL="INFO",  # the platform's spelling
     )
     yield cli
-    pid_file = cli.data_dir / "server.pid"
-    if pid_file.exists():
-        cli("manage", "stop", "--timeout", "20", timeout=QUICK_HANG_GUARD_S)
-    if pid_file.exists():
-        try:
-            os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
-            pass
-
-
-def _log(cli: Cli) -> str:
-    log = cli.data_dir / "logs" / "server.log"
-    return "\n--- server.log ---\n" + (log.read_text()[-4000:] if log.exists() else "(none)")
+    stop_leftover(cli)
 
 
 def _wait_healthy(cli: LinkedCli, timeout_s: float = QUICK_HANG_GUARD_S) -> dict:
@@ -264,7 +251,7 @@ def _wait_healthy(cli: LinkedCli, timeout_s: float = QUICK_HANG_GUARD_S) -> dict
         if r.code == 0:
             assert data["running"] is True and data["healthy"] is True
             return data
-        assert time.monotonic() < deadline, r.text + _log(cli)
+        assert time.monotonic() < deadline, r.text + server_log(cli)
         time.sleep(0.5)
 
 
@@ -276,7 +263,7 @@ def _pid(cli: LinkedCli) -> int:
 def test_p1_force_start_from_stopped(platform):
     assert platform("status", "--format", "json", "--fast").code == 2
     r = platform("manage", "start", "--force", timeout=QUICK_HANG_GUARD_S)
-    assert r.code == 0, r.text + _log(platform)
+    assert r.code == 0, r.text + server_log(platform)
     data = _wait_healthy(platform)
     assert data["pid"] == _pid(platform) and data["port"] == platform.port
     r = platform("status", "--format", "json", "--fast")
@@ -288,7 +275,7 @@ def test_p2_force_start_from_running_restarts_it(platform):
     before = _pid(platform)
     assert platform("manage", "start").code == 2  # without --force: the contract's "already running"
     r = platform("manage", "start", "--force", timeout=QUICK_HANG_GUARD_S)
-    assert r.code == 0, r.text + _log(platform)
+    assert r.code == 0, r.text + server_log(platform)
     assert "restarting" in r.err
     _wait_healthy(platform)
     assert _pid(platform) != before
@@ -302,11 +289,11 @@ def test_p3_top_level_start_stop_restart(platform):
     assert platform("stop").code == 2
     assert platform("status", "--format", "json", "--fast").code == 2
     r = platform("start", timeout=QUICK_HANG_GUARD_S)
-    assert r.code == 0, r.text + _log(platform)
+    assert r.code == 0, r.text + server_log(platform)
     _wait_healthy(platform)
     before = _pid(platform)
     r = platform("restart", "--wait", "--timeout", "600", timeout=QUICK_HANG_GUARD_S + 600)
-    assert r.code == 0, r.text + _log(platform)
+    assert r.code == 0, r.text + server_log(platform)
     assert _pid(platform) != before
     assert platform("status", "--format", "json", "--fast").code == 0
 
@@ -341,7 +328,7 @@ def test_p5_model_aliases_in_the_cli(platform, tmp_path):
     out = tmp_path / "beat.wav"
     r = platform("generate", "music", "--model", "small", "--prompt", "a beat", "--duration", "0.5",
                  "--output", str(out), "--json", timeout=HANG_GUARD_S)  # fmt: skip
-    assert r.code == 0, r.text + _log(platform)
+    assert r.code == 0, r.text + server_log(platform)
     assert json.loads(r.out)["model"] == "musicgen-small"
     # The service's 404 for an unknown name: its close matches, exit 1.
     r = platform("generate", "music", "--model", "musicgen-smal", "--prompt", "x", "--duration", "0.5")

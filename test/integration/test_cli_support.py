@@ -3,8 +3,10 @@ data dir, a free port, no inherited AUDIOCRAFT_* settings. Named test_cli_* to l
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -107,3 +109,21 @@ def assert_clean_error(r: Result, code: int = 1) -> None:
     assert "Traceback" not in r.text, r.text
     lines = [ln for ln in r.err.splitlines() if ln.strip()]
     assert 1 <= len(lines) <= 2, r.err
+
+
+def server_log(cli: Cli) -> str:
+    """The tail of the service's log, for a failure message."""
+    log = cli.data_dir / "logs" / "server.log"
+    return "\n--- server.log ---\n" + (log.read_text()[-4000:] if log.exists() else "(none)")
+
+
+def stop_leftover(cli: Cli) -> None:
+    """Whatever a test did, leave no server behind: stop it, then kill its process group."""
+    pid_file = cli.data_dir / "server.pid"
+    if pid_file.exists():
+        cli("manage", "stop", "--timeout", "20", timeout=QUICK_HANG_GUARD_S)
+    if pid_file.exists():
+        try:
+            os.killpg(json.loads(pid_file.read_text())["pid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
