@@ -1,8 +1,9 @@
 """What CPU this is: its model name and the vector extensions the kernels choose by.
 
 The same code runs on AVX2-only CPUs and on CPUs with AVX-512 and AMX, and torch, MKL, oneDNN and
-fbgemm pick other kernels on each: speed figures and the default precision depend on it, so every
-benchmark names it (`label()`) and the precision choice reads it (`isa()`).
+fbgemm pick other kernels on each, so every benchmark names the CPU (`label()`). The engine itself
+does not choose by these flags: where a kernel's behaviour matters it asks the kernel
+(`qdynamic.activation_levels()`), which also sees the libraries' own ISA settings (`AVX2_ONLY_ENV`).
 """
 
 from __future__ import annotations

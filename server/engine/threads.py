@@ -1,4 +1,4 @@
-"""How many threads torch runs, and how its idle threads wait.
+"""How many threads torch runs, where torch work runs, and how the decode loop copes with a busy neighbour.
 
 **Thread count.** torch's default is `os.cpu_count()`: every core of the host, even where the process
 may use two of them (a `taskset`/cpuset affinity, or a container's CPU quota). More threads than
