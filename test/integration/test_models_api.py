@@ -143,3 +143,23 @@ def test_cancelling_a_download_fails_the_requests_waiting_for_it(hub, tmp_path):
         assert job["state"] == "failed" and job["error"]["code"] == "download_failed"
         assert "cancelled" in job["error"]["message"]
         assert client.get(f"/api/models/{NAME}").json()["installed"] is False
+
+
+def test_a_load_runs_in_a_thread_that_ends_with_it(tiny_hub, tmp_path, monkeypatch):
+    """An idle request thread that ran torch keeps an OpenMP team that throttles the decode worker
+    (server/engine/threads.py in_own_thread): the load's thread must be gone when the answer comes."""
+    import threading
+
+    from server.engine.registry import ModelRegistry
+
+    seen: list[threading.Thread] = []
+    real_get = ModelRegistry.get
+
+    def get(self, name):
+        seen.append(threading.current_thread())
+        return real_get(self, name)
+
+    monkeypatch.setattr(ModelRegistry, "get", get)
+    with make_client(tiny_hub, tmp_path) as client:
+        assert client.post(f"/api/models/{NAME}/load").status_code == 200
+    assert seen and all(not t.is_alive() and t.name == "audiocraft-torch-call" for t in seen)
