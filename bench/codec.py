@@ -5,7 +5,7 @@
 
 Models are random-weight EncodecModels of the released checkpoints' shapes (transformers'
 EncodecConfig defaults are facebook/encodec_24khz; the 48 kHz and 32 kHz ones differ where their
-config.json files do, see server/engine/codec/shapes.py), so compute and memory are the real
+config.json files do, see server/tiny/encodec.py), so compute and memory are the real
 ones; nothing is downloaded. Codebooks are random too, so the bytes are not meaningful audio, but
 their count is: the .ecdc size depends only on length, model and bandwidth.
 
@@ -44,7 +44,7 @@ def _real_codec(name: str, seed: int = 0):
 
     from lib.catalogue import get_spec
     from server.engine.codec.codec import Codec, layout_for
-    from server.engine.codec.shapes import build_model, real_config
+    from server.tiny.encodec import build_model, real_config
 
     spec = get_spec(name)
     model = build_model(real_config(name), seed)

@@ -28,8 +28,8 @@ from server_process import ServerProcess  # noqa: E402
 def install_real_shape(hub: Path, name: str) -> None:
     from bench.common import build_real_shape
     from lib.catalogue import get_spec
-    from server.engine import store
-    from server.engine.tiny import _legacy_weight_norm_names, build_tokenizer, write_snapshot
+    from server.hub import store
+    from server.tiny.models import _legacy_weight_norm_names, build_tokenizer, write_snapshot
 
     spec = get_spec(name)
     if store.is_installed(spec, hub):

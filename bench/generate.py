@@ -58,9 +58,9 @@ def run_config(args: argparse.Namespace) -> dict:
     from bench.common import build_real_shape, loaded_model
     from lib.catalogue import get_spec
     from server.engine.decode import DecodeBatch, DecodeRequest, codes_to_audio
-    from server.engine.device import pick_dtype
-    from server.engine.loaded import prepare
-    from server.engine.tiny import build_tokenizer
+    from server.models.device import pick_dtype
+    from server.models.loaded import prepare
+    from server.tiny.models import build_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -74,8 +74,8 @@ def install(name: str, hub: Path) -> None:
 
     from bench.common import real_shape_config
     from lib.catalogue import get_spec
-    from server.engine import store
-    from server.engine.tiny import TINY, build_tokenizer, write_snapshot
+    from server.hub import store
+    from server.tiny.models import TINY, build_tokenizer, write_snapshot
 
     spec = get_spec(name)
     if store.is_installed(spec, hub):
@@ -98,7 +98,7 @@ def install(name: str, hub: Path) -> None:
 def drop_page_cache(name: str, hub: Path) -> None:
     """Evict the checkpoint's files from the page cache (no root needed)."""
     from lib.catalogue import get_spec
-    from server.engine import store
+    from server.hub import store
 
     for path in (store.repo_folder(get_spec(name).repo, hub) / "blobs").iterdir():
         fd = os.open(path, os.O_RDONLY)
@@ -114,8 +114,8 @@ def child(name: str, dtype: str, hub: Path) -> dict:
     import torch
 
     from lib.settings import Settings
-    from server.engine.device import dtype_name
-    from server.engine.registry import ModelRegistry
+    from server.models.device import dtype_name
+    from server.models.registry import ModelRegistry
 
     registry = ModelRegistry(Settings(models_dir=hub, device="cpu", dtype=dtype, memory_budget_gb=1000))
     started = time.perf_counter()

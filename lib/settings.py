@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         description=(
             "Language-model precision: auto, float32, bfloat16, float16, int8, int8-dynamic or int8-rows. "
             "auto: int8-dynamic on a CPU where torch has its x86 quantized engine (x86 builds), int8 weight-only "
-            "on other CPUs (ARM builds have only qnnpack), float16 on CUDA (server/engine/device.py "
+            "on other CPUs (ARM builds have only qnnpack), float16 on CUDA (server/models/device.py "
             "default_precision). float32 is bitwise transformers' decoder on every CPU kind; int8-dynamic takes "
             "7-bit activations on CPUs without VNNI (AVX2 only). The int8 kinds are CPU only, float16 CUDA only. "
             "Fidelity and speed of each, per CPU: docs/benchmarks.md"
@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         pattern=r"^\s*([\w.-]+\s*=\s*(auto|float32|bfloat16|float16|int8|int8-dynamic|int8-rows)\s*(,\s*|$))*$",
         description="Per-model precision over `dtype`: comma-separated name=precision, e.g. musicgen-large=bfloat16",
     )
-    # Model management (server/engine/registry.py, server/jobs/downloads.py).
+    # Model management (server/models/registry.py, server/jobs/downloads.py).
     auto_download: bool = Field(
         True, description="A request for a model that is not installed downloads it first (off: 409 with the command)"
     )
@@ -75,9 +75,7 @@ class Settings(BaseSettings):
             "idle model first. 0 = three quarters of the RAM (or of the GPU's memory on CUDA)"
         ),
     )
-    model_idle_timeout_s: float = Field(
-        1800.0, ge=0, description="Unload a model nobody used for this long; 0 = never"
-    )
+    model_idle_timeout_s: float = Field(1800.0, ge=0, description="Unload a model nobody used for this long; 0 = never")
     runtime: Literal["auto", "docker", "native"] = Field(
         "auto", description="How the CLI runs the server: docker, native, or auto (docker when an engine answers)"
     )

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 
 from lib.catalogue import ModelSpec
 from lib.settings import Settings
-from server.engine import store, threads
-from server.engine.registry import ModelInUse, ModelRegistry
+from server.engine import threads
+from server.hub import store
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.downloads import Downloads
 from server.jobs.runner import BatchRunner
 from server.jobs.scheduler import Scheduler
 from server.jobs.store import JobStore
+from server.models.registry import ModelInUse, ModelRegistry
 
 
 @dataclass

@@ -21,9 +21,7 @@ VENV_OPTION = typer.Option(None, "--venv", hidden=True, help="The venv to manage
 def install(
     ctx: typer.Context,
     force: bool = typer.Option(False, "--force", help="Reinstall even when installed"),
-    skip_validation: bool = typer.Option(
-        False, "--skip-validation", help="Skip the post-install import check"
-    ),
+    skip_validation: bool = typer.Option(False, "--skip-validation", help="Skip the post-install import check"),
     with_model: list[str] = typer.Option(
         [], "--with-model", help="Also download this catalogue model (repeatable)", show_default=False
     ),
@@ -61,11 +59,11 @@ def pull_model(st: State, name: str, python: Path | None = None, runtime=None) -
     s = st.settings()
     py = str(python) if python and Path(python).exists() else sys.executable
     repos = [spec.repo, *spec.extra_repos]
-    # The engine's downloader: only the files it needs, resumable, checked (server/engine/download.py).
+    # The engine's downloader: only the files it needs, resumable, checked (server/hub/download.py).
     code = (
         "import sys\n"
         "from lib.catalogue import get_spec\n"
-        "from server.engine.download import download_model\n"
+        "from server.hub.download import download_model\n"
         "print('downloading', sys.argv[2], file=sys.stderr, flush=True)\n"
         "download_model(get_spec(sys.argv[2]), sys.argv[1])\n"
     )
@@ -147,9 +145,7 @@ def wait_healthy(st: State, rt, endpoint: str, timeout: float) -> None:  # noqa:
             time.sleep(0.5)
 
 
-def do_start(
-    ctx: typer.Context, wait: bool, timeout: float, venv: Path | None = None, force: bool = False
-) -> None:
+def do_start(ctx: typer.Context, wait: bool, timeout: float, venv: Path | None = None, force: bool = False) -> None:
     """Start; when it runs already: exit 2, or with `force` restart it (a graceful stop first)."""
     st = state(ctx)
     s = st.settings()
@@ -220,9 +216,7 @@ def do_stop(ctx: typer.Context, force: bool, timeout: float) -> None:
 def stop(
     ctx: typer.Context,
     force: bool = typer.Option(False, "--force", help="Kill at once (SIGKILL); running jobs are lost"),
-    timeout: float = typer.Option(
-        30.0, "--timeout", min=0, help="Seconds to drain running jobs before a kill"
-    ),
+    timeout: float = typer.Option(30.0, "--timeout", min=0, help="Seconds to drain running jobs before a kill"),
 ) -> None:
     """Stop the service: SIGTERM, drain running jobs, SIGKILL after --timeout. Exit 2 when not running."""
     state(ctx).lenient = True  # a bad setting is a warning here: the service can always be stopped

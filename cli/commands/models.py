@@ -55,7 +55,7 @@ def _engine(what: str):
     import importlib
 
     try:
-        return importlib.import_module(f"server.engine.{what}")
+        return importlib.import_module(f"server.hub.{what}")
     except ImportError as e:
         raise CliError(
             f"the engine is not installed in this environment ({e})",
@@ -294,15 +294,13 @@ def import_model(
 def make_tiny(
     ctx: typer.Context,
     directory: Path = typer.Option(..., "--dir", help="Hub-cache directory to write (AUDIOCRAFT_MODELS_DIR)"),
-    names: list[str] = typer.Option(
-        [], "--name", help="Only these catalogue models (repeatable; default all)"
-    ),
+    names: list[str] = typer.Option([], "--name", help="Only these catalogue models (repeatable; default all)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights"),
 ) -> None:
     """Write tiny random-weight checkpoints in hub-cache layout, to run the service offline."""
     names = [_spec(n).name for n in names]
     try:
-        from server.engine.tiny import write_tiny_models
+        from server.tiny.models import write_tiny_models
     except ImportError as e:
         raise CliError(
             f"the engine is not installed in this environment ({e})",

@@ -22,8 +22,8 @@ import torch
 from server.engine import delay, threads
 from server.engine.errors import UnsupportedRequest
 from server.engine.fastlm import THREAD_INVARIANT, FastLM, RequestCache
-from server.engine.loaded import LoadedModel
 from server.engine.sampling import SamplerBatch, SamplingParams, guide
+from server.models.loaded import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from server.engine import qdynamic
-from server.engine.device import compute_dtype
+from server.models.device import compute_dtype
 
 # Rows per dense matmul call (see the module docstring). fp32: pairs, the shape of transformers' own
 # (conditional, null) matmul, so the bits match it; padding more rows costs MKL ~3x at this size

@@ -23,7 +23,7 @@ from server.engine import decode, delay
 from server.engine.chroma import chroma, window_samples
 from server.engine.decode import DecodeRequest, audio_to_codes
 from server.engine.errors import UnsupportedRequest
-from server.engine.loaded import LoadedModel
+from server.models.loaded import LoadedModel
 
 _SEED_STEP = 0x9E3779B97F4A7C15  # window i > 0 draws from seed + i * this (mod 2^63): unrelated streams
 

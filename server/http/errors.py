@@ -15,9 +15,9 @@ from lib.content import ContentError, ContentNotFound
 from server.audio.errors import AudioInputError
 from server.engine.codec.errors import EcdcError
 from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
-from server.engine.registry import ModelInUse
-from server.engine.store import ModelNotInstalled
+from server.hub.store import ModelNotInstalled
 from server.jobs.scheduler import JobNotFound, QueueFull
+from server.models.registry import ModelInUse
 
 log = logging.getLogger("audiocraft.http")
 

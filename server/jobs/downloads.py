@@ -3,7 +3,7 @@
 A download is a job like any other (GET /api/jobs/{id}, its SSE events, DELETE to cancel) of kind
 "download", with byte counts in `job.download`. Asking for a model that is already downloading
 joins the running job. A job the server stops in the middle stays 'running' in the store and is
-resumed at the next start, from the partial files (server/engine/download.py).
+resumed at the next start, from the partial files (server/hub/download.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import threading
 from lib.catalogue import ModelSpec, get_spec
 from lib.schemas import DownloadProgress, DownloadRequest, ErrorBody
 from lib.settings import Settings
-from server.engine import download, store
+from server.hub import download, store
 from server.jobs.job import PRIORITY_BATCH, Job
 from server.jobs.scheduler import Scheduler
 
@@ -79,6 +79,7 @@ class Downloads:
             job.waits_for = self.require(get_spec(job.model))
         except (store.ModelNotInstalled, download.DownloadFailed):
             pass  # the runner fails it with the command to run
+
     def _resume(self, job: Job) -> None:
         log.warning("download %s of %s was interrupted; resuming it", job.id, job.model)
         with self._lock:

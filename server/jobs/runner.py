@@ -9,13 +9,13 @@ import time
 from lib.schemas import ErrorBody, JobResult, OutputOptions
 from server.audio.encode import encode_audio
 from server.audio.render import render
-from server.engine import store
 from server.engine.decode import DecodeBatch
 from server.engine.errors import EngineError
-from server.engine.registry import ModelRegistry
 from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
+from server.hub import store
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
+from server.models.registry import ModelRegistry
 
 log = logging.getLogger("audiocraft.jobs")
 

@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from lib.catalogue import get_spec
-from server.engine.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE, convert_export
 from server.engine.decode import DecodeRequest, codes_to_audio, generate_codes
-from server.engine.loaded import load_folder
+from server.models.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE, convert_export
+from server.models.loaded import load_folder
 
 HERE = Path(__file__).resolve().parent
 # Audio from identical tokens: the same convolutions in another torch build; float32 rounding only.
@@ -113,7 +113,7 @@ def test_decoded_audio_is_audiocrafts(oracle, engine_models, name, i):
 
 def test_tiny_writer_uses_audiocrafts_key_names(oracle, tmp_path):
     """`make-tiny` writes AudioGen without the audiocraft package: its keys must be the package's."""
-    from server.engine.convert.tiny_export import save_export
+    from server.tiny.audiocraft_export import save_export
 
     save_export(tmp_path, seed=0, text_width=32)
     export = Path(oracle["models"]["audiogen"]["export"])

@@ -22,7 +22,7 @@ from lib.schemas import DecodeOptions
 from lib.settings import Settings
 from server.engine.codec.codec import Codec
 from server.engine.codec.service import decode_file, encode_file, open_ecdc
-from server.engine.registry import ModelRegistry
+from server.models.registry import ModelRegistry
 
 hub, name, minutes, tmp = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), Path(sys.argv[4])
 

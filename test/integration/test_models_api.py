@@ -103,7 +103,7 @@ def test_without_network_a_request_fails_plainly(tmp_path, monkeypatch):
 
 
 def test_delete_load_unload(tiny_hub, tmp_path):
-    from server.engine.tiny import write_tiny_models
+    from server.tiny.models import write_tiny_models
 
     models = tmp_path / "models"
     write_tiny_models(models, names=[NAME])
@@ -150,7 +150,7 @@ def test_a_load_runs_in_a_thread_that_ends_with_it(tiny_hub, tmp_path, monkeypat
     (server/engine/threads.py in_own_thread): the load's thread must be gone when the answer comes."""
     import threading
 
-    from server.engine.registry import ModelRegistry
+    from server.models.registry import ModelRegistry
 
     seen: list[threading.Thread] = []
     real_get = ModelRegistry.get

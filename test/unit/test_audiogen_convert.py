@@ -12,11 +12,11 @@ import torch
 import yaml
 
 from lib.catalogue import get_spec
-from server.engine import store
-from server.engine.convert import cache, keys
-from server.engine.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE, convert_export
-from server.engine.convert.xpcfg import ConversionError
-from server.engine.tiny import write_tiny_models
+from server.hub import store
+from server.models.convert import cache, keys
+from server.models.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE, convert_export
+from server.models.convert.xpcfg import ConversionError
+from server.tiny.models import write_tiny_models
 
 SPEC = get_spec("audiogen-medium")
 
@@ -172,7 +172,7 @@ def test_key_rules_run_both_ways():
 def test_missing_text_encoder_repo_is_not_installed_not_broken(tmp_path):
     """AudioGen without its T5 repo is a model to pull (409 with the command), not damaged files (503)."""
     from lib.settings import Settings
-    from server.engine.registry import ModelRegistry
+    from server.models.registry import ModelRegistry
 
     hub = tmp_path / "hub"
     write_tiny_models(hub, ["audiogen-medium"])

@@ -13,8 +13,8 @@ from server.engine.codec import codec as C
 from server.engine.codec import container, stream
 from server.engine.codec.container import BitWriter, Header, Layout, unpack_codes
 from server.engine.codec.errors import EcdcError
-from server.engine.codec.shapes import build_model, tiny_config
-from server.engine.registry import ModelRegistry
+from server.models.registry import ModelRegistry
+from server.tiny.encodec import build_model, tiny_config
 
 CODECS = ("encodec-24khz", "encodec-48khz", "encodec-32khz")
 
@@ -303,7 +303,7 @@ def test_real_shapes(name):
     16 codebooks instead of 32) and from musicgen's 32 kHz codec (64 filters, codebook dim 128).
     """
     from lib.catalogue import get_spec
-    from server.engine.codec.shapes import real_config
+    from server.tiny.encodec import real_config
 
     spec = get_spec(name)
     config = real_config(name)

@@ -30,7 +30,7 @@ from lib.catalogue import get_spec
 from server.engine.codec import codec as C
 from server.engine.codec import container
 from server.engine.codec.container import BitWriter, Header
-from server.engine.codec.shapes import real_config
+from server.tiny.encodec import real_config
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = "encodec==0.1.1"
@@ -139,7 +139,7 @@ def reference_read(ref_binary, data: bytes, layout: container.Layout) -> list[tu
 @pytest.fixture(scope="module")
 def tiny_codecs(tiny_hub):
     from lib.settings import Settings
-    from server.engine.registry import ModelRegistry
+    from server.models.registry import ModelRegistry
 
     reg = ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype="float32"))
     return {n: C.Codec.of(reg.get(n)) for n in ("encodec-24khz", "encodec-48khz", "encodec-32khz")}

@@ -1,4 +1,4 @@
-"""server/engine/download.py against a real HTTP hub on loopback (test/hub_server.py)."""
+"""server/hub/download.py against a real HTTP hub on loopback (test/hub_server.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hub_server import FakeHub, HubRepo, repo_from_cache
 
 from lib.catalogue import get_spec
-from server.engine import download, store
+from server.hub import download, store
 
 SMALL = get_spec("musicgen-small")
 AUDIOGEN = get_spec("audiogen-medium")
@@ -55,8 +55,13 @@ def test_needed_files_prefers_safetensors_and_skips_audiocraft_copies():
         "spiece.model",
         "tokenizer.json",
     ]
-    sharded = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-               "model-00002-of-00002.safetensors", "pytorch_model-00001-of-00002.bin"]
+    sharded = [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "pytorch_model-00001-of-00002.bin",
+    ]
     assert download.needed_files(sharded, "transformers") == [
         "config.json",
         "model-00001-of-00002.safetensors",
@@ -170,8 +175,12 @@ def test_offline_mode_says_so(tmp_path):
 
 
 def test_audiogen_also_fetches_t5_large(online, tmp_path):
-    t5 = {"config.json": b'{"model_type": "t5"}', "model.safetensors": b"w" * 4000, "spiece.model": b"s" * 100,
-          "pytorch_model.bin": b"x" * 9000}
+    t5 = {
+        "config.json": b'{"model_type": "t5"}',
+        "model.safetensors": b"w" * 4000,
+        "spiece.model": b"s" * 100,
+        "pytorch_model.bin": b"x" * 9000,
+    }
     audiogen = {"state_dict.bin": b"l" * 3000, "compression_state_dict.bin": b"c" * 2000, "README.md": b"hi"}
     with FakeHub(repos={AUDIOGEN.repo: HubRepo(audiogen), "google-t5/t5-large": HubRepo(t5)}) as h:
         download.download_model(AUDIOGEN, tmp_path, endpoint=h.url)

@@ -10,8 +10,8 @@ from lib.catalogue import get_spec
 from lib.settings import Settings
 from server.engine import delay
 from server.engine.decode import Cancelled, DecodeRequest, codes_to_audio, generate_codes
-from server.engine.registry import ModelRegistry
 from server.engine.sampling import sample
+from server.models.registry import ModelRegistry
 
 N_FRAMES = 60  # 1.2 s at 50 Hz: long enough for the delay pattern to matter, short for CPU
 
@@ -123,7 +123,7 @@ def test_sampling_rules():
 
 def test_unknown_and_missing_models(tmp_path):
     from lib.catalogue import UnknownModel
-    from server.engine.store import ModelNotInstalled
+    from server.hub.store import ModelNotInstalled
 
     reg = ModelRegistry(Settings(models_dir=tmp_path, device="cpu"))
     with pytest.raises(UnknownModel):

@@ -10,10 +10,10 @@ import torch
 
 from lib.settings import Settings
 from server.engine.decode import DecodeBatch, DecodeRequest, encode_text, generate_codes
-from server.engine.device import pick_dtype, pick_precision
 from server.engine.fastlm import FastLM, PackedLinear
-from server.engine.registry import ModelRegistry
 from server.engine.sampling import SamplerBatch, SamplingParams, sample
+from server.models.device import pick_dtype, pick_precision
+from server.models.registry import ModelRegistry
 
 PRECISIONS = ["float32", "bfloat16", "int8", "int8-dynamic", "int8-rows"]
 

@@ -1,4 +1,4 @@
-"""Air-gapped import (server/engine/importer.py): hub caches, snapshots, audiocraft exports, archives."""
+"""Air-gapped import (server/hub/importer.py): hub caches, snapshots, audiocraft exports, archives."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 
 from lib.catalogue import get_spec
 from lib.settings import Settings
-from server.engine import store
-from server.engine.importer import ImportFailed, import_model
-from server.engine.registry import ModelRegistry
+from server.hub import store
+from server.hub.importer import ImportFailed, import_model
+from server.models.registry import ModelRegistry
 
 SMALL = get_spec("musicgen-small")
 AUDIOGEN = get_spec("audiogen-medium")

@@ -34,9 +34,9 @@ from bench.common import loaded_model
 from bench.fidelity import teacher_forced
 from lib.catalogue import get_spec
 from server.engine import qdynamic
-from server.engine.device import default_precision
+from server.models.device import default_precision
 from server.engine.fastlm import PackedLinear
-from server.engine.tiny import build_tiny_model
+from server.tiny.models import build_tiny_model
 
 # Worst case for the int8 kernel: weight codes near +-127, activations spanning their whole range.
 torch.manual_seed(0)
@@ -66,9 +66,7 @@ print(json.dumps({
 def _run(env_extra: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in AVX2_ONLY_ENV} | env_extra
     env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
-    )
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -8,8 +8,8 @@ import torch
 
 from lib.settings import Settings
 from server.engine.decode import DecodeRequest, generate_codes
-from server.engine.registry import ModelRegistry
 from server.engine.text_to_audio import AudioRequest, LongForm, Window, generate, plan_windows
+from server.models.registry import ModelRegistry
 
 SR = 32000
 

@@ -12,7 +12,7 @@ from lib.settings import Settings
 from server.engine import delay
 from server.engine.chroma import PITCH_CLASSES, chroma, chroma_filters, window_samples
 from server.engine.decode import DecodeBatch, DecodeRequest, audio_to_codes, generate_codes
-from server.engine.registry import ModelRegistry
+from server.models.registry import ModelRegistry
 
 SR = 32000
 N_FRAMES = 60

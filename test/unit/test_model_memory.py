@@ -8,7 +8,7 @@ import weakref
 import pytest
 
 from lib.settings import Settings
-from server.engine.registry import MemoryBudgetFull, ModelInUse, ModelRegistry
+from server.models.registry import MemoryBudgetFull, ModelInUse, ModelRegistry
 
 A, B, C = "musicgen-small", "musicgen-medium", "musicgen-large"  # tiny ones: the same size
 

@@ -11,8 +11,8 @@ import torch
 
 from cli import schema
 from lib.settings import Settings, load_settings
-from server.engine import device
-from server.engine.device import PRECISIONS, default_precision
+from server.models import device
+from server.models.device import PRECISIONS, default_precision
 
 PRECISION_WORD = re.compile(
     r"(?<![\w-])(" + "|".join(sorted(map(re.escape, PRECISIONS), key=len, reverse=True)) + r")(?![\w-])"

@@ -1,4 +1,4 @@
-"""Tiny random-weight checkpoints (server.engine.tiny) and the hub-cache store (server.engine.store)."""
+"""Tiny random-weight checkpoints (server.tiny.models) and the hub-cache store (server.hub.store)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lib.catalogue import CATALOGUE, UnknownModel, get_spec
-from server.engine import store, tiny
+from server.hub import store
+from server.tiny import models as tiny
 
 MUSICGEN_NAMES = [s.name for s in CATALOGUE.values() if s.kind in ("musicgen", "musicgen-melody")]
 REV_CHARS = set("0123456789abcdef")
@@ -396,9 +397,7 @@ def test_an_interrupted_write_leaves_nothing_installed(tmp_path: Path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["models--facebook--musicgen-small"]
 
 
-def test_a_failed_write_cleans_up_and_keeps_the_previous_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
+def test_a_failed_write_cleans_up_and_keeps_the_previous_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spec = get_spec("musicgen-small")
     tiny.write_tiny_models(tmp_path, names=[spec.name])
     before = _tree_bytes(store.repo_folder(spec.repo, tmp_path))

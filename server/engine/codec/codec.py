@@ -470,7 +470,7 @@ def load_encodec(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: t
     """
     from transformers import EncodecModel
 
-    from server.engine.loaded import LoadedModel
+    from server.models.loaded import LoadedModel
 
     started = time.perf_counter()
     model = EncodecModel.from_pretrained(snapshot, dtype=torch.float32, local_files_only=True)

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from lib import __version__
 from lib.schemas import Health, LoadedModel, QueueState
-from server.engine.device import dtype_name
+from server.models.device import dtype_name
 
 
 async def health(request: Request) -> JSONResponse:

@@ -8,9 +8,10 @@ from starlette.responses import JSONResponse
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from lib.schemas import ModelInfo, ModelList
-from server.engine import store, threads
-from server.engine.device import dtype_name
+from server.engine import threads
 from server.http.routes.generate import accepted
+from server.hub import store
+from server.models.device import dtype_name
 from server.services import Services
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
-from server.engine import download, store
+from server.hub import download, store
 
 # model_type in config.json for each kind (and for the extra repos: T5).
 _MODEL_TYPES = {"musicgen": "musicgen", "musicgen-melody": "musicgen_melody", "encodec": "encodec"}

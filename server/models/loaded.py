@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lib.catalogue import ModelSpec
-from server.engine.device import precision_of
+from server.models.device import precision_of
 
 
 @dataclass
@@ -173,15 +173,15 @@ def map_big_blocks() -> None:
 
 def load_musicgen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load from a local snapshot folder only: no network at load time. dtype is the decoder's
-    precision (torch.int8: int8 weight-only); see server/engine/device.py."""
+    precision (torch.int8: int8 weight-only); see server/models/device.py."""
     return load_folder(spec, snapshot, snapshot, device, dtype)
 
 
 def load_audiogen(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """An audiocraft export (AudioGen): converted into the MusicGen classes on first load, then the
-    converted copy beside it in the hub cache is what loads (server/engine/convert/)."""
-    from server.engine import store
-    from server.engine.convert.cache import ensure_converted
+    converted copy beside it in the hub cache is what loads (server/models/convert/)."""
+    from server.hub import store
+    from server.models.convert.cache import ensure_converted
 
     hub_cache = snapshot.parent.parent.parent  # <hub>/models--org--name/snapshots/<rev>
     t5_snapshots = [store.transformers_snapshot(repo, hub_cache) for repo in spec.extra_repos]

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from server.engine.convert import keys, xpcfg
-from server.engine.convert.xpcfg import ConversionError
+from server.models.convert import keys, xpcfg
+from server.models.convert.xpcfg import ConversionError
 
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"

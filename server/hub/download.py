@@ -11,7 +11,7 @@ decides itself what is fetched and when it counts as installed:
 - each file is checked against the hub's size and hash (sha256 for LFS files, which is their etag;
   the git blob sha1 for small files). A mismatch deletes the file and fails the download;
 - the checked files are moved into the repo folder's blobs/, the snapshot's links are made, and
-  refs/main is written last: a repo is never seen half-written (server/engine/store.py);
+  refs/main is written last: a repo is never seen half-written (server/hub/store.py);
 - the plain HTTP path is always used (never hf_xet): it is the one that resumes and that we hash.
 
 Nothing here knows about jobs or HTTP; `progress` and `cancelled` connect it to a job.
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.catalogue import ModelSpec
-from server.engine import store
 from server.engine.errors import EngineError
+from server.hub import store
 
 # Files a transformers-format repo needs besides its weights (those present are fetched).
 _TRANSFORMERS_SIDE_FILES = (

@@ -40,7 +40,7 @@ class ModelNotInstalled(LookupError):
         super().__init__(f"model {spec.name} ({spec.repo}) is not installed{where}; run: {self.hint}")
 
 
-# Downloads in progress live here (server/engine/download.py), outside any repo folder.
+# Downloads in progress live here (server/hub/download.py), outside any repo folder.
 PARTIAL_DIR = ".audiocraft-partial"
 
 
@@ -129,7 +129,7 @@ def require_snapshot(spec: ModelSpec, hub_cache: Path) -> Path:
 
 def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:
     """Bytes held in the repo folder's blobs/ (all revisions) and converted/ (AudioGen's converted
-    copy, server/engine/convert/cache.py); 0 when absent.
+    copy, server/models/convert/cache.py); 0 when absent.
 
     Only the spec's own repo: extra repos (AudioGen's T5) may be shared with other models.
     """

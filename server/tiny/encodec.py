@@ -97,7 +97,7 @@ def preprocessor_config(spec: ModelSpec, config: Any) -> dict[str, Any]:
 
 def save_tiny(spec: ModelSpec, out: Path, seed: int, readme: str) -> None:
     """config.json, model.safetensors, preprocessor_config.json and a README into `out`."""
-    from server.engine.tiny import _legacy_weight_norm_names, model_seed
+    from server.tiny.models import _legacy_weight_norm_names, model_seed
 
     config = tiny_config(spec.name)
     model = build_model(config, model_seed(spec.name, seed))

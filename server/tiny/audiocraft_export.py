@@ -1,7 +1,7 @@
 """Tiny random-weight models in audiocraft's export format, written without the audiocraft package.
 
 The weights are drawn for the transformers modules of the target shape, then renamed to audiocraft's
-keys by the same rules the converter reads (server/engine/convert/keys.py, run backwards), and saved
+keys by the same rules the converter reads (server/models/convert/keys.py, run backwards), and saved
 as audiocraft saves them: `state_dict.bin` = {'best_state', 'xp.cfg'} and `compression_state_dict.bin`
 likewise. The xp.cfg holds the Hydra keys the builders read, with OmegaConf references left
 unresolved as `OmegaConf.to_yaml` leaves them. test/conformance checks these rules against the real
@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import yaml
 
-from server.engine.convert import keys, xpcfg
-from server.engine.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE
+from server.models.convert import keys, xpcfg
+from server.models.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE
 
 # The LM part of an AudioGen xp.cfg (config/model/lm/audiogen_lm.yaml and its defaults), tiny widths.
 LM_CFG: dict[str, Any] = {

@@ -18,11 +18,11 @@ import torch
 
 from lib.catalogue import ModelSpec, get_spec
 from lib.settings import Settings
-from server.engine import store
 from server.engine.codec.codec import load_encodec
-from server.engine.device import pick_device, pick_dtype
 from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
-from server.engine.loaded import LoadedModel, load_audiogen, load_musicgen, map_big_blocks, return_freed_memory
+from server.hub import store
+from server.models.device import pick_device, pick_dtype
+from server.models.loaded import LoadedModel, load_audiogen, load_musicgen, map_big_blocks, return_freed_memory
 
 _LOADERS = {
     "musicgen": load_musicgen,

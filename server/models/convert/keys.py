@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import torch
 
-from server.engine.convert.xpcfg import ConversionError
+from server.models.convert.xpcfg import ConversionError
 
 _DEC = "decoder.model.decoder"
 _LAYER = f"{_DEC}.layers.{{i}}"

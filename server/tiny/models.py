@@ -7,9 +7,9 @@ decoder), only with tiny widths and random weights. Everything is built in code;
 downloaded. Output is deterministic: the same name and seed give the same bytes and revision.
 
 MusicGen (kind "musicgen") and MusicGen-Melody (kind "musicgen-melody") entries, mono and
-stereo, and the EnCodec entries (kind "encodec"; see server/engine/codec/shapes.py) are
+stereo, and the EnCodec entries (kind "encodec"; see server/tiny/encodec.py) are
 written. AudioGen (kind "audiogen") is written in audiocraft's export format, as it is on the hub
-(server/engine/convert/tiny_export.py), with a tiny T5 as its text-encoder repo. Stereo MusicGen
+(server/models/convert/tiny_export.py), with a tiny T5 as its text-encoder repo. Stereo MusicGen
 models keep a mono EnCodec: transformers encodes and decodes stereo as two mono passes over the even
 (left) and odd (right) codebooks.
 """
@@ -32,7 +32,7 @@ from typing import Any
 from huggingface_hub.file_download import repo_folder_name
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
-from server.engine.store import repo_folder
+from server.hub.store import repo_folder
 
 SUPPORTED_KINDS = ("musicgen", "musicgen-melody", "audiogen", "encodec")
 
@@ -201,9 +201,7 @@ def build_tokenizer():
 
     extra_ids = TINY["tokenizer"]["extra_ids"]
     vocab = list(_trained_pieces()) + [(f"<extra_id_{i}>", 0.0) for i in reversed(range(extra_ids))]
-    return T5Tokenizer(
-        vocab=vocab, extra_ids=extra_ids, model_max_length=TINY["tokenizer"]["model_max_length"]
-    )
+    return T5Tokenizer(vocab=vocab, extra_ids=extra_ids, model_max_length=TINY["tokenizer"]["model_max_length"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,9 +233,7 @@ def tiny_config(spec: ModelSpec, text_vocab_size: int):
     if spec.kind == "musicgen":
         from transformers import MusicgenConfig, MusicgenDecoderConfig
 
-        return MusicgenConfig(
-            text_encoder=text, audio_encoder=audio, decoder=MusicgenDecoderConfig(**decoder_kw)
-        )
+        return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=MusicgenDecoderConfig(**decoder_kw))
     from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig
 
     return MusicgenMelodyConfig(
@@ -349,13 +345,13 @@ def _save_t5_repo(out: Path, seed: int) -> None:
 
 def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
     if spec.kind == "audiogen":
-        from server.engine.convert.tiny_export import save_export
+        from server.tiny.audiocraft_export import save_export
 
         save_export(out, model_seed(spec.name, seed), text_width=TINY["text_encoder"]["d_model"])
         (out / "README.md").write_text(_readme(spec))
         return
     if spec.kind == "encodec":  # EnCodec alone: its shapes live with the codec
-        from server.engine.codec.shapes import save_tiny
+        from server.tiny.encodec import save_tiny
 
         save_tiny(spec, out, seed, _readme(spec))
         return

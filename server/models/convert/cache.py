@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from server.engine.convert.audiocraft_export import convert_export
+from server.models.convert.audiocraft_export import convert_export
 
 log = logging.getLogger("audiocraft.engine")
 

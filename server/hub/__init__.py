@@ -1,0 +1,1 @@
+"""Hub I/O, torch-free: the hub cache layout, downloads, imports."""

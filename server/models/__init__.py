@@ -1,0 +1,1 @@
+"""Models in memory: loaders from the on-disk formats, device and precision, the registry."""
