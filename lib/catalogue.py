@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
+from lib.errors import NotFound
+
 Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec"]
 Capability = Literal["music", "sound", "melody", "continuation", "codec"]
 
@@ -158,25 +160,21 @@ def close_matches(name: str, limit: int = 3) -> list[str]:
     return list(shown.values())[:limit]
 
 
-class UnknownModel(LookupError):
-    """A model name that is neither a catalogue name nor an alias; `suggestions` are the close ones."""
+class UnknownModel(NotFound, LookupError):
+    """A model name that is neither a catalogue name nor an alias; `suggestions` are the close ones.
+    The close matches are in the message; the hint has every name and alias (GET /api/models too)."""
+
+    code = "unknown_model"
 
     def __init__(self, name: str):
-        super().__init__(name)
         self.name = name
         self.suggestions = close_matches(name)
-
-    @property
-    def message(self) -> str:
-        text = f"there is no model named '{self.name}'"
+        text = f"there is no model named '{name}'"
         if self.suggestions:
             *rest, last = self.suggestions
             text += f"; did you mean {', '.join(rest) + ' or ' if rest else ''}{last}?"
-        return text
-
-    @property
-    def hint(self) -> str:
-        return f"use a catalogue name ({', '.join(CATALOGUE)}) or an alias ({', '.join(ALIASES)})"
+        hint = f"use a catalogue name ({', '.join(CATALOGUE)}) or an alias ({', '.join(ALIASES)})"
+        super().__init__(text, field="model", hint=hint)
 
 
 def resolve_name(name: str) -> str:
@@ -195,6 +193,3 @@ def get_spec(name: str) -> ModelSpec:
     """The catalogue entry for a name or an alias; raises UnknownModel."""
     return CATALOGUE[resolve_name(name)]
 
-
-def names_with(capability: Capability) -> list[str]:
-    return [s.name for s in CATALOGUE.values() if capability in s.capabilities]

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from lib.errors import Invalid
 from lib.files import copy_atomic, write_atomic
 
 ContentType = Literal["audio", "preset"]
@@ -56,21 +57,23 @@ MEDIA_TYPES = {
 }
 
 
-class ContentError(Exception):
+class ContentError(Invalid):
     """Base class; `hint` says what to do next."""
 
+    code = "invalid_content"
+
     def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+        super().__init__(message, hint=hint)
 
 
 class ContentExists(ContentError):
-    pass
+    status = 409
+    code = "content_exists"
 
 
 class ContentNotFound(ContentError):
-    pass
+    status = 404
+    code = "content_not_found"
 
 
 class InvalidContent(ContentError):
@@ -78,7 +81,7 @@ class InvalidContent(ContentError):
 
 
 class NotExecutable(ContentError):
-    pass
+    code = "not_executable"
 
 
 class ContentItem(BaseModel):

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator, model_validator
 
+from lib.errors import ServiceError
+
 AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
 Normalize = Literal["loudness", "peak", "none"]
 MAX_SEED = 2**63 - 1
@@ -152,6 +154,15 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = None
     hint: str | None = None
+    status: int | None = Field(None, description="The HTTP status this error answers with (in a job's error)")
+
+    @classmethod
+    def of(cls, exc: ServiceError) -> ErrorBody:
+        return cls(status=exc.status, **exc.body())
+
+    def as_error(self) -> ServiceError:
+        """The error again, to answer a request with (a job stored before statuses were kept: 503)."""
+        return ServiceError(self.message, code=self.code, status=self.status or 503, field=self.field, hint=self.hint)
 
 
 class ErrorEnvelope(BaseModel):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from lib import __version__
+from lib.errors import ServiceError
 from lib.schemas import (
     CodecCodes,
     ContinuationRequest,
@@ -192,7 +195,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={cls: errors.handle for cls in errors.HANDLED},
+        # Exception too: Starlette's outermost middleware answers it (and logs the traceback).
+        exception_handlers={cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)},
     )
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)

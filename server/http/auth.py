@@ -11,7 +11,8 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server.http.errors import error_response
+from lib.errors import ServiceError
+from server.http.errors import to_response
 
 PROTECTED_PREFIX = "/api/"
 
@@ -25,12 +26,14 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        response = error_response(
-            401,
-            "unauthorized",
-            "this service needs an API key",
-            hint="send the header 'Authorization: Bearer <key>' (the CLI reads AUDIOCRAFT_API_KEY)",
-            headers={"WWW-Authenticate": "Bearer"},
+        response = to_response(
+            ServiceError(
+                "this service needs an API key",
+                code="unauthorized",
+                status=401,
+                hint="send the header 'Authorization: Bearer <key>' (the CLI reads AUDIOCRAFT_API_KEY)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         )
         await response(scope, receive, send)
 

@@ -14,9 +14,9 @@ from starlette.datastructures import UploadFile
 
 from lib.catalogue import ModelSpec
 from lib.content import ContentStore
+from lib.errors import Conflict, Invalid
 from server.audio.encode import encode_audio
 from server.audio.input import load_input
-from server.http.errors import ApiError
 from server.jobs.job import Job
 from server.jobs.runner import INPUT, MASTER
 from server.services import Services
@@ -33,32 +33,27 @@ async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile
     }
     present = [name for name, value in given.items() if value is not None]
     if not present:
-        raise ApiError(
-            422,
-            "invalid_field",
+        raise Invalid(
             f"'{field}' is required: the {field} audio",
             field=field,
             hint=f"upload it as the multipart file field '{field}' (curl -F {field}=@file.mp3), or send "
             f"'{field}' (base64), '{field}_job' (a job id) or '{field}_content' (a content name) in JSON",
         )
     if len(present) > 1:
-        raise ApiError(422, "invalid_field", f"give the {field} once, not as {' and '.join(present)}", field=field)
+        raise Invalid(f"give the {field} once, not as {' and '.join(present)}", field=field)
     if upload is not None:
         return await upload.read(), upload.filename
     if given["base64"] is not None:
         try:
             return base64.b64decode(given["base64"], validate=True), None
         except (binascii.Error, ValueError):
-            raise ApiError(
-                422, "invalid_field", f"'{field}' is not valid base64", field=field, hint="base64-encode the audio file"
-            ) from None
+            raise Invalid(f"'{field}' is not valid base64", field=field, hint="base64-encode the audio file") from None
     if given["a job"] is not None:
         job = svc.scheduler.get(given["a job"])  # 404 when unknown
         if job.state != "succeeded":
-            raise ApiError(
-                409,
-                "job_not_finished",
-                f"job {job.id} is {job.state}: it has no audio to use as the {field}",
+            raise Conflict(
+                code="job_not_finished",
+                message=f"job {job.id} is {job.state}: it has no audio to use as the {field}",
                 field=f"{field}_job",
                 hint="use a job that succeeded",
             )

@@ -8,15 +8,13 @@ from typing import Any
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from server.http.errors import ApiError
+from lib.errors import BadRequest, PayloadTooLarge
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def _too_large(limit_bytes: int) -> ApiError:
-    return ApiError(
-        413,
-        "payload_too_large",
+def too_large(limit_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
         f"the request body is larger than the {limit_bytes / 1e6:g} MB limit",
         hint="send a shorter file, or raise AUDIOCRAFT_MAX_UPLOAD_MB on the server",
     )
@@ -25,12 +23,12 @@ def _too_large(limit_bytes: int) -> ApiError:
 async def read_body(request: Request, limit_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit_bytes:
-        raise _too_large(limit_bytes)
+        raise too_large(limit_bytes)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit_bytes:
-            raise _too_large(limit_bytes)
+            raise too_large(limit_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -41,15 +39,17 @@ async def read_fields(request: Request, limit_bytes: int) -> tuple[dict[str, Any
     if content_type in FORM_TYPES:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit_bytes:
-            raise _too_large(limit_bytes)
+            raise too_large(limit_bytes)
         form = await request.form(max_part_size=limit_bytes)
         fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
         files = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
         return fields, files
     body = await read_body(request, limit_bytes)
     if not body.strip():
-        raise ApiError(400, "empty_body", "the request has no body", hint='send JSON such as {"prompt": "..."}')
+        raise BadRequest(
+            code="empty_body", message="the request has no body", hint='send JSON such as {"prompt": "..."}'
+        )
     data = json.loads(body)
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object", hint='e.g. {"prompt": "..."}')
+        raise BadRequest(code="invalid_json", message="the body must be a JSON object", hint='e.g. {"prompt": "..."}')
     return data, {}

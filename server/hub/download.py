@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.catalogue import ModelSpec
-from server.engine.errors import EngineError
+from lib.errors import Unavailable
 from server.hub import store
 
 # Files a transformers-format repo needs besides its weights (those present are fetched).
@@ -48,10 +48,13 @@ _SHARD = re.compile(r"^(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)$")
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
 
 
-class DownloadFailed(EngineError):
+class DownloadFailed(Unavailable):
     """The hub could not be reached, refused, or sent something that does not check out."""
 
     code = "download_failed"
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message, hint=hint)
 
 
 class DownloadCancelled(Exception):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
+from lib.errors import Invalid
 from server.hub import download, store
 
 # model_type in config.json for each kind (and for the extra repos: T5).
@@ -30,8 +31,10 @@ _MODEL_TYPES = {"musicgen": "musicgen", "musicgen-melody": "musicgen_melody", "e
 _LFS_SUFFIXES = (".safetensors", ".bin", ".model", ".pt", ".pth")
 
 
-class ImportFailed(ValueError):
+class ImportFailed(Invalid, ValueError):
     """The source is not a model this service can use; the message says why."""
+
+    code = "import_failed"
 
 
 @dataclass(frozen=True)

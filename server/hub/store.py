@@ -21,6 +21,7 @@ from pathlib import Path
 from huggingface_hub.file_download import repo_folder_name
 
 from lib.catalogue import ModelSpec
+from lib.errors import Conflict
 
 # Any one of these is a complete set of weights for a transformers-format repo.
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -29,15 +30,19 @@ _TRANSFORMERS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.inde
 _AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
 
 
-class ModelNotInstalled(LookupError):
-    """The model's weights are not in the hub cache (or only partly)."""
+class ModelNotInstalled(Conflict, LookupError):
+    """The model's weights are not in the hub cache (or only partly): a 409 wherever it is found."""
+
+    code = "model_not_installed"
 
     def __init__(self, spec: ModelSpec, hub_cache: Path | None = None):
         self.spec = spec
         self.hub_cache = hub_cache
-        self.hint = f"resource-audiocraft models pull {spec.name}"
+        hint = f"resource-audiocraft models pull {spec.name}"
         where = f" in {hub_cache}" if hub_cache is not None else ""
-        super().__init__(f"model {spec.name} ({spec.repo}) is not installed{where}; run: {self.hint}")
+        super().__init__(
+            f"model {spec.name} ({spec.repo}) is not installed{where}; run: {hint}", field="model", hint=hint
+        )
 
 
 # Downloads in progress live here (server/hub/download.py), outside any repo folder.

@@ -12,7 +12,8 @@ import logging
 import threading
 
 from lib.catalogue import ModelSpec, get_spec
-from lib.schemas import DownloadProgress, DownloadRequest, ErrorBody
+from lib.errors import Internal
+from lib.schemas import DownloadProgress, DownloadRequest
 from lib.settings import Settings
 from server.hub import download, store
 from server.jobs.job import PRIORITY_BATCH, Job
@@ -115,10 +116,10 @@ class Downloads:
                 job.finish("cancelled")
         except download.DownloadFailed as exc:
             log.warning("download of %s failed: %s", spec.name, exc.message)
-            job.finish("failed", ErrorBody(code=exc.code, message=exc.message, hint=exc.hint))
+            job.finish("failed", exc)
         except Exception as exc:  # a bug or the disk: the job fails, the server goes on
             log.exception("download of %s failed", spec.name)
-            job.finish("failed", ErrorBody(code="download_failed", message=f"download of {spec.name} failed: {exc}"))
+            job.finish("failed", Internal(f"download of {spec.name} failed: {exc}", code="download_failed"))
         else:
             job.finish("succeeded")
         finally:

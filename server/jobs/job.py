@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lib.errors import ServiceError
 from lib.schemas import DownloadProgress, ErrorBody, JobResult, JobState
 from lib.schemas import Job as JobView
 
@@ -64,7 +65,9 @@ class Job:
                 return
         callback()
 
-    def finish(self, state: JobState, error: ErrorBody | None = None) -> None:
+    def finish(self, state: JobState, error: ServiceError | ErrorBody | None = None) -> None:
+        if isinstance(error, ServiceError):
+            error = ErrorBody.of(error)
         with self._lock:
             if self.finished:
                 return

@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 import time
 
-from lib.schemas import ErrorBody, JobResult, OutputOptions
+from lib.errors import Invalid, ServiceError
+from lib.schemas import JobResult, OutputOptions
 from server.audio.encode import encode_audio
 from server.audio.render import render
 from server.engine.decode import DecodeBatch
-from server.engine.errors import EngineError
 from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
-from server.hub import store
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
 from server.models.registry import ModelRegistry
@@ -51,10 +50,6 @@ def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
     )
 
 
-def engine_error(exc: EngineError) -> ErrorBody:
-    return ErrorBody(code=exc.code, message=exc.message, hint=exc.hint, field=exc.field)
-
-
 class BatchRunner:
     """The running decode batch of one (kind, model). Used by the scheduler's worker thread only."""
 
@@ -85,12 +80,10 @@ class BatchRunner:
             lm = self._batch.lm
             plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
             self._next_window(job, plan)
-        except EngineError as exc:
-            job.finish("failed", engine_error(exc))
-        except store.ModelNotInstalled as exc:  # deleted, or its download failed, after the job was queued
-            job.finish("failed", ErrorBody(code="model_not_installed", message=str(exc), field="model", hint=exc.hint))
+        except ServiceError as exc:  # not installed (deleted after it was queued), unsupported, load failed...
+            job.finish("failed", exc)
         except (OSError, ValueError) as exc:  # the stored input audio is gone or unreadable
-            job.finish("failed", ErrorBody(code="invalid_input", message=f"the job's input audio: {exc}"))
+            job.finish("failed", Invalid(f"the job's input audio: {exc}", code="invalid_input"))
         self._close_if_empty()
 
     def _next_window(self, job: Job, plan: LongForm) -> None:
@@ -131,8 +124,8 @@ class BatchRunner:
             plan.accept(batch.pop(handle))
             try:
                 self._next_window(job, plan)
-            except EngineError as exc:
-                job.finish("failed", engine_error(exc))
+            except ServiceError as exc:
+                job.finish("failed", exc)
         for handle, (job, plan) in list(self._members.items()):
             done, total = plan.progress(batch.progress(handle)[0] - plan.windows[plan.index].context_frames)
             job.progress = min(0.99, done / total)
@@ -153,7 +146,7 @@ class BatchRunner:
         self._close_if_empty()
         return jobs
 
-    def fail_all(self, error: ErrorBody) -> None:
+    def fail_all(self, error: ServiceError) -> None:
         for job in self.jobs:
             job.finish("failed", error)
         self._members.clear()
@@ -163,7 +156,7 @@ class BatchRunner:
         try:
             rendered = render(wave.audio, wave.sample_rate, job.request)
         except ValueError as exc:
-            job.finish("failed", ErrorBody(code="render_failed", message=str(exc)))
+            job.finish("failed", Invalid(str(exc), code="render_failed"))
             return
         master, _ = encode_audio(wave.audio, wave.sample_rate, "wav", 32)
         self.artifacts.write(job.id, MASTER, master)

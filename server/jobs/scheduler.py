@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from lib.schemas import ErrorBody
+from lib.errors import Internal, Unavailable
 from server import metrics
 from server.jobs.artifacts import ArtifactStore
+from server.jobs.errors import JobNotFound, QueueFull
 from server.jobs.job import Job
 from server.jobs.kinds import REQUEST_TYPES
 from server.jobs.store import JobStore
@@ -28,19 +29,6 @@ if TYPE_CHECKING:  # the runner brings the engine (torch); the scheduler only ca
 log = logging.getLogger("audiocraft.jobs")
 
 RunnerFactory = Callable[[str, str], "BatchRunner"]  # (kind, model) -> runner
-
-
-class QueueFull(Exception):
-    def __init__(self, depth: int, retry_after_s: int):
-        super().__init__(f"the queue is full ({depth} jobs waiting)")
-        self.depth = depth
-        self.retry_after_s = retry_after_s
-
-
-class JobNotFound(LookupError):
-    def __init__(self, job_id: str):
-        super().__init__(job_id)
-        self.job_id = job_id
 
 
 class Scheduler:
@@ -219,8 +207,8 @@ class Scheduler:
             download, job.waits_for = job.waits_for, None
             if download.state != "succeeded":
                 self._queue.remove(job)
-                error = download.error or ErrorBody(
-                    code="download_failed", message=f"the download of {job.model} was {download.state}"
+                error = download.error or Unavailable(
+                    f"the download of {job.model} was {download.state}", code="download_failed"
                 )
                 job.finish("failed", error)
         return [j for j in self._queue if j.waits_for is None]
@@ -303,7 +291,7 @@ class Scheduler:
                 self._runner.step()
             except Exception:  # the worker must survive anything one batch does
                 log.exception("decode step failed")
-                self._runner.fail_all(ErrorBody(code="generation_failed", message="internal error; see logs"))
+                self._runner.fail_all(Internal("generation failed: internal error; see logs", code="generation_failed"))
 
     def _runner_busy(self) -> bool:
         return self._runner is not None and len(self._runner) > 0

@@ -19,9 +19,10 @@ import torch
 from lib.catalogue import ModelSpec, get_spec
 from lib.settings import Settings
 from server.engine.codec.codec import load_encodec
-from server.engine.errors import EngineError, ModelLoadFailed, UnsupportedRequest
+from server.engine.errors import UnsupportedRequest
 from server.hub import store
 from server.models.device import pick_device, pick_dtype
+from server.models.errors import MemoryBudgetFull, ModelInUse, ModelLoadFailed
 from server.models.loaded import LoadedModel, load_audiogen, load_musicgen, map_big_blocks, return_freed_memory
 
 _LOADERS = {
@@ -37,16 +38,6 @@ log = logging.getLogger("audiocraft.engine")
 # made before loading, to unload others first; the real figure is checked once it is loaded.
 _LOAD_FACTOR = {torch.float32: 1.0, torch.bfloat16: 0.55, torch.float16: 0.55}
 _INT8_LOAD_FACTOR = 0.35
-
-
-class ModelInUse(EngineError):
-    """The model is held by running work (or downloading) and cannot be unloaded or deleted now."""
-
-    code = "model_in_use"
-
-
-class MemoryBudgetFull(EngineError):
-    code = "memory_budget_full"
 
 
 def device_memory_bytes(device: torch.device) -> int:

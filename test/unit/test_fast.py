@@ -236,7 +236,7 @@ def test_a_step_never_reads_device_values_on_the_host(registries):
 
 
 def test_per_model_precision(tiny_hub):
-    from server.engine.errors import ModelLoadFailed
+    from server.models.errors import ModelLoadFailed
 
     reg = ModelRegistry(
         Settings(

@@ -8,7 +8,8 @@ import weakref
 import pytest
 
 from lib.settings import Settings
-from server.models.registry import MemoryBudgetFull, ModelInUse, ModelRegistry
+from server.models.errors import MemoryBudgetFull, ModelInUse
+from server.models.registry import ModelRegistry
 
 A, B, C = "musicgen-small", "musicgen-medium", "musicgen-large"  # tiny ones: the same size
 

@@ -27,8 +27,9 @@ import pytest
 from lib.schemas import ErrorBody, MusicRequest
 from server.jobs import scheduler as scheduler_module
 from server.jobs.artifacts import ArtifactStore
+from server.jobs.errors import JobNotFound, QueueFull
 from server.jobs.job import Job
-from server.jobs.scheduler import JobNotFound, QueueFull, Scheduler
+from server.jobs.scheduler import Scheduler
 from server.jobs.store import JobStore
 
 HANG_GUARD_S = 10.0

@@ -20,13 +20,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from lib.errors import Invalid, UnsupportedMediaType
 from lib.schemas import DecodeOptions, EncodeOptions, default_bandwidth
 from server.engine import threads
 from server.engine.codec.codec import Codec
 from server.engine.codec.service import decode_file, encode_file, open_ecdc
 from server.engine.errors import UnsupportedRequest
-from server.http.errors import ApiError
-from server.http.payload import FORM_TYPES, _too_large
+from server.http.payload import FORM_TYPES, too_large
 from server.services import Services
 
 UPLOAD_FIELD = "file"
@@ -55,7 +55,7 @@ async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, di
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     if content_type in FORM_TYPES:
         form = await request.form(max_files=4, max_fields=32)
         upload = form.get(UPLOAD_FIELD)
@@ -64,9 +64,7 @@ async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, di
                 fields[key] = value
         if not isinstance(upload, UploadFile):
             await form.close()
-            raise ApiError(
-                422,
-                "invalid_field",
+            raise Invalid(
                 f"send the {what} in the multipart field '{UPLOAD_FIELD}'",
                 field=UPLOAD_FIELD,
                 hint=f"curl -F {UPLOAD_FIELD}=@input ...",
@@ -74,12 +72,10 @@ async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, di
         size = upload.size if upload.size is not None else _size_of(upload.file)
         if size > limit:
             await form.close()
-            raise _too_large(limit)
+            raise too_large(limit)
         return _Upload(upload.file, size, upload.filename, form.close), fields
     if content_type in _JSON_TYPES:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
+        raise UnsupportedMediaType(
             f"send the {what} as a multipart upload (field '{UPLOAD_FIELD}') or as the raw body with its own "
             f"content type, not {content_type}",
             hint="curl --data-binary @input -H 'Content-Type: application/octet-stream' ...",
@@ -90,7 +86,7 @@ async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, di
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             spool.write(chunk)
     except BaseException:
         spool.close()

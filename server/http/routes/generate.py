@@ -10,10 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lib.catalogue import get_spec
+from lib.errors import Conflict, Invalid
 from lib.schemas import MAX_SEED, ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.engine.errors import UnsupportedRequest
-from server.http.errors import ApiError, error_response
+from server.http.errors import to_response
 from server.http.payload import read_fields
 from server.jobs.job import PRIORITY_INTERACTIVE, Job
 from server.jobs.kinds import INPUT_FIELDS
@@ -52,11 +53,13 @@ def audio_response(svc: Services, job: Job, rendered=None) -> Response:
 
 def failed_response(job: Job) -> JSONResponse:
     if job.state == "cancelled":
-        return error_response(409, "cancelled", f"job {job.id} was cancelled before it finished")
-    err = job.error
-    assert err is not None
-    status = 422 if err.code in ("unsupported", "render_failed") else 503
-    return error_response(status, err.code, err.message, err.field, err.hint, headers={"X-Job-Id": job.id})
+        error = Conflict(f"job {job.id} was cancelled before it finished", code="cancelled")
+    else:
+        assert job.error is not None
+        error = job.error.as_error()
+    response = to_response(error)
+    response.headers["X-Job-Id"] = job.id
+    return response
 
 
 def make_job(svc: Services, kind: str, request: BaseModel, model: str, priority: int) -> Job:
@@ -86,11 +89,11 @@ async def prepare_job(
     field = INPUT_FIELDS.get(kind)
     if field is None:
         if files:
-            raise ApiError(422, "invalid_field", f"{kind} generation takes no file upload", field=next(iter(files)))
+            raise Invalid(f"{kind} generation takes no file upload", field=next(iter(files)))
         return make_job(svc, kind, request, model, priority)
     extra = set(files) - {field}
     if extra:
-        raise ApiError(422, "invalid_field", f"unknown file field '{extra.pop()}'", hint=f"send the file as '{field}'")
+        raise Invalid(f"unknown file field '{extra.pop()}'", hint=f"send the file as '{field}'")
     job = make_job(svc, kind, request.model_copy(update={field: None}), model, priority)
     spec = get_spec(job.model)
     keep_input(svc, job, await input_audio(svc, spec, request, files, field), spec.sample_rate)

@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from lib.errors import BadRequest, Conflict, Invalid
 from lib.schemas import JobList, JobsSubmitted, OutputOptions
-from server.http.errors import ApiError
 from server.http.payload import read_body
 from server.http.routes.generate import audio_response, default_model, failed_response, prepare_job
 from server.jobs.job import PRIORITY_BATCH
@@ -28,7 +28,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     if raw is None:
         return default
     if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(422, "invalid_field", f"{name} must be an integer from {low} to {high}", field=name)
+        raise Invalid(f"{name} must be an integer from {low} to {high}", field=name)
     return int(raw)
 
 
@@ -52,19 +52,16 @@ async def submit_jobs(request: Request) -> JSONResponse:
     many = isinstance(data, list)
     items = data if many else [data]
     if not items or not all(isinstance(i, dict) for i in items):
-        raise ApiError(
-            400,
-            "invalid_json",
-            "send one job object or a non-empty list of them",
+        raise BadRequest(
+            code="invalid_json",
+            message="send one job object or a non-empty list of them",
             hint='e.g. [{"kind": "music", "prompt": "..."}]',
         )
     jobs = []
     for index, item in enumerate(items):
         kind = item.pop("kind", "music")
         if kind not in REQUEST_TYPES:
-            raise ApiError(
-                422,
-                "invalid_field",
+            raise Invalid(
                 f"kind must be one of {', '.join(REQUEST_TYPES)}",
                 field=f"[{index}].kind" if many else "kind",
             )
@@ -90,7 +87,7 @@ async def list_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
     state = request.query_params.get("state")
     if state is not None and state not in STATES:
-        raise ApiError(422, "invalid_field", f"state must be one of {', '.join(STATES)}", field="state")
+        raise Invalid(f"state must be one of {', '.join(STATES)}", field="state")
     limit = _int_param(request, "limit", 50, 1, 1000)
     offset = _int_param(request, "offset", 0, 0, 10**9)
     jobs, total = svc.scheduler.list(state, limit, offset)
@@ -109,7 +106,9 @@ async def job_audio(request: Request) -> Response:
     svc: Services = request.app.state.services
     job = svc.scheduler.get(request.path_params["job_id"])
     if not job.finished:
-        raise ApiError(409, "job_not_finished", f"job {job.id} is {job.state}", hint=f"GET /api/jobs/{job.id}/events")
+        raise Conflict(
+            code="job_not_finished", message=f"job {job.id} is {job.state}", hint=f"GET /api/jobs/{job.id}/events"
+        )
     if job.state != "succeeded":
         return failed_response(job)
     overrides = {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}

@@ -14,9 +14,13 @@ from typing import Any
 
 import yaml
 
+from lib.errors import Invalid
 
-class ConversionError(ValueError):
+
+class ConversionError(Invalid, ValueError):
     """The export cannot be converted exactly; the message names the key or config entry."""
+
+    code = "conversion_failed"
 
 
 # T5Conditioner takes the text encoder's width from its name.
