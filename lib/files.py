@@ -31,9 +31,11 @@ def write_atomic(target: Path, data: bytes) -> None:
     _write_with(target, lambda out: out.write(data))
 
 
-def copy_atomic(source: Path, target: Path) -> None:
-    def fill(out: BinaryIO) -> None:
-        with open(source, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
+def write_stream_atomic(target: Path, source: BinaryIO) -> None:
+    """Copy a readable file object from its current position to its end."""
+    _write_with(target, lambda out: shutil.copyfileobj(source, out, 1 << 20))
 
-    _write_with(target, fill)
+
+def copy_atomic(source: Path, target: Path) -> None:
+    with open(source, "rb") as inp:
+        write_stream_atomic(target, inp)

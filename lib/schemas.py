@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    RootModel,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lib.errors import ServiceError
 
@@ -41,8 +51,7 @@ class OutputOptions(BaseModel):
         # rather than failing in the encoder after the audio has been generated.
         if self.format == "flac" and self.bit_depth == 32:
             raise ValueError(
-                "flac holds at most 24-bit integer samples; "
-                "use bit_depth 16 or 24, or format wav for 32-bit float"
+                "flac holds at most 24-bit integer samples; use bit_depth 16 or 24, or format wav for 32-bit float"
             )
         rate = self.sample_rate
         if self.format == "mp3" and isinstance(rate, int) and rate not in MP3_SAMPLE_RATES:
@@ -75,7 +84,6 @@ class GenerateRequest(OutputOptions, SamplingOptions):
         None, description="A catalogue name or an alias (small, stereo-melody-large, ...); default from settings"
     )
     async_: bool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
-    stream: bool = Field(False, description="Send audio chunks as they are made")
 
     @field_validator("prompt")
     @classmethod
@@ -226,6 +234,10 @@ class JobResult(BaseModel):
     channels: int
     duration_s: float
     size_bytes: int
+    file: str | None = Field(None, description="The answer's artifact (audio.wav, audio.ecdc, ...)")
+    info: dict[str, str] = Field(
+        default_factory=dict, description="Facts of a codec job's answer (its X- headers), see ENCODE_INFO"
+    )
 
 
 class DownloadProgress(BaseModel):
@@ -299,7 +311,21 @@ class SoundJob(SoundRequest):
     kind: Literal["sound"]
 
 
-JobItem = MusicJob | SoundJob | MelodyJob | ContinuationJob
+def _job_kind(item: object) -> str | None:
+    if isinstance(item, dict):
+        return item.get("kind", "music")
+    return getattr(item, "kind", None)
+
+
+# One item of POST /api/jobs, told apart by `kind` (music when absent). The route parses with it.
+JobItem = Annotated[
+    Annotated[MusicJob, Tag("music")]
+    | Annotated[SoundJob, Tag("sound")]
+    | Annotated[MelodyJob, Tag("melody")]
+    | Annotated[ContinuationJob, Tag("continuation")],
+    Discriminator(_job_kind),
+]
+JOB_KINDS: tuple[str, ...] = ("music", "sound", "melody", "continuation")
 
 
 class JobsRequest(RootModel[JobItem | list[JobItem]]):
@@ -381,6 +407,58 @@ class DecodeOptions(OutputOptions):
         description="none (default): as decoded; peak: -1 dBFS; loudness: -14 LUFS (files up to the "
         "server's max duration)",
     )
+
+
+class EncodeJob(EncodeOptions):
+    """What an encode job carries: the options, resolved (model and bandwidth), and the upload's name."""
+
+    filename: str | None = Field(None, description="The upload's file name: its extension hints the format")
+
+
+class DecodeJob(DecodeOptions):
+    """What a decode job carries."""
+
+    filename: str | None = None
+
+
+# The facts a codec answer reports, in its headers (X-Bandwidth-Kbps for bandwidth_kbps) and in its
+# job's result.info. The route and its OpenAPI document both read these tables.
+ENCODE_INFO: dict[str, str] = {
+    "model": "The codec model",
+    "bandwidth_kbps": "The bandwidth encoded at",
+    "codebooks": "Codebooks per frame",
+    "sample_rate": "The codec's sample rate",
+    "frame_rate": "Frames per second",
+    "audio_length": "Samples per channel in the encoded audio",
+    "duration_s": "Seconds of audio",
+    "input_bytes": "Size of the upload",
+    "output_bytes": "Size of this answer",
+    "ecdc_bytes": "Size of the .ecdc (also for JSON answers)",
+    "compression_ratio": "16-bit PCM of the input against the .ecdc",
+    "bitrate_kbps": "The .ecdc's bits per second of audio / 1000",
+    "encode_time_s": "Seconds the encoding took",
+}
+DECODE_INFO: dict[str, str] = {
+    "model": "The codec model the .ecdc names",
+    "sample_rate": "Sample rate of the answer",
+    "channels": "Channels of the answer",
+    "audio_length": "Samples per channel",
+    "duration_s": "Seconds of audio",
+    "codebooks": "Codebooks per frame in the .ecdc",
+}
+CODEC_INFO = {"encode": ENCODE_INFO, "decode": DECODE_INFO}
+
+
+def codec_info(kind: str, **facts: object) -> dict[str, str]:
+    """A codec job's facts, exactly the table's keys."""
+    if set(facts) != set(CODEC_INFO[kind]):
+        raise ValueError(f"{kind} facts {sorted(facts)} are not {sorted(CODEC_INFO[kind])}")
+    return {key: str(value) for key, value in facts.items()}
+
+
+def info_header(key: str) -> str:
+    """bandwidth_kbps -> X-Bandwidth-Kbps."""
+    return "X-" + "-".join(word.capitalize() for word in key.split("_"))
 
 
 class CodecSegment(BaseModel):

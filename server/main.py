@@ -1,4 +1,6 @@
-"""Run the server in the foreground: `resource-audiocraft serve`, `python -m server` and the container land here."""
+"""The composition root: settings -> model registry -> lanes -> job queue -> services -> the app.
+`resource-audiocraft serve`, `python -m server` and the container land here. The only module that
+brings the engine and the HTTP layer together."""
 
 from __future__ import annotations
 
@@ -6,6 +8,35 @@ import copy
 import math
 
 from lib.settings import Settings
+from server.services import Services
+
+
+def build_services(settings: Settings) -> Services:
+    """Everything the app serves with. Imports the engine (torch)."""
+    from server.jobs.artifacts import ArtifactStore
+    from server.jobs.lanes.batch import BatchRunner
+    from server.jobs.lanes.codec import CodecLane
+    from server.jobs.lanes.decode import DecodeLane
+    from server.jobs.lanes.download import DownloadLane
+    from server.jobs.scheduler import Scheduler
+    from server.jobs.store import JobStore
+    from server.models.registry import ModelRegistry
+
+    registry = ModelRegistry(settings)
+    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    lanes = [
+        DecodeLane(lambda kind, model: BatchRunner(registry, artifacts, kind, model), settings.max_batch),
+        CodecLane(registry, artifacts, settings),
+        DownloadLane(settings),
+    ]
+    scheduler = Scheduler(
+        lanes,
+        store=JobStore(settings.data_dir / "jobs.sqlite3"),
+        artifacts=artifacts,
+        queue_depth=settings.queue_depth,
+        retention_s=settings.job_retention_h * 3600,
+    )
+    return Services(settings=settings, registry=registry, scheduler=scheduler)
 
 
 def log_config(settings: Settings) -> dict:
@@ -35,7 +66,7 @@ def serve(settings: Settings) -> None:
     from server.http.app import create_app
 
     uvicorn.run(
-        create_app(settings),
+        create_app(build_services(settings)),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -7,8 +7,9 @@ from waiting import wait_job as wait_job  # polls while the job gets on: test/wa
 
 from lib.settings import Settings
 from server.http.app import create_app
+from server.main import build_services
 
 
 def make_client(models_dir, tmp_path, **overrides) -> TestClient:
     settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32", **overrides)
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+    return TestClient(create_app(build_services(settings)), raise_server_exceptions=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -31,12 +32,13 @@ from lib.schemas import (
     MusicRequest,
     SoundRequest,
 )
-from lib.settings import Settings
 from server.http import errors
 from server.http.auth import ApiKeyMiddleware
 from server.http.openapi import Endpoint, build_document
 from server.http.routes import codec, generate, health, jobs, models
-from server.services import Services, build_services
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 log = logging.getLogger("audiocraft.http")
 
@@ -164,9 +166,10 @@ ENDPOINTS = [
 ]
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
-    settings = settings or Settings()
-    svc = services or build_services(settings)
+def create_app(svc: Services) -> Starlette:
+    """The app over services built by the composition root (server/main.py build_services). Pure:
+    nothing starts until the app's lifespan does."""
+    settings = svc.settings
     extra = (JobAccepted, CodecCodes)
     document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=extra)
     codec.document_uploads(document)

@@ -1,11 +1,24 @@
-"""Job artifacts on disk: the rendered answer, and the native-rate master that other formats come from.
-Every file is written to a temporary name and renamed, so a crash never leaves half a file."""
+"""Job artifacts on disk, one folder per job: its input, its answer, and for generation the
+native-rate master that other formats come from. Every file is written to a temporary name and
+renamed, so a crash never leaves half a file."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
-from lib.files import write_atomic
+from lib.files import write_atomic, write_stream_atomic
+
+MASTER = "master.wav"  # native rate, float32, not normalised: other formats are rendered from it
+# A job's input (a melody or an audio prompt as float32 at the model's rate; a codec job's upload as
+# sent), written when the job is submitted, so a job that runs again after a restart still has it.
+INPUT = "input.wav"
+UPLOAD = "upload.bin"
+
+
+def answer_name(extension: str) -> str:
+    """The file of a job's answer: audio.wav, audio.ecdc, audio.json ..."""
+    return f"audio{extension}"
 
 
 class ArtifactStore:
@@ -19,6 +32,11 @@ class ArtifactStore:
     def write(self, job_id: str, name: str, data: bytes) -> Path:
         final = self.path(job_id, name)
         write_atomic(final, data)
+        return final
+
+    def write_from(self, job_id: str, name: str, source: BinaryIO) -> Path:
+        final = self.path(job_id, name)
+        write_stream_atomic(final, source)
         return final
 
     def read(self, job_id: str, name: str) -> bytes:

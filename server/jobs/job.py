@@ -7,13 +7,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from lib.errors import ServiceError
 from lib.schemas import DownloadProgress, ErrorBody, JobResult, JobState
 from lib.schemas import Job as JobView
 
-FINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+# The states are written once, in lib.schemas.JobState; everything else derives from it.
+STATES: tuple[str, ...] = get_args(JobState)
+UNFINISHED_STATES: tuple[str, ...] = STATES[:2]  # queued, running
+FINAL_STATES: frozenset[str] = frozenset(STATES[2:])  # succeeded, failed, cancelled
+assert UNFINISHED_STATES == ("queued", "running"), "JobState starts with the unfinished states"
 
 # Synchronous requests jump ahead of bulk batch work.
 PRIORITY_INTERACTIVE = 0
@@ -37,8 +41,12 @@ class Job:
     error: ErrorBody | None = None
     result: JobResult | None = None
     attempts: int = 0
-    # Live only (not stored): a download's byte counts; the download a generation job waits for.
-    download: DownloadProgress | None = None
+    # The job this one runs after (a generation after its model's download): stored, so a
+    # recovered job waits again. If that job does not succeed, this one fails with its error.
+    after: str | None = None
+    # Live only (not stored): what the lane reports beside progress (a download's byte counts),
+    # and the job `after` names, once the queue has found it.
+    detail: DownloadProgress | None = None
     waits_for: Job | None = field(default=None, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     # Set when the server stops before the job ends: the job stops without finishing, so the
@@ -56,6 +64,11 @@ class Job:
         if self.started_at is None or self.finished_at is None:
             return None
         return self.finished_at - self.started_at
+
+    def run_after(self, other: Job | None) -> None:
+        """Queue this job to run once `other` has succeeded (nothing when None)."""
+        if other is not None:
+            self.after, self.waits_for = other.id, other
 
     def on_done(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the job ends (at once if it already has)."""
@@ -99,6 +112,7 @@ class Job:
             "error": self.error,
             "result": self.result,
             "attempts": self.attempts,
+            "after": self.after,
         }
 
     @classmethod
@@ -122,5 +136,5 @@ class Job:
             error=self.error,
             result=self.result,
             request=self.request.model_dump(mode="json", by_alias=True, exclude_none=True),
-            download=self.download if self.waits_for is None or self.waits_for.finished else self.waits_for.download,
+            download=self.detail if self.waits_for is None or self.waits_for.finished else self.waits_for.detail,
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.schemas import ErrorBody, JobResult
+from server.jobs.job import FINAL_STATES, UNFINISHED_STATES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -29,10 +30,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     error TEXT,
     result TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    after TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 """
+# Columns added since the first release, for stores made before them.
+ADDED_COLUMNS = {"after": "TEXT"}
 
 COLUMNS = (
     "id",
@@ -50,6 +54,7 @@ COLUMNS = (
     "error",
     "result",
     "attempts",
+    "after",
 )
 
 
@@ -65,6 +70,10 @@ class JobStore:
             # WAL + NORMAL survives a process crash; only power loss can drop the last commits.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -96,7 +105,8 @@ class JobStore:
             self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*encoded.values(), job_id))
 
     def unfinished(self) -> list[dict[str, Any]]:
-        return self._select("WHERE state IN ('queued', 'running') ORDER BY priority, created_at")
+        marks = ", ".join("?" for _ in UNFINISHED_STATES)
+        return self._select(f"WHERE state IN ({marks}) ORDER BY priority, created_at", UNFINISHED_STATES)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         rows = self._select("WHERE id = ?", (job_id,))
@@ -111,9 +121,9 @@ class JobStore:
 
     def finished_before(self, cutoff: float) -> list[str]:
         with self._lock:
+            marks = ", ".join("?" for _ in FINAL_STATES)
             rows = self._db.execute(
-                "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?",
-                (cutoff,),
+                f"SELECT id FROM jobs WHERE state IN ({marks}) AND finished_at < ?", (*sorted(FINAL_STATES), cutoff)
             ).fetchall()
         return [r[0] for r in rows]
 

@@ -225,8 +225,9 @@ def test_openapi_documents_the_new_endpoints(client):
     assert {"audio", "audio_job", "audio_content", "include_prompt", "prompt", "duration"} <= set(props)
     jobs = doc["paths"]["/api/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert jobs["$ref"].endswith("/JobsRequest")
-    items = doc["components"]["schemas"]["JobsRequest"]["anyOf"]
-    assert {i["$ref"].rsplit("/", 1)[1] for i in items if "$ref" in i} == {
+    one, many = doc["components"]["schemas"]["JobsRequest"]["anyOf"]  # one item (by kind), or a list of them
+    assert many["items"] == one
+    assert {i["$ref"].rsplit("/", 1)[1] for i in one["oneOf"]} == {
         "MusicJob", "SoundJob", "MelodyJob", "ContinuationJob"
     }  # fmt: skip
 

@@ -12,8 +12,10 @@ import pytest
 from lib.schemas import ErrorBody, JobResult, MusicRequest, SoundRequest
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
-from server.jobs.kinds import REQUEST_TYPES
+from server.jobs.lanes.decode import DecodeLane
 from server.jobs.store import JobStore
+
+REQUEST_TYPES = DecodeLane.kinds
 
 _created = itertools.count()
 _BASE = time.time()

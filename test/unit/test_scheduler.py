@@ -1,6 +1,7 @@
-"""The job scheduler (server/jobs/scheduler.py) with a fake runner: no torch, no models, no sleeps.
+"""The job queue (server/jobs/scheduler.py) and its decode lane with a fake runner: no torch, no
+models, no sleeps.
 
-The fake runner stands where BatchRunner does (the scheduler gets it from its `new_runner(kind,
+The fake runner stands where BatchRunner does (the decode lane gets it from its `new_runner(kind,
 model)` factory). A job needs as many steps as its request has seconds of duration; each step
 advances every job in the batch by one and finishes those that are done. Every step waits at a gate
 that the test opens (`runners.step()`), so the test decides when each step happens, and the test
@@ -29,6 +30,7 @@ from server.jobs import scheduler as scheduler_module
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.errors import JobNotFound, QueueFull
 from server.jobs.job import Job
+from server.jobs.lanes.decode import DecodeLane
 from server.jobs.scheduler import Scheduler
 from server.jobs.store import JobStore
 
@@ -167,6 +169,10 @@ class FakeRunner:
     def __len__(self) -> int:
         return len(self.members)
 
+    @property
+    def jobs(self) -> list[Job]:
+        return list(self.members.values())
+
     def admit(self, job: Job) -> None:
         assert self.accepts(job), f"the scheduler gave a {job.model} job to the {self.model} runner"
         self.record.admitted.append(job.id)
@@ -229,11 +235,10 @@ def make_scheduler(tmp_path, clock):
     ) -> tuple[Scheduler, FakeRunners]:
         runners = FakeRunners()
         sched = Scheduler(
-            runners,
+            [DecodeLane(runners, max_batch)],
             store=JobStore(db or tmp_path / "jobs.sqlite3"),
             artifacts=ArtifactStore(tmp_path / "artifacts"),
             queue_depth=queue_depth,
-            max_batch=max_batch,
             retention_s=retention_s,
         )
         made.append((sched, runners))

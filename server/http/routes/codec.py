@@ -1,44 +1,35 @@
 """POST /api/encode and POST /api/decode: EnCodec as a codec service.
 
 The upload (multipart field `file`, or the raw body) goes to a temporary file, never wholly into
-memory; options come as form fields or query parameters. The work runs in a worker thread, one
-codec request at a time per process (the model's own threads use the cores), and the answer is
-streamed from a temporary file that is removed once sent.
+memory; options come as form fields or query parameters. Serving makes it a job of the codec lane
+(server/jobs/lanes/codec.py), which holds the concurrency; the answer is the job's artifact, streamed
+from disk, with the job's facts as headers.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
-import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from lib.errors import Invalid, UnsupportedMediaType
-from lib.schemas import DecodeOptions, EncodeOptions, default_bandwidth
-from server.engine import threads
-from server.engine.codec.codec import Codec
-from server.engine.codec.service import decode_file, encode_file, open_ecdc
-from server.engine.errors import UnsupportedRequest
+from lib.schemas import DECODE_INFO, ENCODE_INFO, DecodeOptions, EncodeOptions, info_header
 from server.http.payload import FORM_TYPES, too_large
-from server.services import Services
+from server.http.routes.generate import answer
+from server.jobs.job import Job
+from server.serving import codec
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 UPLOAD_FIELD = "file"
 _SPOOL_IN_MEMORY = 1 << 20  # raw bodies past 1 MB go to disk, as Starlette does with form files
 _JSON_TYPES = ("application/json", "text/plain", "text/html")
-_lock = threading.Lock()
-_slots: dict[int, threading.BoundedSemaphore] = {}
-
-
-def _slot(app: Any) -> threading.BoundedSemaphore:
-    with _lock:
-        return _slots.setdefault(id(app), threading.BoundedSemaphore(1))
 
 
 class _Upload:
@@ -116,28 +107,6 @@ def _size_of(f: BinaryIO) -> int:
     return size
 
 
-def _codec_for(svc: Services):
-    def get(name: str) -> Codec:
-        spec = svc.registry.spec(name)
-        if spec.kind != "encodec":
-            codecs = ", ".join(n for n, s in _catalogue().items() if s.kind == "encodec")
-            raise UnsupportedRequest(f"{spec.name} is not a codec model", field="model", hint=f"use one of: {codecs}")
-        return Codec.of(svc.registry.get(spec.name))
-
-    return get
-
-
-def _catalogue():
-    from lib.catalogue import CATALOGUE
-
-    return CATALOGUE
-
-
-def _file_response(path: Path, media_type: str, filename: str, headers: dict[str, str]) -> Response:
-    headers = {**headers, "Content-Disposition": f'attachment; filename="{filename}"'}
-    return FileResponse(path, media_type=media_type, headers=headers, background=BackgroundTask(os.unlink, path))
-
-
 def _stem(filename: str | None, default: str) -> str:
     if not filename:
         return default
@@ -146,41 +115,25 @@ def _stem(filename: str | None, default: str) -> str:
     return safe or default
 
 
+def _answer(svc: Services, job: Job, upload_name: str | None) -> Response:
+    """The codec job's artifact, with its facts as headers (the same table as the OpenAPI's)."""
+    assert job.result is not None and job.result.file is not None
+    path = svc.scheduler.artifacts.path(job.id, job.result.file)
+    headers = {info_header(key): value for key, value in job.result.info.items()}
+    headers["X-Job-Id"] = job.id
+    headers["Content-Disposition"] = f'attachment; filename="{_stem(upload_name, "audio")}{path.suffix}"'
+    return FileResponse(path, media_type=job.result.media_type, headers=headers)
+
+
 async def encode(request: Request) -> Response:
     svc: Services = request.app.state.services
     upload, fields = await _receive(request, int(svc.settings.max_upload_mb * 1e6), "audio")
     try:
         opts = EncodeOptions.model_validate(fields, context={"default_codec_model": svc.settings.default_codec_model})
-        model = opts.model or svc.settings.default_codec_model
-        svc.registry.spec(model)  # unknown (404) or not installed (409): before any work
-        codec_for = _codec_for(svc)
-
-        def work():
-            codec = codec_for(model)  # loads on first use; refuses models that are not codecs
-            bandwidth = opts.bandwidth_kbps if opts.bandwidth_kbps is not None else default_bandwidth(model)
-            with _slot(request.app):
-                return encode_file(codec, upload.file, upload.size, upload.filename, bandwidth, opts.format)
-
-        result = await run_in_threadpool(threads.in_own_thread, work)
+        job = await run_in_threadpool(codec.encode, svc, upload.file, upload.filename, opts)
     finally:
         await upload.close()
-    headers = {
-        "X-Model": result.codec.spec.name,
-        "X-Bandwidth-Kbps": f"{result.bandwidth_kbps:g}",
-        "X-Codebooks": str(result.header.num_codebooks),
-        "X-Sample-Rate": str(result.codec.layout.sample_rate),
-        "X-Frame-Rate": f"{result.codec.layout.sample_rate / result.codec.layout.hop_length:g}",
-        "X-Audio-Length": str(result.header.audio_length),
-        "X-Duration-S": f"{result.duration_s:.6g}",
-        "X-Input-Bytes": str(result.input_bytes),
-        "X-Output-Bytes": str(result.output_bytes),
-        "X-Ecdc-Bytes": str(result.ecdc_bytes),
-        "X-Compression-Ratio": f"{result.compression_ratio:.2f}",
-        "X-Bitrate-Kbps": f"{result.bitrate_kbps:.3f}",
-        "X-Encode-Time-S": f"{result.result.seconds:.3f}",
-    }
-    ext = ".json" if opts.format == "json" else ".ecdc"
-    return _file_response(result.path, result.media_type, _stem(upload.filename, "audio") + ext, headers)
+    return await answer(svc, job, False, lambda svc, job: _answer(svc, job, upload.filename))
 
 
 async def decode(request: Request) -> Response:
@@ -188,25 +141,10 @@ async def decode(request: Request) -> Response:
     upload, fields = await _receive(request, int(svc.settings.max_upload_mb * 1e6), ".ecdc file")
     try:
         opts = DecodeOptions.model_validate(_numbers(fields, ("bit_depth", "sample_rate")))
-        codec_for = _codec_for(svc)
-
-        def work():
-            plan = open_ecdc(codec_for, upload.file, upload.size)
-            with _slot(request.app):
-                return decode_file(plan, upload.file, opts, svc.settings.max_duration_s)
-
-        result = await run_in_threadpool(threads.in_own_thread, work)
+        job = await run_in_threadpool(codec.decode, svc, upload.file, upload.filename, opts)
     finally:
         await upload.close()
-    headers = {
-        "X-Model": result.codec.spec.name,
-        "X-Sample-Rate": str(result.sample_rate),
-        "X-Channels": str(result.channels),
-        "X-Audio-Length": str(result.frames),
-        "X-Duration-S": f"{result.duration_s:.6g}",
-        "X-Codebooks": str(result.header.num_codebooks),
-    }
-    return _file_response(result.path, result.media_type, _stem(upload.filename, "audio") + result.extension, headers)
+    return await answer(svc, job, False, lambda svc, job: _answer(svc, job, upload.filename))
 
 
 def document_uploads(document: dict) -> None:
@@ -244,19 +182,7 @@ def document_uploads(document: dict) -> None:
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                 "application/json": {"schema": {"$ref": "#/components/schemas/CodecCodes"}},
             }
-            ok["headers"] = {
-                h: {"schema": {"type": "string"}}
-                for h in (
-                    "X-Model",
-                    "X-Bandwidth-Kbps",
-                    "X-Codebooks",
-                    "X-Sample-Rate",
-                    "X-Frame-Rate",
-                    "X-Audio-Length",
-                    "X-Duration-S",
-                    "X-Input-Bytes",
-                    "X-Output-Bytes",
-                    "X-Compression-Ratio",
-                    "X-Bitrate-Kbps",
-                )
-            }
+        table = ENCODE_INFO if path == "/api/encode" else DECODE_INFO
+        op["responses"]["200"]["headers"] = {
+            info_header(key): {"description": text, "schema": {"type": "string"}} for key, text in table.items()
+        } | {"X-Job-Id": {"description": "The codec job", "schema": {"type": "string"}}}

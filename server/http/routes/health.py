@@ -10,7 +10,6 @@ from starlette.responses import JSONResponse, Response
 
 from lib import __version__
 from lib.schemas import Health, LoadedModel, QueueState
-from server.models.device import dtype_name
 
 
 async def health(request: Request) -> JSONResponse:
@@ -28,8 +27,7 @@ async def health(request: Request) -> JSONResponse:
         device=svc.registry.device.type,
         uptime_s=round(time.time() - svc.started_at, 3),
         models=[
-            LoadedModel(name=lm.spec.name, device=lm.device.type, dtype=dtype_name(lm.dtype))
-            for lm in svc.registry.loaded()
+            LoadedModel(name=lm.spec.name, device=lm.device.type, dtype=lm.precision) for lm in svc.registry.loaded()
         ],
         queue=QueueState(queued=queued, running=running, capacity=svc.settings.queue_depth),
     )

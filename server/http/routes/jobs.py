@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from lib.errors import BadRequest, Conflict, Invalid
-from lib.schemas import JobList, JobsSubmitted, OutputOptions
+from lib.schemas import JOB_KINDS, JobItem, JobList, JobsSubmitted, OutputOptions
 from server.http.payload import read_body
-from server.http.routes.generate import audio_response, default_model, failed_response, prepare_job
-from server.jobs.job import PRIORITY_BATCH
-from server.jobs.kinds import REQUEST_TYPES
-from server.jobs.runner import rerender
-from server.services import Services
+from server.http.routes.generate import audio_response, failed_response
+from server.jobs.job import PRIORITY_BATCH, STATES
+from server.serving import generation
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+if TYPE_CHECKING:
+    from server.services import Services
+
 EVENT_INTERVAL_S = 0.25
+# The body of POST /api/jobs (JobsRequest in the OpenAPI document): one item, or a list of them.
+_ITEM: TypeAdapter = TypeAdapter(JobItem)
+_ITEMS: TypeAdapter = TypeAdapter(list[JobItem])
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -32,53 +35,38 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     return int(raw)
 
 
-def _prefixed(exc: ValidationError, index: int, many: bool) -> ValidationError:
-    """Name the list item in the field path: [2].prompt."""
-    if not many:
-        return exc
-    errors = [{**e, "loc": (f"[{index}]", *e["loc"])} for e in exc.errors()]
+def _named_items(exc: ValidationError, many: bool) -> ValidationError | Invalid:
+    """Errors of the JobItem union name the item ([2].prompt), not the union's tag (music.prompt)."""
+    errors = []
+    for e in exc.errors():
+        loc = list(e["loc"])
+        index = loc.pop(0) if many else None
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            where = "kind" if index is None else f"[{index}].kind"
+            return Invalid(f"kind must be one of {', '.join(JOB_KINDS)}", field=where)
+        loc = loc[1:]  # the tag
+        errors.append({**e, "loc": tuple(([f"[{index}]"] if many else []) + loc)})
     return ValidationError.from_exception_data(exc.title, errors)  # type: ignore[arg-type]
-
-
-def _forget_inputs(svc: Services, jobs) -> None:
-    """Input audio kept for jobs that were not taken after all."""
-    for job in jobs:
-        svc.scheduler.artifacts.remove(job.id)
 
 
 async def submit_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
     data = json.loads(await read_body(request, int(svc.settings.max_upload_mb * 1e6)) or b"null")
     many = isinstance(data, list)
-    items = data if many else [data]
-    if not items or not all(isinstance(i, dict) for i in items):
+    if not (data if many else [data]) or not all(isinstance(i, dict) for i in (data if many else [data])):
         raise BadRequest(
+            "send one job object or a non-empty list of them",
             code="invalid_json",
-            message="send one job object or a non-empty list of them",
             hint='e.g. [{"kind": "music", "prompt": "..."}]',
         )
-    jobs = []
-    for index, item in enumerate(items):
-        kind = item.pop("kind", "music")
-        if kind not in REQUEST_TYPES:
-            raise Invalid(
-                f"kind must be one of {', '.join(REQUEST_TYPES)}",
-                field=f"[{index}].kind" if many else "kind",
-            )
-        try:
-            req = REQUEST_TYPES[kind].model_validate(item, context=svc.limits)
-        except ValidationError as exc:
-            raise _prefixed(exc, index, many) from None
-        try:
-            jobs.append(await prepare_job(svc, kind, req, {}, req.model or default_model(svc, kind), PRIORITY_BATCH))
-        except Exception:
-            _forget_inputs(svc, jobs)
-            raise
     try:
-        svc.scheduler.submit_many(jobs)
-    except Exception:
-        _forget_inputs(svc, jobs)
-        raise
+        items = (_ITEMS if many else _ITEM).validate_python(data, context=svc.limits)
+    except ValidationError as exc:
+        raise _named_items(exc, many) from None
+    items = items if many else [items]
+    types = svc.scheduler.request_types
+    requests = [(i.kind, types[i.kind].model_validate(i.model_dump(by_alias=True, exclude={"kind"}))) for i in items]
+    jobs = await generation.generate_many(svc, requests, PRIORITY_BATCH)
     body = JobsSubmitted(ids=[j.id for j in jobs], jobs=[j.view(svc.scheduler.position(j)) for j in jobs])
     return JSONResponse(body.model_dump(), status_code=202)
 
@@ -102,22 +90,20 @@ async def get_job(request: Request) -> JSONResponse:
 
 
 async def job_audio(request: Request) -> Response:
-    """The answer as generated, or converted: ?format=&sample_rate=&bit_depth=&normalize=."""
+    """The answer as made, or a generation's converted: ?format=&sample_rate=&bit_depth=&normalize=."""
     svc: Services = request.app.state.services
     job = svc.scheduler.get(request.path_params["job_id"])
     if not job.finished:
-        raise Conflict(
-            code="job_not_finished", message=f"job {job.id} is {job.state}", hint=f"GET /api/jobs/{job.id}/events"
-        )
+        raise Conflict(f"job {job.id} is {job.state}", code="job_not_finished", hint=f"GET /api/jobs/{job.id}/events")
     if job.state != "succeeded":
         return failed_response(job)
+    if job.result is not None and job.result.file is not None:  # a codec job's answer, as made
+        path = svc.scheduler.artifacts.path(job.id, job.result.file)
+        return FileResponse(path, media_type=job.result.media_type, filename=f"{job.id}{path.suffix}")
     overrides = {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}
     if not overrides:
         return audio_response(svc, job)
-    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields}
-    options = OutputOptions.model_validate({**stored, **overrides})
-    rendered = await run_in_threadpool(rerender, svc.scheduler.artifacts, job, options)
-    return audio_response(svc, job, rendered)
+    return audio_response(svc, job, await generation.rerender(svc, job, overrides))
 
 
 async def job_events(request: Request) -> StreamingResponse:

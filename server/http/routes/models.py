@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from lib.schemas import ModelInfo, ModelList
-from server.engine import threads
 from server.http.routes.generate import accepted
 from server.hub import store
-from server.models.device import dtype_name
-from server.services import Services
+from server.serving import downloads
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 
 def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
     loaded = {lm.spec.name: lm for lm in svc.registry.loaded()}
     lm = loaded.get(spec.name)
-    downloading = svc.downloads.active(spec.name)
+    downloading = downloads.active(svc, spec)
     return ModelInfo(
         name=spec.name,
         aliases=list(spec.aliases),
@@ -29,7 +32,7 @@ def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
         size_on_disk_bytes=store.size_on_disk_bytes(spec, svc.settings.hub_cache),
         loaded=lm is not None,
         device=lm.device.type if lm else None,
-        dtype=dtype_name(lm.dtype) if lm else None,
+        dtype=lm.precision if lm else None,
         licence=spec.licence,
         sample_rate=spec.sample_rate,
         channels=spec.channels,
@@ -60,9 +63,9 @@ async def download_model(request: Request) -> JSONResponse:
     already installed."""
     svc: Services = request.app.state.services
     spec = _spec(request)
-    if store.is_installed(spec, svc.settings.hub_cache) and svc.downloads.active(spec.name) is None:
+    if store.is_installed(spec, svc.settings.hub_cache) and downloads.active(svc, spec) is None:
         return JSONResponse(model_info(svc, spec).model_dump())
-    return accepted(svc, svc.downloads.start(spec))
+    return accepted(svc, downloads.start(svc, spec))
 
 
 async def delete_model(request: Request) -> JSONResponse:
@@ -75,7 +78,7 @@ async def delete_model(request: Request) -> JSONResponse:
 async def load_model(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
     spec = _spec(request)
-    await run_in_threadpool(threads.in_own_thread, svc.registry.get, spec.name)
+    await run_in_threadpool(svc.load_model, spec)
     return JSONResponse(model_info(svc, spec).model_dump())
 
 

@@ -1,5 +1,6 @@
-"""Runs generation jobs on the engine: one continuous decode batch per model. Jobs join it at a
-step boundary and leave it as soon as they finish or are cancelled; each job's audio is stored on disk."""
+"""The decode lane's runner: generation jobs on the engine, one continuous decode batch per model.
+Jobs join it at a step boundary and leave it as soon as they finish or are cancelled; each job's
+audio is stored on disk. It brings the engine (torch): only the composition root imports it."""
 
 from __future__ import annotations
 
@@ -7,26 +8,18 @@ import logging
 import time
 
 from lib.errors import Invalid, ServiceError
-from lib.schemas import JobResult, OutputOptions
+from lib.schemas import JobResult
 from server.audio.encode import encode_audio
 from server.audio.render import render
 from server.engine.decode import DecodeBatch
 from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
-from server.jobs.artifacts import ArtifactStore
+from server.jobs.artifacts import INPUT, MASTER, ArtifactStore, answer_name
 from server.jobs.job import Job
 from server.models.registry import ModelRegistry
 
 log = logging.getLogger("audiocraft.jobs")
 
-MASTER = "master.wav"  # native rate, float32, not normalised: other formats are rendered from it
-# The job's input audio (a melody, an audio prompt), float32 at the model's rate, written when the
-# job is submitted so a job that runs again after a restart still has it.
-INPUT = "input.wav"
-INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}
-
-
-def answer_name(extension: str) -> str:
-    return f"audio{extension}"
+INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}  # kind -> AudioRequest's field
 
 
 def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
@@ -170,11 +163,3 @@ class BatchRunner:
             size_bytes=len(rendered.data),
         )
         job.finish("succeeded")
-
-
-def rerender(artifacts: ArtifactStore, job: Job, options: OutputOptions):
-    """Another format/rate/depth of a finished job's audio, from its native-rate master."""
-    from server.audio.decode import read_audio
-
-    audio, rate = read_audio(artifacts.read(job.id, MASTER))
-    return render(audio, rate, options)

@@ -1,11 +1,12 @@
 """The input audio of melody and continuation requests: a multipart upload, base64 in JSON, an
 earlier job's audio or an audio content item. It is decoded and checked before the job exists (a bad
-file is a 4xx, never a failed job), then kept with the job (server/jobs/runner.py INPUT)."""
+file is a 4xx, never a failed job), then kept with the job (artifacts INPUT)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
@@ -17,9 +18,11 @@ from lib.content import ContentStore
 from lib.errors import Conflict, Invalid
 from server.audio.encode import encode_audio
 from server.audio.input import load_input
+from server.jobs.artifacts import INPUT, MASTER
 from server.jobs.job import Job
-from server.jobs.runner import INPUT, MASTER
-from server.services import Services
+
+if TYPE_CHECKING:
+    from server.services import Services
 
 
 async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile], field: str):

@@ -1,0 +1,1 @@
+"""The lanes of the job queue: decode (generation, batched), codec, download."""

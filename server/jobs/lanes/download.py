@@ -1,0 +1,83 @@
+"""The download lane: model downloads into the hub cache, a few at a time, one per model.
+
+A download is a job like any other (GET /api/jobs/{id}, its SSE events, DELETE to cancel) of kind
+"download", with byte counts in its `download` detail. Serving joins a running download of the same
+model instead of queueing a second (`Scheduler.find`). A download the server stops in the middle
+stays 'running' in the store and runs again at the next start, resuming from its partial files
+(server/hub/download.py). Torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from lib.catalogue import get_spec
+from lib.errors import Internal
+from lib.schemas import DownloadProgress, DownloadRequest
+from lib.settings import Settings
+from server.hub import download
+from server.jobs.job import Job
+from server.jobs.lane import WorkerLane
+
+log = logging.getLogger("audiocraft.downloads")
+
+KIND = "download"
+
+
+class DownloadLane(WorkerLane):
+    name = "download"
+    kinds = {KIND: DownloadRequest}
+
+    def __init__(self, settings: Settings, workers: int = 2):
+        super().__init__(workers)
+        self.settings = settings
+
+    def recover(self, job: Job) -> None:
+        log.warning("download %s of %s was interrupted; it resumes", job.id, job.model)
+
+    def stop(self) -> None:
+        """Downloads stop where they are at once (their partial files stay for the next start)."""
+        for job in self.running():
+            job.interrupted.set()
+        super().stop()
+
+    def run(self, job: Job) -> None:
+        spec = get_spec(job.model)
+        stop = _Either(job.cancel_requested, job.interrupted)
+        job.detail = job.detail or DownloadProgress(job_id=job.id, bytes_done=0, bytes_total=0)
+
+        def progress(done: int, total: int, name: str) -> None:
+            job.detail = DownloadProgress(job_id=job.id, bytes_done=done, bytes_total=total, file=name)
+            job.progress = min(0.99, done / total) if total else 0.0
+
+        try:
+            download.download_model(
+                spec,
+                self.settings.hub_cache,
+                timeout_s=self.settings.download_timeout_s,
+                progress=progress,
+                cancelled=stop,
+            )
+        except download.DownloadCancelled:
+            if not job.interrupted.is_set():
+                job.finish("cancelled")
+        except download.DownloadFailed as exc:
+            log.warning("download of %s failed: %s", spec.name, exc.message)
+            job.finish("failed", exc)
+        except Exception as exc:  # a bug or the disk: the job fails, the server goes on
+            log.exception("download of %s failed", spec.name)
+            job.finish("failed", Internal(f"download of {spec.name} failed: {exc}", code="download_failed"))
+        else:
+            job.finish("succeeded")
+
+
+class _Either(threading.Event):
+    """Set when either event is: cancel by the user, or interruption by shutdown."""
+
+    def __init__(self, *events: threading.Event):
+        super().__init__()
+        self._events = events
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self._events)

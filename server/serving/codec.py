@@ -1,0 +1,56 @@
+"""EnCodec requests as jobs of the codec lane: the upload is kept with the job, the answer is its artifact."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, BinaryIO
+
+from lib.catalogue import CATALOGUE, ModelSpec, get_spec
+from lib.schemas import DecodeJob, DecodeOptions, EncodeJob, EncodeOptions, default_bandwidth
+from server.engine.codec import container
+from server.engine.errors import UnsupportedRequest
+from server.jobs.artifacts import UPLOAD
+from server.jobs.job import PRIORITY_INTERACTIVE, Job
+from server.serving import downloads
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+
+def codec_spec(svc: Services, name: str) -> tuple[ModelSpec, Job | None]:
+    """The codec model (404 unknown, 422 not a codec) and the download it must wait for, if any."""
+    spec = get_spec(name)
+    if spec.kind != "encodec":
+        codecs = ", ".join(n for n, s in CATALOGUE.items() if s.kind == "encodec")
+        raise UnsupportedRequest(f"{spec.name} is not a codec model", field="model", hint=f"use one of: {codecs}")
+    return spec, downloads.require(svc, spec)
+
+
+def _submit(svc: Services, job: Job, upload: BinaryIO) -> Job:
+    artifacts = svc.scheduler.artifacts
+    upload.seek(0)
+    artifacts.write_from(job.id, UPLOAD, upload)
+    try:
+        return svc.scheduler.submit(job)
+    except BaseException:
+        artifacts.remove(job.id)
+        raise
+
+
+def encode(svc: Services, upload: BinaryIO, filename: str | None, options: EncodeOptions) -> Job:
+    spec, after = codec_spec(svc, options.model or svc.settings.default_codec_model)
+    bandwidth = options.bandwidth_kbps if options.bandwidth_kbps is not None else default_bandwidth(spec.name)
+    request = EncodeJob(model=spec.name, bandwidth_kbps=bandwidth, format=options.format, filename=filename)
+    job = Job(kind="encode", model=spec.name, request=request, seed=0, priority=PRIORITY_INTERACTIVE)
+    job.run_after(after)
+    return _submit(svc, job, upload)
+
+
+def decode(svc: Services, upload: BinaryIO, filename: str | None, options: DecodeOptions) -> Job:
+    """The .ecdc header names the model: read it (a 422 when it is not an .ecdc) before anything is queued."""
+    upload.seek(0)
+    header, _ = container.read_header(upload)
+    spec, after = codec_spec(svc, container.catalogue_name(header.model))
+    request = DecodeJob(**options.model_dump(), filename=filename)
+    job = Job(kind="decode", model=spec.name, request=request, seed=0, priority=PRIORITY_INTERACTIVE)
+    job.run_after(after)
+    return _submit(svc, job, upload)

@@ -1,0 +1,42 @@
+"""Model downloads as jobs: start one, join the running one, or say what to run instead."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lib.catalogue import ModelSpec
+from lib.schemas import DownloadProgress, DownloadRequest
+from server.hub import download, store
+from server.jobs.job import PRIORITY_BATCH, Job
+from server.jobs.lanes.download import KIND
+
+if TYPE_CHECKING:
+    from server.services import Services
+
+
+def active(svc: Services, spec: ModelSpec) -> Job | None:
+    """The model's download that is queued or running, if any."""
+    return svc.scheduler.find(KIND, spec.name)
+
+
+def start(svc: Services, spec: ModelSpec) -> Job:
+    """The running download of the model, or a new one."""
+    with svc.lock:  # two requests for one model: one download
+        job = active(svc, spec)
+        if job is not None:
+            return job
+        download.check_writable(svc.settings.hub_cache)
+        job = Job(kind=KIND, model=spec.name, request=DownloadRequest(model=spec.name), seed=0, priority=PRIORITY_BATCH)
+        job.detail = DownloadProgress(job_id=job.id, bytes_done=0, bytes_total=0)
+        return svc.scheduler.submit(job)
+
+
+def require(svc: Services, spec: ModelSpec) -> Job | None:
+    """For a request that needs the model: None when it is installed or loaded; else the download it
+    must wait for (auto_download), or ModelNotInstalled with the command to run (also when
+    huggingface_hub is in offline mode: HF_HUB_OFFLINE=1)."""
+    if svc.registry.is_loaded(spec.name) or store.is_installed(spec, svc.settings.hub_cache):
+        return None
+    if not svc.settings.auto_download or download.offline():
+        raise store.ModelNotInstalled(spec, svc.settings.hub_cache)
+    return start(svc, spec)

@@ -1,0 +1,109 @@
+"""Generation requests (music, sound, melody, continuation) as jobs of the decode lane."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from lib.catalogue import get_spec
+from lib.errors import Invalid
+from lib.schemas import INPUT_FIELDS, MAX_SEED, OutputOptions
+from server.engine.errors import UnsupportedRequest
+from server.jobs.artifacts import MASTER
+from server.jobs.job import Job
+from server.serving import downloads
+from server.serving.inputs import input_audio, keep_input
+
+if TYPE_CHECKING:
+    from server.audio.render import RenderedAudio
+    from server.services import Services
+
+
+def default_model(svc: Services, kind: str) -> str:
+    """The settings' model for a job kind when the request names none."""
+    settings = svc.settings
+    return {"sound": settings.default_sound_model, "melody": settings.default_melody_model}.get(
+        kind, settings.default_music_model
+    )
+
+
+def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
+    """Checks that need the server's state (model known, installed, able), then a job ready to queue.
+    A model that is not installed is downloaded first (settings.auto_download): the job runs after it."""
+    spec = get_spec(request.model or default_model(svc, kind))
+    if kind not in spec.capabilities:
+        raise UnsupportedRequest(f"{spec.name} cannot make {kind}", field="model")
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
+    job = Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
+    job.run_after(downloads.require(svc, spec))
+    return job
+
+
+async def prepare(svc: Services, kind: str, request: BaseModel, files: dict[str, UploadFile], priority: int) -> Job:
+    """new_job, plus the kind's input audio (melody, audio prompt): read, checked and kept with the
+    job. The stored request keeps references only, not the base64 audio."""
+    field = INPUT_FIELDS.get(kind)
+    if field is None:
+        if files:
+            raise Invalid(f"{kind} generation takes no file upload", field=next(iter(files)))
+        return new_job(svc, kind, request, priority)
+    extra = set(files) - {field}
+    if extra:
+        raise Invalid(f"unknown file field '{extra.pop()}'", hint=f"send the file as '{field}'")
+    job = new_job(svc, kind, request.model_copy(update={field: None}), priority)
+    spec = get_spec(job.model)
+    keep_input(svc, job, await input_audio(svc, spec, request, files, field), spec.sample_rate)
+    return job
+
+
+def forget(svc: Services, jobs: list[Job]) -> None:
+    """Inputs kept for jobs that were not taken after all."""
+    for job in jobs:
+        svc.scheduler.artifacts.remove(job.id)
+
+
+def submit(svc: Services, jobs: list[Job]) -> list[Job]:
+    """All or none; a refusal (429) leaves nothing behind."""
+    try:
+        return svc.scheduler.submit_many(jobs)
+    except BaseException:
+        forget(svc, jobs)
+        raise
+
+
+async def generate(svc: Services, kind: str, request: BaseModel, files: dict[str, UploadFile], priority: int) -> Job:
+    """One request, validated, as a queued job."""
+    job = await prepare(svc, kind, request, files, priority)
+    return submit(svc, [job])[0]
+
+
+async def generate_many(svc: Services, items: list[tuple[str, BaseModel]], priority: int) -> list[Job]:
+    """A batch submission: every item becomes a job, or none does."""
+    jobs: list[Job] = []
+    try:
+        for kind, request in items:
+            jobs.append(await prepare(svc, kind, request, {}, priority))
+    except BaseException:
+        forget(svc, jobs)
+        raise
+    return submit(svc, jobs)
+
+
+async def rerender(svc: Services, job: Job, overrides: dict[str, str]) -> RenderedAudio:
+    """Another format, rate, depth or normalisation of a finished job's audio, from its native-rate
+    master. `overrides` are query strings over the job's own output options."""
+    from server.audio.decode import read_audio
+    from server.audio.render import render
+
+    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields}
+    options = OutputOptions.model_validate({**stored, **overrides})
+
+    def work() -> RenderedAudio:
+        audio, rate = read_audio(svc.scheduler.artifacts.read(job.id, MASTER))
+        return render(audio, rate, options)
+
+    return await run_in_threadpool(work)
