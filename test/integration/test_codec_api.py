@@ -277,3 +277,42 @@ def test_at_least_10_to_1_at_the_top_bandwidth(client, model, rate, channels, ba
     ratio = float(r.headers["x-compression-ratio"])
     assert ratio == pytest.approx(3.0 * rate * channels * 2 / len(r.content), rel=1e-3)
     assert ratio >= 10
+
+
+def test_the_answers_headers_are_the_ones_the_openapi_document_lists(client):
+    """One table (lib/schemas ENCODE_INFO / DECODE_INFO) gives both."""
+    doc = client.get("/openapi.json").json()["paths"]
+    r = encode(client, audio_file(0.5))
+    d = decode(client, r.content)
+    for answer, path in ((r, "/api/encode"), (d, "/api/decode")):
+        listed = {h.lower() for h in doc[path]["post"]["responses"]["200"]["headers"]}
+        sent = {h for h in answer.headers if h.startswith("x-")}
+        assert sent == listed, path
+
+
+def test_a_codec_request_is_a_job_like_any_other(client):
+    r = encode(client, audio_file(0.5))
+    job = client.get(f"/api/jobs/{r.headers['x-job-id']}").json()
+    assert (job["kind"], job["state"], job["model"]) == ("encode", "succeeded", "encodec-24khz")
+    assert job["result"]["info"]["codebooks"] == r.headers["x-codebooks"]
+    again = client.get(f"/api/jobs/{job['id']}/audio")
+    assert again.status_code == 200 and again.content == r.content
+    kinds = {j["kind"] for j in client.get("/api/jobs?limit=1000").json()["jobs"]}
+    assert {"encode", "decode"} & kinds
+
+
+def test_a_codec_job_holds_a_lease_on_its_model_while_it_runs(client, monkeypatch):
+    """So the memory budget never unloads the codec under it (the old route held none)."""
+    from server.jobs.lanes import codec as lane
+
+    registry = client.app.state.services.registry
+    seen = []
+    real = lane.encode_file
+
+    def watched(codec, *args, **kwargs):
+        seen.append(registry.in_use(codec.spec.name))
+        return real(codec, *args, **kwargs)
+
+    monkeypatch.setattr(lane, "encode_file", watched)
+    assert encode(client, audio_file(0.3)).status_code == 200
+    assert seen == [1] and registry.in_use("encodec-24khz") == 0
