@@ -36,6 +36,7 @@ from server.http import errors
 from server.http.auth import ApiKeyMiddleware
 from server.http.openapi import Endpoint, build_document
 from server.http.routes import codec, generate, health, jobs, models
+from server.jobs.job import STATES
 
 if TYPE_CHECKING:
     from server.services import Services
@@ -120,7 +121,7 @@ ENDPOINTS = [
         "Jobs, newest first",
         answer=JobList,
         errors=(422,),
-        query=(("state", "queued|running|succeeded|failed|cancelled"), ("limit", "1-1000"), ("offset", "")),
+        query=(("state", "|".join(STATES)), ("limit", "1-1000"), ("offset", "")),
     ),
     Endpoint("GET", "/api/jobs/{job_id}", jobs.get_job, "One job", answer=Job, errors=(404,)),
     Endpoint(

@@ -48,6 +48,11 @@ class Lane(ABC):
     @abstractmethod
     def start(self) -> None: ...
 
+    def stopping(self) -> None:
+        """The queue has begun to stop (every lane hears it before any is joined): let go at once of
+        work that need not finish, such as downloads, which resume at the next start."""
+        return None
+
     @abstractmethod
     def stop(self) -> None:
         """Return once the lane's threads have ended: the queue has set its stop deadline; running

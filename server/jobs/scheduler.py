@@ -80,6 +80,8 @@ class Scheduler:
             self._stop_deadline = time.monotonic() + timeout_s
             self._cond.notify_all()
         for lane in self.lanes:
+            lane.stopping()
+        for lane in self.lanes:
             lane.stop()
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from lib.catalogue import get_spec
 from lib.errors import Internal
@@ -36,15 +37,17 @@ class DownloadLane(WorkerLane):
     def recover(self, job: Job) -> None:
         log.warning("download %s of %s was interrupted; it resumes", job.id, job.model)
 
-    def stop(self) -> None:
+    def stopping(self) -> None:
         """Downloads stop where they are at once (their partial files stay for the next start)."""
         for job in self.running():
             job.interrupted.set()
-        super().stop()
 
     def run(self, job: Job) -> None:
         spec = get_spec(job.model)
-        stop = _Either(job.cancel_requested, job.interrupted)
+        queue = self.queue
+        stop = _When(
+            lambda: job.cancel_requested.is_set() or job.interrupted.is_set() or bool(queue and queue.stopping)
+        )
         job.detail = job.detail or DownloadProgress(job_id=job.id, bytes_done=0, bytes_total=0)
 
         def progress(done: int, total: int, name: str) -> None:
@@ -60,8 +63,8 @@ class DownloadLane(WorkerLane):
                 cancelled=stop,
             )
         except download.DownloadCancelled:
-            if not job.interrupted.is_set():
-                job.finish("cancelled")
+            if not job.interrupted.is_set() and not (queue and queue.stopping):
+                job.finish("cancelled")  # else left 'running': it resumes at the next start
         except download.DownloadFailed as exc:
             log.warning("download of %s failed: %s", spec.name, exc.message)
             job.finish("failed", exc)
@@ -72,12 +75,12 @@ class DownloadLane(WorkerLane):
             job.finish("succeeded")
 
 
-class _Either(threading.Event):
-    """Set when either event is: cancel by the user, or interruption by shutdown."""
+class _When(threading.Event):
+    """An event that is set while `condition` holds: cancel by the user, or the server stopping."""
 
-    def __init__(self, *events: threading.Event):
+    def __init__(self, condition: Callable[[], bool]):
         super().__init__()
-        self._events = events
+        self._condition = condition
 
     def is_set(self) -> bool:
-        return any(e.is_set() for e in self._events)
+        return self._condition()
