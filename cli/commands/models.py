@@ -300,7 +300,7 @@ def make_tiny(
     """Write tiny random-weight checkpoints in hub-cache layout, to run the service offline."""
     names = [_spec(n).name for n in names]
     try:
-        from server.tiny.models import write_tiny_models
+        from server.tiny.write import write_tiny_models
     except ImportError as e:
         raise CliError(
             f"the engine is not installed in this environment ({e})",
