@@ -71,6 +71,21 @@ def test_run_returns_contract_codes(tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err and "--tail" in err
 
 
+def test_model_file_commands_without_the_server_extra_say_what_to_install(tmp_path, monkeypatch, capsys):
+    """The in-process model commands import the hub plainly; without it (no `server` extra) they
+    end with a CliError that names the fix, not a traceback."""
+    import sys
+
+    monkeypatch.setenv("AUDIOCRAFT_DATA_DIR", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "server.hub", None)  # any import of it now raises ImportError
+    monkeypatch.setitem(sys.modules, "server.tiny", None)
+    assert run(["models", "import", str(tmp_path)]) == 1
+    assert run(["models", "make-tiny", "--dir", str(tmp_path / "tiny")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("the engine is not installed") == 2 and "manage install" in err
+
+
 def test_split_format():
     assert generation.split_format(None, None, False) == (None, "text")
     assert generation.split_format("FLAC", None, False) == ("flac", "text")
