@@ -1,4 +1,5 @@
-"""What a fresh interpreter loads: for the tests that keep start-up light (the CLI, the hub)."""
+"""A fresh interpreter: for the tests of what start-up loads (the CLI, the hub) and of what runs
+without some package."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_fresh(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new interpreter at the repo root; its exit code and output."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
 def modules_loaded_by(code: str) -> set[str]:
     """The names in sys.modules after running `code` in a new interpreter at the repo root."""
-    code += "\nimport sys\nprint('\\n'.join(sys.modules))\n"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    r = run_fresh(code + "\nimport sys\nprint('\\n'.join(sys.modules))\n")
     assert r.returncode == 0, r.stderr
     return set(r.stdout.split())
 
