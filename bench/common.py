@@ -64,7 +64,7 @@ def build_real_shape(name: str, seed: int = 0):
     precision agree trivially; a flat one would make them disagree for no reason)."""
     from transformers import GenerationConfig, MusicgenForConditionalGeneration
 
-    from server.tiny.models import TINY
+    from server.tiny.dims import TINY
 
     config = real_shape_config(name)
     with torch.random.fork_rng(devices=[]):
@@ -78,7 +78,7 @@ def loaded_model(name: str, model, device: torch.device | None = None, dtype: to
     """Wrap a built model as the engine's LoadedModel (the tiny tokenizer stands in for t5-base's)."""
     from lib.catalogue import get_spec
     from server.models.loaded import LoadedModel
-    from server.tiny.models import build_tokenizer
+    from server.tiny.tokenizer import build_tokenizer
 
     return LoadedModel(
         spec=get_spec(name),

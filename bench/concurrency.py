@@ -29,7 +29,9 @@ def install_real_shape(hub: Path, name: str) -> None:
     from bench.common import build_real_shape
     from lib.catalogue import get_spec
     from server.hub import store
-    from server.tiny.models import _legacy_weight_norm_names, build_tokenizer, write_snapshot
+    from server.tiny.tokenizer import build_tokenizer
+    from server.tiny.weight_norm import legacy_weight_norm_names
+    from server.tiny.write import write_snapshot
 
     spec = get_spec(name)
     if store.is_installed(spec, hub):
@@ -37,7 +39,7 @@ def install_real_shape(hub: Path, name: str) -> None:
 
     def save(out: Path) -> None:
         build_real_shape(name).save_pretrained(out)
-        _legacy_weight_norm_names(out / "model.safetensors")
+        legacy_weight_norm_names(out / "model.safetensors")
         build_tokenizer().save_pretrained(out)
 
     print(f"writing a real-shape random-weight {name} into {hub} ...", flush=True)

@@ -39,7 +39,7 @@ PROMPTS = [
 def _models(names: list[str]):
     from bench.common import build_real_shape, loaded_model
     from lib.catalogue import get_spec
-    from server.tiny.models import build_tiny_model
+    from server.tiny.musicgen import build_tiny_model
 
     for name in names:
         if name == "tiny":

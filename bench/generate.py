@@ -60,7 +60,7 @@ def run_config(args: argparse.Namespace) -> dict:
     from server.engine.decode import DecodeBatch, DecodeRequest, codes_to_audio
     from server.models.device import pick_dtype
     from server.models.loaded import prepare
-    from server.tiny.models import build_tokenizer
+    from server.tiny.tokenizer import build_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -75,7 +75,9 @@ def install(name: str, hub: Path) -> None:
     from bench.common import real_shape_config
     from lib.catalogue import get_spec
     from server.hub import store
-    from server.tiny.models import TINY, build_tokenizer, write_snapshot
+    from server.tiny.dims import TINY
+    from server.tiny.tokenizer import build_tokenizer
+    from server.tiny.write import write_snapshot
 
     spec = get_spec(name)
     if store.is_installed(spec, hub):

@@ -22,9 +22,9 @@ def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hub-cache-layout directory holding every tiny model (written once per session).
 
     Shared by the whole session: treat it as read-only. A test that changes or deletes models
-    writes its own copy with `server.tiny.models.write_tiny_models(tmp_path, names=[...])`.
+    writes its own copy with `server.tiny.write.write_tiny_models(tmp_path, names=[...])`.
     """
-    from server.tiny.models import write_tiny_models
+    from server.tiny.write import write_tiny_models
 
     hub = tmp_path_factory.mktemp("hub")
     write_tiny_models(hub)

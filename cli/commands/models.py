@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -50,17 +52,18 @@ def list_models(
     ui.table(["name", "aliases", "kind", "does", "installed", "size", "loaded", "audio", "licence"], rows)
 
 
-def _engine(what: str):
-    """An engine module for the commands that work on the model files in-process."""
-    import importlib
+_ENGINE_HINT = "start the service (`resource-audiocraft manage start`) or run `resource-audiocraft manage install`"
 
+
+@contextlib.contextmanager
+def _engine_installed(hint: str = _ENGINE_HINT) -> Iterator[None]:
+    """Around the plain imports of server modules, for the commands that work on the model files
+    in-process: the hub needs huggingface_hub, which only the `server` extra installs, so a missing
+    module becomes a CliError that says what to do."""
     try:
-        return importlib.import_module(f"server.hub.{what}")
+        yield
     except ImportError as e:
-        raise CliError(
-            f"the engine is not installed in this environment ({e})",
-            "start the service (`resource-audiocraft manage start`) or run `resource-audiocraft manage install`",
-        ) from None
+        raise CliError(f"the engine is not installed in this environment ({e})", hint) from None
 
 
 def _spec(name: str):
@@ -124,7 +127,8 @@ def _follow_download(client, job_id: str, name: str, progress: bool):  # noqa: A
 
 
 def _pull_in_process(st, spec, progress: bool) -> None:  # noqa: ANN001
-    download = _engine("download")
+    with _engine_installed():
+        from server.hub import download
     hub = st.settings().hub_cache
     ui.info(f"the service is not running: downloading {spec.name} here, into {hub}")
     with _byte_bar(progress) as bar:
@@ -207,7 +211,12 @@ def remove(
         c.request("DELETE", f"/api/models/{name}")
         return before
 
-    freed = _server_or_here(st, server, by_server, lambda: _engine("store").remove_model(spec, st.settings().hub_cache))
+    def here() -> int:
+        with _engine_installed():
+            from server.hub import store
+        return store.remove_model(spec, st.settings().hub_cache)
+
+    freed = _server_or_here(st, server, by_server, here)
     ui.success(f"{name} removed; {ui.human_bytes(freed)} freed")
 
 
@@ -225,7 +234,8 @@ def info(
     st = state(ctx)
 
     def here() -> dict:
-        store = _engine("store")
+        with _engine_installed():
+            from server.hub import store
         hub = st.settings().hub_cache
         return {
             "name": spec.name,
@@ -270,7 +280,8 @@ def import_model(
     """Check and install a model copied from another machine (no network needed)."""
     if name is not None:
         name = _spec(name).name
-    importer = _engine("importer")
+    with _engine_installed():
+        from server.hub import importer, store
     hub = state(ctx).settings().hub_cache
     try:
         with ui.err.status(f"checking and installing {source} ..."):
@@ -282,7 +293,6 @@ def import_model(
     for item in done:
         ui.success(f"{item.repo} installed ({len(item.files)} files, {ui.human_bytes(item.size_bytes)}) in {hub}")
     needs = [s.name for s in CATALOGUE.values() if any(s.repo == i.repo for i in done)]
-    store = _engine("store")
     for model in needs:
         spec = _spec(model)
         if not store.is_installed(spec, hub):
@@ -299,13 +309,8 @@ def make_tiny(
 ) -> None:
     """Write tiny random-weight checkpoints in hub-cache layout, to run the service offline."""
     names = [_spec(n).name for n in names]
-    try:
-        from server.tiny.models import write_tiny_models
-    except ImportError as e:
-        raise CliError(
-            f"the engine is not installed in this environment ({e})",
-            "run `resource-audiocraft manage install`",
-        ) from None
+    with _engine_installed("run `resource-audiocraft manage install`"):
+        from server.tiny.write import write_tiny_models
     directory = directory.expanduser()
     directory.mkdir(parents=True, exist_ok=True)
     with ui.err.status(f"writing tiny models into {directory} ..."):

@@ -10,8 +10,8 @@ decides itself what is fetched and when it counts as installed:
   cut mid-file is resumed at once, in the same call (huggingface_hub's http_get retries);
 - each file is checked against the hub's size and hash (sha256 for LFS files, which is their etag;
   the git blob sha1 for small files). A mismatch deletes the file and fails the download;
-- the checked files are moved into the repo folder's blobs/, the snapshot's links are made, and
-  refs/main is written last: a repo is never seen half-written (server/hub/store.py);
+- the checked files are installed by the hub cache's one writer (server/hub/snapshot.py): blobs,
+  the snapshot's links, and refs/main last, so a repo is never seen half-written;
 - the plain HTTP path is always used (never hf_xet): it is the one that resumes and that we hash.
 
 Nothing here knows about jobs or HTTP; `progress` and `cancelled` connect it to a job.
@@ -19,7 +19,6 @@ Nothing here knows about jobs or HTTP; `progress` and `cancelled` connect it to 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -30,7 +29,8 @@ from pathlib import Path
 
 from lib.catalogue import ModelSpec
 from lib.errors import Unavailable
-from server.hub import store
+from server.hub import snapshot, store
+from server.hub.snapshot import HubFile
 
 # Files a transformers-format repo needs besides its weights (those present are fetched).
 _TRANSFORMERS_SIDE_FILES = (
@@ -62,18 +62,10 @@ class DownloadCancelled(Exception):
 
 
 @dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    size: int
-    etag: str  # sha256 for LFS files, git blob sha1 otherwise: the blob's name in the cache
-    lfs: bool
-
-
-@dataclass(frozen=True)
 class RepoPlan:
     repo: str
     commit: str
-    files: tuple[RemoteFile, ...]
+    files: tuple[HubFile, ...]
 
     @property
     def total_bytes(self) -> int:
@@ -99,22 +91,6 @@ def needed_files(filenames: list[str], hub_format: str) -> list[str]:
             shards = [n for n in names if _SHARD.match(n) and n.endswith(suffix) and n.startswith(single.split(".")[0])]
             return sorted(wanted + [index] + shards)
     return sorted(wanted)  # no weights at all: the store will not count it as installed
-
-
-def git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def file_digest(path: Path, lfs: bool) -> str:
-    """The etag a file's content must have: sha256 (LFS) or the git blob sha1."""
-    if lfs:
-        h = hashlib.sha256()
-    else:
-        h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 _OFFLINE_HINT = "check the network (or HF_ENDPOINT); offline, copy the model and run: resource-audiocraft models import"
@@ -170,9 +146,9 @@ def plan_repo(repo: str, hub_format: str, endpoint: str | None, timeout_s: float
     for name in needed_files(list(siblings), hub_format):
         s = siblings[name]
         if s.lfs is not None:
-            files.append(RemoteFile(name, int(s.lfs.size), s.lfs.sha256, lfs=True))
+            files.append(HubFile(name, int(s.lfs.size), s.lfs.sha256, lfs=True))
         elif s.size is not None and s.blob_id:
-            files.append(RemoteFile(name, int(s.size), s.blob_id, lfs=False))
+            files.append(HubFile(name, int(s.size), s.blob_id, lfs=False))
         else:
             raise DownloadFailed(f"the hub gave no size or hash for {repo}/{name}", hint="check HF_ENDPOINT")
     if not info.sha or not files:
@@ -198,7 +174,7 @@ class _Bytes:
 
 def _fetch_file(
     plan: RepoPlan,
-    f: RemoteFile,
+    f: HubFile,
     part: Path,
     endpoint: str | None,
     timeout_s: float,
@@ -257,7 +233,7 @@ def _fetch_file(
                 ) from None
             except Exception as exc:
                 raise _hub_error(plan.repo, exc, endpoint) from None
-    if part.stat().st_size != f.size or file_digest(part, f.lfs) != f.etag:
+    if part.stat().st_size != f.size or snapshot.file_etag(part, f.lfs) != f.etag:
         part.unlink(missing_ok=True)
         raise DownloadFailed(
             f"{plan.repo}/{f.name} does not match the hub's {'sha256' if f.lfs else 'hash'} {f.etag}; it was deleted",
@@ -266,38 +242,7 @@ def _fetch_file(
     os.replace(part, part.with_suffix(".ok"))
 
 
-def _new_file_mode() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def install_checked(plan: RepoPlan, checked: dict[str, Path], hub_cache: Path) -> Path:
-    """Move checked files into the repo folder in the hub's layout; refs/main is written last."""
-    repo_dir = store.repo_folder(plan.repo, hub_cache)
-    blobs = repo_dir / "blobs"
-    snapshot = repo_dir / "snapshots" / plan.commit
-    blobs.mkdir(parents=True, exist_ok=True)
-    mode = _new_file_mode()
-    for f in plan.files:
-        blob = blobs / f.etag
-        if not blob.is_file():
-            os.chmod(checked[f.name], mode)
-            os.replace(checked[f.name], blob)
-        link = snapshot / f.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(os.path.relpath(blob, link.parent), link)
-    ref = repo_dir / "refs" / "main"
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ref.with_name(".main.tmp")
-    tmp.write_text(plan.commit)
-    os.replace(tmp, ref)
-    return snapshot
-
-
-def _reusable_blob(f: RemoteFile, repo: str, hub_cache: Path) -> Path | None:
+def _reusable_blob(f: HubFile, repo: str, hub_cache: Path) -> Path | None:
     blob = store.repo_folder(repo, hub_cache) / "blobs" / f.etag
     return blob if blob.is_file() and blob.stat().st_size == f.size else None
 
@@ -345,7 +290,7 @@ def download_repos(
                 else:
                     report(f.name, f.size)
                 checked[f.name] = ok
-            snapshots.append(install_checked(plan, checked, hub_cache))
+            snapshots.append(snapshot.install(plan.repo, plan.commit, plan.files, checked, hub_cache))
             shutil.rmtree(partial, ignore_errors=True)
     return snapshots
 
@@ -402,14 +347,3 @@ def _offline_error() -> Exception:
 
     return OfflineModeIsEnabled("HF_HUB_OFFLINE=1")
 
-
-def partial_bytes(spec: ModelSpec, hub_cache: Path) -> int:
-    """Bytes of partial and checked-but-not-installed downloads of the model's repos."""
-    total = 0
-    for repo in (spec.repo, *spec.extra_repos):
-        for p in store.partial_folder(repo, hub_cache).glob("*"):
-            try:
-                total += p.stat().st_size
-            except OSError:
-                continue
-    return total

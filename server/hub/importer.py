@@ -7,12 +7,12 @@ Accepted sources, as a folder or a .tar(.gz/.bz2/.xz)/.tgz/.zip archive of one:
 
 Only the files the engine needs are taken (the same allow list as downloads). They are checked
 (config.json is JSON of the right model_type; safetensors headers parse; .bin files are torch
-archives), hashed the way the hub names blobs, and installed with refs/main written last.
+archives), hashed the way the hub names blobs, and installed by the hub cache's one writer
+(server/hub/snapshot.py), refs/main last.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import struct
@@ -24,11 +24,10 @@ from pathlib import Path
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from lib.errors import Invalid
-from server.hub import download, store
+from server.hub import download, snapshot, store
 
 # model_type in config.json for each kind (and for the extra repos: T5).
 _MODEL_TYPES = {"musicgen": "musicgen", "musicgen-melody": "musicgen_melody", "encodec": "encodec"}
-_LFS_SUFFIXES = (".safetensors", ".bin", ".model", ".pt", ".pth")
 
 
 class ImportFailed(Invalid, ValueError):
@@ -155,18 +154,15 @@ def _needed(repo: str, files_dir: Path) -> list[str]:
 def _install(repo: str, files_dir: Path, commit: str | None, hub_cache: Path, staging: Path) -> Imported:
     names = _needed(repo, files_dir)
     checked: dict[str, Path] = {}
-    remote = []
     for name in names:
         copy = staging / f"{len(checked)}.{Path(name).name}"
         shutil.copyfile(files_dir / name, copy)  # the source stays as it was
-        lfs = name.endswith(_LFS_SUFFIXES)
-        remote.append(download.RemoteFile(name, copy.stat().st_size, download.file_digest(copy, lfs), lfs))
         checked[name] = copy
+    files = [snapshot.hub_file(name, copy) for name, copy in checked.items()]
     if commit is None or len(commit) != 40:
-        commit = hashlib.sha1("".join(f"{f.name}\0{f.etag}\n" for f in remote).encode()).hexdigest()
-    plan = download.RepoPlan(repo=repo, commit=commit, files=tuple(remote))
-    snapshot = download.install_checked(plan, checked, hub_cache)
-    return Imported(repo, commit, snapshot, tuple(names), plan.total_bytes)
+        commit = snapshot.commit_for(files)
+    installed = snapshot.install(repo, commit, files, checked, hub_cache)
+    return Imported(repo, commit, installed, tuple(names), sum(f.size for f in files))
 
 
 def _sources(root: Path, name: str | None) -> list[tuple[str, Path, str | None]]:

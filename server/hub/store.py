@@ -5,8 +5,9 @@
         snapshots/<commit>/<file>         relative symlinks into blobs/
         refs/main                         the commit that "main" points to
 
-A model counts as installed only when refs/main names a snapshot that holds every file the engine
-needs, so an interrupted download or write is never mistaken for a model. Everything here reads a
+One writer makes this layout (server/hub/snapshot.py). A model counts as installed only when
+refs/main names a snapshot that holds every file the engine needs, so an interrupted download or
+write is never mistaken for a model. Everything here reads a
 few small files and never touches the network: GET /api/models calls it for every catalogue entry.
 """
 
@@ -122,14 +123,6 @@ def is_installed(spec: ModelSpec, hub_cache: Path) -> bool:
     if snapshot_dir(spec, hub_cache) is None:
         return False
     return all(_snapshot_of(repo, "transformers", hub_cache) is not None for repo in spec.extra_repos)
-
-
-def require_snapshot(spec: ModelSpec, hub_cache: Path) -> Path:
-    """snapshot_dir, or ModelNotInstalled."""
-    snapshot = snapshot_dir(spec, hub_cache)
-    if snapshot is None:
-        raise ModelNotInstalled(spec, hub_cache)
-    return snapshot
 
 
 def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lib.catalogue import ModelSpec
+from server.tiny.dims import model_seed
+from server.tiny.weight_norm import legacy_weight_norm_names
 
 # As in the released config.json files (beyond EncodecConfig's defaults, which are encodec_24khz).
 REAL: dict[str, dict[str, Any]] = {
@@ -95,15 +97,12 @@ def preprocessor_config(spec: ModelSpec, config: Any) -> dict[str, Any]:
     return fe.to_dict()
 
 
-def save_tiny(spec: ModelSpec, out: Path, seed: int, readme: str) -> None:
-    """config.json, model.safetensors, preprocessor_config.json and a README into `out`."""
-    from server.tiny.models import _legacy_weight_norm_names, model_seed
-
+def save_files(spec: ModelSpec, out: Path, seed: int) -> None:
+    """A tiny EnCodec repo (kind "encodec"): config.json, model.safetensors, preprocessor_config.json."""
     config = tiny_config(spec.name)
     model = build_model(config, model_seed(spec.name, seed))
     model.save_pretrained(out)
     if config.norm_type == "weight_norm":
-        _legacy_weight_norm_names(out / "model.safetensors")
+        legacy_weight_norm_names(out / "model.safetensors")
     pre = json.dumps(preprocessor_config(spec, config), indent=2, sort_keys=True) + "\n"
     (out / "preprocessor_config.json").write_text(pre)
-    (out / "README.md").write_text(readme)

@@ -42,7 +42,7 @@ def docker_client():
 def models_dir():
     """musicgen-small, tiny, in a world-readable directory (the container runs as uid 1000; pytest's
     own tmp dirs are 0700)."""
-    from server.tiny.models import write_tiny_models
+    from server.tiny.write import write_tiny_models
 
     d = Path(tempfile.mkdtemp(prefix="audiocraft-docker-models-"))
     write_tiny_models(d, names=["musicgen-small"])

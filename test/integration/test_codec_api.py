@@ -252,7 +252,7 @@ def test_upload_over_the_limit_is_413(tiny_hub, tmp_path):
 
 
 def test_codec_model_not_installed_is_409(tiny_hub, tmp_path):
-    from server.tiny.models import write_tiny_models
+    from server.tiny.write import write_tiny_models
 
     write_tiny_models(tmp_path / "hub", names=["encodec-24khz"])
     with make_client(tmp_path / "hub", tmp_path) as c:

@@ -103,7 +103,7 @@ def test_without_network_a_request_fails_plainly(tmp_path, monkeypatch):
 
 
 def test_delete_load_unload(tiny_hub, tmp_path):
-    from server.tiny.models import write_tiny_models
+    from server.tiny.write import write_tiny_models
 
     models = tmp_path / "models"
     write_tiny_models(models, names=[NAME])

@@ -16,7 +16,7 @@ from server.hub import store
 from server.models.convert import cache, keys
 from server.models.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE, convert_export
 from server.models.convert.xpcfg import ConversionError
-from server.tiny.models import write_tiny_models
+from server.tiny.write import write_tiny_models
 
 SPEC = get_spec("audiogen-medium")
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 import typer
+from fresh_imports import packages_loaded_by, run_fresh
 
 from cli import generation, logtools, schema
 from cli.client import api_error, normalize_server
@@ -24,15 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cli_starts_without_torch_or_the_server():
-    code = (
-        "import sys, cli.main\n"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'torch', 'transformers', 'numpy', 'server', 'starlette', 'uvicorn', 'soundfile'})\n"
-        "print(','.join(heavy))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == ""
+    heavy = {"torch", "transformers", "numpy", "server", "starlette", "uvicorn", "soundfile"}
+    assert packages_loaded_by("import cli.main") & heavy == set()
 
 
 def test_config_schema_json_is_up_to_date():
@@ -77,6 +69,23 @@ def test_run_returns_contract_codes(tmp_path, monkeypatch, capsys):
     assert run(["logs", "--tail", "x"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--tail" in err
+
+
+def test_model_file_commands_without_the_server_extra_say_what_to_install(tmp_path):
+    """The in-process model commands import the hub plainly; without huggingface_hub (no `server`
+    extra) they end with a CliError that names the fix, not a traceback."""
+    code = (
+        "import sys\n"
+        "sys.modules['huggingface_hub'] = None  # as if not installed: importing it raises ImportError\n"
+        "from cli.main import run\n"
+        f"d = {str(tmp_path)!r}\n"
+        "print(run(['models', 'import', d]), run(['models', 'make-tiny', '--dir', d]))\n"
+    )
+    r = run_fresh(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "1"]
+    assert "Traceback" not in r.stderr and "report it" not in r.stderr  # not an unexpected error
+    assert r.stderr.count("the engine is not installed") == 2 and "manage install" in r.stderr
 
 
 def test_split_format():

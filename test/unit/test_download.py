@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 
@@ -193,3 +194,43 @@ def test_audiogen_also_fetches_t5_large(online, tmp_path):
         "/google-t5/t5-large:model.safetensors",
         "/google-t5/t5-large:spiece.model",
     ]
+
+
+def _layout(repo_dir, names):  # noqa: ANN001, ANN202
+    """What a snapshot of `names` looks like on disk: refs/main, each link's text and its blob's mode,
+    and the folders' modes."""
+    rev = (repo_dir / "refs" / "main").read_bytes()
+    snap = repo_dir / "snapshots" / rev.decode()
+    links = {n: (os.readlink(snap / n), (snap / n).stat().st_mode & 0o777) for n in names}
+    folders = {
+        d: (repo_dir / d).stat().st_mode & 0o777
+        for d in ("", "blobs", "refs", "snapshots", f"snapshots/{rev.decode()}")
+    }
+    return rev, links, folders
+
+
+def test_a_download_and_the_tiny_writer_leave_the_layout_huggingface_hub_leaves(online, tmp_path):
+    """One writer: the same files, downloaded or written as a tiny model, give the same blob names,
+    links, modes and refs/main; and those are what huggingface_hub's own download gives (here under a
+    umask of 027, so that a mode taken from anywhere else would show)."""
+    from huggingface_hub import hf_hub_download
+
+    from server.tiny.write import write_tiny_model
+
+    umask = os.umask(0o027)
+    try:
+        write_tiny_model(SMALL, tmp_path / "tiny")
+        with FakeHub(repos={SMALL.repo: repo_from_cache(tmp_path / "tiny", SMALL.repo)}) as h:
+            ours = download.download_model(SMALL, tmp_path / "ours", endpoint=h.url)
+            names = sorted(p.name for p in ours.iterdir())
+            for name in names:
+                hf_hub_download(SMALL.repo, name, cache_dir=tmp_path / "theirs", endpoint=h.url)
+    finally:
+        os.umask(umask)
+    assert "model.safetensors" in names and "README.md" not in names  # the engine needs no README
+    downloaded = _layout(store.repo_folder(SMALL.repo, tmp_path / "ours"), names)
+    assert downloaded == _layout(store.repo_folder(SMALL.repo, tmp_path / "theirs"), names)
+    assert downloaded == _layout(store.repo_folder(SMALL.repo, tmp_path / "tiny"), names)
+    rev, links, folders = downloaded
+    assert {mode for _, mode in links.values()} == {0o640} and set(folders.values()) == {0o750}
+    assert rev.decode() == ours.name and len(rev) == 40  # the bare commit, no newline

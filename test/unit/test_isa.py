@@ -36,7 +36,7 @@ from lib.catalogue import get_spec
 from server.engine import qdynamic
 from server.models.device import default_precision
 from server.engine.fastlm import PackedLinear
-from server.tiny.models import build_tiny_model
+from server.tiny.musicgen import build_tiny_model
 
 # Worst case for the int8 kernel: weight codes near +-127, activations spanning their whole range.
 torch.manual_seed(0)

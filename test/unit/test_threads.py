@@ -183,7 +183,7 @@ def test_tokens_do_not_depend_on_the_thread_count(monkeypatch):
     from lib.catalogue import get_spec
     from server.engine.decode import DecodeBatch, DecodeRequest
     from server.engine.fastlm import FastLM
-    from server.tiny.models import build_tiny_model
+    from server.tiny.musicgen import build_tiny_model
 
     lm = loaded_model("musicgen-small", build_tiny_model(get_spec("musicgen-small")))
     before = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""Tiny random-weight checkpoints (server.tiny.models) and the hub-cache store (server.hub.store)."""
+"""Tiny random-weight checkpoints (server/tiny/) and the hub-cache store (server.hub.store)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from lib.catalogue import CATALOGUE, UnknownModel, get_spec
-from server.hub import store
-from server.tiny import models as tiny
+from server.hub import snapshot, store
+from server.tiny import dims, tokenizer, write
+from server.tiny.musicgen import build_tiny_model
 
 MUSICGEN_NAMES = [s.name for s in CATALOGUE.values() if s.kind in ("musicgen", "musicgen-melody")]
 REV_CHARS = set("0123456789abcdef")
@@ -56,7 +57,7 @@ def test_from_pretrained_loads_with_no_missing_or_unexpected_keys(tiny_hub: Path
     assert cfg.decoder.num_codebooks == spec.codebooks
     assert cfg.decoder.audio_channels == spec.channels
     assert cfg.decoder.vocab_size == spec.codebook_size == 2048
-    assert cfg.decoder.hidden_size == tiny.TINY["decoder"]["hidden_size"]
+    assert cfg.decoder.hidden_size == dims.TINY["decoder"]["hidden_size"]
     # EnCodec is mono even for stereo models; framing is the real one.
     assert cfg.audio_encoder.audio_channels == 1
     assert cfg.audio_encoder.sampling_rate == spec.sample_rate == 32000
@@ -189,8 +190,8 @@ def test_processor_loads_for_musicgen(tiny_hub: Path):
 
 def test_writing_twice_gives_the_same_revision_and_bytes(tmp_path: Path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert tiny.write_tiny_models(a, names=["musicgen-small"]) == ["musicgen-small"]
-    tiny.write_tiny_models(b, names=["musicgen-small"])
+    assert write.write_tiny_models(a, names=["musicgen-small"]) == ["musicgen-small"]
+    write.write_tiny_models(b, names=["musicgen-small"])
     spec = get_spec("musicgen-small")
     rev_a = store.current_revision(spec.repo, a)
     assert rev_a is not None and rev_a == store.current_revision(spec.repo, b)
@@ -198,54 +199,54 @@ def test_writing_twice_gives_the_same_revision_and_bytes(tmp_path: Path):
 
     # Rewriting in place replaces the model with the same one.
     before = _tree_bytes(store.repo_folder(spec.repo, a))
-    tiny.write_tiny_models(a, names=["musicgen-small"])
+    write.write_tiny_models(a, names=["musicgen-small"])
     assert _tree_bytes(store.repo_folder(spec.repo, a)) == before
     assert store.is_installed(spec, a)
     assert [p.name for p in a.iterdir()] == ["models--facebook--musicgen-small"]  # no staging left
 
     # Another seed gives other weights, hence another revision.
     c = tmp_path / "c"
-    tiny.write_tiny_models(c, names=["musicgen-small"], seed=1)
+    write.write_tiny_models(c, names=["musicgen-small"], seed=1)
     assert store.current_revision(spec.repo, c) != rev_a
 
 
 def test_tokenizer_training_is_deterministic():
     # The Unigram trainer's raw output changes from run to run (hash-set order); the canonicalised
     # pieces must not, or the tokenizer.json bytes and the revision would change between processes.
-    runs = {tiny._trained_pieces.__wrapped__() for _ in range(3)}
+    runs = {tokenizer.trained_pieces.__wrapped__() for _ in range(3)}
     assert len(runs) == 1
 
 
 def test_model_seed_is_stable():
-    assert tiny.model_seed("musicgen-small", 0) == tiny.model_seed("musicgen-small", 0)
-    assert tiny.model_seed("musicgen-small", 0) != tiny.model_seed("musicgen-small", 1)
-    assert tiny.model_seed("musicgen-small", 0) != tiny.model_seed("musicgen-medium", 0)
+    assert dims.model_seed("musicgen-small", 0) == dims.model_seed("musicgen-small", 0)
+    assert dims.model_seed("musicgen-small", 0) != dims.model_seed("musicgen-small", 1)
+    assert dims.model_seed("musicgen-small", 0) != dims.model_seed("musicgen-medium", 0)
     # Independent of PYTHONHASHSEED: derived from sha256, a known value.
     digest = hashlib.sha256(b"musicgen-small/0").digest()
-    assert tiny.model_seed("musicgen-small", 0) == int.from_bytes(digest[:8], "big") >> 1
+    assert dims.model_seed("musicgen-small", 0) == int.from_bytes(digest[:8], "big") >> 1
 
 
 def test_building_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    tiny.build_tiny_model(get_spec("musicgen-small"))
+    build_tiny_model(get_spec("musicgen-small"))
     assert torch.equal(torch.rand(3), expected)
 
 
 # --------------------------------------------------------------------------- which names
 
 
-UNSUPPORTED_NAMES = [s.name for s in CATALOGUE.values() if s.kind not in tiny.SUPPORTED_KINDS]
+UNSUPPORTED_NAMES = [s.name for s in CATALOGUE.values() if s.kind not in dims.SUPPORTED_KINDS]
 
 
 def test_write_all_writes_exactly_the_supported_entries(tiny_hub: Path):
     assert len(MUSICGEN_NAMES) == 10
-    assert set(MUSICGEN_NAMES) <= {s.name for s in CATALOGUE.values() if s.kind in tiny.SUPPORTED_KINDS}
+    assert set(MUSICGEN_NAMES) <= {s.name for s in CATALOGUE.values() if s.kind in dims.SUPPORTED_KINDS}
     expected = {
         store.repo_folder(repo, tiny_hub).name
         for s in CATALOGUE.values()
-        if s.kind in tiny.SUPPORTED_KINDS
+        if s.kind in dims.SUPPORTED_KINDS
         for repo in (s.repo, *s.extra_repos)  # AudioGen's T5 repo comes with it
     }
     assert {p.name for p in tiny_hub.iterdir()} == expected
@@ -257,9 +258,9 @@ def test_write_all_writes_exactly_the_supported_entries(tiny_hub: Path):
 def test_unsupported_or_unknown_names_raise_before_writing(tmp_path: Path):
     unsupported = UNSUPPORTED_NAMES[0]
     with pytest.raises(ValueError, match=unsupported):
-        tiny.write_tiny_models(tmp_path, names=["musicgen-small", unsupported])
+        write.write_tiny_models(tmp_path, names=["musicgen-small", unsupported])
     with pytest.raises(UnknownModel):
-        tiny.write_tiny_models(tmp_path, names=["musicgen-small", "no-such-model"])
+        write.write_tiny_models(tmp_path, names=["musicgen-small", "no-such-model"])
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
@@ -272,9 +273,7 @@ def test_store_for_a_missing_model(tmp_path: Path):
     assert store.is_installed(spec, tmp_path) is False
     assert store.size_on_disk_bytes(spec, tmp_path) == 0
     assert store.current_revision(spec.repo, tmp_path) is None
-    with pytest.raises(store.ModelNotInstalled) as excinfo:
-        store.require_snapshot(spec, tmp_path)
-    err = excinfo.value
+    err = store.ModelNotInstalled(spec, tmp_path)  # as the loaders raise it
     assert isinstance(err, LookupError)
     assert err.spec is spec
     assert err.hint == "resource-audiocraft models pull musicgen-small"
@@ -288,12 +287,13 @@ def test_store_for_an_installed_model(tiny_hub: Path):
     size = store.size_on_disk_bytes(spec, tiny_hub)
     assert size == expected
     assert 100_000 < size < 20_000_000  # tiny: a few MB
-    assert store.require_snapshot(spec, tiny_hub) == store.snapshot_dir(spec, tiny_hub)
+    rev = store.current_revision(spec.repo, tiny_hub)
+    assert store.snapshot_dir(spec, tiny_hub) == folder / "snapshots" / rev
 
 
 def test_incomplete_snapshots_do_not_count(tmp_path: Path):
     spec = get_spec("musicgen-small")
-    snap = tiny.write_tiny_model(spec, tmp_path)
+    snap = write.write_tiny_model(spec, tmp_path)
     folder = store.repo_folder(spec.repo, tmp_path)
     assert store.snapshot_dir(spec, tmp_path) == snap
 
@@ -377,10 +377,10 @@ def test_an_interrupted_write_leaves_nothing_installed(tmp_path: Path, monkeypat
 
     # Everything is built, then the process dies before the rename into place, and (as after a
     # real kill) no cleanup runs.
-    monkeypatch.setattr(tiny, "_install", crash)
-    monkeypatch.setattr(tiny.shutil, "rmtree", lambda *a, **k: None)
+    monkeypatch.setattr(write, "_swap_in", crash)
+    monkeypatch.setattr(write.shutil, "rmtree", lambda *a, **k: None)
     with pytest.raises(_Crash):
-        tiny.write_tiny_models(tmp_path, names=[spec.name])
+        write.write_tiny_models(tmp_path, names=[spec.name])
     monkeypatch.undo()
 
     leftovers = [p.name for p in tmp_path.iterdir()]
@@ -392,22 +392,22 @@ def test_an_interrupted_write_leaves_nothing_installed(tmp_path: Path, monkeypat
     # A later write succeeds; staging folders left by a crash are swept once they are old.
     old = time.time() - 2 * 3600
     os.utime(tmp_path / leftovers[0], (old, old))
-    tiny.write_tiny_models(tmp_path, names=[spec.name])
+    write.write_tiny_models(tmp_path, names=[spec.name])
     assert store.is_installed(spec, tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["models--facebook--musicgen-small"]
 
 
 def test_a_failed_write_cleans_up_and_keeps_the_previous_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     spec = get_spec("musicgen-small")
-    tiny.write_tiny_models(tmp_path, names=[spec.name])
+    write.write_tiny_models(tmp_path, names=[spec.name])
     before = _tree_bytes(store.repo_folder(spec.repo, tmp_path))
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(tiny, "_layout", fail)
+    monkeypatch.setattr(snapshot, "install", fail)
     with pytest.raises(OSError, match="disk full"):
-        tiny.write_tiny_models(tmp_path, names=[spec.name], seed=7)
+        write.write_tiny_models(tmp_path, names=[spec.name], seed=7)
     assert [p.name for p in tmp_path.iterdir()] == ["models--facebook--musicgen-small"]
     assert _tree_bytes(store.repo_folder(spec.repo, tmp_path)) == before
     assert store.is_installed(spec, tmp_path)
@@ -418,7 +418,7 @@ def test_real_weights_are_never_replaced(tmp_path: Path):
     _fake_repo(tmp_path, spec.repo, {"config.json": b"{}", "model.safetensors": b"real weights"})
     before = _tree_bytes(store.repo_folder(spec.repo, tmp_path))
     with pytest.raises(FileExistsError):
-        tiny.write_tiny_models(tmp_path)
+        write.write_tiny_models(tmp_path)
     assert _tree_bytes(store.repo_folder(spec.repo, tmp_path)) == before
     assert [p.name for p in tmp_path.iterdir()] == ["models--facebook--musicgen-small"]
 
@@ -448,7 +448,7 @@ def test_tokenizer_round_trip(tiny_hub: Path):
     ids = tok("upbeat electronic music")["input_ids"]
     assert tok.convert_ids_to_tokens(ids) == ["▁upbeat", "▁electronic", "▁music", "</s>"]
 
-    built = tiny.build_tokenizer()
+    built = tokenizer.build_tokenizer()
     for text in PROMPTS:
         ids = tok(text)["input_ids"]
         assert ids[-1] == tok.eos_token_id
