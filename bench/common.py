@@ -9,7 +9,6 @@ from __future__ import annotations
 import resource
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
@@ -72,22 +71,6 @@ def build_real_shape(name: str, seed: int = 0):
         model = MusicgenForConditionalGeneration(config)
     model.generation_config = GenerationConfig(**TINY["generation"])
     return model.eval()
-
-
-def loaded_model(name: str, model, device: torch.device | None = None, dtype: torch.dtype = torch.float32):
-    """Wrap a built model as the engine's LoadedModel (the tiny tokenizer stands in for t5-base's)."""
-    from lib.catalogue import get_spec
-    from server.models.loaded import LoadedModel
-    from server.tiny.tokenizer import build_tokenizer
-
-    return LoadedModel(
-        spec=get_spec(name),
-        model=model,
-        tokenizer=build_tokenizer(),
-        device=device or torch.device("cpu"),
-        dtype=dtype,
-        source=Path("/dev/null"),
-    )
 
 
 def peak_rss_mb() -> float:

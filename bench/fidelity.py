@@ -26,97 +26,25 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "test")]
 
-PROMPTS = [
-    "upbeat electronic music with a groovy bassline",
-    "calm piano melody, 90 bpm, relaxing",
-    "epic orchestral soundtrack with choir and brass",
-]
+# The measure itself is the tests' (test/unit/test_isa.py holds the CPU default to it).
+from engine_reference import PROMPTS, as_lm, generate_codes, teacher_forced, tiny_lm  # noqa: E402
 
 
 def _models(names: list[str]):
-    from bench.common import build_real_shape, loaded_model
-    from lib.catalogue import get_spec
-    from server.tiny.musicgen import build_tiny_model
+    from bench.common import build_real_shape
 
     for name in names:
         if name == "tiny":
-            yield "tiny musicgen-small", loaded_model("musicgen-small", build_tiny_model(get_spec("musicgen-small")))
+            yield "tiny musicgen-small", tiny_lm("musicgen-small")
         else:
-            yield f"{name} (real shape)", loaded_model(name, build_real_shape(name))
-
-
-def _topk_probs(logits: torch.Tensor, k: int = 250) -> torch.Tensor:
-    probs = torch.softmax(logits, dim=-1)
-    kth = torch.topk(probs, k, dim=-1).values[..., -1:]
-    probs = probs.masked_fill(probs < kth, 0.0)
-    return probs / probs.sum(dim=-1, keepdim=True)
-
-
-@torch.inference_mode()
-def teacher_forced(lm, precisions: list[str], steps: int) -> dict:
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-    from server.engine.decode import encode_text
-    from server.engine.fastlm import FastLM
-
-    cpu = torch.device("cpu")
-    fasts = {p: FastLM(lm.model.decoder, p, cpu) for p in ["float32", *precisions]}
-    k_books = lm.num_codebooks
-    sums = {p: torch.zeros(4, dtype=torch.float64) for p in precisions}  # err sum, err max, greedy, sampled
-    count = 0
-    bitwise = True
-    noise_gen = torch.Generator().manual_seed(0)
-    for prompt in PROMPTS:
-        states = encode_text(lm, prompt, with_null=True)
-        caches = {p: f.new_cache(2, steps, states) for p, f in fasts.items()}
-        ref_cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        mask = torch.tensor([[1] * states.shape[1], [0] * states.shape[1]])
-        tokens = torch.full((2, k_books), lm.start_token_id)
-        for _ in range(steps):
-            out = {p: f.step(tokens, [caches[p]], torch.tensor([0]), 2) for p, f in fasts.items()}
-            hf = lm.model.decoder(
-                input_ids=tokens.reshape(-1, 1),
-                encoder_hidden_states=states,
-                encoder_attention_mask=mask,
-                cache=ref_cache,
-                use_cache=True,
-            ).logits[:, -1]
-            ref = out["float32"]
-            bitwise &= torch.equal(ref, hf.view_as(ref))
-            guided_ref = ref[1] + (ref[0] - ref[1]) * 3.0
-            std = ref.std(dim=-1)  # [2, K]
-            noise = torch.empty(guided_ref.shape).exponential_(1, generator=noise_gen)
-            sampled_ref = (_topk_probs(guided_ref) / noise).argmax(-1)
-            greedy_ref = guided_ref.argmax(-1)
-            for p in precisions:
-                got = out[p]
-                err = (got - ref).abs().amax(dim=-1) / std  # [2, K]
-                guided = got[1] + (got[0] - got[1]) * 3.0
-                sums[p][0] += err.mean().item()
-                sums[p][1] = max(sums[p][1].item(), err.max().item())
-                sums[p][2] += (guided.argmax(-1) == greedy_ref).double().mean().item()
-                sums[p][3] += ((_topk_probs(guided) / noise).argmax(-1) == sampled_ref).double().mean().item()
-            count += 1
-            tokens = greedy_ref.view(1, -1).expand(2, -1).contiguous()
-    result = {
-        p: {
-            "err_mean": sums[p][0].item() / count,
-            "err_max": sums[p][1].item(),
-            "greedy": sums[p][2].item() / count,
-            "sampled": sums[p][3].item() / count,
-        }
-        for p in precisions
-    }
-    result["float32_bitwise_vs_transformers"] = bitwise
-    return result
+            yield f"{name} (real shape)", as_lm(name, build_real_shape(name))
 
 
 @torch.inference_mode()
 def free_running(lm, precisions: list[str], frames: int) -> dict:
-    from server.engine.decode import DecodeRequest, generate_codes
+    from server.engine.decode import DecodeRequest
     from server.engine.fastlm import FastLM
 
     out = {}

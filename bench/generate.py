@@ -55,11 +55,11 @@ def _reset_peak_rss() -> bool:
 def run_config(args: argparse.Namespace) -> dict:
     import torch
 
-    from bench.common import build_real_shape, loaded_model
+    from bench.common import build_real_shape
     from lib.catalogue import get_spec
     from server.engine.decode import DecodeBatch, DecodeRequest, codes_to_audio
-    from server.models.device import pick_dtype
-    from server.models.loaded import prepare
+    from server.models.device import pick_precision
+    from server.models.musicgen import prepare
     from server.tiny.tokenizer import build_tokenizer
 
     if args.threads:
@@ -83,7 +83,6 @@ def run_config(args: argparse.Namespace) -> dict:
 
     if args.config == "transformers":
         model.to(device)
-        lm = loaded_model(name, model, device)
         codec = model.audio_encoder
         original = codec.decode
         codec_time = [0.0]
@@ -116,8 +115,7 @@ def run_config(args: argparse.Namespace) -> dict:
         precision, _, batch_size = args.config.partition("@")
         n_requests = int(batch_size or 1)
         result["requests"] = n_requests
-        dtype = pick_dtype(precision, device)
-        lm = prepare(model, get_spec(name), tokenizer, device, dtype, Path("/dev/null"))
+        lm = prepare(model, get_spec(name), tokenizer, device, pick_precision(precision, device), Path("/dev/null"))
         del model
 
         def once(seed: int, frames: int = n_frames) -> tuple[float, float]:

@@ -116,7 +116,6 @@ def child(name: str, dtype: str, hub: Path) -> dict:
     import torch
 
     from lib.settings import Settings
-    from server.models.device import dtype_name
     from server.models.registry import ModelRegistry
 
     registry = ModelRegistry(Settings(models_dir=hub, device="cpu", dtype=dtype, memory_budget_gb=1000))
@@ -133,7 +132,7 @@ def child(name: str, dtype: str, hub: Path) -> dict:
     peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     return {
         "model": name,
-        "dtype": dtype_name(lm.dtype),
+        "dtype": lm.precision,
         "load_s": round(took, 2),
         "ready_s": round(ready, 2),
         "peak_rss_gb": round(peak_kb / 1024**2, 2),

@@ -24,7 +24,7 @@ def _default_hub_cache() -> Path:
     return Path(hf_home) / "hub"
 
 
-Precision = Literal["auto", "float32", "bfloat16", "float16", "int8", "int8-dynamic", "int8-rows"]
+Precision = Literal["auto", "float32", "bfloat16", "float16", "int8", "int8-dynamic"]
 
 
 class Settings(BaseSettings):
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     dtype: Precision = Field(
         "auto",
         description=(
-            "Language-model precision: auto, float32, bfloat16, float16, int8, int8-dynamic or int8-rows. "
+            "Language-model precision: auto, float32, bfloat16, float16, int8 or int8-dynamic. "
             "auto: int8-dynamic on a CPU where torch has its x86 quantized engine (x86 builds), int8 weight-only "
             "on other CPUs (ARM builds have only qnnpack), float16 on CUDA (server/models/device.py "
             "default_precision). float32 is bitwise transformers' decoder on every CPU kind; int8-dynamic takes "
@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     model_dtype: str = Field(
         "",
-        pattern=r"^\s*([\w.-]+\s*=\s*(auto|float32|bfloat16|float16|int8|int8-dynamic|int8-rows)\s*(,\s*|$))*$",
+        pattern=r"^\s*([\w.-]+\s*=\s*(auto|float32|bfloat16|float16|int8|int8-dynamic)\s*(,\s*|$))*$",
         description="Per-model precision over `dtype`: comma-separated name=precision, e.g. musicgen-large=bfloat16",
     )
     # Model management (server/models/registry.py, server/jobs/downloads.py).

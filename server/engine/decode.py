@@ -8,13 +8,12 @@ MusicgenForConditionalGeneration.generate.
 `DecodeBatch` is the step-able state: requests join (`add`) and leave (`remove`, or by finishing)
 at any step boundary, each with its own preallocated KV cache (server/engine/fastlm.py), so a
 request's tokens are the same whether it runs alone, batched, or joins a batch already running.
-`generate_codes` runs a fixed list of requests to the end on top of it.
+The job runner (server/jobs/runner.py) drives it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +22,7 @@ from server.engine import delay, threads
 from server.engine.errors import UnsupportedRequest
 from server.engine.fastlm import THREAD_INVARIANT, FastLM, RequestCache
 from server.engine.sampling import SamplerBatch, SamplingParams, guide
-from server.models.loaded import LoadedModel
+from server.models.loaded import TextToAudioLM
 
 
 @dataclass(frozen=True)
@@ -51,16 +50,7 @@ class DecodeRequest:
         return 0 if self.prompt_codes is None else int(self.prompt_codes.shape[1])
 
 
-class Cancelled(Exception):
-    """Every request of the batch was cancelled."""
-
-
-# on_step(step, total_steps); is_cancelled(request_index) -> bool
-StepCallback = Callable[[int, int], None]
-CancelCheck = Callable[[int], bool]
-
-
-def encode_text(lm: LoadedModel, prompt: str, with_null: bool) -> torch.Tensor:
+def encode_text(lm: TextToAudioLM, prompt: str, with_null: bool) -> torch.Tensor:
     """[rows, text_len, hidden]: the prompt's encoder states, then (for guidance) the null row with
     zeroed states and mask, projected and masked exactly as transformers' generate() does (MusicGen
     projects both rows, MusicGen-Melody the prompt's before adding the null row). An empty prompt is
@@ -80,7 +70,7 @@ def encode_text(lm: LoadedModel, prompt: str, with_null: bool) -> torch.Tensor:
     return hidden * mask[..., None]
 
 
-def melody_prefix(lm: LoadedModel, prompt: str, chroma: torch.Tensor | None, with_null: bool) -> torch.Tensor:
+def melody_prefix(lm: TextToAudioLM, prompt: str, chroma: torch.Tensor | None, with_null: bool) -> torch.Tensor:
     """[rows, chroma_length + text_len, hidden]: what a melody model prepends to its decoder input,
     built as MusicgenMelodyForConditionalGeneration.generate() builds it. The chroma is projected,
     repeated (wrapping around) or cut to the model's chroma length, then the text states follow. The
@@ -141,8 +131,8 @@ class DecodeBatch:
     the request (prompt, frames, seed, sampling): never on when it joined or who else is in the batch.
     """
 
-    def __init__(self, lm: LoadedModel):
-        if lm.spec.kind == "encodec":
+    def __init__(self, lm: TextToAudioLM):
+        if not isinstance(lm, TextToAudioLM):
             raise UnsupportedRequest(f"{lm.spec.name} is a codec: it does not generate", field="model")
         self.lm = lm
         self.fast: FastLM = lm.fast_lm()
@@ -261,10 +251,6 @@ class DecodeBatch:
                 return m.step, m.n_steps
         raise KeyError(handle)
 
-    def rows(self) -> int:
-        """Decoder rows in use (2 per guided request): what one step's weight read is shared by."""
-        return sum(m.rows for m in self._members)
-
     # -- stepping -----------------------------------------------------------------------------
 
     def _build_layout(self) -> _Layout:
@@ -336,40 +322,6 @@ class DecodeBatch:
         return [m.handle for m in finished]
 
 
-@torch.inference_mode()
-def generate_codes(
-    lm: LoadedModel,
-    requests: Sequence[DecodeRequest],
-    on_step: StepCallback | None = None,
-    is_cancelled: CancelCheck | None = None,
-) -> list[torch.Tensor | None]:
-    """Token codes [K, n_frames] per request (None for a request cancelled mid-way).
-
-    Each request leaves the batch as soon as it is done or cancelled; on_step counts steps of the
-    longest request."""
-    batch = DecodeBatch(lm)
-    handles = [batch.add(r) for r in requests]
-    results: dict[int, torch.Tensor] = {h: batch.pop(h) for h in batch.finished()}
-    total = max((n - done for done, n in map(batch.progress, batch.active)), default=0)
-    cancelled: set[int] = set()
-    step = 0
-    while len(batch):
-        step += 1
-        for handle in batch.step():
-            results[handle] = batch.pop(handle)
-        if on_step is not None:
-            on_step(step, total)
-        if is_cancelled is not None:
-            live = set(batch.active)
-            for i, handle in enumerate(handles):
-                if handle in live and is_cancelled(i):
-                    batch.remove(handle)
-                    cancelled.add(i)
-            if len(cancelled) == len(requests):
-                raise Cancelled()
-    return [results.get(h) for h in handles]
-
-
 # Long timelines decode in pieces of this many frames (30 s at 50 Hz), each with this many frames of
 # context on both sides that are decoded and dropped. EnCodec's activations grow with the length
 # (musicgen's 32 kHz codec: ~1.2 GB for 30 s, ~11 GB for 300 s in one pass); with 1 s of context the
@@ -379,7 +331,7 @@ DECODE_CONTEXT_FRAMES = 50
 
 
 @torch.inference_mode()
-def decode_piece(lm: LoadedModel, codes: torch.Tensor, start: int, end: int) -> torch.Tensor:
+def decode_piece(lm: TextToAudioLM, codes: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """The audio [channels, (end - start) * hop] of frames [start, end) of the codes [K, n_frames]:
     one codec pass over them plus up to DECODE_CONTEXT_FRAMES on each side, which are dropped.
     Stereo models interleave L/R codebooks; each channel is decoded on its own, as transformers does."""
@@ -402,7 +354,7 @@ def piece_bounds(n_frames: int) -> list[tuple[int, int]]:
 
 
 @torch.inference_mode()
-def codes_to_audio(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
+def codes_to_audio(lm: TextToAudioLM, codes: torch.Tensor) -> torch.Tensor:
     """[K, n_frames] codes -> [channels, samples] float32 waveform at the model's native rate. Up to
     DECODE_CHUNK_FRAMES frames decode in one pass, exactly as transformers decodes them; longer ones
     in pieces (decode_piece)."""
@@ -410,7 +362,7 @@ def codes_to_audio(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def audio_to_codes(lm: LoadedModel, audio: torch.Tensor) -> torch.Tensor:
+def audio_to_codes(lm: TextToAudioLM, audio: torch.Tensor) -> torch.Tensor:
     """[channels, samples] float32 at the model's rate (its channel count) -> aligned codes [K, frames],
     as transformers' generate() encodes an audio prompt: stereo models encode each channel on its
     own and interleave the codebooks L/R."""

@@ -41,13 +41,11 @@ _ROW_BLOCK = {"float32": 2, "bfloat16": 8, "float16": 8}
 # How each precision multiplies (docs/benchmarks.md has the speed and fidelity of each):
 # - dense: F.linear in the compute dtype, in fixed row blocks;
 # - int8pack: int8 weights, bf16 activations (torch._weight_int8pack_mm; a row-wise kernel);
-# - int8rows: int8 weights, int8 activations with one scale per row, exact int32 sums (torch._int_mm);
 # - qdynamic: int8 weights, uint8 activations with one scale and zero point per request (from its
 #   min and max, as torch's dynamic quantized linear picks them), exact int32 sums, in one call of
 #   fbgemm's prepacked int8 kernel for the whole batch (server/engine/qdynamic.py).
-KERNELS = {"float32": "dense", "bfloat16": "dense", "float16": "dense", "int8": "int8pack", "int8-rows": "int8rows"}
-KERNELS["int8-dynamic"] = "qdynamic"
-# What the matmuls take and give (the dynamic int8 kernels quantize fp32 themselves), and what the
+KERNELS = {"float32": "dense", "bfloat16": "dense", "float16": "dense", "int8": "int8pack", "int8-dynamic": "qdynamic"}
+# What the matmuls take and give (the dynamic int8 kernel quantizes fp32 itself), and what the
 # KV cache holds.
 ACT_DTYPE = {
     "float32": torch.float32,
@@ -55,7 +53,6 @@ ACT_DTYPE = {
     "float16": torch.float16,
     "int8": torch.bfloat16,
     "int8-dynamic": torch.float32,
-    "int8-rows": torch.float32,
 }
 CACHE_DTYPE = {p: torch.bfloat16 for p in KERNELS} | {"float32": torch.float32, "float16": torch.float16}
 # Precisions whose step gives the same bits at any torch thread count (integer sums; measured on the
@@ -88,8 +85,6 @@ class PackedLinear:
         self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
         if self.kind == "int8pack":
             self.scales = scale.to(cdt)
-        elif self.kind == "int8rows":
-            self.scales = scale
         else:  # qdynamic: the codes prepacked for fbgemm at unit scale; the channel scales applied after
             self.packed = qdynamic.prepack(self.weight)
             self.scales = scale
@@ -118,11 +113,6 @@ class PackedLinear:
             out = _blocked_linear(x, self.weight, self.block) if blocked else F.linear(x, self.weight)
         elif kind == "int8pack":
             out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
-        elif kind == "int8rows":
-            xf = x.float()
-            sx = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127.0
-            xq = torch.round(xf / sx).clamp(-127, 127).to(torch.int8)
-            out = torch._int_mm(xq, self.weight.t()).float().mul_(sx).mul_(self.scales)
         else:  # qdynamic: fp32 in, fp32 out
             out = qdynamic.linear(x.float(), spans, self.packed, self.weight_sums).mul_(self.scales)
         if self.bias is not None:

@@ -1,11 +1,12 @@
 """Choosing the next token per codebook from guided logits, as AudioCraft does:
 softmax(logits / temperature), then top-p (when > 0) or top-k (when > 0), then one draw.
 
-`sample` serves one request; `SamplerBatch` serves a whole decode batch in a few tensor ops, with
-the same bits per request. The draw is `torch.multinomial(probs, 1)` in both, written out as the
-exponential race multinomial itself runs (argmax(probs / q), q ~ Exp(1) from the request's own
-generator), so the noise of each request comes from its own seed while the arithmetic runs once for
-the batch, with no host synchronisation (multinomial's input checks sync on CUDA).
+`SamplerBatch` serves a whole decode batch in a few tensor ops, with the bits each request would get
+alone (test/engine_reference.py holds the one-request sampler it is checked against). The draw is
+`torch.multinomial(probs, 1)`, written out as the exponential race multinomial itself runs
+(argmax(probs / q), q ~ Exp(1) from the request's own generator), so the noise of each request comes
+from its own seed while the arithmetic runs once for the batch, with no host synchronisation
+(multinomial's input checks sync on CUDA).
 """
 
 from __future__ import annotations
@@ -22,12 +23,8 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg_coef: torch.Tensor) -> t
     return uncond + (cond - uncond) * cfg_coef
 
 
-def _top_k(probs: torch.Tensor, k: int) -> torch.Tensor:
-    kth = torch.topk(probs, k, dim=-1).values[..., -1:]
-    return probs.masked_fill(probs < kth, 0.0)
-
-
-def _top_p(probs: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+def keep_top_p(probs: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """probs with all but the top-p nucleus set to 0 (not renormalised)."""
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
     cumulative = torch.cumsum(sorted_probs, dim=-1)
     # Keep the smallest prefix whose mass reaches p; the first token always stays.
@@ -39,25 +36,6 @@ def _top_p(probs: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
 def exponential_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """The noise torch.multinomial(probs, 1) draws for probs of this shape: same generator state after."""
     return torch.empty(tuple(shape), device=device, dtype=torch.float32).exponential_(1, generator=generator)
-
-
-def sample(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """logits [K, V] for one request -> token ids [K]. temperature 0 is greedy argmax."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p > 0:
-        probs = _top_p(probs, top_p)
-    elif top_k > 0:
-        probs = _top_k(probs, min(top_k, probs.shape[-1]))
-    probs = probs / probs.sum(dim=-1, keepdim=True)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -116,7 +94,7 @@ class SamplerBatch:
             probs = probs.index_copy(0, self.top_k, part.masked_fill(part < kth, 0.0))
         if self.top_p is not None:
             part = probs.index_select(0, self.top_p)
-            probs = probs.index_copy(0, self.top_p, _top_p(part, self.top_p_values))
+            probs = probs.index_copy(0, self.top_p, keep_top_p(part, self.top_p_values))
         probs = probs / probs.sum(dim=-1, keepdim=True)
         shape = probs.shape[1:]
         noise = torch.stack([exponential_noise(shape, generators[i], self.device) for i in self.sampled_list])

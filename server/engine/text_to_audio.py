@@ -23,7 +23,7 @@ from server.engine import decode, delay
 from server.engine.chroma import chroma, window_samples
 from server.engine.decode import DecodeRequest, audio_to_codes
 from server.engine.errors import UnsupportedRequest
-from server.models.loaded import LoadedModel
+from server.models.loaded import TextToAudioLM
 
 _SEED_STEP = 0x9E3779B97F4A7C15  # window i > 0 draws from seed + i * this (mod 2^63): unrelated streams
 
@@ -93,7 +93,7 @@ class LongForm:
     """One request's windows: hands out each window's DecodeRequest, collects its codes, and in the
     end decodes the whole timeline once (so there are no seams from separate codec passes)."""
 
-    def __init__(self, lm: LoadedModel, item: AudioRequest, stride_s: float):
+    def __init__(self, lm: TextToAudioLM, item: AudioRequest, stride_s: float):
         window_s = lm.spec.window_s
         if window_s is None:
             raise UnsupportedRequest(f"{lm.spec.name} does not generate audio", field="model")
@@ -212,16 +212,3 @@ class LongForm:
         first = 0 if item.include_prompt else start
         audio = audio[:, first : start + n_samples]
         return Waveform(np.ascontiguousarray(audio), lm.sample_rate, item.seed)
-
-
-def generate(lm: LoadedModel, item: AudioRequest, stride_s: float, on_window=None) -> Waveform:
-    """One request, window after window, alone (tests and scripts; the service batches through the
-    job runner)."""
-    from server.engine.decode import generate_codes
-
-    plan = LongForm(lm, item, stride_s)
-    while not plan.done:
-        plan.accept(generate_codes(lm, [plan.request()])[0])
-        if on_window is not None:
-            on_window(plan)
-    return plan.waveform()

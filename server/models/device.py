@@ -9,30 +9,25 @@ A precision names how the language model's weights are stored and what its matmu
 | float16 | fp16 | fp16 | fp32 | CUDA |
 | int8 | int8, one scale per output channel | bf16 | fp32 | CPU (weight-only: activations are never quantized) |
 | int8-dynamic | int8, one scale per output channel | uint8, one scale per request, int32 sums | fp32 | CPU (x86) |
-| int8-rows | int8, one scale per output channel | int8, one scale per row, int32 sums | fp32 | CPU |
 
 The text encoder (T5) and the audio codec (EnCodec) always run in float32: they run once per request,
 and half precision in T5 is known to overflow. docs/benchmarks.md has the measured speed and fidelity.
+
+A precision travels as its name (a string): the loaded models carry it (`precision`), and the decoder
+packing (server/engine/fastlm.py) picks its kernels by it.
 """
 
 from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int8-dynamic", "int8-rows")
-# The dtype that stands for each precision where the loaders pass a torch.dtype around: torch.int8
-# is int8 weight-only, torch.qint8 is int8 weights and int8 activations (dynamic, per row).
-_DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "int8": torch.int8,
-    "int8-dynamic": torch.qint8,
-    "int8-rows": torch.quint8,
-}
+PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int8-dynamic")
+# The dtype the dense precisions store and multiply in; the int8 ones multiply in bfloat16 (weight-only)
+# or quantize fp32 activations themselves (server/engine/fastlm.py).
+_DENSE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Which precisions a device runs. float16 on CPU has no fast matmul; the int8 kernels are CPU ones.
 _SUPPORTED = {
-    "cpu": ("float32", "bfloat16", "int8", "int8-dynamic", "int8-rows"),
+    "cpu": ("float32", "bfloat16", "int8", "int8-dynamic"),
     "cuda": ("float32", "bfloat16", "float16"),
 }
 
@@ -79,7 +74,7 @@ def has_x86_quantized_engine() -> bool:
 def pick_precision(setting: str, device: torch.device) -> str:
     """The precision name for a `dtype` setting ("auto" or a name from PRECISIONS) on a device."""
     name = default_precision(device) if setting == "auto" else setting
-    if name not in _DTYPES:
+    if name not in PRECISIONS:
         raise ValueError(f"unknown precision {setting!r}; choose auto or one of {', '.join(PRECISIONS)}")
     supported = _SUPPORTED.get(device.type, ("float32",))
     if name not in supported:
@@ -87,27 +82,6 @@ def pick_precision(setting: str, device: torch.device) -> str:
     return name
 
 
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    """The weight dtype for a setting: torch.int8 stands for int8 weight-only quantization.
-
-    Loaders that have no quantized form (EnCodec) ignore it and stay float32."""
-    return _DTYPES[pick_precision(setting, device)]
-
-
-def precision_of(dtype: torch.dtype) -> str:
-    for name, value in _DTYPES.items():
-        if value == dtype:
-            return name
-    raise ValueError(f"no precision for {dtype}")
-
-
 def compute_dtype(precision: str) -> torch.dtype:
     """What the matmuls compute in: int8 weights are multiplied with bf16 activations."""
-    return torch.bfloat16 if precision.startswith("int8") else _DTYPES[precision]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    for name, value in _DTYPES.items():
-        if value == dtype:
-            return name
-    return str(dtype).removeprefix("torch.")
+    return torch.bfloat16 if precision.startswith("int8") else _DENSE[precision]

@@ -8,7 +8,6 @@ settings.model_idle_timeout_s are unloaded by `unload_idle`, which the services 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -18,25 +17,19 @@ import torch
 
 from lib.catalogue import ModelSpec, get_spec
 from lib.settings import Settings
-from server.engine.codec.codec import load_encodec
 from server.engine.errors import UnsupportedRequest
 from server.hub import store
-from server.models.device import pick_device, pick_dtype
+from server.models.device import pick_device, pick_precision
 from server.models.errors import MemoryBudgetFull, ModelInUse, ModelLoadFailed
-from server.models.loaded import LoadedModel, load_audiogen, load_musicgen, map_big_blocks, return_freed_memory
-
-_LOADERS = {
-    "musicgen": load_musicgen,
-    "musicgen-melody": load_musicgen,
-    "audiogen": load_audiogen,
-    "encodec": load_encodec,
-}
+from server.models.heap import map_big_blocks, return_freed_memory
+from server.models.loaded import ResidentModel
+from server.models.loaders import LOADERS
 
 log = logging.getLogger("audiocraft.engine")
 
 # Memory a loaded model takes per byte of its fp32 weights on disk, by decoder precision: a guess
 # made before loading, to unload others first; the real figure is checked once it is loaded.
-_LOAD_FACTOR = {torch.float32: 1.0, torch.bfloat16: 0.55, torch.float16: 0.55}
+_LOAD_FACTOR = {"float32": 1.0, "bfloat16": 0.55, "float16": 0.55}
 _INT8_LOAD_FACTOR = 0.35
 
 
@@ -52,8 +45,8 @@ class ModelRegistry:
         map_big_blocks()
         self.settings = settings
         self.device = pick_device(settings.device)
-        self.dtype = pick_dtype(settings.dtype, self.device)
-        self._loaded: dict[str, LoadedModel] = {}
+        self.precision = pick_precision(settings.dtype, self.device)
+        self._loaded: dict[str, ResidentModel] = {}
         self._lock = threading.RLock()
         self._leases: dict[str, int] = {}
         self._memory: dict[str, int] = {}  # measured once per load: what each loaded model holds
@@ -72,7 +65,7 @@ class ModelRegistry:
             raise store.ModelNotInstalled(spec)
         return spec
 
-    def get(self, name: str) -> LoadedModel:
+    def get(self, name: str) -> ResidentModel:
         spec = self.spec(name)
         with self._lock:
             lm = self._loaded.get(spec.name)
@@ -89,7 +82,7 @@ class ModelRegistry:
         return lm
 
     # -- leases: a model under running work is never unloaded -----------------------------------
-    def acquire(self, name: str) -> LoadedModel:
+    def acquire(self, name: str) -> ResidentModel:
         """get() plus a lease: the model stays loaded until release()."""
         with self._lock:
             lm = self.get(name)
@@ -107,14 +100,6 @@ class ModelRegistry:
             if lm is not None:
                 lm.last_used = time.time()
 
-    @contextlib.contextmanager
-    def lease(self, name: str):
-        lm = self.acquire(name)
-        try:
-            yield lm
-        finally:
-            self.release(lm.spec.name)
-
     def in_use(self, name: str) -> int:
         return self._leases.get(name, 0)
 
@@ -128,10 +113,10 @@ class ModelRegistry:
             return 0
         on_disk = sum(p.stat().st_size for p in snapshot.iterdir() if p.suffix in (".safetensors", ".bin"))
         try:
-            dtype = self.dtype_for(spec)
+            precision = self.precision_for(spec)
         except ValueError:
             return on_disk
-        return int(on_disk * _LOAD_FACTOR.get(dtype, _INT8_LOAD_FACTOR))
+        return int(on_disk * _LOAD_FACTOR.get(precision, _INT8_LOAD_FACTOR))
 
     def _make_room(self, needed: int, keep: str) -> int:
         """Unload idle models, least recently used first, until `needed` more bytes fit the budget.
@@ -171,21 +156,21 @@ class ModelRegistry:
             self._free()
         return stale
 
-    def _load(self, spec: ModelSpec) -> LoadedModel:
-        loader = _LOADERS.get(spec.kind)
+    def _load(self, spec: ModelSpec) -> ResidentModel:
+        loader = LOADERS.get(spec.kind)
         if loader is None:
             raise UnsupportedRequest(f"{spec.name} ({spec.kind}) is not supported by this build yet", field="model")
         snapshot = store.snapshot_dir(spec, self.settings.hub_cache)
         if snapshot is None:
             raise store.ModelNotInstalled(spec)
         try:
-            dtype = self.dtype_for(spec)
+            precision = self.precision_for(spec)
         except ValueError as exc:
             raise ModelLoadFailed(
                 f"{spec.name}: {exc}", hint="change AUDIOCRAFT_MODEL_DTYPE or AUDIOCRAFT_DTYPE for this device"
             ) from exc
         try:
-            return loader(spec, snapshot, self.device, dtype)
+            return loader(spec, snapshot, self.device, precision)
         except store.ModelNotInstalled:
             raise  # a repo the model needs (AudioGen's T5) is missing: a 409 with the pull command, not a 503
         except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
@@ -194,12 +179,12 @@ class ModelRegistry:
                 hint=f"the files may be damaged; reinstall with: resource-audiocraft models pull {spec.name}",
             ) from exc
 
-    def dtype_for(self, spec: ModelSpec) -> torch.dtype:
+    def precision_for(self, spec: ModelSpec) -> str:
         """The model's own precision setting (settings.model_dtype), else the global one."""
         setting = self.settings.dtype_for(spec.name)
-        return self.dtype if setting == self.settings.dtype else pick_dtype(setting, self.device)
+        return self.precision if setting == self.settings.dtype else pick_precision(setting, self.device)
 
-    def loaded(self) -> list[LoadedModel]:
+    def loaded(self) -> list[ResidentModel]:
         # A copy, read without the lock: /health must never wait on a model load.
         return list(self._loaded.values())
 

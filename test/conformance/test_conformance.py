@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_reference import generate_codes
 
 from lib.catalogue import get_spec
-from server.engine.decode import DecodeRequest, codes_to_audio, generate_codes
+from server.engine.decode import DecodeRequest, codes_to_audio
 from server.models.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE, convert_export
-from server.models.loaded import load_folder
+from server.models.musicgen import load_folder
 
 HERE = Path(__file__).resolve().parent
 # Audio from identical tokens: the same convolutions in another torch build; float32 rounding only.
@@ -73,7 +74,7 @@ def engine_models(oracle, tmp_path_factory) -> dict:
         folder = tmp_path_factory.mktemp(f"converted-{name}")
         convert_export(Path(entry["export"]), Path(entry["t5"]), folder)
         spec = get_spec(spec_name)
-        models[name] = load_folder(spec, folder, folder, torch.device("cpu"), torch.float32, audiocraft=True)
+        models[name] = load_folder(spec, folder, folder, torch.device("cpu"), "float32", audiocraft=True)
     return models
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from api_client import make_client, wait_job
+from engine_reference import held
 from hub_server import FakeHub, repo_from_cache
 from waiting import get_json, job_signature, wait_for_progress
 
@@ -111,7 +112,7 @@ def test_delete_load_unload(tiny_hub, tmp_path):
         r = client.post(f"/api/models/{NAME}/load")
         assert r.status_code == 200 and r.json()["loaded"] and r.json()["memory_bytes"] > 0
         registry = client.app.state.services.registry
-        with registry.lease(NAME):  # as a running job holds it
+        with held(registry, NAME):  # as a running job holds it
             assert client.post(f"/api/models/{NAME}/unload").status_code == 409
             r = client.delete(f"/api/models/{NAME}")
             assert r.status_code == 409 and r.json()["error"]["code"] == "model_in_use"

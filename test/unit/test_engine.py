@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_reference import Cancelled, generate_codes, sample
 from transformers_reference import reference_generate
 
 from lib.catalogue import get_spec
 from lib.settings import Settings
 from server.engine import delay
-from server.engine.decode import Cancelled, DecodeRequest, codes_to_audio, generate_codes
-from server.engine.sampling import sample
+from server.engine.decode import DecodeRequest, codes_to_audio
 from server.models.registry import ModelRegistry
 
 N_FRAMES = 60  # 1.2 s at 50 Hz: long enough for the delay pattern to matter, short for CPU

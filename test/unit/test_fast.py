@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_reference import batch_rows, generate_codes, sample
 
 from lib.settings import Settings
-from server.engine.decode import DecodeBatch, DecodeRequest, encode_text, generate_codes
+from server.engine.decode import DecodeBatch, DecodeRequest, encode_text
 from server.engine.fastlm import FastLM, PackedLinear
-from server.engine.sampling import SamplerBatch, SamplingParams, sample
-from server.models.device import pick_dtype, pick_precision
+from server.engine.sampling import SamplerBatch, SamplingParams
+from server.models.device import pick_precision
 from server.models.registry import ModelRegistry
 
-PRECISIONS = ["float32", "bfloat16", "int8", "int8-dynamic", "int8-rows"]
+PRECISIONS = ["float32", "bfloat16", "int8", "int8-dynamic"]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,9 @@ def test_join_late_and_leave_do_not_change_a_request(registries, precision):
     gone = batch.add(doomed)
     batch.step()
     batch.step()
-    assert batch.rows() == 2 + 2 + 1 + 2
+    assert batch_rows(batch) == 2 + 2 + 1 + 2
     assert batch.remove(gone)  # leaves mid-way: its rows and cache go now
-    assert batch.rows() == 2 + 2 + 1
+    assert batch_rows(batch) == 2 + 2 + 1
     got = {}
     while len(batch):
         for h in batch.step():
@@ -70,7 +71,7 @@ def test_a_finished_request_leaves_at_once(registries):
         if short in done:
             finished_at = step
             assert batch.active == [long]
-            assert batch.rows() == 2
+            assert batch_rows(batch) == 2
             assert batch.pop(short).shape == (4, 2)
         if not len(batch):
             break
@@ -80,8 +81,8 @@ def test_a_finished_request_leaves_at_once(registries):
 
 @pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small"])
 def test_step_matches_transformers_decoder(registries, name):
-    """fp32 logits are bit-identical to transformers' decoder with a DynamicCache (also at the real
-    shapes: bench/fidelity.py checks it)."""
+    """fp32 logits are bit-identical to transformers' decoder with a DynamicCache (test_isa.py checks
+    it again with the kernels held to AVX2)."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     lm = registries["float32"].get(name)
@@ -181,8 +182,8 @@ def test_precision_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert pick_precision("auto", cpu) == "int8-dynamic"  # this machine has the x86 quantized engine
     assert pick_precision("auto", cuda) == "float16"
-    assert pick_dtype("int8", cpu) == torch.int8
-    assert pick_dtype("bfloat16", cuda) == torch.bfloat16
+    assert pick_precision("int8", cpu) == "int8"
+    assert pick_precision("bfloat16", cuda) == "bfloat16"
     with pytest.raises(ValueError):
         pick_precision("float16", cpu)
     with pytest.raises(ValueError):
@@ -197,6 +198,21 @@ def test_default_registry_runs_the_default_precision(tiny_hub):
     codes = generate_codes(lm, [DecodeRequest("x", 5, seed=0)])[0]
     assert codes.shape == (4, 5)
     assert lm.memory_bytes() > 0
+
+
+def test_each_kind_loads_as_its_own_type(registries):
+    from server.engine.errors import UnsupportedRequest
+    from server.models.loaded import CodecModel, TextToAudioLM
+
+    reg = registries["int8-dynamic"]
+    lm, codec = reg.get("musicgen-small"), reg.get("encodec-32khz")
+    assert isinstance(lm, TextToAudioLM) and isinstance(codec, CodecModel)
+    # What /health and /api/models show of a model are plain strings; EnCodec stays float32.
+    assert (lm.device_type, lm.precision) == ("cpu", "int8-dynamic")
+    assert (codec.device_type, codec.precision) == ("cpu", "float32")
+    assert codec.memory_bytes() == reg.memory_of("encodec-32khz") > 0
+    with pytest.raises(UnsupportedRequest, match="codec"):
+        DecodeBatch(codec)
 
 
 def test_a_step_never_reads_device_values_on_the_host(registries):

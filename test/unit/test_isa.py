@@ -30,13 +30,10 @@ MIN_SAMPLED = 0.93
 
 CHILD = """
 import json, torch
-from bench.common import loaded_model
-from bench.fidelity import teacher_forced
-from lib.catalogue import get_spec
+from engine_reference import teacher_forced, tiny_lm
 from server.engine import qdynamic
 from server.models.device import default_precision
 from server.engine.fastlm import PackedLinear
-from server.tiny.musicgen import build_tiny_model
 
 # Worst case for the int8 kernel: weight codes near +-127, activations spanning their whole range.
 torch.manual_seed(0)
@@ -49,7 +46,7 @@ error = (lin(x).double() - x.double() @ dequantized.T).abs()
 step = (x.max() - x.min()).item() / qdynamic.activation_levels()
 bound = 0.5 * step * dequantized.abs().sum(dim=1) + 1e-4  # half a step on every input, at most
 precision = default_precision(torch.device("cpu"))
-lm = loaded_model("musicgen-small", build_tiny_model(get_spec("musicgen-small")))
+lm = tiny_lm("musicgen-small")
 result = teacher_forced(lm, [precision], steps=30)
 print(json.dumps({
     "capability": torch.backends.cpu.get_cpu_capability(),
@@ -65,7 +62,7 @@ print(json.dumps({
 
 def _run(env_extra: dict[str, str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in AVX2_ONLY_ENV} | env_extra
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "test")])
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

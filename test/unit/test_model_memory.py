@@ -6,6 +6,7 @@ import gc
 import weakref
 
 import pytest
+from engine_reference import held
 
 from lib.settings import Settings
 from server.models.errors import MemoryBudgetFull, ModelInUse
@@ -37,7 +38,7 @@ def test_a_third_model_unloads_the_least_recently_used_of_two(tiny_hub, one_mode
 
 def test_a_model_under_running_work_is_never_unloaded(tiny_hub, one_model_bytes):
     r = registry(tiny_hub, memory_budget_gb=2.5 * one_model_bytes / 1e9)
-    with r.lease(A):  # A is the least recently used, but a job holds it
+    with held(r, A):  # A is the least recently used, but a job holds it
         r.get(B)
         r.get(C)
         assert sorted(lm.spec.name for lm in r.loaded()) == sorted([A, C])
@@ -49,7 +50,7 @@ def test_a_model_under_running_work_is_never_unloaded(tiny_hub, one_model_bytes)
 
 def test_loading_past_the_budget_with_every_model_busy_is_refused(tiny_hub, one_model_bytes):
     r = registry(tiny_hub, memory_budget_gb=1.5 * one_model_bytes / 1e9)
-    with r.lease(A), pytest.raises(MemoryBudgetFull, match="musicgen-small") as info:
+    with held(r, A), pytest.raises(MemoryBudgetFull, match="musicgen-small") as info:
         r.get(B)
     assert "AUDIOCRAFT_MEMORY_BUDGET_GB" in info.value.hint
     assert [lm.spec.name for lm in r.loaded()] == [A]
@@ -65,7 +66,7 @@ def test_idle_models_unload_after_the_timeout(tiny_hub):
     lm_a = r.get(A)
     r.get(B)
     assert r.unload_idle(now=lm_a.last_used + 30) == []
-    with r.lease(B):
+    with held(r, B):
         assert r.unload_idle(now=r.get(B).last_used + 61) == [A]  # B is held: it stays
     assert [lm.spec.name for lm in r.loaded()] == [B]
     assert registry(tiny_hub, model_idle_timeout_s=0).unload_idle(now=1e12) == []  # 0 = never

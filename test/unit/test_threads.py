@@ -179,13 +179,12 @@ def test_tokens_do_not_depend_on_the_thread_count(monkeypatch):
     import torch
 
     monkeypatch.setattr(threads, "ADAPTIVE", False)  # the test sets the counts itself
-    from bench.common import loaded_model
-    from lib.catalogue import get_spec
+    from engine_reference import tiny_lm
+
     from server.engine.decode import DecodeBatch, DecodeRequest
     from server.engine.fastlm import FastLM
-    from server.tiny.musicgen import build_tiny_model
 
-    lm = loaded_model("musicgen-small", build_tiny_model(get_spec("musicgen-small")))
+    lm = tiny_lm("musicgen-small")
     before = torch.get_num_threads()
     try:
         for precision in ("float32", "int8-dynamic"):

@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -32,6 +31,7 @@ from server.engine.codec import container, stream
 from server.engine.codec.container import BitWriter, Header, Layout
 from server.engine.codec.errors import EcdcError
 from server.engine.errors import UnsupportedRequest
+from server.models.loaded import CodecModel
 
 # The chunk the streaming encoder/decoder works on, in seconds of audio. Larger is a little faster
 # and uses more memory: on the real 24 kHz model, 5 s chunks hold ~100 MB of activations.
@@ -67,7 +67,7 @@ class Codec:
     device: torch.device
 
     @classmethod
-    def of(cls, loaded: Any) -> Codec:
+    def of(cls, loaded: CodecModel) -> Codec:
         model = loaded.model
         return cls(spec=loaded.spec, model=model, layout=layout_for(loaded.spec, model.config), device=loaded.device)
 
@@ -463,35 +463,6 @@ def read_plan(codec_for: Callable[[str], Codec], f: BinaryIO, size: int) -> tupl
     return plan_decode(codec, header, size - used, used), f
 
 
-def load_encodec(spec: ModelSpec, snapshot: Path, device: torch.device, dtype: torch.dtype):
-    """The registry's loader for kind "encodec": always float32, whatever the dtype setting.
-
-    Codes are argmins over distances: half precision would change them, and the model is small.
-    """
-    from transformers import EncodecModel
-
-    from server.models.loaded import LoadedModel
-
-    started = time.perf_counter()
-    model = EncodecModel.from_pretrained(snapshot, dtype=torch.float32, local_files_only=True)
-    model.to(device).eval()
-    config = model.config
-    if int(config.sampling_rate) != spec.sample_rate or int(config.audio_channels) != spec.channels:
-        raise ValueError(
-            f"{snapshot} holds a {config.sampling_rate} Hz, {config.audio_channels}-channel EnCodec; "
-            f"{spec.name} is {spec.sample_rate} Hz, {spec.channels}-channel"
-        )
-    return LoadedModel(
-        spec=spec,
-        model=model,
-        tokenizer=None,
-        device=device,
-        dtype=torch.float32,
-        source=snapshot,
-        load_time_s=time.perf_counter() - started,
-    )
-
-
 __all__ = [
     "Codec",
     "CodeChunk",
@@ -501,7 +472,6 @@ __all__ = [
     "encode_chunks",
     "encode_to_ecdc",
     "layout_for",
-    "load_encodec",
     "plan_decode",
     "read_plan",
     "write_ecdc_body",

@@ -27,7 +27,7 @@ async def health(request: Request) -> JSONResponse:
         device=svc.registry.device.type,
         uptime_s=round(time.time() - svc.started_at, 3),
         models=[
-            LoadedModel(name=lm.spec.name, device=lm.device.type, dtype=lm.precision) for lm in svc.registry.loaded()
+            LoadedModel(name=lm.spec.name, device=lm.device_type, dtype=lm.precision) for lm in svc.registry.loaded()
         ],
         queue=QueueState(queued=queued, running=running, capacity=svc.settings.queue_depth),
     )

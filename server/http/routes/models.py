@@ -31,7 +31,7 @@ def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
         installed=store.is_installed(spec, svc.settings.hub_cache),
         size_on_disk_bytes=store.size_on_disk_bytes(spec, svc.settings.hub_cache),
         loaded=lm is not None,
-        device=lm.device.type if lm else None,
+        device=lm.device_type if lm else None,
         dtype=lm.precision if lm else None,
         licence=spec.licence,
         sample_rate=spec.sample_rate,

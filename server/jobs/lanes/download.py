@@ -35,7 +35,7 @@ class DownloadLane(WorkerLane):
         self.settings = settings
 
     def recover(self, job: Job) -> None:
-        log.warning("download %s of %s was interrupted; it resumes", job.id, job.model)
+        log.warning("download %s of %s was interrupted; resuming it from its partial files", job.id, job.model)
 
     def stopping(self) -> None:
         """Downloads stop where they are at once (their partial files stay for the next start)."""

@@ -1,0 +1,30 @@
+"""The loader of each model kind: the one table the registry reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from lib.catalogue import ModelSpec
+from server.models.audiogen import load_audiogen
+from server.models.encodec import load_encodec
+from server.models.loaded import ResidentModel
+from server.models.musicgen import load_musicgen
+
+if TYPE_CHECKING:
+    import torch
+
+
+class Loader(Protocol):
+    def __call__(self, spec: ModelSpec, snapshot: Path, device: torch.device, precision: str) -> ResidentModel:
+        """Load `spec` from its local snapshot folder (no network) onto `device`; `precision` is the
+        one the settings give the model, which kinds without a quantized form ignore."""
+        ...
+
+
+LOADERS: dict[str, Loader] = {
+    "musicgen": load_musicgen,
+    "musicgen-melody": load_musicgen,
+    "audiogen": load_audiogen,
+    "encodec": load_encodec,
+}
