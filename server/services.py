@@ -29,7 +29,6 @@ class Services:
     scheduler: Scheduler
     started_at: float = field(default_factory=time.time)
     ready: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)  # serialises joins (one download per model)
     _reaper: threading.Thread | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 

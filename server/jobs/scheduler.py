@@ -151,6 +151,12 @@ class Scheduler:
             self._cond.notify_all()
         return jobs
 
+    def submit_unless_running(self, job: Job) -> Job:
+        """The unfinished job of the same kind and model if there is one (a second request for a model
+        joins its download), else `job`, submitted. One decision under the queue's lock."""
+        with self._cond:
+            return self.find(job.kind, job.model) or self.submit(job)
+
     def get(self, job_id: str) -> Job:
         job = self._live.get(job_id)
         if job is not None:

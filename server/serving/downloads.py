@@ -20,15 +20,14 @@ def active(svc: Services, spec: ModelSpec) -> Job | None:
 
 
 def start(svc: Services, spec: ModelSpec) -> Job:
-    """The running download of the model, or a new one."""
-    with svc.lock:  # two requests for one model: one download
-        job = active(svc, spec)
-        if job is not None:
-            return job
-        download.check_writable(svc.settings.hub_cache)
-        job = Job(kind=KIND, model=spec.name, request=DownloadRequest(model=spec.name), seed=0, priority=PRIORITY_BATCH)
-        job.detail = DownloadProgress(job_id=job.id, bytes_done=0, bytes_total=0)
-        return svc.scheduler.submit(job)
+    """The running download of the model (two requests for one model: one download), or a new one."""
+    running = active(svc, spec)
+    if running is not None:
+        return running
+    download.check_writable(svc.settings.hub_cache)
+    job = Job(kind=KIND, model=spec.name, request=DownloadRequest(model=spec.name), seed=0, priority=PRIORITY_BATCH)
+    job.detail = DownloadProgress(job_id=job.id, bytes_done=0, bytes_total=0)
+    return svc.scheduler.submit_unless_running(job)
 
 
 def require(svc: Services, spec: ModelSpec) -> Job | None:

@@ -97,7 +97,9 @@ async def job_audio(request: Request) -> Response:
         raise Conflict(f"job {job.id} is {job.state}", code="job_not_finished", hint=f"GET /api/jobs/{job.id}/events")
     if job.state != "succeeded":
         return failed_response(job)
-    if job.result is not None and job.result.file is not None:  # a codec job's answer, as made
+    if job.result is None:
+        raise Conflict(f"a {job.kind} job has no audio", code="no_audio", hint=f"GET /api/jobs/{job.id} shows it")
+    if job.result.file is not None:  # a codec job's answer, as made
         path = svc.scheduler.artifacts.path(job.id, job.result.file)
         return FileResponse(path, media_type=job.result.media_type, filename=f"{job.id}{path.suffix}")
     overrides = {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}
