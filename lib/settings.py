@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -140,16 +140,65 @@ class Settings(BaseSettings):
         0, ge=0, description="Threads for torch; 0 = one per usable core (affinity and cgroup CPU quota)"
     )
 
+    # Past one machine (server/jobs/cluster/): the queue on Redis, shared by API nodes and workers.
+    queue_url: str = Field(
+        "",
+        pattern=r"^$|^(redis|rediss|unix)://",
+        description=(
+            "The job queue: empty = SQLite under data_dir (one process, nothing else to run); "
+            "redis://host:6379/0 = Redis, shared by API nodes and workers (`serve --role`)"
+        ),
+    )
+    role: Literal["all", "api", "worker"] = Field(
+        "all",
+        description=(
+            "What `serve` runs: all (the API and the lanes in one process); api (the API only: no model, "
+            "no torch); worker (the lanes, with /health and /metrics). api and worker need queue_url"
+        ),
+    )
+    artifacts_dir: Path | None = Field(
+        None,
+        description=(
+            "Job audio and inputs; default data_dir/artifacts. API nodes and workers on several machines "
+            "share it (a shared volume or NFS)"
+        ),
+    )
+    queue_visibility_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Redis queue: a job whose worker sent no heartbeat for this long is claimed by another worker "
+            "and runs again with its seed"
+        ),
+    )
+    worker_id: str = Field(
+        "",
+        pattern=r"^[\w.-]*$",
+        description=(
+            "Redis queue: this worker's name in the consumer group; default host-pid. A stable name lets a "
+            "restarted worker take back its own unfinished jobs at once"
+        ),
+    )
+
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="The server's log level: debug, info, warning or error (any case)"
     )
 
     # Enum-like settings take any case (the platform's defaults say AUDIOCRAFT_LOG_LEVEL=INFO).
-    @field_validator("device", "dtype", "model_dtype", "runtime", "torch", "log_level", mode="before")
+    @field_validator("device", "dtype", "model_dtype", "runtime", "torch", "log_level", "role", mode="before")
     @classmethod
     def _any_case(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _roles_share_a_queue(self) -> Settings:
+        if self.role != "all" and not self.queue_url:
+            raise ValueError(
+                f"role {self.role!r} shares the job queue with other processes: set queue_url "
+                "(AUDIOCRAFT_QUEUE_URL=redis://host:6379/0), or run role 'all'"
+            )
+        return self
 
     def stride_s(self, kind: str) -> float:
         """New seconds per window of long-form generation, for a model kind."""
@@ -164,6 +213,10 @@ class Settings(BaseSettings):
             if ALIASES.get(name.strip(), name.strip()) == model and value.strip():
                 return value.strip()
         return self.dtype
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifacts_dir if self.artifacts_dir is not None else self.data_dir / "artifacts"
 
     @property
     def hub_cache(self) -> Path:

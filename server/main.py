@@ -23,7 +23,7 @@ def build_services(settings: Settings) -> Services:
     from server.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
-    artifacts = ArtifactStore(settings.data_dir / "artifacts")
+    artifacts = ArtifactStore(settings.artifacts)
     lanes = [
         DecodeLane(lambda kind, model: BatchRunner(registry, artifacts, kind, model), settings.max_batch),
         CodecLane(registry, artifacts, settings),

@@ -1,8 +1,10 @@
-"""The one job queue. Every task (generation, codec, download) is a job here: stored durably, listed,
-followed and cancelled the same way. Queued jobs wait in one priority order (synchronous requests
-before bulk work, then by age); the lane that owns a job's kind (server/jobs/lane.py) takes it from
-the queue when it has room and runs it. A job may run after another (`Job.after`, a generation after
-its model's download): it is ready once that one succeeds, and fails with its error otherwise.
+"""The one job queue, embedded: SQLite records (server/jobs/store.py) and the live jobs in this process;
+`make run` needs nothing else (server/jobs/cluster/ holds the same queue on Redis). Every task
+(generation, codec, download) is a job here: stored durably, listed, followed and cancelled the same
+way. Queued jobs wait in one priority order (synchronous requests before bulk work, then by age); the
+lane that owns a job's kind (server/jobs/lane.py) takes it from the queue when it has room and runs
+it. A job may run after another (`Job.after`, a generation after its model's download): it is ready
+once that one succeeds, and fails with its error otherwise.
 
 Every state change goes to the durable store as it happens; on start, jobs that were queued or
 running when the last process died are queued again (same id, same seed), each lane recovering its
@@ -12,27 +14,25 @@ own. Torch-free: the runners behind the lanes bring the engine, and only the com
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from lib.errors import Unavailable
 from server import metrics
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.errors import JobNotFound, QueueFull
 from server.jobs.job import Job
 from server.jobs.lane import Lane
+from server.jobs.queue import Fits, JobQueue, predecessor_error
 from server.jobs.store import JobStore
 
 log = logging.getLogger("audiocraft.jobs")
 
-# fits(head, job): may `job` run together with `head`, the most urgent ready job of the lane?
-Fits = Callable[[Job, Job], bool]
 
+class Scheduler(JobQueue):
+    """The embedded queue: SQLite records, the live jobs and their order in this process."""
 
-class Scheduler:
     def __init__(
         self,
         lanes: Sequence[Lane],
@@ -41,63 +41,19 @@ class Scheduler:
         queue_depth: int,
         retention_s: float,
     ):
-        self.lanes = list(lanes)
+        super().__init__(lanes, artifacts, queue_depth, retention_s)
         self.store = store
-        self.artifacts = artifacts
-        self.queue_depth = queue_depth
-        self.retention_s = retention_s
-        self._lane_of: dict[str, Lane] = {}
-        self.request_types: dict[str, type] = {}
-        for lane in self.lanes:
-            for kind, schema in lane.kinds.items():
-                if kind in self._lane_of:
-                    raise ValueError(f"job kind {kind!r} belongs to two lanes")
-                self._lane_of[kind] = lane
-                self.request_types[kind] = schema
-            lane.bind(self)
         self._live: dict[str, Job] = {}  # queued and running jobs; finished ones live in the store
         self._queue: list[Job] = []
         self._cond = threading.Condition()
-        self._stopping = False
-        self._stop_deadline = 0.0
-        self._started = False
-        self._job_seconds: list[float] = []
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        self.recover()
-        self.clean_up()
-        self._stopping = False
-        for lane in self.lanes:
-            lane.start()
-        self._started = True
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Admit nothing more; let running jobs finish within timeout_s. Whatever still runs then is
-        left unfinished: the store says 'running', so it runs again at the next start."""
+    def _begin_stop(self, deadline: float) -> None:
+        """Whatever still runs at the deadline is left unfinished: the store says 'running', so it runs
+        again at the next start."""
         with self._cond:
-            self._stopping = True
-            self._stop_deadline = time.monotonic() + timeout_s
+            super()._begin_stop(deadline)
             self._cond.notify_all()
-        for lane in self.lanes:
-            lane.stopping()
-        for lane in self.lanes:
-            lane.stop()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def time_left_s(self) -> float:
-        """Until the stop deadline (only meaningful while stopping)."""
-        return self._stop_deadline - time.monotonic()
-
-    def past_deadline(self) -> bool:
-        return self._stopping and time.monotonic() > self._stop_deadline
-
-    @property
-    def alive(self) -> bool:
-        return self._started and all(lane.alive for lane in self.lanes)
 
     def recover(self) -> int:
         rows = [r for r in self.store.unfinished() if r["id"] not in self._live]  # live: submitted before start
@@ -121,27 +77,12 @@ class Scheduler:
             self._sort()
         return len(jobs)
 
-    def clean_up(self) -> int:
-        """Finished jobs older than the retention, and their artifacts."""
-        old = self.store.finished_before(time.time() - self.retention_s)
-        for job_id in old:
-            self.artifacts.remove(job_id)
-        self.store.delete(old)
-        return len(old)
-
     # -- submission and queries ------------------------------------------------------------
-    def lane_for(self, kind: str) -> Lane:
-        return self._lane_of[kind]
-
-    def submit(self, job: Job) -> Job:
-        return self.submit_many([job])[0]
-
     def submit_many(self, jobs: list[Job]) -> list[Job]:
-        """All or nothing: if the queue can't take every job, none is taken."""
         with self._cond:
             if len(self._queue) + len(jobs) > self.queue_depth:
                 metrics.JOBS_REJECTED.inc()
-                raise QueueFull(len(self._queue), self._retry_after_s())
+                raise QueueFull(len(self._queue), self._retry_after_s(len(self._queue), self._job_seconds))
             self.store.insert_many([j.row() for j in jobs])
             for job in jobs:
                 self._live[job.id] = job
@@ -152,8 +93,7 @@ class Scheduler:
         return jobs
 
     def submit_unless_running(self, job: Job) -> Job:
-        """The unfinished job of the same kind and model if there is one (a second request for a model
-        joins its download), else `job`, submitted. One decision under the queue's lock."""
+        """One decision under the queue's lock."""
         with self._cond:
             return self.find(job.kind, job.model) or self.submit(job)
 
@@ -167,12 +107,10 @@ class Scheduler:
         return Job.from_row(row, self.request_types)
 
     def find(self, kind: str, model: str) -> Job | None:
-        """The oldest unfinished job of this kind for this model (a download to join)."""
         matches = [j for j in list(self._live.values()) if j.kind == kind and j.model == model and not j.finished]
         return min(matches, key=lambda j: j.created_at) if matches else None
 
     def position(self, job: Job) -> int | None:
-        """How many queued jobs of its lane go before it; None once it runs."""
         with self._cond:
             if job not in self._queue:
                 return None
@@ -199,29 +137,13 @@ class Scheduler:
         return job
 
     def counts(self) -> tuple[int, int]:
-        """(queued, running) over every lane."""
         return len(self._queue), sum(len(lane.running()) for lane in self.lanes)
 
     def busy_models(self) -> set[str]:
-        """Models that queued or running jobs need."""
         return {j.model for j in list(self._live.values())}
-
-    async def wait(self, job: Job) -> Job:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-
-        job.on_done(wake)
-        await done
-        return job
 
     # -- for the lanes -----------------------------------------------------------------------
     def take(self, lane: Lane, limit: int, block: bool, fits: Fits | None = None) -> list[Job]:
-        """Up to `limit` of the most urgent ready jobs of the lane, marked running. With `fits`, the
-        most urgent one must fit (else nothing is taken: it waits for the lane to drain) and the
-        others taken must fit with it. `block` waits for work; [] when the queue is stopping."""
         with self._cond:
             while True:
                 if self._stopping:
@@ -257,11 +179,7 @@ class Scheduler:
             if before.state != "succeeded":
                 self._queue.remove(job)
                 mine.remove(job)
-                error = before.error or Unavailable(
-                    f"the {before.kind} job {before.id} this job waited for was {before.state}",
-                    code=f"{before.kind}_failed",
-                )
-                job.finish("failed", error)
+                job.finish("failed", predecessor_error(before.kind, before.id, before.state, before.error))
         return [j for j in mine if j.waits_for is None]
 
     def _track(self, job: Job) -> None:
@@ -300,9 +218,3 @@ class Scheduler:
     def _sort(self) -> None:
         self._queue.sort(key=lambda j: (j.priority, j.created_at))
         metrics.QUEUE_DEPTH.set(len(self._queue))
-
-    def _retry_after_s(self) -> int:
-        recent = self._job_seconds[-20:]
-        per_job = sum(recent) / len(recent) if recent else 10.0
-        parallel = max([1] + [lane.capacity for lane in self.lanes])  # the widest lane: the decode batch
-        return max(1, round(per_job * max(1, len(self._queue)) / parallel))

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from lib.schemas import ErrorBody, MusicRequest
+from server.jobs import queue as queue_module
 from server.jobs import scheduler as scheduler_module
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.errors import JobNotFound, QueueFull
@@ -216,6 +217,7 @@ class FakeRunner:
 def clock(monkeypatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(scheduler_module, "time", fake)
+    monkeypatch.setattr(queue_module, "time", fake)  # the stop deadline, which every backend shares
     return fake
 
 

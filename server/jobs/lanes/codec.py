@@ -15,13 +15,14 @@ from pathlib import Path
 
 from lib.errors import ServiceError
 from lib.files import copy_atomic
-from lib.schemas import DecodeJob, EncodeJob, JobResult, codec_info
+from lib.schemas import EncodeJob, JobResult, codec_info
 from lib.settings import Settings
 from server.engine import threads
 from server.engine.codec.codec import Codec
 from server.engine.codec.service import DecodedFile, EncodedFile, decode_file, encode_file, open_ecdc
 from server.jobs.artifacts import UPLOAD, ArtifactStore, answer_name
 from server.jobs.job import Job
+from server.jobs.kinds import CODEC
 from server.jobs.lane import WorkerLane
 from server.models.registry import ModelRegistry
 
@@ -34,7 +35,7 @@ class _Stopped(Exception):
 
 class CodecLane(WorkerLane):
     name = "codec"
-    kinds = {"encode": EncodeJob, "decode": DecodeJob}
+    kinds = CODEC
 
     def __init__(self, registry: ModelRegistry, artifacts: ArtifactStore, settings: Settings, workers: int = 1):
         super().__init__(workers)

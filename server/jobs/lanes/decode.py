@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from lib.errors import Internal, ServiceError
-from lib.schemas import ContinuationRequest, MelodyRequest, MusicRequest, SoundRequest
 from server import metrics
 from server.jobs.job import Job
+from server.jobs.kinds import DECODE
 from server.jobs.lane import Lane
 
 log = logging.getLogger("audiocraft.jobs")
@@ -41,7 +41,7 @@ RunnerFactory = Callable[[str, str], Runner]  # (kind, model) -> runner
 
 class DecodeLane(Lane):
     name = "decode"
-    kinds = {"music": MusicRequest, "sound": SoundRequest, "melody": MelodyRequest, "continuation": ContinuationRequest}
+    kinds = DECODE
 
     def __init__(self, new_runner: RunnerFactory, max_batch: int):
         super().__init__()

@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 from lib.catalogue import get_spec
 from lib.errors import Internal
-from lib.schemas import DownloadProgress, DownloadRequest
+from lib.schemas import DownloadProgress
 from lib.settings import Settings
 from server.hub import download
 from server.jobs.job import Job
+from server.jobs.kinds import DOWNLOAD
 from server.jobs.lane import WorkerLane
 
 log = logging.getLogger("audiocraft.downloads")
@@ -28,7 +29,7 @@ KIND = "download"
 
 class DownloadLane(WorkerLane):
     name = "download"
-    kinds = {KIND: DownloadRequest}
+    kinds = DOWNLOAD
 
     def __init__(self, settings: Settings, workers: int = 2):
         super().__init__(workers)
