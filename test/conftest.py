@@ -29,3 +29,46 @@ def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     hub = tmp_path_factory.mktemp("hub")
     write_tiny_models(hub)
     return hub
+
+
+# -- the job queue's backends ------------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `backend` runs against both job queues, unless marked sqlite_only."""
+    if "backend" in metafunc.fixturenames:
+        names = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else ["sqlite", "redis"]
+        metafunc.parametrize("backend", names, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """One redis-server for the session (AOF, fsync always), on a free loopback port; stopped after."""
+    from redis_server import RedisServer, ensure_installed
+
+    why_not = ensure_installed()
+    if why_not:
+        pytest.skip(why_not)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """A database of the session's Redis, emptied for this test."""
+    import redis
+
+    url = redis_server.url(db=1)
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path):
+    from job_backends import Backend
+
+    if request.param == "redis":
+        return Backend("redis", tmp_path, request.getfixturevalue("redis_url"))
+    return Backend("sqlite", tmp_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lib.errors import NotFound, TooManyRequests
+from lib.errors import NotFound, TooManyRequests, Unavailable
 
 
 class QueueFull(TooManyRequests):
@@ -24,3 +24,17 @@ class JobNotFound(NotFound, LookupError):
     def __init__(self, job_id: str):
         super().__init__(f"there is no job '{job_id}'", hint="GET /api/jobs lists them")
         self.job_id = job_id
+
+
+class QueueUnavailable(Unavailable):
+    """The Redis the queue lives on cannot be reached (server/jobs/cluster/): every call that needs it
+    answers this at once, and the next call tries again."""
+
+    code = "queue_unavailable"
+
+    def __init__(self, where: str):
+        super().__init__(
+            f"the job queue (Redis at {where}) cannot be reached",
+            hint="retry shortly; this node reconnects by itself once Redis answers (AUDIOCRAFT_QUEUE_URL)",
+            headers={"Retry-After": "5"},
+        )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -222,9 +221,11 @@ def clock(monkeypatch) -> FakeClock:
 
 
 @pytest.fixture
-def make_scheduler(tmp_path, clock):
+def make_scheduler(backend, tmp_path, clock):
     """make(...) -> (scheduler, its fake runners); started unless start=False. Each scheduler is
-    stopped at the end of the test, its steps running freely, and its store closed."""
+    stopped at the end of the test, its steps running freely, and its store closed. Every test that
+    uses it runs against both backends (test/job_backends.py); `db` is SQLite's file (Redis: the
+    test's database, whatever `db` says). On Redis each scheduler is a worker of its own name."""
     made: list[tuple[Scheduler, FakeRunners]] = []
 
     def make(
@@ -236,12 +237,13 @@ def make_scheduler(tmp_path, clock):
         start: bool = True,
     ) -> tuple[Scheduler, FakeRunners]:
         runners = FakeRunners()
-        sched = Scheduler(
+        sched = backend.queue(
             [DecodeLane(runners, max_batch)],
-            store=JobStore(db or tmp_path / "jobs.sqlite3"),
+            store=backend.store(db),
             artifacts=ArtifactStore(tmp_path / "artifacts"),
             queue_depth=queue_depth,
             retention_s=retention_s,
+            **({"consumer": f"worker-{len(made)}"} if backend.name == "redis" else {}),
         )
         made.append((sched, runners))
         if start:
@@ -448,6 +450,7 @@ def test_unknown_job_ids_are_not_found(make_scheduler):
 
 
 # ----------------------------------------------------------------------------------- recovery
+@pytest.mark.sqlite_only  # a crash of SQLite's file; Redis's own: test/unit/test_redis_queue.py
 def test_recovery_after_a_crash_requeues_unfinished_jobs_with_their_id_and_seed(make_scheduler, tmp_path):
     """A crash is what the store says at that moment: copy the SQLite file (and its WAL) while the
     worker holds a running batch, as a killed process would leave them, and start over on the copy."""
@@ -494,6 +497,7 @@ def test_recovery_after_a_crash_requeues_unfinished_jobs_with_their_id_and_seed(
     assert second.store.get(cancelled.id)["state"] == "cancelled"
 
 
+@pytest.mark.sqlite_only  # rows written straight into the file; on Redis the ready sets are the queue
 def test_recovery_from_stored_rows_runs_queued_and_running_jobs_only(make_scheduler, tmp_path):
     db = tmp_path / "jobs.sqlite3"
     jobs = {state: make_job(steps=1) for state in ("queued", "running", "succeeded", "failed", "cancelled")}
@@ -544,7 +548,9 @@ def test_stop_lets_running_jobs_finish_and_admits_nothing_more(make_scheduler):
     assert runners.interrupted == []
 
 
-def test_stop_interrupts_jobs_running_past_the_deadline_and_they_run_at_the_next_start(make_scheduler, clock, tmp_path):
+def test_stop_interrupts_jobs_running_past_the_deadline_and_they_run_at_the_next_start(
+    make_scheduler, clock, tmp_path, backend
+):
     sched, runners = make_scheduler(max_batch=2)
     short = make_job(steps=1)
     long = make_job(steps=5)
@@ -567,7 +573,7 @@ def test_stop_interrupts_jobs_running_past_the_deadline_and_they_run_at_the_next
 
     assert runners.interrupted == [long.id]
     assert long.state == "running" and not long.finished and on_done_calls == []
-    assert stored_state(sched, long) == "running"  # so the next start runs it
+    assert stored_state(sched, long) == backend.interrupted_state  # so the next start (or worker) runs it
     assert [ids for _, ids in runners.batches] == [[short.id, long.id], [long.id, queued.id], [long.id]]
 
     restarted, runners2 = make_scheduler(max_batch=2, db=tmp_path / "jobs.sqlite3")
@@ -624,13 +630,13 @@ def test_running_jobs_do_not_count_against_the_queue_and_a_cancel_makes_room(mak
     sched.submit(make_job())
 
 
-def test_a_batch_with_a_duplicate_id_is_not_taken_at_all(make_scheduler):
+def test_a_batch_with_a_duplicate_id_is_not_taken_at_all(make_scheduler, backend):
     sched, _ = make_scheduler(start=False)
     first = make_job()
     twin = make_job()
     twin.id = first.id
     fresh = make_job()
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(backend.duplicate_error):
         sched.submit_many([fresh, first, twin])
     assert sched.store.get(fresh.id) is None and sched.store.get(first.id) is None
     assert sched.counts() == (0, 0)
@@ -656,6 +662,7 @@ def test_a_failing_step_fails_its_batch_and_the_worker_goes_on(make_scheduler):
     assert c.state == "succeeded" and sched.alive
 
 
+@pytest.mark.sqlite_only  # waits_for set on live objects; `after` (stored) is in test_lanes.py, both backends
 def test_a_job_waiting_for_its_models_download_runs_once_the_download_succeeds(make_scheduler):
     sched, runners = make_scheduler()
     download = make_job()  # stands for the download job: only its end matters here
@@ -719,11 +726,11 @@ def test_clean_up_removes_old_finished_jobs_and_their_artifacts(make_scheduler):
     assert sched.clean_up() == 0
 
 
-def test_start_cleans_up_before_it_runs_anything(make_scheduler, tmp_path):
+def test_start_cleans_up_before_it_runs_anything(make_scheduler, tmp_path, backend):
     db = tmp_path / "jobs.sqlite3"
     old = make_job()
     old.state, old.finished_at = "succeeded", time.time() - 7200
-    store = JobStore(db)
+    store = backend.store(db)
     store.insert(old.row())
     store.close()
     ArtifactStore(tmp_path / "artifacts").write(old.id, "audio.wav", b"RIFF")
