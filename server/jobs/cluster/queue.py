@@ -352,7 +352,9 @@ class RedisScheduler(JobQueue):
     def reap(self) -> int:
         """Jobs held by workers silent for visibility_s go back to the queue (any worker runs this)."""
         idle_ms = int(self.visibility_s * 1000)
-        return sum(self._reclaim(lane.name, "idle", [], idle_ms, announce=True) for lane in self.lanes)
+        return sum(
+            self._reclaim(lane, "idle", [], idle_ms, announce=True) for lane in sorted(set(self.lane_names.values()))
+        )
 
     def stats(self) -> dict[str, int]:
         """Counters over the queue's life: finished, dropped (late finishes refused), reclaimed."""

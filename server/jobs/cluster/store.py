@@ -28,6 +28,8 @@ import json
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from lib.schemas import ErrorBody, JobResult
 from server.jobs.job import FINAL_STATES, STATES, UNFINISHED_STATES
@@ -115,6 +117,8 @@ def connect(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url,
         decode_responses=True,
+        # One quick retry: the first call after Redis restarts finds a stale socket and reconnects.
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
         socket_connect_timeout=2.0,
         socket_timeout=10.0,  # past the longest blocking read (queue.NOTIFY_BLOCK_MS)
         health_check_interval=15,

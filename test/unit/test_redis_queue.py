@@ -1,0 +1,247 @@
+"""What only the Redis queue has: several workers on one queue, a silent worker's jobs claimed by
+another (XAUTOCLAIM past the visibility timeout), the fence that drops a presumed-dead worker's late
+finish, a cancel that reaches another worker, progress written for other processes to read, and a
+503 that says so while Redis is out of reach. (What both backends share runs in test_scheduler.py
+and test_lanes.py, parametrised.)
+
+Workers here are RedisSchedulers of their own names in this process; a lane that never takes work
+stands for a worker that holds a job and goes silent. No waits on wall time: the reaper is called with
+the visibility timeout it has, and a "silent" worker is one whose heartbeat never ran.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+from server.jobs.artifacts import ArtifactStore
+from server.jobs.cluster.queue import RedisScheduler
+from server.jobs.cluster.store import RedisJobStore, connect
+from server.jobs.errors import QueueUnavailable
+from server.jobs.job import Job
+from server.jobs.lane import WorkerLane
+
+HANG_GUARD_S = 10.0
+
+
+class Work(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+class Gated(WorkerLane):
+    """Runs each job until the test says how it ends: release(job_id, state)."""
+
+    name = "work"
+    kinds = {"work": Work}
+
+    def __init__(self) -> None:
+        super().__init__(workers=1)
+        self.started = threading.Event()
+        self.running_job: Job | None = None
+        self._outcome: dict[str, str] = {}
+        self._cond = threading.Condition()
+
+    def release(self, job_id: str, state: str = "succeeded") -> None:
+        with self._cond:
+            self._outcome[job_id] = state
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._outcome["*"] = "stop"
+            self._cond.notify_all()
+        super().stop()
+
+    def run(self, job: Job) -> None:
+        self.running_job = job
+        self.started.set()
+        with self._cond:  # a cancel is an event, not a notify: look at it often
+            for _ in range(int(HANG_GUARD_S / 0.01)):
+                if job.id in self._outcome or "*" in self._outcome or job.cancel_requested.is_set():
+                    break
+                self._cond.wait(0.01)
+            outcome = self._outcome.get(job.id)
+        if job.cancel_requested.is_set():
+            job.finish("cancelled")
+        elif outcome is not None:
+            job.progress = 0.5
+            job.finish(outcome)
+
+
+@pytest.fixture
+def workers(redis_url, tmp_path):
+    """make(name, lanes=True) -> (queue, lane); each stopped at the end."""
+    made: list[RedisScheduler] = []
+
+    def make(name: str, with_lane: bool = True, start: bool = True, visibility_s: float = 30.0):
+        lane = Gated()
+        queue = RedisScheduler(
+            [lane] if with_lane else [],
+            RedisJobStore(connect(redis_url)),
+            ArtifactStore(tmp_path / "artifacts"),
+            queue_depth=10,
+            retention_s=3600,
+            kinds={"work": {"work": Work}},
+            visibility_s=visibility_s,
+            consumer=name,
+        )
+        made.append(queue)
+        if start:
+            queue.start()
+        return queue, lane
+
+    yield make
+    for queue in made:
+        queue.stop(timeout_s=0)
+        queue.store.close()
+
+
+def work(text: str = "x", seed: int = 7) -> Job:
+    return Job(kind="work", model="m", request=Work(text=text), seed=seed)
+
+
+def ended(job: Job) -> Job:
+    done = threading.Event()
+    job.on_done(done.set)
+    assert done.wait(HANG_GUARD_S), f"job {job.id} ({job.state}) did not end"
+    return job
+
+
+def test_an_api_node_without_lanes_submits_and_a_worker_runs_it(workers):
+    api, _ = workers("api", with_lane=False)
+    worker, lane = workers("w1")
+    job = api.submit(work())
+    assert lane.started.wait(HANG_GUARD_S)
+    assert api.get(job.id).state == "running" and api.counts() == (0, 1)
+    lane.release(job.id)
+    ended(job)  # the API's own object ends when the record does (its sync thread reads it)
+    assert job.state == "succeeded" and job.progress == 1.0
+    assert api.list()[1] == 1 and worker.stats()["finished"] == 1
+
+
+def test_a_silent_workers_job_is_claimed_by_another_and_runs_again_with_its_seed(workers):
+    api, _ = workers("api", with_lane=False)
+    dead, dead_lane = workers("dead", visibility_s=30.0)
+    job = api.submit(work(seed=1234))
+    assert dead_lane.started.wait(HANG_GUARD_S)
+    first_attempt = dead_lane.running_job
+    dead._halt.set()  # its heartbeats stop, as when the process is killed
+    dead._syncer.join(HANG_GUARD_S)
+
+    alive, alive_lane = workers("alive")
+    reaper, _ = workers("reaper", with_lane=False, visibility_s=0.001)  # for it, any entry idle 1 ms is silent
+    assert reaper.reap() == 1
+    assert alive_lane.started.wait(HANG_GUARD_S)
+    second = alive_lane.running_job
+    assert (second.id, second.seed, second.attempts) == (job.id, 1234, 2)
+    assert api.get(job.id).state == "running"
+
+    # The presumed-dead worker wakes and finishes first: its finish is refused (fenced by attempt).
+    dead_lane.release(job.id, "failed")
+    ended(first_attempt)
+    assert api.store.get(job.id)["state"] == "running"
+    assert alive.stats().get("dropped") == 1
+
+    alive_lane.release(job.id)
+    ended(job)
+    row = api.store.get(job.id)
+    assert (row["state"], row["attempts"], row["seed"]) == ("succeeded", 2, 1234)
+    assert alive.stats()["finished"] == 1 and alive.stats()["reclaimed"] == 1
+    assert reaper.reap() == 0
+    assert api.redis.xlen(api.keys.run("work")) == 0  # every attempt's entry acknowledged and gone
+
+
+def test_a_heartbeating_worker_keeps_its_job(workers):
+    api, _ = workers("api", with_lane=False)
+    busy, lane = workers("busy")
+    job = api.submit(work())
+    assert lane.started.wait(HANG_GUARD_S)
+    busy._heartbeat()  # what its sync thread does every TICK_S
+    other, _ = workers("other", visibility_s=60.0)
+    assert other.reap() == 0
+    lane.release(job.id)
+    assert ended(job).state == "succeeded"
+
+
+def test_a_cancel_reaches_the_worker_that_runs_the_job(workers):
+    api, _ = workers("api", with_lane=False)
+    worker, lane = workers("w1")
+    job = api.submit(work())
+    assert lane.started.wait(HANG_GUARD_S)
+    api.cancel(job.id)  # another process: the flag is in the record; the worker reads it at its heartbeat
+    assert ended(job).state == "cancelled"
+    assert api.store.get(job.id)["state"] == "cancelled"
+
+
+def test_a_job_cancelled_while_its_worker_was_silent_ends_cancelled(workers):
+    api, _ = workers("api", with_lane=False)
+    dead, dead_lane = workers("dead")
+    job = api.submit(work())
+    assert dead_lane.started.wait(HANG_GUARD_S)
+    dead._halt.set()
+    dead._syncer.join(HANG_GUARD_S)
+    api.cancel(job.id)
+    _, lane = workers("alive")
+    reaper, _ = workers("reaper", with_lane=False, visibility_s=0.001)
+    assert reaper.reap() == 1
+    assert ended(job).state == "cancelled" and not lane.started.is_set()
+
+
+def test_progress_is_in_the_record_for_other_nodes(workers):
+    api, _ = workers("api", with_lane=False)
+    worker, lane = workers("w1")
+    job = api.submit(work())
+    assert lane.started.wait(HANG_GUARD_S)
+    lane.running_job.progress, lane.running_job.eta_s = 0.25, 3.5
+    worker._heartbeat()
+    seen = api.get(job.id)
+    assert (seen.progress, seen.eta_s) == (0.25, 3.5)
+    lane.release(job.id)
+    ended(job)
+
+
+def test_a_download_is_joined_across_nodes(workers):
+    """submit_unless_running is one decision in Redis: two API nodes, one job."""
+    one, _ = workers("api-1", with_lane=False)
+    two, _ = workers("api-2", with_lane=False)
+    first = one.submit_unless_running(work("m"))
+    again = two.submit_unless_running(work("m"))
+    assert again.id == first.id and two.counts() == (1, 0)
+
+
+def test_a_stopping_worker_hands_its_job_back_at_once(workers):
+    api, _ = workers("api", with_lane=False)
+    leaving, lane = workers("leaving")
+    job = api.submit(work())
+    assert lane.started.wait(HANG_GUARD_S)
+    leaving.stop(timeout_s=0)  # the lane returns without finishing it
+    assert api.store.get(job.id)["state"] == "queued"
+    staying, lane2 = workers("staying")
+    assert lane2.started.wait(HANG_GUARD_S)
+    lane2.release(job.id)
+    assert ended(job).state == "succeeded" and api.store.get(job.id)["attempts"] == 2
+
+
+def test_redis_out_of_reach_is_a_503_that_says_so(tmp_path):
+    from server_process import free_port
+
+    queue = RedisScheduler(
+        [],
+        RedisJobStore(connect(f"redis://127.0.0.1:{free_port()}/0")),  # nothing listens there
+        ArtifactStore(tmp_path / "artifacts"),
+        queue_depth=10,
+        retention_s=3600,
+        kinds={"work": {"work": Work}},
+    )
+    queue.start()  # starts all the same: it answers 503 until Redis is back
+    try:
+        for call in (lambda: queue.submit(work()), lambda: queue.get("x"), queue.counts, queue.list):
+            with pytest.raises(QueueUnavailable) as err:
+                call()
+            assert err.value.status == 503 and "cannot be reached" in err.value.message
+            assert err.value.headers["Retry-After"]
+    finally:
+        queue.stop(timeout_s=0)
