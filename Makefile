@@ -34,7 +34,10 @@ lint: install-test
 
 # The pytest suites, then the docker phase (which reports SKIPPED, not a failure, without a way to run
 # a Docker engine).
+# The Redis queue's tests start their own redis-server (Debian's, installed here when missing; without
+# it they skip and say why).
 test: install-test lint
+	-bash test/redis/ensure-redis.sh
 	$(VENV)/bin/pytest test
 	$(MAKE) --no-print-directory test-docker
 

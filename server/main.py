@@ -1,42 +1,76 @@
 """The composition root: settings -> model registry -> lanes -> job queue -> services -> the app.
 `resource-audiocraft serve`, `python -m server` and the container land here. The only module that
-brings the engine and the HTTP layer together."""
+brings the engine and the HTTP layer together. The role (settings.role) decides what is built:
+`all` (the default: the API and the lanes in one process), `api` (HTTP only, no model, no torch) or
+`worker` (the lanes, with /health and /metrics); api and worker share a Redis queue."""
 
 from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 
 from lib.settings import Settings
 from server.services import Services
 
+if TYPE_CHECKING:
+    from server.jobs.queue import JobQueue
+
 
 def build_services(settings: Settings) -> Services:
-    """Everything the app serves with. Imports the engine (torch)."""
+    """Everything the process serves with, for its role (settings.role): `all` and `worker` run the
+    lanes and import the engine (torch); `api` holds no model and imports no torch."""
     from server.jobs.artifacts import ArtifactStore
+
+    artifacts = ArtifactStore(settings.artifacts)
+    if settings.role == "api":
+        from server.jobs.kinds import LANES
+        from server.models.elsewhere import ModelsElsewhere
+
+        queue = build_queue(settings, [], artifacts, kinds=LANES)
+        return Services(settings=settings, registry=ModelsElsewhere(settings), scheduler=queue, runs_models=False)
+
     from server.jobs.lanes.batch import BatchRunner
     from server.jobs.lanes.codec import CodecLane
     from server.jobs.lanes.decode import DecodeLane
     from server.jobs.lanes.download import DownloadLane
-    from server.jobs.scheduler import Scheduler
-    from server.jobs.store import JobStore
     from server.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
-    artifacts = ArtifactStore(settings.artifacts)
     lanes = [
         DecodeLane(lambda kind, model: BatchRunner(registry, artifacts, kind, model), settings.max_batch),
         CodecLane(registry, artifacts, settings),
         DownloadLane(settings),
     ]
-    scheduler = Scheduler(
+    return Services(settings=settings, registry=registry, scheduler=build_queue(settings, lanes, artifacts))
+
+
+def build_queue(settings: Settings, lanes: list, artifacts, kinds=None) -> JobQueue:
+    """The job queue: SQLite under the data dir (the default: one process, nothing else to run), or
+    Redis at settings.queue_url, shared by API nodes and workers."""
+    retention_s = settings.job_retention_h * 3600
+    if not settings.queue_url:
+        from server.jobs.scheduler import Scheduler
+        from server.jobs.store import JobStore
+
+        store = JobStore(settings.data_dir / "jobs.sqlite3")
+        return Scheduler(
+            lanes, store=store, artifacts=artifacts, queue_depth=settings.queue_depth, retention_s=retention_s
+        )
+    from server.jobs.cluster.queue import RedisScheduler
+    from server.jobs.cluster.store import RedisJobStore, connect
+
+    return RedisScheduler(
         lanes,
-        store=JobStore(settings.data_dir / "jobs.sqlite3"),
-        artifacts=artifacts,
-        queue_depth=settings.queue_depth,
-        retention_s=settings.job_retention_h * 3600,
+        RedisJobStore(connect(settings.queue_url)),
+        artifacts,
+        settings.queue_depth,
+        retention_s,
+        kinds=kinds,
+        visibility_s=settings.queue_visibility_s,
+        consumer=settings.worker_id or None,
+        parallel=settings.max_batch,
     )
-    return Services(settings=settings, registry=registry, scheduler=scheduler)
 
 
 def log_config(settings: Settings) -> dict:
@@ -63,10 +97,12 @@ def serve(settings: Settings) -> None:
     threads.prepare_environment(settings.torch_threads)  # before anything imports torch
     import uvicorn
 
-    from server.http.app import create_app
+    from server.http.app import create_app, create_worker_app
 
+    services = build_services(settings)
+    app = create_worker_app(services) if settings.role == "worker" else create_app(services)
     uvicorn.run(
-        create_app(build_services(settings)),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -1,5 +1,6 @@
 """What the HTTP layer holds: the settings, the model registry and the job queue, started and stopped
-together. Built by the composition root (server/main.py build_services); torch-free itself."""
+together. Built by the composition root (server/main.py build_services) for the process's role;
+torch-free itself."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from lib.settings import Settings
 from server.engine import threads
 from server.hub import store
 from server.jobs.lanes.download import KIND as DOWNLOAD
-from server.jobs.scheduler import Scheduler
+from server.jobs.queue import JobQueue
 from server.models.errors import ModelInUse
 
 if TYPE_CHECKING:
@@ -25,8 +26,9 @@ CLEAN_UP_EVERY_S = 3600.0  # finished jobs past their retention go this often (a
 @dataclass
 class Services:
     settings: Settings
-    registry: ModelRegistry
-    scheduler: Scheduler
+    registry: ModelRegistry  # ModelsElsewhere on an API node
+    scheduler: JobQueue  # the embedded Scheduler (SQLite) or RedisScheduler
+    runs_models: bool = True  # False on an API node (`serve --role api`): no torch here
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _reaper: threading.Thread | None = None
@@ -38,7 +40,8 @@ class Services:
         return {"max_duration_s": self.settings.max_duration_s, "max_prompt_chars": self.settings.max_prompt_chars}
 
     def start(self) -> None:
-        threads.apply(self.settings.torch_threads)
+        if self.runs_models:
+            threads.apply(self.settings.torch_threads)
         self.scheduler.start()
         self._stopped.clear()
         self._reaper = threading.Thread(target=self._housekeeping, name="audiocraft-idle", daemon=True)

@@ -22,13 +22,17 @@ def serve_command(
     dtype: str | None = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16"),
     max_batch: int | None = typer.Option(None, "--max-batch", help="Requests decoded together"),
     queue_depth: int | None = typer.Option(None, "--queue-depth", help="Queued jobs before 429"),
-    max_duration: float | None = typer.Option(
-        None, "--max-duration", help="Longest audio one request may ask"
-    ),
-    torch_threads: int | None = typer.Option(
-        None, "--torch-threads", help="Threads for torch (0 = per core)"
-    ),
+    max_duration: float | None = typer.Option(None, "--max-duration", help="Longest audio one request may ask"),
+    torch_threads: int | None = typer.Option(None, "--torch-threads", help="Threads for torch (0 = per core)"),
     log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning or error"),
+    role: str | None = typer.Option(
+        None,
+        "--role",
+        help="all (API and lanes, the default), api (no model, no torch) or worker; api/worker need a queue URL",
+    ),
+    queue_url: str | None = typer.Option(
+        None, "--queue-url", help="redis://host:6379/0: the job queue API nodes and workers share (default: SQLite)"
+    ),
 ) -> None:
     """Run the server in the foreground (Ctrl-C stops it). Flags override AUDIOCRAFT_* settings."""
     settings = state(ctx).settings(
@@ -43,6 +47,8 @@ def serve_command(
         max_duration_s=max_duration,
         torch_threads=torch_threads,
         log_level=log_level,
+        role=role,
+        queue_url=queue_url,
     )
     try:
         from server.main import serve

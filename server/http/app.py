@@ -179,26 +179,11 @@ def create_app(svc: Services) -> Starlette:
     async def openapi(_request: Request) -> JSONResponse:
         return JSONResponse(document)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Starlette):
-        svc.start()
-        log.info(
-            "serving on %s:%s, device %s, models from %s",
-            settings.host,
-            settings.port,
-            svc.registry.device,
-            settings.hub_cache,
-        )
-        try:
-            yield
-        finally:
-            svc.stop()
-
     routes = [Route(ep.path, ep.handler, methods=[ep.method]) for ep in ENDPOINTS]
     routes.append(Route("/openapi.json", openapi, methods=["GET"]))
     app = Starlette(
         routes=routes,
-        lifespan=lifespan,
+        lifespan=_lifespan(svc),
         # Exception too: Starlette's outermost middleware answers it (and logs the traceback).
         exception_handlers={cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)},
     )
@@ -207,3 +192,41 @@ def create_app(svc: Services) -> Starlette:
     app.state.services = svc
     app.state.openapi = document
     return app
+
+
+def create_worker_app(svc: Services) -> Starlette:
+    """A worker's app (`serve --role worker`): its lanes run with the services; HTTP shows only its
+    /health and /metrics (the API is on the API nodes)."""
+    routes = [Route(ep.path, ep.handler, methods=[ep.method]) for ep in ENDPOINTS if ep.path in ("/health", "/metrics")]
+    app = Starlette(
+        routes=routes,
+        lifespan=_lifespan(svc),
+        exception_handlers={cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)},
+    )
+    if svc.settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=svc.settings.api_key)
+    app.state.services = svc
+    return app
+
+
+def _lifespan(svc: Services):
+    settings = svc.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):
+        svc.start()
+        log.info(
+            "serving (role %s) on %s:%s, device %s, models from %s, queue %s",
+            settings.role,
+            settings.host,
+            settings.port,
+            svc.registry.device,
+            settings.hub_cache,
+            "Redis" if settings.queue_url else "SQLite",
+        )
+        try:
+            yield
+        finally:
+            svc.stop()
+
+    return lifespan

@@ -24,6 +24,13 @@ TORCH_FREE = (
     "server.serving.generation",
     "server.serving.codec",
     "server.jobs.scheduler",
+    "server.jobs.queue",
+    "server.jobs.kinds",
+    # The API role (`serve --role api`): its composition, its queue on Redis, its model registry.
+    "server.main",
+    "server.jobs.cluster.queue",
+    "server.jobs.cluster.store",
+    "server.models.elsewhere",
     "server.jobs.lanes.decode",
     "server.jobs.lanes.download",
     "server.hub.store",
@@ -39,6 +46,21 @@ def test_the_module_imports_without_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", f"importing {module} loads torch"
+
+
+def test_an_api_node_builds_and_serves_without_torch():
+    """The whole of an API node's composition and app (Redis is not reached until a request needs it)."""
+    code = (
+        "import sys\n"
+        "from lib.settings import Settings\n"
+        "from server.main import build_services\n"
+        "from server.http.app import create_app\n"
+        "svc = build_services(Settings(role='api', queue_url='redis://127.0.0.1:1/0'))\n"
+        "create_app(svc)\n"
+        "print(type(svc.scheduler).__name__, type(svc.registry).__name__, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["RedisScheduler", "ModelsElsewhere", "False"]
 
 
 def _exception_classes() -> list[tuple[str, str]]:

@@ -1,0 +1,49 @@
+"""The model registry of an API node (`serve --role api`): it holds no model and imports no torch;
+the workers load the models their jobs need. It answers the registry's questions as a node with
+nothing loaded does, and a request to load a model here says where models live instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lib.errors import Conflict
+from lib.settings import Settings
+
+
+@dataclass(frozen=True)
+class NoDevice:
+    type: str = "none"
+
+    def __str__(self) -> str:
+        return "none (an API node: models run on the workers)"
+
+
+class ModelsElsewhere:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = NoDevice()
+
+    def loaded(self) -> list:
+        return []
+
+    def is_loaded(self, name: str) -> bool:
+        return False
+
+    def in_use(self, name: str) -> int:
+        return 0
+
+    def memory_of(self, name: str) -> int | None:
+        return None
+
+    def unload(self, name: str) -> bool:
+        return False
+
+    def unload_idle(self, now: float | None = None) -> list[str]:
+        return []
+
+    def get(self, name: str):
+        raise Conflict(
+            f"this node serves the API only and loads no model ({name} loads on a worker when a job needs it)",
+            code="api_node",
+            hint="send generation requests as usual: a worker loads the model for them",
+        )
