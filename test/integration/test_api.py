@@ -298,8 +298,9 @@ def test_cancel_running_and_queued_jobs(client):
     assert r.status_code == 409
 
 
-def test_queue_full_is_429_with_retry_after(tiny_hub, tmp_path):
-    with make_client(tiny_hub, tmp_path, queue_depth=1, max_batch=1) as c:
+def test_queue_full_is_429_with_retry_after(tiny_hub, tmp_path, backend):
+    on_redis = {"queue_url": backend.redis_url} if backend.name == "redis" else {}
+    with make_client(tiny_hub, tmp_path, queue_depth=1, max_batch=1, **on_redis) as c:
         codes = []
         jobs = []
         for i in range(4):
