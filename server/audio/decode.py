@@ -11,20 +11,32 @@ import soundfile as sf
 from server.audio.errors import AudioInputError
 
 SUPPORTED_HINT = "send a wav, flac, ogg, mp3 or m4a/aac file"
+# The one channel rule of every input (a melody, an audio prompt, an upload to encode): up to 5.1.
+# More is not music a model can follow nor a layout to guess a fold-down for: refused, not mixed.
+MAX_INPUT_CHANNELS = 6
+
+
+def check_channels(channels: int, name: str) -> None:
+    """AudioInputError past MAX_INPUT_CHANNELS; called as soon as a file's channel count is known."""
+    if channels > MAX_INPUT_CHANNELS:
+        raise AudioInputError(
+            f"{name} has {channels} channels; at most {MAX_INPUT_CHANNELS} are accepted. "
+            "Mix it down to mono or stereo and send it again"
+        )
 
 
 def read_audio(
     data: bytes,
     filename: str | None = None,
-    max_channels: int | None = None,
     max_duration_s: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Decode ``data`` into (float32 (channels, samples), sample_rate).
 
     soundfile (libsndfile) goes first: it is fast and exact for wav/flac/ogg/mp3. PyAV (ffmpeg)
     is the fallback for everything else (m4a/aac, webm, ...). Non-finite samples, which a float
-    wav can carry, become 0 so they cannot poison a model. ``max_channels`` and ``max_duration_s``
-    let callers refuse inputs they cannot use, or that would decode to an unreasonable size.
+    wav can carry, become 0 so they cannot poison a model. Files with more than MAX_INPUT_CHANNELS
+    are refused before they are decoded; ``max_duration_s`` refuses inputs that would decode to an
+    unreasonable size.
     """
     name = f"'{filename}'" if filename else "the uploaded file"
     if not data:
@@ -40,11 +52,6 @@ def read_audio(
     audio, sample_rate = decoded
     if audio.shape[1] == 0:
         raise AudioInputError(f"{name} contains no audio samples (empty or truncated); {SUPPORTED_HINT}")
-    if max_channels is not None and audio.shape[0] > max_channels:
-        raise AudioInputError(
-            f"{name} has {audio.shape[0]} channels; at most {max_channels} are accepted. "
-            "Mix it down to mono or stereo and send it again"
-        )
     return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0), sample_rate
 
 
@@ -58,6 +65,7 @@ def _read_with_soundfile(
 ) -> tuple[np.ndarray, int] | None:
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
+            check_channels(f.channels, name)
             # The header's frame count lets us refuse a long file before decoding all of it.
             if f.frames > 0:
                 _check_duration(f.frames, f.samplerate, name, max_duration_s)
@@ -78,6 +86,7 @@ def _read_with_pyav(data: bytes, name: str, max_duration_s: float | None) -> tup
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
+        check_channels(stream.codec_context.channels, name)
         # Decoders hand out many sample formats (s16 interleaved, fltp, ...); converting every frame
         # to planar float gives (channels, samples) blocks directly and keeps rate and layout.
         resampler = av.AudioResampler(format="fltp")
