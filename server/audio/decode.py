@@ -1,8 +1,10 @@
-"""Decode uploaded audio bytes into float32 arrays of shape (channels, samples)."""
+"""Decode uploaded audio (bytes, or a file such as a spooled upload) into float32 arrays of shape
+(channels, samples)."""
 
 from __future__ import annotations
 
 import io
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -25,12 +27,27 @@ def check_channels(channels: int, name: str) -> None:
         )
 
 
+def _rewound(data: bytes | BinaryIO) -> BinaryIO:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return io.BytesIO(data)
+    data.seek(0)
+    return data
+
+
+def _is_empty(data: bytes | BinaryIO) -> bool:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return not data
+    data.seek(0, io.SEEK_END)
+    return data.tell() == 0
+
+
 def read_audio(
-    data: bytes,
+    data: bytes | BinaryIO,
     filename: str | None = None,
     max_duration_s: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode ``data`` into (float32 (channels, samples), sample_rate).
+    """Decode ``data`` (bytes, or a seekable binary file: it is read, never closed) into
+    (float32 (channels, samples), sample_rate).
 
     soundfile (libsndfile) goes first: it is fast and exact for wav/flac/ogg/mp3. PyAV (ffmpeg)
     is the fallback for everything else (m4a/aac, webm, ...). Non-finite samples, which a float
@@ -39,7 +56,7 @@ def read_audio(
     unreasonable size.
     """
     name = f"'{filename}'" if filename else "the uploaded file"
-    if not data:
+    if _is_empty(data):
         raise AudioInputError(f"{name} is empty; {SUPPORTED_HINT}")
 
     decoded = _read_with_soundfile(data, name, max_duration_s)
@@ -61,10 +78,10 @@ def _check_duration(n_samples: int, sample_rate: int, name: str, max_duration_s:
 
 
 def _read_with_soundfile(
-    data: bytes, name: str, max_duration_s: float | None
+    data: bytes | BinaryIO, name: str, max_duration_s: float | None
 ) -> tuple[np.ndarray, int] | None:
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
+        with sf.SoundFile(_rewound(data)) as f:
             check_channels(f.channels, name)
             # The header's frame count lets us refuse a long file before decoding all of it.
             if f.frames > 0:
@@ -77,9 +94,11 @@ def _read_with_soundfile(
         return None
 
 
-def _read_with_pyav(data: bytes, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int] | None:
+def _read_with_pyav(
+    data: bytes | BinaryIO, name: str, max_duration_s: float | None
+) -> tuple[np.ndarray, int] | None:
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(_rewound(data), mode="r")
     except (av.FFmpegError, ValueError):
         return None
     with container:

@@ -3,6 +3,8 @@ model's rate and channel count."""
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import numpy as np
 
 from server.audio.decode import read_audio, to_channels
@@ -11,7 +13,7 @@ from server.audio.resample import resample
 
 
 def load_input(
-    data: bytes,
+    data: bytes | BinaryIO,
     sample_rate: int,
     channels: int,
     max_duration_s: float,
