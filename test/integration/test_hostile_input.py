@@ -351,3 +351,49 @@ def test_an_error_quoting_text_utf_8_cannot_carry_still_answers():
     r = to_response(Invalid("unknown model '\ud800'", field="model"))
     assert r.status_code == 422
     assert json.loads(r.body)["error"]["message"] == "unknown model '\ud800'"
+
+
+def test_strings_are_typed_by_the_schema_not_by_field_names():
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    from server.http.payload import from_strings
+
+    class Toy(BaseModel):
+        depth: Literal[8, 16] = 8
+        flag: Literal[True] | None = None
+        name: Literal["a"] | int = 1
+
+    got = from_strings(Toy, {"depth": " 16", "flag": "true", "name": "a", "other": "16"})
+    assert got == {"depth": 16, "flag": True, "name": "a", "other": "16"}
+    assert from_strings(Toy, {"depth": "²"}) == {"depth": "²"}  # left for the schema to refuse
+
+
+@pytest.mark.parametrize(
+    "body,ctype",
+    [
+        (b"prompt=caf%E9&duration=0.2&model=%FF%FE", "application/x-www-form-urlencoded"),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="prompt"\r\n\r\ncaf\xe9\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\n\xff\xfe\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        ),
+    ],
+    ids=["urlencoded", "multipart"],
+)
+def test_form_fields_that_are_not_utf_8_are_4xx(client, body, ctype):
+    r = client.post("/api/generate/music", content=body, headers={"content-type": ctype})
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["error"]["field"] == "model"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"--b\r\nno headers at all\r\n--b--\r\n", b"--b\r\nContent-Disposition: form-data\r\n\r\nx\r\n--b--\r\n"],
+    ids=["garbage", "part-without-a-name"],
+)
+@pytest.mark.parametrize("path", ["/api/generate/melody", "/api/encode"])
+def test_broken_multipart_is_400(client, path, body):
+    r = client.post(path, content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    refused(r, 400, code="invalid_form")
