@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, get_args, get_origin
@@ -85,7 +86,8 @@ async def body_chunks(request: Request, settings: Settings) -> AsyncIterator[byt
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:
-    return b"".join([chunk async for chunk in body_chunks(request, settings)])
+    async with contextlib.aclosing(body_chunks(request, settings)) as stream:
+        return b"".join([chunk async for chunk in stream])
 
 
 def parse_json(body: bytes) -> Any:
@@ -122,21 +124,21 @@ async def read_form(
 ) -> FormData:
     """A multipart or urlencoded form, read from the counted stream. `max_part_size` bounds each
     non-file field; file parts spool to disk and count towards the upload limit like any byte."""
-    stream = body_chunks(request, settings)
-    if content_type(request) == MULTIPART:
-        parser: MultiPartParser | FormParser = MultiPartParser(
-            request.headers, stream, max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
-        )
-    else:
-        parser = FormParser(request.headers, stream, max_fields=max_fields, max_part_size=max_part_size)
-    try:
-        return await parser.parse()
-    except MultiPartException as exc:
-        raise BadRequest(
-            f"the form cannot be read: {exc.message}",
-            code="invalid_form",
-            hint="send multipart/form-data with one part per field (curl -F name=value -F file=@input)",
-        ) from None
+    async with contextlib.aclosing(body_chunks(request, settings)) as stream:
+        if content_type(request) == MULTIPART:
+            parser: MultiPartParser | FormParser = MultiPartParser(
+                request.headers, stream, max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
+            )
+        else:
+            parser = FormParser(request.headers, stream, max_fields=max_fields, max_part_size=max_part_size)
+        try:
+            return await parser.parse()
+        except MultiPartException as exc:
+            raise BadRequest(
+                f"the form cannot be read: {exc.message}",
+                code="invalid_form",
+                hint="send multipart/form-data with one part per field (curl -F name=value -F file=@input)",
+            ) from None
 
 
 async def read_fields(

@@ -58,7 +58,7 @@ def _check_output_size(svc: Services, spec: ModelSpec, header: container.Header,
             f"{rate} Hz); the server writes at most {limit:,} per decode",
             code="decode_too_large",
             field="sample_rate" if rate > spec.sample_rate else "file",
-            hint="ask for a lower sample_rate (native is the smallest), send a shorter file, or raise "
+            hint="ask for a lower sample_rate (native is the codec's own), send a shorter file, or raise "
             "AUDIOCRAFT_MAX_DECODE_SAMPLES on the server",
         )
 

@@ -8,6 +8,7 @@ from disk, with the job's facts as headers.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -68,9 +69,10 @@ async def _receive(request: Request, settings: Settings, what: str) -> tuple[_Up
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
     size = 0
     try:
-        async for chunk in body_chunks(request, settings):
-            size += len(chunk)
-            spool.write(chunk)
+        async with contextlib.aclosing(body_chunks(request, settings)) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                spool.write(chunk)
     except BaseException:
         spool.close()
         raise
