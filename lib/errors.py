@@ -67,6 +67,17 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class RequestTimeout(ServiceError):
+    """The client stopped sending in the middle of its request; the connection is closed after the answer."""
+
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str, **kwargs: Any):
+        kwargs.setdefault("headers", {"Connection": "close"})
+        super().__init__(message, **kwargs)
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     code = "payload_too_large"

@@ -26,10 +26,15 @@ MAX_SEED = 2**63 - 1
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
+# Every request schema: unknown fields are refused, and so are numbers that are not finite (JSON's
+# 1e309 parses as inf; NaN and Infinity are JSON5 that Python's parsers accept).
+REQUEST_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 class OutputOptions(BaseModel):
     """How the audio is delivered: container, rate, depth, loudness."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
 
     format: AudioFormat = Field("wav", description="Container and codec of the answer")
     sample_rate: int | Literal["native"] = Field(
@@ -64,7 +69,7 @@ class OutputOptions(BaseModel):
 
 
 class SamplingOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Drawn when absent; always reported")
     top_k: int = Field(250, ge=0, le=2048, description="Sample from the k most likely tokens; 0 = off")
@@ -76,7 +81,7 @@ class SamplingOptions(BaseModel):
 class GenerateRequest(OutputOptions, SamplingOptions):
     """Text to audio. Limits that depend on the server's settings come in the validation context."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
 
     prompt: str = Field(..., min_length=1, description="What to generate, 1 to 2000 characters")
     duration: float = Field(10.0, gt=0, description="Seconds of audio")
@@ -287,6 +292,14 @@ class JobList(BaseModel):
     total: int
 
 
+class JobQuery(BaseModel):
+    """The query of GET /api/jobs (other parameters are ignored)."""
+
+    state: JobState | None = Field(None, description="Only jobs in this state")
+    limit: int = Field(50, ge=1, le=1000, description="At most this many jobs, newest first")
+    offset: int = Field(0, ge=0, le=10**9, description="Skip this many first")
+
+
 class MusicJob(MusicRequest):
     """One item of POST /api/jobs (the body may also be a list of them)."""
 
@@ -367,7 +380,7 @@ class EncodeOptions(BaseModel):
     The default model comes in the validation context (`default_codec_model`, from settings).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
     model: str | None = Field(None, description="encodec-24khz (default), encodec-48khz or encodec-32khz")
     bandwidth_kbps: float | None = Field(
@@ -397,7 +410,7 @@ class DecodeOptions(OutputOptions):
     A codec gives back what went in: by default its own sample rate and no normalisation.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
 
     sample_rate: int | Literal["native"] = Field(
         "native", description="Output sample rate in Hz, or 'native' (the default) for the codec's own rate"

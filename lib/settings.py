@@ -129,7 +129,30 @@ class Settings(BaseSettings):
         description="Long-form AudioGen (past its 10 s window): new seconds per window (the rest: 4 s of context)",
     )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest text prompt")
-    max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload")
+    max_upload_mb: float = Field(
+        100.0,
+        gt=0,
+        description="Largest accepted request body, counted as it arrives (chunked uploads too); past it: 413",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest pause between two reads of a request body; past it the answer is 408 and the "
+        "connection is closed",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client gets to send a request's headers once it has started; past it the "
+        "connection is closed (with 408)",
+    )
+    max_decode_samples: int = Field(
+        345_600_000,
+        ge=1,
+        description="Most samples one POST /api/decode may write: frames x channels at the output rate "
+        "(the default is an hour of 48 kHz stereo, 1.4 GB as 32-bit wav). Past it the decode is refused "
+        "with 422 before any work",
+    )
     queue_depth: int = Field(64, ge=1, description="Queued jobs before new ones get 429")
     max_batch: int = Field(4, ge=1, description="Requests decoded together in one batch")
     stop_timeout_s: float = Field(
@@ -164,6 +187,10 @@ class Settings(BaseSettings):
             if ALIASES.get(name.strip(), name.strip()) == model and value.strip():
                 return value.strip()
         return self.dtype
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1e6)
 
     @property
     def hub_cache(self) -> Path:

@@ -64,6 +64,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from server.http.app import create_app
+    from server.http.protocol import timed_protocol
 
     uvicorn.run(
         create_app(build_services(settings)),
@@ -71,6 +72,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         log_config=log_config(settings),
+        # h11 with a header timeout, and a body timeout where the app does not read the body.
+        http=timed_protocol(settings.header_timeout_s, settings.body_timeout_s),
         # Generation runs in a worker thread; one process owns the models.
         workers=1,
         timeout_graceful_shutdown=max(1, math.ceil(settings.stop_timeout_s)),

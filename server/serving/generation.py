@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -93,9 +93,9 @@ async def generate_many(svc: Services, items: list[tuple[str, BaseModel]], prior
     return submit(svc, jobs)
 
 
-async def rerender(svc: Services, job: Job, overrides: dict[str, str]) -> RenderedAudio:
+async def rerender(svc: Services, job: Job, overrides: dict[str, Any]) -> RenderedAudio:
     """Another format, rate, depth or normalisation of a finished job's audio, from its native-rate
-    master. `overrides` are query strings over the job's own output options."""
+    master. `overrides` (the query, as the schema types it) go over the job's own output options."""
     from server.audio.decode import read_audio
     from server.audio.render import render
 

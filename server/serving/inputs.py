@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 
 async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile], field: str):
-    """(bytes, filename) of the one source given for `field`."""
+    """(bytes or file, filename) of the one source given for `field`. An upload is read from its
+    spooled file (on disk past 1 MB), never copied whole into memory."""
     upload = files.get(field)
     given = {
         "an upload": upload,
@@ -45,7 +46,7 @@ async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile
     if len(present) > 1:
         raise Invalid(f"give the {field} once, not as {' and '.join(present)}", field=field)
     if upload is not None:
-        return await upload.read(), upload.filename
+        return upload.file, upload.filename
     if given["base64"] is not None:
         try:
             return base64.b64decode(given["base64"], validate=True), None

@@ -12,7 +12,7 @@ from lib.errors import Conflict
 from lib.schemas import INPUT_FIELDS, ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.http.errors import to_response
-from server.http.payload import read_fields
+from server.http.payload import close_files, read_fields
 from server.jobs.artifacts import answer_name
 from server.jobs.job import PRIORITY_INTERACTIVE, Job
 from server.serving import generation
@@ -72,9 +72,12 @@ async def answer(svc: Services, job: Job, is_async: bool, render=audio_response)
 
 async def _generate(request: Request, kind: str, schema: type[BaseModel]) -> Response:
     svc: Services = request.app.state.services
-    fields, files = await read_fields(request, int(svc.settings.max_upload_mb * 1e6))
-    req = schema.model_validate(fields, context=svc.limits)
-    job = await generation.generate(svc, kind, req, files, PRIORITY_INTERACTIVE)
+    fields, files = await read_fields(request, svc.settings, schema)
+    try:
+        req = schema.model_validate(fields, context=svc.limits)
+        job = await generation.generate(svc, kind, req, files, PRIORITY_INTERACTIVE)
+    finally:
+        await close_files(files)
     return await answer(svc, job, req.async_)
 
 

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from lib.errors import BadRequest, Conflict, Invalid
-from lib.schemas import JOB_KINDS, JobItem, JobList, JobsSubmitted, OutputOptions
-from server.http.payload import read_body
+from lib.schemas import JOB_KINDS, JobItem, JobList, JobQuery, JobsSubmitted, OutputOptions
+from server.http.payload import from_strings, read_json
 from server.http.routes.generate import audio_response, failed_response
-from server.jobs.job import PRIORITY_BATCH, STATES
+from server.jobs.job import PRIORITY_BATCH
 from server.serving import generation
 
 if TYPE_CHECKING:
@@ -24,15 +24,6 @@ EVENT_INTERVAL_S = 0.25
 # The body of POST /api/jobs (JobsRequest in the OpenAPI document): one item, or a list of them.
 _ITEM: TypeAdapter = TypeAdapter(JobItem)
 _ITEMS: TypeAdapter = TypeAdapter(list[JobItem])
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise Invalid(f"{name} must be an integer from {low} to {high}", field=name)
-    return int(raw)
 
 
 def _named_items(exc: ValidationError, many: bool) -> ValidationError | Invalid:
@@ -51,7 +42,7 @@ def _named_items(exc: ValidationError, many: bool) -> ValidationError | Invalid:
 
 async def submit_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    data = json.loads(await read_body(request, int(svc.settings.max_upload_mb * 1e6)) or b"null")
+    data = await read_json(request, svc.settings)
     many = isinstance(data, list)
     if not (data if many else [data]) or not all(isinstance(i, dict) for i in (data if many else [data])):
         raise BadRequest(
@@ -73,12 +64,8 @@ async def submit_jobs(request: Request) -> JSONResponse:
 
 async def list_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    state = request.query_params.get("state")
-    if state is not None and state not in STATES:
-        raise Invalid(f"state must be one of {', '.join(STATES)}", field="state")
-    limit = _int_param(request, "limit", 50, 1, 1000)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
-    jobs, total = svc.scheduler.list(state, limit, offset)
+    query = JobQuery.model_validate(from_strings(JobQuery, request.query_params))
+    jobs, total = svc.scheduler.list(query.state, query.limit, query.offset)
     body = JobList(jobs=[j.view(svc.scheduler.position(j)) for j in jobs], total=total)
     return JSONResponse(body.model_dump())
 
@@ -102,7 +89,9 @@ async def job_audio(request: Request) -> Response:
     if job.result.file is not None:  # a codec job's answer, as made
         path = svc.scheduler.artifacts.path(job.id, job.result.file)
         return FileResponse(path, media_type=job.result.media_type, filename=f"{job.id}{path.suffix}")
-    overrides = {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}
+    overrides = from_strings(
+        OutputOptions, {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}
+    )
     if not overrides:
         return audio_response(svc, job)
     return audio_response(svc, job, await generation.rerender(svc, job, overrides))
