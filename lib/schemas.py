@@ -52,7 +52,7 @@ def _unless(field: str, others: list, then: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [{"properties": {field: {"enum": others}}}, {"properties": then}]}
 
 
-class Request(BaseModel):
+class RequestSchema(BaseModel):
     """A request schema. JSON's own types stay apart, as the OpenAPI document has them: true is not 1
     and 0 is not false (pydantic's lax mode takes one for the other). Strings stay lax: a form field is
     a string."""
@@ -80,7 +80,7 @@ def _models_for(capability: str) -> list[str]:
     return [n for spec in CATALOGUE.values() if capability in spec.capabilities for n in (spec.name, *spec.aliases)]
 
 
-class OutputOptions(Request):
+class OutputOptions(RequestSchema):
     """How the audio is delivered: container, rate, depth, loudness."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -129,7 +129,7 @@ class OutputOptions(Request):
         return self
 
 
-class SamplingOptions(Request):
+class SamplingOptions(RequestSchema):
     model_config = ConfigDict(extra="forbid")
 
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Drawn when absent; always reported")
@@ -496,7 +496,7 @@ def default_bandwidth(model: str) -> float | None:
     return DEFAULT_CODEC_BANDWIDTH_KBPS if DEFAULT_CODEC_BANDWIDTH_KBPS in offered else offered[0]
 
 
-class EncodeOptions(Request):
+class EncodeOptions(RequestSchema):
     """Options of POST /api/encode: form fields with the upload, or query parameters with a raw body.
 
     The default model comes in the validation context (`default_codec_model`, from settings).
