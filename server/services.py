@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lib.catalogue import ModelSpec
+from lib.schemas import CONTEXT_SETTINGS
 from lib.settings import Settings
 from server.engine import threads
 from server.hub import store
@@ -33,9 +34,10 @@ class Services:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
-    def limits(self) -> dict[str, float]:
-        """Validation context for request schemas: the limits that come from settings."""
-        return {"max_duration_s": self.settings.max_duration_s, "max_prompt_chars": self.settings.max_prompt_chars}
+    def context(self) -> dict[str, Any]:
+        """The validation context of the request schemas: what they check that comes from settings (the
+        lib/schemas CONTEXT_SETTINGS). The OpenAPI document is written with the same values."""
+        return {key: getattr(self.settings, key) for key in CONTEXT_SETTINGS}
 
     def start(self) -> None:
         threads.apply(self.settings.torch_threads)

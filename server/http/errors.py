@@ -42,7 +42,7 @@ def _as_service_error(exc: Exception) -> ServiceError:
             return _invalid(exc)
         case HTTPException():
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-            return ServiceError(str(exc.detail), code=code, status=exc.status_code)
+            return ServiceError(str(exc.detail), code=code, status=exc.status_code, headers=dict(exc.headers or {}))
         case json.JSONDecodeError():
             return BadRequest(f"the body is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid_json")
         case ClientDisconnect():  # nobody hears this answer; it is no server error

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from lib.errors import Invalid, UnsupportedMediaType
-from lib.schemas import DECODE_INFO, ENCODE_INFO, DecodeOptions, EncodeOptions, info_header
+from lib.schemas import DecodeOptions, EncodeOptions, info_header
 from lib.settings import Settings
 from server.http.payload import FORM_TYPES, body_chunks, content_type, from_strings, read_form
 from server.http.routes.generate import answer
@@ -99,6 +99,11 @@ def _stem(filename: str | None, default: str) -> str:
     return safe or default
 
 
+def answer_headers(table: dict[str, str]) -> dict[str, str]:
+    """The headers of a codec answer (a table of lib/schemas: ENCODE_INFO, DECODE_INFO) and their meaning."""
+    return {info_header(key): text for key, text in table.items()} | {"X-Job-Id": "The codec job"}
+
+
 def _answer(svc: Services, job: Job, upload_name: str | None) -> Response:
     """The codec job's artifact, with its facts as headers (the same table as the OpenAPI's). The
     file is named after the upload; Starlette writes a name that is not ASCII as RFC 5987
@@ -115,9 +120,7 @@ async def encode(request: Request) -> Response:
     svc: Services = request.app.state.services
     upload, fields = await _receive(request, svc.settings, "audio")
     try:
-        opts = EncodeOptions.model_validate(
-            from_strings(EncodeOptions, fields), context={"default_codec_model": svc.settings.default_codec_model}
-        )
+        opts = EncodeOptions.model_validate(from_strings(EncodeOptions, fields), context=svc.context)
         job = await run_in_threadpool(codec.encode, svc, upload.file, upload.filename, opts)
     finally:
         await upload.close()
@@ -133,44 +136,3 @@ async def decode(request: Request) -> Response:
     finally:
         await upload.close()
     return await answer(svc, job, False, lambda svc, job: _answer(svc, job, upload.filename))
-
-
-def document_uploads(document: dict) -> None:
-    """The OpenAPI request bodies of the two routes: a multipart upload, or the raw file."""
-    for path, schema, what, types in (
-        ("/api/encode", "EncodeOptions", "audio (wav, flac, ogg, mp3, m4a; any rate and channels)", "audio/*"),
-        ("/api/decode", "DecodeOptions", "an .ecdc file", "application/octet-stream"),
-    ):
-        op = document.get("paths", {}).get(path, {}).get("post")
-        if op is None:
-            continue
-        options = {"$ref": f"#/components/schemas/{schema}"}
-        form = {
-            "allOf": [
-                options,
-                {
-                    "type": "object",
-                    "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary", "description": what}},
-                    "required": [UPLOAD_FIELD],
-                },
-            ]
-        }
-        op["requestBody"] = {
-            "required": True,
-            "description": f"{what}: in the multipart field '{UPLOAD_FIELD}' with the options as form fields, or "
-            "as the raw body with the options as query parameters",
-            "content": {
-                "multipart/form-data": {"schema": form},
-                types: {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-        if path == "/api/encode":
-            ok = op["responses"]["200"]
-            ok["content"] = {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": {"$ref": "#/components/schemas/CodecCodes"}},
-            }
-        table = ENCODE_INFO if path == "/api/encode" else DECODE_INFO
-        op["responses"]["200"]["headers"] = {
-            info_header(key): {"description": text, "schema": {"type": "string"}} for key, text in table.items()
-        } | {"X-Job-Id": {"description": "The codec job", "schema": {"type": "string"}}}

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from lib.errors import BadRequest, Conflict, Invalid
-from lib.schemas import JOB_KINDS, JobItem, JobList, JobQuery, JobsSubmitted, OutputOptions
+from lib.schemas import JOB_KINDS, JobItem, JobList, JobsQuery, JobsSubmitted, OutputOptions
 from server.http.payload import from_strings, read_json
 from server.http.routes.generate import audio_response, failed_response
 from server.jobs.job import PRIORITY_BATCH
@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from server.services import Services
 
 EVENT_INTERVAL_S = 0.25
+# The server-sent events of GET /api/jobs/{id}/events: `progress`, then the event of the job's end.
+FINAL_EVENTS = {"succeeded": "done", "failed": "failed", "cancelled": "cancelled"}
+
+
+def events_schema(job_schema: dict[str, str]) -> dict:
+    """One event, for the OpenAPI document: its name, and the job as JSON in its data."""
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": job_schema}
+    names = {"enum": ["progress", *FINAL_EVENTS.values()]}
+    return {"type": "object", "required": ["event", "data"], "properties": {"event": names, "data": data}}
+
+
 # The body of POST /api/jobs (JobsRequest in the OpenAPI document): one item, or a list of them.
 _ITEM: TypeAdapter = TypeAdapter(JobItem)
 _ITEMS: TypeAdapter = TypeAdapter(list[JobItem])
@@ -51,7 +62,7 @@ async def submit_jobs(request: Request) -> JSONResponse:
             hint='e.g. [{"kind": "music", "prompt": "..."}]',
         )
     try:
-        items = (_ITEMS if many else _ITEM).validate_python(data, context=svc.limits)
+        items = (_ITEMS if many else _ITEM).validate_python(data, context=svc.context)
     except ValidationError as exc:
         raise _named_items(exc, many) from None
     items = items if many else [items]
@@ -64,7 +75,7 @@ async def submit_jobs(request: Request) -> JSONResponse:
 
 async def list_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    query = JobQuery.model_validate(from_strings(JobQuery, request.query_params))
+    query = JobsQuery.model_validate(from_strings(JobsQuery, request.query_params))
     jobs, total = svc.scheduler.list(query.state, query.limit, query.offset)
     body = JobList(jobs=[j.view(svc.scheduler.position(j)) for j in jobs], total=total)
     return JSONResponse(body.model_dump())
@@ -83,9 +94,11 @@ async def job_audio(request: Request) -> Response:
     if not job.finished:
         raise Conflict(f"job {job.id} is {job.state}", code="job_not_finished", hint=f"GET /api/jobs/{job.id}/events")
     if job.state != "succeeded":
-        return failed_response(job)
+        return failed_response(job, status=Conflict.status)  # the job failed, not this request
     if job.result is None:
-        raise Conflict(f"a {job.kind} job has no audio", code="no_audio", hint=f"GET /api/jobs/{job.id} shows it")
+        raise Conflict(
+            f"job {job.id} is a {job.kind} job: it has no audio", code="no_audio", hint=f"GET /api/jobs/{job.id}"
+        )
     if job.result.file is not None:  # a codec job's answer, as made
         path = svc.scheduler.artifacts.path(job.id, job.result.file)
         return FileResponse(path, media_type=job.result.media_type, filename=f"{job.id}{path.suffix}")
@@ -109,7 +122,7 @@ async def job_events(request: Request) -> StreamingResponse:
             job = svc.scheduler.get(job_id)
             view = job.view(svc.scheduler.position(job)).model_dump(mode="json")
             if job.finished:
-                event = {"succeeded": "done"}.get(job.state, job.state)
+                event = FINAL_EVENTS[job.state]
                 yield f"event: {event}\ndata: {json.dumps(view)}\n\n"
                 return
             snapshot = (view["state"], view["position"], view["progress"])
