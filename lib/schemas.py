@@ -11,6 +11,7 @@ from pydantic import (
     Discriminator,
     Field,
     RootModel,
+    StrictBool,
     Tag,
     ValidationInfo,
     field_validator,
@@ -158,7 +159,7 @@ class GenerateRequest(OutputOptions, SamplingOptions):
     model: str | None = Field(
         None, description="A catalogue name or an alias (small, stereo-melody-large, ...); default from settings"
     )
-    async_: bool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
+    async_: StrictBool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
 
     @field_validator("prompt")
     @classmethod
@@ -276,7 +277,7 @@ class ContinuationRequest(GenerateRequest):
     audio: str | None = Field(None, description=f"The audio prompt: {AUDIO_INPUT}, base64-encoded")
     audio_job: str | None = Field(None, description="The audio prompt: the audio of this earlier job (its id)")
     audio_content: str | None = Field(None, description="The audio prompt: this audio content item (its name)")
-    include_prompt: bool = Field(
+    include_prompt: StrictBool = Field(
         True,
         description="The answer starts with the prompt (re-encoded), then the continuation; false: only the new audio",
     )

@@ -166,7 +166,10 @@ async def close_files(files: Mapping[str, UploadFile]) -> None:
 
 
 def _literal_values(annotation: Any) -> dict[str, Any]:
-    """The non-string values the Literals in a field's type allow, by their text ({"24": 24})."""
+    """The non-string values the Literals in a field's type allow, by their text ({"24": 24}), and a
+    boolean's two (the schemas take booleans strictly: in a form, only true or false, in any case)."""
+    if annotation is bool:
+        return {"true": True, "false": False}
     if get_origin(annotation) is Literal:
         values = [v for v in get_args(annotation) if not isinstance(v, str)]
         return {(str(v).lower() if isinstance(v, bool) else str(v)): v for v in values}
@@ -188,6 +191,11 @@ def _string_tables(schema: type[BaseModel]) -> dict[str, dict[str, Any]]:
     return tables
 
 
+def _spelled(table: dict[str, Any], value: str) -> Any:
+    text = value.strip()
+    return table.get(text, table.get(text.lower(), value))
+
+
 def from_strings(schema: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
     """Form fields and query parameters as the JSON body would carry them, for `schema`.
 
@@ -196,6 +204,6 @@ def from_strings(schema: type[BaseModel], values: Mapping[str, Any]) -> dict[str
     Anything else is left for the schema to accept or refuse (a 422 naming the field)."""
     tables = _string_tables(schema)
     return {
-        key: tables[key].get(value.strip(), value) if isinstance(value, str) and key in tables else value
+        key: _spelled(tables[key], value) if isinstance(value, str) and key in tables else value
         for key, value in values.items()
     }
