@@ -98,11 +98,29 @@ class OutputOptions(RequestSchema):
     bit_depth: Literal[16, 24, 32] = Field(16, description="wav/flac sample depth; 32 means float (wav only)")
     normalize: Normalize = Field("loudness", description="loudness: -14 LUFS; peak: -1 dBFS; none: as generated")
 
+    # Combinations the codecs cannot write are refused here, as a 422 naming the field and what works,
+    # rather than failing in the encoder after the audio has been generated. Field validators (format
+    # comes first, so it is in info.data) so the answer names bit_depth or sample_rate, not the body.
     @field_validator("sample_rate")
     @classmethod
-    def _rate_in_range(cls, v: int | str) -> int | str:
+    def _rate_fits(cls, v: int | str, info: ValidationInfo) -> int | str:
         if isinstance(v, int) and not MIN_SAMPLE_RATE <= v <= MAX_SAMPLE_RATE:
             raise ValueError(f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, or 'native'")
+        if info.data.get("format") == "mp3" and isinstance(v, int) and v not in MP3_SAMPLE_RATES:
+            rates = ", ".join(str(r) for r in MP3_SAMPLE_RATES)
+            raise ValueError(
+                f"mp3 cannot be written at {v} Hz; it supports {rates} Hz (48000 at most). "
+                "Pick one of those, or format wav, flac or ogg for other rates"
+            )
+        return v
+
+    @field_validator("bit_depth")
+    @classmethod
+    def _depth_fits(cls, v: int, info: ValidationInfo) -> int:
+        if info.data.get("format") == "flac" and v == 32:
+            raise ValueError(
+                "flac holds at most 24-bit integer samples; use bit_depth 16 or 24, or format wav for 32-bit float"
+            )
         return v
 
     @classmethod
@@ -116,23 +134,6 @@ class OutputOptions(RequestSchema):
                 _unless("format", _other(AudioFormat, "mp3"), {"sample_rate": {"enum": [*MP3_SAMPLE_RATES, "native"]}}),
             ]
         )
-
-    @model_validator(mode="after")
-    def _format_fits_codec(self) -> OutputOptions:
-        # Combinations the codecs cannot write are refused here, as a 422 naming what works,
-        # rather than failing in the encoder after the audio has been generated.
-        if self.format == "flac" and self.bit_depth == 32:
-            raise ValueError(
-                "flac holds at most 24-bit integer samples; use bit_depth 16 or 24, or format wav for 32-bit float"
-            )
-        rate = self.sample_rate
-        if self.format == "mp3" and isinstance(rate, int) and rate not in MP3_SAMPLE_RATES:
-            rates = ", ".join(str(r) for r in MP3_SAMPLE_RATES)
-            raise ValueError(
-                f"mp3 cannot be written at {rate} Hz; it supports {rates} Hz (48000 at most). "
-                "Pick one of those, or format wav, flac or ogg for other rates"
-            )
-        return self
 
 
 class SamplingOptions(RequestSchema):
