@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -16,6 +17,8 @@ from starlette.routing import Route
 from lib import __version__
 from lib.errors import ServiceError
 from lib.schemas import (
+    DECODE_INFO,
+    ENCODE_INFO,
     CodecCodes,
     ContinuationRequest,
     DecodeOptions,
@@ -31,9 +34,11 @@ from lib.schemas import (
     ModelList,
     MusicRequest,
     SoundRequest,
+    info_header,
 )
 from server.http import errors
 from server.http.auth import ApiKeyMiddleware
+from server.http.guard import RequestGuard
 from server.http.openapi import Endpoint, build_document
 from server.http.routes import codec, generate, health, jobs, models
 from server.jobs.job import STATES
@@ -42,6 +47,20 @@ if TYPE_CHECKING:
     from server.services import Services
 
 log = logging.getLogger("audiocraft.http")
+
+# What a page on an allowed origin may read of an answer beyond the CORS-safelisted headers.
+EXPOSED_HEADERS = [
+    "Location",
+    "Retry-After",
+    "Content-Disposition",
+    "X-Job-Id",
+    "X-Seed",
+    "X-Model",
+    "X-Duration-S",
+    "X-Sample-Rate",
+    "X-Generation-Time-S",
+    *sorted({info_header(key) for key in (*ENCODE_INFO, *DECODE_INFO)}),
+]
 
 
 def _generation(path: str, handler, summary: str, body) -> Endpoint:
@@ -202,8 +221,23 @@ def create_app(svc: Services) -> Starlette:
         # Exception too: Starlette's outermost middleware answers it (and logs the traceback).
         exception_handlers={cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)},
     )
+    # Outermost last: the guard (Host, then Origin) -> CORS (allowed origins only) -> the API key.
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if settings.allowed_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=EXPOSED_HEADERS,
+        )
+    app.add_middleware(
+        RequestGuard,
+        bound_host=settings.host,
+        allowed_hosts=settings.allowed_host_names,
+        allowed_origins=settings.allowed_origin_list,
+    )
     app.state.services = svc
     app.state.openapi = document
     return app

@@ -12,7 +12,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 
 from lib.errors import BadRequest, Conflict, Invalid
 from lib.schemas import JOB_KINDS, JobItem, JobList, JobsSubmitted, OutputOptions
-from server.http.payload import read_body
+from server.http.payload import read_body, require_json
 from server.http.routes.generate import audio_response, failed_response
 from server.jobs.job import PRIORITY_BATCH, STATES
 from server.serving import generation
@@ -51,6 +51,7 @@ def _named_items(exc: ValidationError, many: bool) -> ValidationError | Invalid:
 
 async def submit_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
+    require_json(request)
     data = json.loads(await read_body(request, int(svc.settings.max_upload_mb * 1e6)) or b"null")
     many = isinstance(data, list)
     if not (data if many else [data]) or not all(isinstance(i, dict) for i in (data if many else [data])):
