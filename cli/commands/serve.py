@@ -44,6 +44,9 @@ def serve_command(
         torch_threads=torch_threads,
         log_level=log_level,
     )
+    problem = settings.unsafe_bind()
+    if problem is not None:
+        raise CliError(problem)
     try:
         from server.main import serve
     except ImportError as e:

@@ -307,6 +307,9 @@ class NativeRuntime(Runtime):
             raise Skipped(f"already running (pid {current.pid}) at {current.endpoint}")
         self._clear_stale_pid()
         s = self.settings
+        problem = s.unsafe_bind()
+        if problem is not None:  # the server would refuse too: say so before anything starts
+            raise CliError(problem)
         if _port_in_use(s.host, s.port):
             raise CliError(
                 f"port {s.port} is already in use by another program ({s.endpoint})",

@@ -25,13 +25,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from lib.errors import ServiceError, Unavailable
+from lib.errors import Unavailable
 from server import metrics
 from server.jobs import backlog
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.errors import JobNotFound, LowDiskSpace, QueueFull, TooManyJobs
 from server.jobs.job import Job
-from server.jobs.lane import Lane
+from server.jobs.lane import Lane, failure
 from server.jobs.store import JobStore
 
 log = logging.getLogger("audiocraft.jobs")
@@ -315,9 +315,9 @@ class Scheduler:
         when the store refuses."""
         try:
             self.store.update(job.id, state="running", started_at=now, attempts=job.attempts + 1)
-        except ServiceError as exc:  # the disk is full: the job fails, the lane goes on
-            log.warning("%s job %s could not start: %s", job.kind, job.id, exc.message)
-            job.finish("failed", exc)
+        except Exception as exc:  # the disk is full (507), or the store fails: the job fails, the lane goes on
+            log.warning("%s job %s could not start: %s", job.kind, job.id, exc)
+            job.finish("failed", failure(job, exc))
             return False
         job.state, job.started_at, job.attempts = "running", now, job.attempts + 1
         job.on_done(lambda: self.throughput.record(job))
