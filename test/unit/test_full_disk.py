@@ -17,7 +17,7 @@ import threading
 import pytest
 from test_scheduler import FakeRunners, make_job, wait_done, wait_until
 
-from lib.errors import Internal, InsufficientStorage, ServiceError
+from lib.errors import InsufficientStorage, Internal, ServiceError
 from lib.files import DATA_DIR, TEMP_DIR, disk_full, no_space, private_dir, space_errors
 from server.jobs import lane as lane_module
 from server.jobs import scheduler as scheduler_module
@@ -258,9 +258,7 @@ def test_below_the_floor_submissions_are_507_until_there_is_room(tmp_path, monke
         min_free_bytes=100_000_000,
     )
     free = {"bytes": 5_000_000}
-    monkeypatch.setattr(
-        scheduler_module.shutil, "disk_usage", lambda _p: type("U", (), {"free": free["bytes"]})()
-    )
+    monkeypatch.setattr(scheduler_module.shutil, "disk_usage", lambda _p: type("U", (), {"free": free["bytes"]})())
     with pytest.raises(LowDiskSpace) as err:
         sched.submit(make_job())
     assert err.value.status == 507 and "5.0 MB free" in err.value.message and "100 MB floor" in err.value.message

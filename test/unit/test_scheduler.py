@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from lib.schemas import ErrorBody, MusicRequest
+from server.jobs import backlog
 from server.jobs import scheduler as scheduler_module
 from server.jobs.artifacts import ArtifactStore
-from server.jobs import backlog
 from server.jobs.errors import JobNotFound, QueueFull, TooManyJobs
 from server.jobs.job import Job
 from server.jobs.lanes.decode import DecodeLane
