@@ -197,15 +197,10 @@ class Settings(BaseSettings):
 
     def unsafe_bind(self) -> str | None:
         """Why the server must not start as set: an address beyond loopback and no API key (nor the
-        explicit opt-out). One line, saying what to set."""
+        explicit opt-out). UNSAFE_BIND_HINT says what to do."""
         if self.api_key or self.allow_unauthenticated or is_loopback(self.host):
             return None
-        return (
-            f"refusing to serve {self.host} without an API key: anyone who can reach it could use it. "
-            "Set AUDIOCRAFT_API_KEY=<a secret> (clients send it as 'Authorization: Bearer <secret>'), "
-            "bind 127.0.0.1 (AUDIOCRAFT_HOST), or set AUDIOCRAFT_ALLOW_UNAUTHENTICATED=true to serve "
-            "the network without one"
-        )
+        return f"refusing to serve {self.host} without an API key: anyone who can reach it could use it"
 
     @property
     def hub_cache(self) -> Path:
@@ -215,6 +210,12 @@ class Settings(BaseSettings):
     def endpoint(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+
+UNSAFE_BIND_HINT = (
+    "set AUDIOCRAFT_API_KEY=<a secret> (clients send 'Authorization: Bearer <secret>'), bind 127.0.0.1 "
+    "(AUDIOCRAFT_HOST), or set AUDIOCRAFT_ALLOW_UNAUTHENTICATED=true to serve the network without a key"
+)
 
 
 def _items(text: str) -> list[str]:

@@ -8,7 +8,7 @@ import copy
 import math
 import sys
 
-from lib.settings import Settings
+from lib.settings import UNSAFE_BIND_HINT, Settings
 from server.services import Services
 
 
@@ -64,8 +64,8 @@ def log_config(settings: Settings) -> dict:
 def serve(settings: Settings) -> None:
     """Serve until stopped. Refuses (exit 2, one line on stderr) to serve beyond loopback without a key."""
     problem = settings.unsafe_bind()
-    if problem is not None:
-        print(problem, file=sys.stderr, flush=True)
+    if problem is not None:  # one line: a runtime shows the last line of a server that exits at once
+        print(f"{problem}; {UNSAFE_BIND_HINT}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     from server.engine import threads
 

@@ -33,7 +33,8 @@ from typing import Any
 from cli import paths, ui
 from cli.errors import CliError, Skipped
 from cli.runtime.base import Runtime, RuntimeStatus
-from lib.settings import Settings
+from lib.files import private_dir
+from lib.settings import UNSAFE_BIND_HINT, Settings
 
 CONTAINER_PORT = 7862
 CONTAINER_MODELS = "/models"
@@ -535,7 +536,7 @@ class DockerRuntime(Runtime):
             )
         problem = self.published().unsafe_bind()
         if problem is not None:  # published beyond loopback with no key: said here, not by a dying container
-            raise CliError(problem)
+            raise CliError(problem, UNSAFE_BIND_HINT)
         vols, _ = self.mounts()
         s = self.settings
         return {
@@ -618,7 +619,7 @@ class DockerRuntime(Runtime):
         old = self._container()
         if old is not None:
             old.remove(force=True, v=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # 0700: the job store and content are the user's
         from docker.errors import APIError
 
         try:
