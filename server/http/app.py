@@ -66,7 +66,13 @@ EXPOSED_HEADERS = [
 def _generation(path: str, handler, summary: str, body) -> Endpoint:
     """A POST /api/generate/* endpoint: a request schema in, audio (or a 202 job) out."""
     return Endpoint(
-        "POST", path, handler, summary, body=body, answers_audio=True, errors=(400, 404, 409, 413, 422, 429, 503)
+        "POST",
+        path,
+        handler,
+        summary,
+        body=body,
+        answers_audio=True,
+        errors=(400, 404, 409, 413, 415, 422, 429, 503, 507),
     )
 
 
@@ -83,7 +89,7 @@ ENDPOINTS = [
         "Download a model into the hub cache: 202 with the job (joins a running one); 200 if installed",
         answer=JobAccepted,
         status=202,
-        errors=(404,),
+        errors=(404, 503, 507),
     ),
     Endpoint(
         "DELETE",
@@ -131,7 +137,7 @@ ENDPOINTS = [
         body=JobsRequest,
         answer=JobsSubmitted,
         status=202,
-        errors=(400, 404, 409, 413, 422, 429),
+        errors=(400, 404, 409, 413, 415, 422, 429, 507),
     ),
     Endpoint(
         "GET",
@@ -171,7 +177,7 @@ ENDPOINTS = [
         codec.encode,
         "Audio to an EnCodec bitstream (.ecdc), or its codes as JSON",
         body=EncodeOptions,
-        errors=(400, 404, 409, 413, 415, 422, 503),
+        errors=(400, 404, 409, 413, 415, 422, 503, 507),
     ),
     Endpoint(
         "POST",
@@ -180,7 +186,7 @@ ENDPOINTS = [
         "An EnCodec bitstream (.ecdc) to audio",
         body=DecodeOptions,
         answers_audio=True,
-        errors=(400, 409, 413, 415, 422, 503),
+        errors=(400, 409, 413, 415, 422, 503, 507),
     ),
     Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics"),
 ]

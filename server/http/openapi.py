@@ -62,7 +62,8 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
     elif ep.answer is not None:
         ok["content"] = {"application/json": {"schema": _ref(ep.answer)}}
     op["responses"][str(ep.status)] = ok
-    for status in ep.errors:
+    # 403 from server/http/guard.py on every path: a Host not served, or a request from another site.
+    for status in sorted({403, *ep.errors}):
         op["responses"][str(status)] = {
             "description": "Error",
             "content": {"application/json": {"schema": _ref(ErrorEnvelope)}},
