@@ -1,7 +1,7 @@
 """A small real disk for full-disk tests: a tmpfs of a few MB mounted on a test's directory.
 
 Mounting needs root (or CAP_SYS_ADMIN); where it is refused the test is skipped with the reason, and
-the unit tests' fake full disk (test/unit/test_full_disk.py) still covers the logic. `fill()`
+the unit tests' fake full disk (test/unit/test_disk_faults.py) still covers the logic. `fill()`
 writes a filler file until the disk says ENOSPC (less `leave` bytes), `free()` removes it, and
 `grow()` remounts the disk bigger: space returns without anything being deleted.
 """

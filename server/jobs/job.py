@@ -100,6 +100,17 @@ class Job:
             except Exception:
                 log.exception("a callback at the end of job %s failed", self.id)
 
+    def outcome(self) -> dict[str, Any]:
+        """The stored fields an ended job changes."""
+        return {
+            "state": self.state,
+            "progress": self.progress,
+            "eta_s": self.eta_s,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "result": self.result,
+        }
+
     def row(self) -> dict[str, Any]:
         """The persistent fields, as the job store keeps them."""
         return {

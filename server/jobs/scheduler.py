@@ -337,15 +337,7 @@ class Scheduler:
         """Store the ends the store refused before (oldest first), until it refuses again."""
         for job in sorted(list(self._unsaved.values()), key=lambda j: j.finished_at or 0.0):
             try:
-                self.store.update(
-                    job.id,
-                    state=job.state,
-                    progress=job.progress,
-                    eta_s=job.eta_s,
-                    finished_at=job.finished_at,
-                    error=job.error,
-                    result=job.result,
-                )
+                self.store.update(job.id, **job.outcome())
             except Exception as exc:  # a full disk, or any store failure: kept, tried again later
                 log.warning("job %s ended %s but the store cannot say so yet: %s", job.id, job.state, exc)
                 return

@@ -2,7 +2,7 @@
 
 Whatever the disk refuses, the answer is a 507 that names the dir (never its path), every lane
 stays alive (/health "ok"), no job is left queued or running, and once there is room the same
-request works, with no restart. The fake full disk of test/unit/test_full_disk.py covers each path
+request works, with no restart. The fake full disk of test/unit/test_disk_faults.py covers each path
 one by one where mounting is refused.
 """
 
