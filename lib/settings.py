@@ -160,8 +160,8 @@ class Settings(BaseSettings):
     )
     allowed_origins: str = Field(
         "",
-        description="Web origins (`scheme://host[:port]`, comma-separated) whose pages may call the API: they get "
-        "CORS headers and may send POST and DELETE; a request from any other site gets 403",
+        description="Web origins (`scheme://host[:port]`, comma-separated; `*` = any page) whose pages may call "
+        "the API: they get CORS headers and may send POST and DELETE; a request from any other site gets 403",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="The server's log level: debug, info, warning or error (any case)"

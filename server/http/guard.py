@@ -77,7 +77,9 @@ class RequestGuard:
 
     def origin_allowed(self, origin: str, scheme: str, host: str | None) -> bool:
         origin = origin.strip().lower().rstrip("/")
-        return origin in self.origins or (host is not None and origin == f"{scheme}://{host.strip().lower()}")
+        if "*" in self.origins or origin in self.origins:  # "*": every page may (an explicit choice)
+            return True
+        return host is not None and origin == f"{scheme}://{host.strip().lower()}"
 
     def _refusal(self, scope: Scope, headers: Headers) -> Forbidden | None:
         host = headers.get("host")

@@ -159,7 +159,6 @@ class Scheduler:
             return
         free = shutil.disk_usage(self.artifacts.root).free
         if free < self.min_free_bytes:
-            metrics.JOBS_REJECTED.inc()
             raise LowDiskSpace(free, self.min_free_bytes)
 
     def submit_many(self, jobs: list[Job]) -> list[Job]:

@@ -139,6 +139,9 @@ def test_an_allowed_origin_gets_cors_and_may_post(tiny_hub, tmp_path):
         r = c.options("/api/generate/music", headers={**preflight, "origin": EVIL})
         assert "access-control-allow-origin" not in r.headers
         refused(c.post("/api/generate/music", json=MUSIC, headers={"origin": EVIL}), "cross_site_request")
+    with make_client(tiny_hub, tmp_path / "any", allowed_origins="*") as c:  # every page, as asked
+        r = c.post("/api/generate/music", json=MUSIC, headers={"origin": EVIL})
+        assert r.status_code == 202 and r.headers["access-control-allow-origin"] == "*", r.text
 
 
 # ----------------------------------------------------------------------------------- DNS rebinding

@@ -62,7 +62,7 @@ class BatchRunner:
 
     @property
     def jobs(self) -> list[Job]:
-        return [job for job, _ in self._members.values()]
+        return [job for job, _ in list(self._members.values())]  # a copy: other threads ask while it changes
 
     def __len__(self) -> int:
         return len(self._members)
