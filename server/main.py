@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
-from lib.settings import Settings
+from lib.settings import UNSAFE_BIND_HINT, Settings
 from server.services import Services
 
 
 def build_services(settings: Settings) -> Services:
     """Everything the app serves with. Imports the engine (torch)."""
+    from lib.files import private_dir
     from server.jobs.artifacts import ArtifactStore
     from server.jobs.lanes.batch import BatchRunner
     from server.jobs.lanes.codec import CodecLane
@@ -22,6 +24,7 @@ def build_services(settings: Settings) -> Services:
     from server.jobs.store import JobStore
     from server.models.registry import ModelRegistry
 
+    private_dir(settings.data_dir)  # 0700: the job store holds every prompt
     registry = ModelRegistry(settings)
     artifacts = ArtifactStore(settings.data_dir / "artifacts")
     lanes = [
@@ -35,6 +38,7 @@ def build_services(settings: Settings) -> Services:
         artifacts=artifacts,
         queue_depth=settings.queue_depth,
         retention_s=settings.job_retention_h * 3600,
+        min_free_bytes=int(settings.min_free_disk_mb * 1e6),
     )
     return Services(settings=settings, registry=registry, scheduler=scheduler)
 
@@ -58,6 +62,11 @@ def log_config(settings: Settings) -> dict:
 
 
 def serve(settings: Settings) -> None:
+    """Serve until stopped. Refuses (exit 2, one line on stderr) to serve beyond loopback without a key."""
+    problem = settings.unsafe_bind()
+    if problem is not None:  # one line: a runtime shows the last line of a server that exits at once
+        print(f"{problem}; {UNSAFE_BIND_HINT}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     from server.engine import threads
 
     threads.prepare_environment(settings.torch_threads)  # before anything imports torch

@@ -3,6 +3,7 @@ together. Built by the composition root (server/main.py build_services); torch-f
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from server.models.errors import ModelInUse
 
 if TYPE_CHECKING:
     from server.models.registry import ModelRegistry
+
+log = logging.getLogger("audiocraft")
 
 CLEAN_UP_EVERY_S = 3600.0  # finished jobs past their retention go this often (and at start)
 
@@ -53,16 +56,22 @@ class Services:
         self.scheduler.stop(self.settings.stop_timeout_s)
 
     def _housekeeping(self) -> None:
-        """Unload models idle past settings.model_idle_timeout_s; drop jobs past their retention."""
+        """Unload models idle past settings.model_idle_timeout_s; store the job ends a full disk held
+        back; drop jobs past their retention. A pass that fails (the disk full) is logged and the
+        next one tries again."""
         timeout = self.settings.model_idle_timeout_s
         period = min(60.0, max(1.0, timeout / 4)) if timeout > 0 else 60.0
         cleaned = time.monotonic()
         while not self._stopped.wait(period):
-            if timeout > 0:
-                self.registry.unload_idle()
-            if time.monotonic() - cleaned > CLEAN_UP_EVERY_S:
-                self.scheduler.clean_up()
-                cleaned = time.monotonic()
+            try:
+                if timeout > 0:
+                    self.registry.unload_idle()
+                self.scheduler.save_unsaved()
+                if time.monotonic() - cleaned > CLEAN_UP_EVERY_S:
+                    self.scheduler.clean_up()
+                    cleaned = time.monotonic()
+            except Exception:
+                log.exception("housekeeping failed; it tries again in %g s", period)
 
     def load_model(self, spec: ModelSpec) -> None:
         """Blocking: load the model (the registry makes room first)."""

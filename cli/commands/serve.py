@@ -10,6 +10,7 @@ import typer
 from cli import ui
 from cli.context import state
 from cli.errors import CliError
+from lib.settings import UNSAFE_BIND_HINT
 
 
 def serve_command(
@@ -44,6 +45,9 @@ def serve_command(
         torch_threads=torch_threads,
         log_level=log_level,
     )
+    problem = settings.unsafe_bind()
+    if problem is not None:
+        raise CliError(problem, UNSAFE_BIND_HINT)
     try:
         from server.main import serve
     except ImportError as e:

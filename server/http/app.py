@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -38,10 +39,12 @@ from lib.schemas import (
     MusicRequest,
     OutputOptions,
     SoundRequest,
+    info_header,
 )
 from server.audio.encode import MEDIA_TYPES
 from server.http import errors
 from server.http.auth import PROTECTED_PREFIX, ApiKeyMiddleware
+from server.http.guard import RequestGuard
 from server.http.openapi import MULTIPART, Answer, Endpoint, Upload, build_document, ref
 from server.http.payload import FORM_TYPES
 from server.http.routes import codec, generate, health, jobs, models
@@ -52,6 +55,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("audiocraft.http")
 
+# What a page on an allowed origin may read of an answer beyond the CORS-safelisted headers.
+EXPOSED_HEADERS = [
+    "Location",
+    "Retry-After",
+    "Content-Disposition",
+    "X-Job-Id",
+    "X-Seed",
+    "X-Model",
+    "X-Duration-S",
+    "X-Sample-Rate",
+    "X-Generation-Time-S",
+    *sorted({info_header(key) for key in (*ENCODE_INFO, *DECODE_INFO)}),
+]
+
 
 AUDIO_TYPES = tuple(MEDIA_TYPES.values())
 EVENTS = "text/event-stream"
@@ -59,7 +76,7 @@ AUDIO = Answer(files=AUDIO_TYPES, headers=AUDIO_HEADERS)
 ACCEPTED = Answer(202, JobAccepted, description="Accepted: the job (async, or a download)")
 # The errors of a request that runs as a job: its checks, the queue, and the job's own end (a
 # synchronous request answers with the error its job failed with).
-JOB_ERRORS = (400, 404, 409, 422, 429, 503)
+JOB_ERRORS = (400, 404, 409, 422, 429, 503, 507)  # 507: the data dir is (nearly) full
 
 
 def _generation(path: str, handler, summary: str, body, uploads: tuple[Upload, ...] = ()) -> Endpoint:
@@ -91,7 +108,7 @@ def _codec(path: str, handler, summary: str, options, what: str, raw: str, answe
         handler,
         summary,
         answers=(answer,),
-        errors=(400, 404, 409, 422, 429, 503),
+        errors=(400, 404, 409, 422, 429, 503, 507),
         body=options,
         json_body=False,
         forms=(MULTIPART,),
@@ -119,7 +136,7 @@ ENDPOINTS = [
         models.download_model,
         "Download a model into the hub cache: 202 with the job (joins a running one); 200 if installed",
         answers=(ACCEPTED, Answer(model=ModelInfo, description="Installed already: the model")),
-        errors=(404, 429),
+        errors=(404, 429, 503, 507),
     ),
     Endpoint(
         "DELETE",
@@ -167,7 +184,7 @@ ENDPOINTS = [
         jobs.submit_jobs,
         "Submit one job or a list (bulk work, queued behind interactive requests)",
         answers=(Answer(202, JobsSubmitted, description="Accepted: the jobs"),),
-        errors=(400, 404, 409, 422, 429),
+        errors=(400, 404, 409, 422, 429, 507),
         body=JobsRequest,
     ),
     Endpoint(
@@ -277,8 +294,23 @@ def create_app(svc: Services) -> Starlette:
         # Exception too: Starlette's outermost middleware answers it (and logs the traceback).
         exception_handlers={cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)},
     )
+    # Outermost last: the guard (Host, then Origin) -> CORS (allowed origins only) -> the API key.
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if settings.allowed_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=EXPOSED_HEADERS,
+        )
+    app.add_middleware(
+        RequestGuard,
+        bound_host=settings.host,
+        allowed_hosts=settings.allowed_host_names,
+        allowed_origins=settings.allowed_origin_list,
+    )
     app.state.services = svc
     app.state.openapi = document
     return app

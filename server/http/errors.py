@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from lib.errors import BadRequest, Internal, Invalid, ServiceError
+from lib.files import TEMP_DIR, disk_full, no_space
 
 log = logging.getLogger("audiocraft.http")
 
@@ -47,6 +48,8 @@ def _as_service_error(exc: Exception) -> ServiceError:
             return BadRequest(f"the body is not valid JSON: {exc.msg} at position {exc.pos}", code="invalid_json")
         case ClientDisconnect():  # nobody hears this answer; it is no server error
             return BadRequest("the client went away before the whole body was sent", code="client_disconnected")
+    if disk_full(exc):  # the data dir's writes say so themselves: this is an upload spooled to a temporary file
+        return no_space(TEMP_DIR)
     log.exception("unhandled error", exc_info=exc)
     return Internal("the server hit an unexpected error; see its logs")
 

@@ -173,7 +173,8 @@ def _operation(ep: Endpoint, schemas: dict[str, Any], protected: bool) -> dict[s
     if body is not None:
         op["requestBody"] = body
     responses = {str(a.status): _answer(a) for a in ep.answers}
-    errors = {*ep.errors, *((413, 415) if body is not None else ()), *((401,) if protected else ())}
+    # 403 from server/http/guard.py on every path: a Host not served, or a request from another site.
+    errors = {403, *ep.errors, *((413, 415) if body is not None else ()), *((401,) if protected else ())}
     for status in sorted(errors):
         responses[str(status)] = {
             "description": "Error",

@@ -5,6 +5,8 @@
 - A client that pauses longer than the body timeout between two reads gets 408, and the connection
   is closed.
 - A compressed body (any Content-Encoding but identity) is refused with 415: nothing is inflated.
+- JSON is taken only as `Content-Type: application/json` (415 otherwise): a web page can send
+  text/plain to any site with no preflight (server/http/guard.py keeps pages out).
 - JSON is read strictly: UTF-8, no lone surrogates, nesting and number size bounded by the parser
   (pydantic-core's), so a hostile body is a 400 that says what is wrong, never a 500.
 - Multipart uploads go through Starlette's parser fed by the counted stream; file parts spool to
@@ -35,15 +37,27 @@ URLENCODED = "application/x-www-form-urlencoded"
 FORM_TYPES = (MULTIPART, URLENCODED)
 
 
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def require_json(request: Request, forms: bool = False) -> None:
+    """415 unless the body is declared JSON (application/json, or a +json type)."""
+    kind = content_type(request)
+    if kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json")):
+        return
+    also = " (or form fields: multipart/form-data, application/x-www-form-urlencoded)" if forms else ""
+    raise UnsupportedMediaType(
+        f"send the body as JSON with 'Content-Type: application/json'{also}, not {kind or 'no content type'}",
+        hint="curl -H 'Content-Type: application/json' -d '{...}' ...",
+    )
+
+
 def too_large(limit_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"the request body is larger than the {limit_bytes / 1e6:g} MB limit",
         hint="send a shorter file, or raise AUDIOCRAFT_MAX_UPLOAD_MB on the server",
     )
-
-
-def content_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _check_headers(request: Request, limit_bytes: int) -> None:
@@ -110,7 +124,10 @@ def parse_json(body: bytes) -> Any:
         ) from None
 
 
-async def read_json(request: Request, settings: Settings) -> Any:
+async def read_json(request: Request, settings: Settings, forms: bool = False) -> Any:
+    """The JSON body, declared as JSON (415 otherwise: a page can post text/plain to any site with no
+    preflight; server/http/guard.py says the rest of how pages are kept out)."""
+    require_json(request, forms)
     body = await read_body(request, settings)
     if not body.strip():
         raise BadRequest(
@@ -151,7 +168,7 @@ async def read_fields(
         fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
         files = {k: v for k, v in form.multi_items() if isinstance(v, UploadFile)}
         return from_strings(schema, fields), files
-    data = await read_json(request, settings)
+    data = await read_json(request, settings, forms=True)
     if not isinstance(data, dict):
         raise BadRequest(code="invalid_json", message="the body must be a JSON object", hint='e.g. {"prompt": "..."}')
     return data, {}

@@ -27,6 +27,8 @@ def codec_spec(svc: Services, name: str) -> tuple[ModelSpec, Job | None]:
 
 
 def _submit(svc: Services, job: Job, upload: BinaryIO) -> Job:
+    """The upload kept with the job, then the job queued; neither while the disk is low (507)."""
+    svc.scheduler.check_space()
     artifacts = svc.scheduler.artifacts
     upload.seek(0)
     artifacts.write_from(job.id, UPLOAD, upload)

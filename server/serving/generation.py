@@ -45,7 +45,9 @@ def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
 
 async def prepare(svc: Services, kind: str, request: BaseModel, files: dict[str, UploadFile], priority: int) -> Job:
     """new_job, plus the kind's input audio (melody, audio prompt): read, checked and kept with the
-    job. The stored request keeps references only, not the base64 audio."""
+    job. The stored request keeps references only, not the base64 audio. Nothing is written (nor a
+    download started) while the data dir's disk is below its free-space floor (507)."""
+    svc.scheduler.check_space()
     field = INPUT_FIELDS.get(kind)
     if field is None:
         if files:
