@@ -36,14 +36,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from lib.errors import Invalid
-from lib.files import copy_atomic, write_atomic
+from lib.files import copy_atomic, reason, write_atomic
 
 ContentType = Literal["audio", "preset"]
 CONTENT_TYPES: tuple[str, ...] = ("audio", "preset")
 PRESET_KINDS: tuple[str, ...] = ("music", "sound", "melody", "continuation")
 INDEX_VERSION = 1
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the whole name (fullmatch): no trailing newline
 
 MEDIA_TYPES = {
     "wav": "audio/wav",
@@ -105,7 +105,7 @@ class ContentItem(BaseModel):
 
 
 def valid_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name))
+    return bool(_NAME_RE.fullmatch(name))
 
 
 def sanitize_name(raw: str) -> str:
@@ -234,7 +234,7 @@ class ContentStore:
             return {}
         except (OSError, ValueError) as e:
             raise ContentError(
-                f"the content index {self.index_path} is unreadable: {e}",
+                f"the content index ({self.index_path.name} in the content store) is unreadable: {reason(e)}",
                 "restore it from a backup or move it aside to start an empty index",
             ) from None
         items = raw.get("items", {}) if isinstance(raw, dict) else {}
@@ -272,7 +272,7 @@ class ContentStore:
         path = self.root / item.path
         if not path.is_file():
             raise ContentNotFound(
-                f"content {name!r} is indexed but its file {path} is missing",
+                f"content {name!r} is indexed but its file ({item.path} in the content store) is missing",
                 f"remove it with `resource-audiocraft content remove --name {name} --force`",
             )
         return path

@@ -55,6 +55,13 @@ class BadRequest(ServiceError):
     code = "bad_request"
 
 
+class Forbidden(ServiceError):
+    """Refused whoever asks this way: a request from another site, or to a host name not served."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(ServiceError):
     status = 404
     code = "not_found"
@@ -65,6 +72,17 @@ class Conflict(ServiceError):
 
     status = 409
     code = "conflict"
+
+
+class RequestTimeout(ServiceError):
+    """The client stopped sending in the middle of its request; the connection is closed after the answer."""
+
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str, **kwargs: Any):
+        kwargs.setdefault("headers", {"Connection": "close"})
+        super().__init__(message, **kwargs)
 
 
 class PayloadTooLarge(ServiceError):
@@ -94,6 +112,14 @@ class Unavailable(ServiceError):
 
     status = 503
     code = "unavailable"
+
+
+class InsufficientStorage(ServiceError):
+    """A disk the service writes to is full, or below its free-space floor: the request was fine, and
+    the same request works once there is room (nothing needs a restart)."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class Internal(ServiceError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -10,6 +11,7 @@ from pydantic import (
     Discriminator,
     Field,
     RootModel,
+    StrictBool,
     Tag,
     ValidationInfo,
     field_validator,
@@ -24,12 +26,70 @@ MAX_SEED = 2**63 - 1
 # The only rates MPEG audio layer III defines (libsndfile/LAME refuses others). Defined here so the
 # CLI validates without importing the server; server.audio.encode uses this same tuple.
 MP3_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
+
+# The validation context: the settings that request checks depend on, by their names in lib/settings.py
+# (server/services.py Services.context gives their values; without one, the settings' defaults hold).
+# The OpenAPI document is filled from the same context (each schema's `document`), so it states the
+# limits of the server that serves it.
+CONTEXT_SETTINGS = MAX_DURATION_S, MAX_PROMPT_CHARS, DEFAULT_CODEC_MODEL = (
+    "max_duration_s",
+    "max_prompt_chars",
+    "default_codec_model",
+)
 
 
-class OutputOptions(BaseModel):
+def setting(context: Mapping[str, Any] | None, key: str) -> Any:
+    if context and key in context:
+        return context[key]
+    from lib.settings import Settings
+
+    return Settings.model_fields[key].default
+
+
+def _unless(field: str, others: list, then: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema: the properties in `then` hold unless `field` is one of `others` (or absent). An
+    implication written as anyOf, without if/then: a rule that schema-driven generators can build."""
+    return {"anyOf": [{"properties": {field: {"enum": others}}}, {"properties": then}]}
+
+
+class RequestSchema(BaseModel):
+    """A request schema. JSON's own types stay apart, as the OpenAPI document has them: true is not 1
+    and 0 is not false (pydantic's lax mode takes one for the other). Strings stay lax: a form field is
+    a string."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_number(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, int | float) and info.field_name is not None:
+            wants_bool = bool in (cls.model_fields[info.field_name].annotation, bool | None)
+            if wants_bool and not isinstance(v, bool):
+                raise ValueError("must be true or false")
+            if isinstance(v, bool) and not wants_bool:
+                raise ValueError("must not be true or false")
+        return v
+
+
+def _other(literal: Any, value: str) -> list[str]:
+    return [v for v in get_args(literal) if v != value]
+
+
+# Every request schema: unknown fields are refused, and so are numbers that are not finite (JSON's
+# 1e309 parses as inf; NaN and Infinity are JSON5 that Python's parsers accept).
+REQUEST_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _models_for(capability: str) -> list[str]:
+    """The names and aliases of the catalogue models that can do `capability` (the `model` enum)."""
+    from lib.catalogue import CATALOGUE
+
+    return [n for spec in CATALOGUE.values() if capability in spec.capabilities for n in (spec.name, *spec.aliases)]
+
+
+class OutputOptions(RequestSchema):
     """How the audio is delivered: container, rate, depth, loudness."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
 
     format: AudioFormat = Field("wav", description="Container and codec of the answer")
     sample_rate: int | Literal["native"] = Field(
@@ -38,33 +98,46 @@ class OutputOptions(BaseModel):
     bit_depth: Literal[16, 24, 32] = Field(16, description="wav/flac sample depth; 32 means float (wav only)")
     normalize: Normalize = Field("loudness", description="loudness: -14 LUFS; peak: -1 dBFS; none: as generated")
 
+    # Combinations the codecs cannot write are refused here, as a 422 naming the field and what works,
+    # rather than failing in the encoder after the audio has been generated. Field validators (format
+    # comes first, so it is in info.data) so the answer names bit_depth or sample_rate, not the body.
     @field_validator("sample_rate")
     @classmethod
-    def _rate_in_range(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 8000 <= v <= 192000:
-            raise ValueError("sample_rate must be between 8000 and 192000 Hz, or 'native'")
+    def _rate_fits(cls, v: int | str, info: ValidationInfo) -> int | str:
+        if isinstance(v, int) and not MIN_SAMPLE_RATE <= v <= MAX_SAMPLE_RATE:
+            raise ValueError(f"sample_rate must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE} Hz, or 'native'")
+        if info.data.get("format") == "mp3" and isinstance(v, int) and v not in MP3_SAMPLE_RATES:
+            rates = ", ".join(str(r) for r in MP3_SAMPLE_RATES)
+            raise ValueError(
+                f"mp3 cannot be written at {v} Hz; it supports {rates} Hz (48000 at most). "
+                "Pick one of those, or format wav, flac or ogg for other rates"
+            )
         return v
 
-    @model_validator(mode="after")
-    def _format_fits_codec(self) -> OutputOptions:
-        # Combinations the codecs cannot write are refused here, as a 422 naming what works,
-        # rather than failing in the encoder after the audio has been generated.
-        if self.format == "flac" and self.bit_depth == 32:
+    @field_validator("bit_depth")
+    @classmethod
+    def _depth_fits(cls, v: int, info: ValidationInfo) -> int:
+        if info.data.get("format") == "flac" and v == 32:
             raise ValueError(
                 "flac holds at most 24-bit integer samples; use bit_depth 16 or 24, or format wav for 32-bit float"
             )
-        rate = self.sample_rate
-        if self.format == "mp3" and isinstance(rate, int) and rate not in MP3_SAMPLE_RATES:
-            rates = ", ".join(str(r) for r in MP3_SAMPLE_RATES)
-            raise ValueError(
-                f"mp3 cannot be written at {rate} Hz; it supports {rates} Hz (48000 at most). "
-                "Pick one of those, or format wav, flac or ogg for other rates"
-            )
-        return self
+        return v
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        """The checks of the validators, in JSON Schema, for the OpenAPI document (server/http/openapi.py
+        calls it on each model's schema with the server's validation context)."""
+        schema["properties"]["sample_rate"] |= {"minimum": MIN_SAMPLE_RATE, "maximum": MAX_SAMPLE_RATE}
+        schema.setdefault("allOf", []).extend(
+            [
+                _unless("format", _other(AudioFormat, "flac"), {"bit_depth": {"enum": [16, 24]}}),
+                _unless("format", _other(AudioFormat, "mp3"), {"sample_rate": {"enum": [*MP3_SAMPLE_RATES, "native"]}}),
+            ]
+        )
 
 
-class SamplingOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SamplingOptions(RequestSchema):
+    model_config = REQUEST_CONFIG
 
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Drawn when absent; always reported")
     top_k: int = Field(250, ge=0, le=2048, description="Sample from the k most likely tokens; 0 = off")
@@ -76,19 +149,23 @@ class SamplingOptions(BaseModel):
 class GenerateRequest(OutputOptions, SamplingOptions):
     """Text to audio. Limits that depend on the server's settings come in the validation context."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
+    # The capability a request of this class asks of its model (the kinds of job_kinds below).
+    capability: ClassVar[str | None] = None
 
-    prompt: str = Field(..., min_length=1, description="What to generate, 1 to 2000 characters")
+    prompt: str = Field(
+        ..., min_length=1, description="What to generate, not blank, at most the server's max_prompt_chars"
+    )
     duration: float = Field(10.0, gt=0, description="Seconds of audio")
     model: str | None = Field(
         None, description="A catalogue name or an alias (small, stereo-melody-large, ...); default from settings"
     )
-    async_: bool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
+    async_: StrictBool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
 
     @field_validator("prompt")
     @classmethod
     def _prompt_len(cls, v: str | None, info: ValidationInfo) -> str | None:
-        limit = (info.context or {}).get("max_prompt_chars", 2000)
+        limit = setting(info.context, MAX_PROMPT_CHARS)
         if v is None:  # only where the text is optional (melody, continuation)
             return v
         if not v.strip():
@@ -100,18 +177,41 @@ class GenerateRequest(OutputOptions, SamplingOptions):
     @field_validator("duration")
     @classmethod
     def _duration_limit(cls, v: float, info: ValidationInfo) -> float:
-        limit = (info.context or {}).get("max_duration_s", 300.0)
+        limit = setting(info.context, MAX_DURATION_S)
         if v > limit:
             raise ValueError(f"duration must be at most {limit:g} s")
         return v
 
+    @model_validator(mode="after")
+    def _default_duration_within_limit(self, info: ValidationInfo) -> GenerateRequest:
+        """A request that leaves the duration out gets the default, or the server's limit when it is lower."""
+        if "duration" not in self.model_fields_set:
+            self.duration = min(self.duration, setting(info.context, MAX_DURATION_S))
+        return self
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        super().document(schema, context)
+        props = schema["properties"]
+        limit = setting(context, MAX_DURATION_S)
+        props["duration"] |= {"maximum": limit, "default": min(props["duration"]["default"], limit)}
+        # Not blank: at least one character that str.strip() keeps. On the property, so it holds for
+        # the string of an optional prompt and leaves its null alone.
+        props["prompt"] |= {"maxLength": setting(context, MAX_PROMPT_CHARS), "pattern": r"\S"}
+        if cls.capability is not None:
+            props["model"]["enum"] = [*_models_for(cls.capability), None]
+
 
 class MusicRequest(GenerateRequest):
+    capability: ClassVar[str | None] = "music"
+
     duration: float = Field(10.0, gt=0, description="Seconds of audio (default 10)")
 
 
 class SoundRequest(GenerateRequest):
     """Text to sound effect (AudioGen)."""
+
+    capability: ClassVar[str | None] = "sound"
 
     duration: float = Field(5.0, gt=0, description="Seconds of audio (default 5)")
 
@@ -122,10 +222,28 @@ INPUT_FIELDS: dict[str, str] = {"melody": "melody", "continuation": "audio"}
 AUDIO_INPUT = "an audio file (wav, mp3, flac, ogg or m4a; any sample rate and channel count)"
 
 
+def input_sources(field: str) -> tuple[str, str, str]:
+    """The fields that can give a kind's input audio: the audio (upload or base64), a job, a content item."""
+    return field, f"{field}_job", f"{field}_content"
+
+
+# What base64.b64decode(..., validate=True) takes (server/serving/inputs.py).
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
+def _one_source(schema: dict[str, Any], field: str) -> None:
+    """JSON Schema for server/serving/inputs.py's rules: exactly one source of the input audio is given
+    (a null counts as not given), and the audio in JSON is base64."""
+    schema["properties"][field] |= {"pattern": BASE64, "contentEncoding": "base64", "contentMediaType": "audio/*"}
+    schema["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}} for name in input_sources(field)]
+
+
 class MelodyRequest(GenerateRequest):
     """Music that follows a melody. The melody comes as the multipart file field `melody`, or base64
     in `melody`, or as `melody_job` (an earlier job's audio) or `melody_content` (an audio content
     item): exactly one of them."""
+
+    capability: ClassVar[str | None] = "melody"
 
     prompt: str | None = Field(None, description="Text to go with the melody (optional)")
     duration: float = Field(10.0, gt=0, description="Seconds of audio (default 10)")
@@ -133,7 +251,9 @@ class MelodyRequest(GenerateRequest):
     melody_job: str | None = Field(None, description="The melody: the audio of this earlier job (its id)")
     melody_content: str | None = Field(None, description="The melody: this audio content item (its name)")
     melody_start: float | None = Field(None, ge=0, description="Seconds into the melody where it starts")
-    melody_end: float | None = Field(None, gt=0, description="Seconds into the melody where it ends")
+    melody_end: float | None = Field(
+        None, gt=0, description="Seconds into the melody where it ends (after melody_start, within the melody)"
+    )
 
     @model_validator(mode="after")
     def _trim_order(self) -> MelodyRequest:
@@ -141,20 +261,32 @@ class MelodyRequest(GenerateRequest):
             raise ValueError("melody_end must come after melody_start")
         return self
 
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        super().document(schema, context)
+        _one_source(schema, INPUT_FIELDS["melody"])
+
 
 class ContinuationRequest(GenerateRequest):
     """Continue an audio prompt. It comes as the multipart file field `audio`, or base64 in `audio`,
-    or as `audio_job` (an earlier job's audio) or `audio_content` (an audio content item)."""
+    or as `audio_job` (an earlier job's audio) or `audio_content` (an audio content item): exactly one."""
+
+    capability: ClassVar[str | None] = "continuation"
 
     prompt: str | None = Field(None, description="Text to steer the continuation (optional)")
     duration: float = Field(10.0, gt=0, description="Seconds of new audio after the prompt (default 10)")
     audio: str | None = Field(None, description=f"The audio prompt: {AUDIO_INPUT}, base64-encoded")
     audio_job: str | None = Field(None, description="The audio prompt: the audio of this earlier job (its id)")
     audio_content: str | None = Field(None, description="The audio prompt: this audio content item (its name)")
-    include_prompt: bool = Field(
+    include_prompt: StrictBool = Field(
         True,
         description="The answer starts with the prompt (re-encoded), then the continuation; false: only the new audio",
     )
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        super().document(schema, context)
+        _one_source(schema, INPUT_FIELDS["continuation"])
 
 
 class ErrorBody(BaseModel):
@@ -287,6 +419,14 @@ class JobList(BaseModel):
     total: int
 
 
+class JobsQuery(BaseModel):
+    """The query of GET /api/jobs (other parameters are ignored)."""
+
+    state: JobState | None = Field(None, description="Only jobs in this state")
+    limit: int = Field(50, ge=1, le=1000, description="At most this many jobs, newest first")
+    offset: int = Field(0, ge=0, le=10**9, description="Skip this many first")
+
+
 class MusicJob(MusicRequest):
     """One item of POST /api/jobs (the body may also be a list of them)."""
 
@@ -328,7 +468,7 @@ JobItem = Annotated[
 JOB_KINDS: tuple[str, ...] = ("music", "sound", "melody", "continuation")
 
 
-class JobsRequest(RootModel[JobItem | list[JobItem]]):
+class JobsRequest(RootModel[JobItem | Annotated[list[JobItem], Field(min_length=1)]]):
     """The body of POST /api/jobs: one item, by `kind` (music when absent), or a list of them."""
 
 
@@ -338,6 +478,8 @@ class JobsSubmitted(BaseModel):
 
 
 # -- EnCodec: POST /api/encode and POST /api/decode --------------------------------------------
+
+ECDC_MEDIA_TYPE = "application/octet-stream"  # an .ecdc file, as encode answers it and decode takes it
 
 # What a bare bandwidth means: the encodec CLI's default, where the model offers it.
 DEFAULT_CODEC_BANDWIDTH_KBPS = 6.0
@@ -361,13 +503,13 @@ def default_bandwidth(model: str) -> float | None:
     return DEFAULT_CODEC_BANDWIDTH_KBPS if DEFAULT_CODEC_BANDWIDTH_KBPS in offered else offered[0]
 
 
-class EncodeOptions(BaseModel):
+class EncodeOptions(RequestSchema):
     """Options of POST /api/encode: form fields with the upload, or query parameters with a raw body.
 
     The default model comes in the validation context (`default_codec_model`, from settings).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_CONFIG
 
     model: str | None = Field(None, description="encodec-24khz (default), encodec-48khz or encodec-32khz")
     bandwidth_kbps: float | None = Field(
@@ -383,12 +525,37 @@ class EncodeOptions(BaseModel):
     @field_validator("bandwidth_kbps")
     @classmethod
     def _offered(cls, v: float | None, info: ValidationInfo) -> float | None:
-        model = info.data.get("model") or (info.context or {}).get("default_codec_model")
+        model = info.data.get("model") or (info.context or {}).get(DEFAULT_CODEC_MODEL)
         offered = codec_bandwidths(model) if model else None
         if v is not None and offered and v not in offered:
             valid = ", ".join(f"{b:g}" for b in offered)
             raise ValueError(f"{model} does not offer {v:g} kbps; valid values: {valid}")
         return v
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        """The codec models, and the bandwidths each offers (the default model's when none is named)."""
+        from lib.catalogue import CATALOGUE
+
+        codecs = [spec for spec in CATALOGUE.values() if "codec" in spec.capabilities]
+        names = {spec.name: [spec.name, *spec.aliases] for spec in codecs}
+        every = [n for group in names.values() for n in group]
+        schema["properties"]["model"]["enum"] = [*every, None]
+        offered = sorted({b for spec in codecs for b in spec.bandwidths_kbps})
+        schema["properties"]["bandwidth_kbps"]["enum"] = [*offered, None]  # which model's: the rules below
+        rules = [
+            _unless("model", [n for n in every if n not in names[s.name]] + [None], _bandwidths(s.bandwidths_kbps))
+            for s in codecs
+        ]
+        default = codec_bandwidths(setting(context, DEFAULT_CODEC_MODEL))
+        if default:  # a model named, or the default's bandwidths
+            named = {"required": ["model"], "properties": {"model": {"type": "string"}}}
+            rules.append({"anyOf": [named, {"properties": _bandwidths(default)}]})
+        schema.setdefault("allOf", []).extend(rules)
+
+
+def _bandwidths(offered: tuple[float, ...]) -> dict[str, Any]:
+    return {"bandwidth_kbps": {"enum": [*offered, None]}}
 
 
 class DecodeOptions(OutputOptions):
@@ -397,7 +564,7 @@ class DecodeOptions(OutputOptions):
     A codec gives back what went in: by default its own sample rate and no normalisation.
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
 
     sample_rate: int | Literal["native"] = Field(
         "native", description="Output sample rate in Hz, or 'native' (the default) for the codec's own rate"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -129,13 +131,42 @@ class Settings(BaseSettings):
         description="Long-form AudioGen (past its 10 s window): new seconds per window (the rest: 4 s of context)",
     )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest text prompt")
-    max_upload_mb: float = Field(100.0, gt=0, description="Largest accepted upload")
+    max_upload_mb: float = Field(
+        100.0,
+        gt=0,
+        description="Largest accepted request body, counted as it arrives (chunked uploads too); past it: 413",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest pause between two reads of a request body; past it the answer is 408 and the "
+        "connection is closed",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client gets to send a request's headers once it has started; past it the "
+        "connection is closed (with 408)",
+    )
+    max_decode_samples: int = Field(
+        345_600_000,
+        ge=1,
+        description="Most samples one POST /api/decode may write: frames x channels at the output rate "
+        "(the default is an hour of 48 kHz stereo, 1.4 GB as 32-bit wav). Past it the decode is refused "
+        "with 422 before any work",
+    )
     queue_depth: int = Field(64, ge=1, description="Queued jobs before new ones get 429")
     max_batch: int = Field(4, ge=1, description="Requests decoded together in one batch")
     stop_timeout_s: float = Field(
         30.0, ge=0, description="On stop, running work gets this long to finish; the rest runs again at next start"
     )
     job_retention_h: float = Field(168.0, gt=0, description="Finished jobs and their audio are kept this long")
+    min_free_disk_mb: float = Field(
+        100.0,
+        ge=0,
+        description="New work is refused (507) while the data dir's disk has less free space than this; "
+        "it is taken again as soon as there is room. 0 = no floor",
+    )
     torch_threads: int = Field(
         0, ge=0, description="Threads for torch; 0 = one per usable core (affinity and cgroup CPU quota)"
     )
@@ -181,6 +212,20 @@ class Settings(BaseSettings):
     )
 
     api_key: str | None = Field(None, description="When set, requests must send it as a Bearer token")
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve an address beyond loopback without AUDIOCRAFT_API_KEY (else the server refuses to start)",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Host names the API answers to besides localhost, loopback and IP addresses and the bound "
+        "host (comma-separated; `*` = any): a name that reaches it over the network. Others get 403 (DNS rebinding)",
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Web origins (`scheme://host[:port]`, comma-separated; `*` = any page) whose pages may call "
+        "the API: they get CORS headers and may send POST and DELETE; a request from any other site gets 403",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="The server's log level: debug, info, warning or error (any case)"
     )
@@ -219,6 +264,25 @@ class Settings(BaseSettings):
         return self.artifacts_dir if self.artifacts_dir is not None else self.data_dir / "artifacts"
 
     @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1e6)
+
+    @property
+    def allowed_host_names(self) -> list[str]:
+        return _items(self.allowed_hosts)
+
+    @property
+    def allowed_origin_list(self) -> list[str]:
+        return [o.rstrip("/") for o in _items(self.allowed_origins)]
+
+    def unsafe_bind(self) -> str | None:
+        """Why the server must not start as set: an address beyond loopback and no API key (nor the
+        explicit opt-out). UNSAFE_BIND_HINT says what to do."""
+        if self.api_key or self.allow_unauthenticated or is_loopback(self.host):
+            return None
+        return f"refusing to serve {self.host} without an API key: anyone who can reach it could use it"
+
+    @property
     def hub_cache(self) -> Path:
         return self.models_dir if self.models_dir is not None else _default_hub_cache()
 
@@ -226,6 +290,33 @@ class Settings(BaseSettings):
     def endpoint(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+
+UNSAFE_BIND_HINT = (
+    "set AUDIOCRAFT_API_KEY=<a secret> (clients send 'Authorization: Bearer <secret>'), bind 127.0.0.1 "
+    "(AUDIOCRAFT_HOST), or set AUDIOCRAFT_ALLOW_UNAUTHENTICATED=true to serve the network without a key"
+)
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip().lower() for item in text.split(",") if item.strip()]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address reaches this machine only: localhost, 127.0.0.0/8, ::1, or a name that
+    resolves to nothing else."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def load_settings(**overrides: object) -> Settings:

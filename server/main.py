@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from typing import TYPE_CHECKING
 
-from lib.settings import Settings
+from lib.settings import UNSAFE_BIND_HINT, Settings
 from server.services import Services
 
 if TYPE_CHECKING:
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
 def build_services(settings: Settings) -> Services:
     """Everything the process serves with, for its role (settings.role): `all` and `worker` run the
     lanes and import the engine (torch); `api` holds no model and imports no torch."""
+    from lib.files import private_dir
     from server.jobs.artifacts import ArtifactStore
 
+    private_dir(settings.data_dir)  # 0700: the job store holds every prompt
     artifacts = ArtifactStore(settings.artifacts)
     if settings.role == "api":
         from server.jobs.kinds import LANES
@@ -49,13 +52,19 @@ def build_queue(settings: Settings, lanes: list, artifacts, kinds=None) -> JobQu
     """The job queue: SQLite under the data dir (the default: one process, nothing else to run), or
     Redis at settings.queue_url, shared by API nodes and workers."""
     retention_s = settings.job_retention_h * 3600
+    min_free_bytes = int(settings.min_free_disk_mb * 1e6)
     if not settings.queue_url:
         from server.jobs.scheduler import Scheduler
         from server.jobs.store import JobStore
 
         store = JobStore(settings.data_dir / "jobs.sqlite3")
         return Scheduler(
-            lanes, store=store, artifacts=artifacts, queue_depth=settings.queue_depth, retention_s=retention_s
+            lanes,
+            store=store,
+            artifacts=artifacts,
+            queue_depth=settings.queue_depth,
+            retention_s=retention_s,
+            min_free_bytes=min_free_bytes,
         )
     from server.jobs.cluster.queue import RedisScheduler
     from server.jobs.cluster.store import RedisJobStore, connect
@@ -67,9 +76,10 @@ def build_queue(settings: Settings, lanes: list, artifacts, kinds=None) -> JobQu
         settings.queue_depth,
         retention_s,
         kinds=kinds,
+        min_free_bytes=min_free_bytes,
         visibility_s=settings.queue_visibility_s,
         consumer=settings.worker_id or None,
-        parallel=settings.max_batch,
+        widths={"decode": settings.max_batch},
     )
 
 
@@ -92,12 +102,18 @@ def log_config(settings: Settings) -> dict:
 
 
 def serve(settings: Settings) -> None:
+    """Serve until stopped. Refuses (exit 2, one line on stderr) to serve beyond loopback without a key."""
+    problem = settings.unsafe_bind()
+    if problem is not None:  # one line: a runtime shows the last line of a server that exits at once
+        print(f"{problem}; {UNSAFE_BIND_HINT}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     from server.engine import threads
 
     threads.prepare_environment(settings.torch_threads)  # before anything imports torch
     import uvicorn
 
     from server.http.app import create_app, create_worker_app
+    from server.http.protocol import timed_protocol
 
     services = build_services(settings)
     app = create_worker_app(services) if settings.role == "worker" else create_app(services)
@@ -107,6 +123,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         log_config=log_config(settings),
+        # h11 with a header timeout, and a body timeout where the app does not read the body.
+        http=timed_protocol(settings.header_timeout_s, settings.body_timeout_s),
         # Generation runs in a worker thread; one process owns the models.
         workers=1,
         timeout_graceful_shutdown=max(1, math.ceil(settings.stop_timeout_s)),

@@ -4,12 +4,14 @@ torch-free itself."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lib.catalogue import ModelSpec
+from lib.schemas import CONTEXT_SETTINGS
 from lib.settings import Settings
 from server.engine import threads
 from server.hub import store
@@ -19,6 +21,8 @@ from server.models.errors import ModelInUse
 
 if TYPE_CHECKING:
     from server.models.registry import ModelRegistry
+
+log = logging.getLogger("audiocraft")
 
 CLEAN_UP_EVERY_S = 3600.0  # finished jobs past their retention go this often (and at start)
 
@@ -35,9 +39,10 @@ class Services:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @property
-    def limits(self) -> dict[str, float]:
-        """Validation context for request schemas: the limits that come from settings."""
-        return {"max_duration_s": self.settings.max_duration_s, "max_prompt_chars": self.settings.max_prompt_chars}
+    def context(self) -> dict[str, Any]:
+        """The validation context of the request schemas: what they check that comes from settings (the
+        lib/schemas CONTEXT_SETTINGS). The OpenAPI document is written with the same values."""
+        return {key: getattr(self.settings, key) for key in CONTEXT_SETTINGS}
 
     def start(self) -> None:
         if self.runs_models:
@@ -54,16 +59,22 @@ class Services:
         self.scheduler.stop(self.settings.stop_timeout_s)
 
     def _housekeeping(self) -> None:
-        """Unload models idle past settings.model_idle_timeout_s; drop jobs past their retention."""
+        """Unload models idle past settings.model_idle_timeout_s; store the job ends a full disk held
+        back; drop jobs past their retention. A pass that fails (the disk full) is logged and the
+        next one tries again."""
         timeout = self.settings.model_idle_timeout_s
         period = min(60.0, max(1.0, timeout / 4)) if timeout > 0 else 60.0
         cleaned = time.monotonic()
         while not self._stopped.wait(period):
-            if timeout > 0:
-                self.registry.unload_idle()
-            if time.monotonic() - cleaned > CLEAN_UP_EVERY_S:
-                self.scheduler.clean_up()
-                cleaned = time.monotonic()
+            try:
+                if timeout > 0:
+                    self.registry.unload_idle()
+                self.scheduler.save_unsaved()
+                if time.monotonic() - cleaned > CLEAN_UP_EVERY_S:
+                    self.scheduler.clean_up()
+                    cleaned = time.monotonic()
+            except Exception:
+                log.exception("housekeeping failed; it tries again in %g s", period)
 
     def load_model(self, spec: ModelSpec) -> None:
         """Blocking: load the model (the registry makes room first)."""

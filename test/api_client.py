@@ -12,4 +12,5 @@ from server.main import build_services
 
 def make_client(models_dir, tmp_path, **overrides) -> TestClient:
     settings = Settings(models_dir=models_dir, data_dir=tmp_path / "data", device="cpu", dtype="float32", **overrides)
-    return TestClient(create_app(build_services(settings)), raise_server_exceptions=False)
+    # As a local client reaches it: a Host the service answers to (server/http/guard.py).
+    return TestClient(create_app(build_services(settings)), base_url="http://localhost", raise_server_exceptions=False)

@@ -41,7 +41,9 @@ class Backend:
 
     def queue(self, lanes, store, artifacts: ArtifactStore, queue_depth: int, retention_s: float, **kw) -> JobQueue:
         if self.name == "sqlite":
-            return Scheduler(lanes, store=store, artifacts=artifacts, queue_depth=queue_depth, retention_s=retention_s)
+            return Scheduler(
+                lanes, store=store, artifacts=artifacts, queue_depth=queue_depth, retention_s=retention_s, **kw
+            )
         from server.jobs.cluster.queue import RedisScheduler
 
         return RedisScheduler(lanes, store, artifacts, queue_depth, retention_s, **kw)

@@ -37,6 +37,7 @@ class ServerProcess:
         self.log_path = data_dir / "server.log"
         self.env = {
             **os.environ,
+            "AUDIOCRAFT_HOST": "127.0.0.1",  # what self.base reaches (a platform default may say 0.0.0.0)
             "AUDIOCRAFT_PORT": str(self.port),
             "AUDIOCRAFT_MODELS_DIR": str(models_dir),
             "AUDIOCRAFT_DATA_DIR": str(data_dir),

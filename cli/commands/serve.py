@@ -10,6 +10,7 @@ import typer
 from cli import ui
 from cli.context import state
 from cli.errors import CliError
+from lib.settings import UNSAFE_BIND_HINT
 
 
 def serve_command(
@@ -50,6 +51,9 @@ def serve_command(
         role=role,
         queue_url=queue_url,
     )
+    problem = settings.unsafe_bind()
+    if problem is not None:
+        raise CliError(problem, UNSAFE_BIND_HINT)
     try:
         from server.main import serve
     except ImportError as e:

@@ -33,7 +33,8 @@ from typing import Any
 from cli import paths, ui
 from cli.errors import CliError, Skipped
 from cli.runtime.base import Runtime, RuntimeStatus
-from lib.settings import Settings
+from lib.files import private_dir
+from lib.settings import UNSAFE_BIND_HINT, Settings
 
 CONTAINER_PORT = 7862
 CONTAINER_MODELS = "/models"
@@ -492,7 +493,15 @@ class DockerRuntime(Runtime):
                 "HF_HOME": CONTAINER_MODELS,
             }
         )
+        if self.published().unsafe_bind() is None and not self.settings.api_key:
+            # The server binds 0.0.0.0 inside the container, which it refuses to serve without a key;
+            # published on loopback only, the container is as private as a native 127.0.0.1 server.
+            env["AUDIOCRAFT_ALLOW_UNAUTHENTICATED"] = "true"
         return env
+
+    def published(self) -> Settings:
+        """The settings as the network sees the container: bound where its port is published."""
+        return self.settings.model_copy(update={"host": self.publish_host()})
 
     def publish_host(self) -> str:
         host = self.settings.host
@@ -525,6 +534,9 @@ class DockerRuntime(Runtime):
                 f"not installed: no image {self.image}",
                 "run `resource-audiocraft --runtime docker manage install`",
             )
+        problem = self.published().unsafe_bind()
+        if problem is not None:  # published beyond loopback with no key: said here, not by a dying container
+            raise CliError(problem, UNSAFE_BIND_HINT)
         vols, _ = self.mounts()
         s = self.settings
         return {
@@ -607,7 +619,7 @@ class DockerRuntime(Runtime):
         old = self._container()
         if old is not None:
             old.remove(force=True, v=True)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # 0700: the job store and content are the user's
         from docker.errors import APIError
 
         try:

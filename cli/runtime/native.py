@@ -23,7 +23,8 @@ from pathlib import Path
 from cli import logtools, paths
 from cli.errors import CliError, Skipped
 from cli.runtime.base import Runtime, RuntimeStatus
-from lib.settings import Settings
+from lib.files import private_dir
+from lib.settings import UNSAFE_BIND_HINT, Settings
 
 # What must import in the venv for the server to run.
 SERVER_MODULES = ("torch", "transformers", "starlette", "uvicorn", "soundfile", "server.main", "cli.main")
@@ -307,6 +308,9 @@ class NativeRuntime(Runtime):
             raise Skipped(f"already running (pid {current.pid}) at {current.endpoint}")
         self._clear_stale_pid()
         s = self.settings
+        problem = s.unsafe_bind()
+        if problem is not None:  # the server would refuse too: say so before anything starts
+            raise CliError(problem, UNSAFE_BIND_HINT)
         if _port_in_use(s.host, s.port):
             raise CliError(
                 f"port {s.port} is already in use by another program ({s.endpoint})",
@@ -319,7 +323,7 @@ class NativeRuntime(Runtime):
                 f"not installed: the venv {self.venv} lacks {', '.join(missing)}",
                 "run `resource-audiocraft manage install`",
             )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)  # 0700: the job store and content are the user's
         (self.data_dir / DATA_MARKER).touch()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **settings_env(s), "PYTHONUNBUFFERED": "1"}

@@ -1,8 +1,10 @@
-"""Decode uploaded audio bytes into float32 arrays of shape (channels, samples)."""
+"""Decode uploaded audio (bytes, or a file such as a spooled upload) into float32 arrays of shape
+(channels, samples)."""
 
 from __future__ import annotations
 
 import io
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -11,23 +13,50 @@ import soundfile as sf
 from server.audio.errors import AudioInputError
 
 SUPPORTED_HINT = "send a wav, flac, ogg, mp3 or m4a/aac file"
+# The one channel rule of every input (a melody, an audio prompt, an upload to encode): up to 5.1.
+# More is not music a model can follow nor a layout to guess a fold-down for: refused, not mixed.
+MAX_INPUT_CHANNELS = 6
+
+
+def check_channels(channels: int, name: str) -> None:
+    """AudioInputError past MAX_INPUT_CHANNELS; called as soon as a file's channel count is known."""
+    if channels > MAX_INPUT_CHANNELS:
+        raise AudioInputError(
+            f"{name} has {channels} channels; at most {MAX_INPUT_CHANNELS} are accepted. "
+            "Mix it down to mono or stereo and send it again"
+        )
+
+
+def _rewound(data: bytes | BinaryIO) -> BinaryIO:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return io.BytesIO(data)
+    data.seek(0)
+    return data
+
+
+def _is_empty(data: bytes | BinaryIO) -> bool:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return not data
+    data.seek(0, io.SEEK_END)
+    return data.tell() == 0
 
 
 def read_audio(
-    data: bytes,
+    data: bytes | BinaryIO,
     filename: str | None = None,
-    max_channels: int | None = None,
     max_duration_s: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode ``data`` into (float32 (channels, samples), sample_rate).
+    """Decode ``data`` (bytes, or a seekable binary file: it is read, never closed) into
+    (float32 (channels, samples), sample_rate).
 
     soundfile (libsndfile) goes first: it is fast and exact for wav/flac/ogg/mp3. PyAV (ffmpeg)
     is the fallback for everything else (m4a/aac, webm, ...). Non-finite samples, which a float
-    wav can carry, become 0 so they cannot poison a model. ``max_channels`` and ``max_duration_s``
-    let callers refuse inputs they cannot use, or that would decode to an unreasonable size.
+    wav can carry, become 0 so they cannot poison a model. Files with more than MAX_INPUT_CHANNELS
+    are refused before they are decoded; ``max_duration_s`` refuses inputs that would decode to an
+    unreasonable size.
     """
     name = f"'{filename}'" if filename else "the uploaded file"
-    if not data:
+    if _is_empty(data):
         raise AudioInputError(f"{name} is empty; {SUPPORTED_HINT}")
 
     decoded = _read_with_soundfile(data, name, max_duration_s)
@@ -40,11 +69,6 @@ def read_audio(
     audio, sample_rate = decoded
     if audio.shape[1] == 0:
         raise AudioInputError(f"{name} contains no audio samples (empty or truncated); {SUPPORTED_HINT}")
-    if max_channels is not None and audio.shape[0] > max_channels:
-        raise AudioInputError(
-            f"{name} has {audio.shape[0]} channels; at most {max_channels} are accepted. "
-            "Mix it down to mono or stereo and send it again"
-        )
     return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0), sample_rate
 
 
@@ -54,10 +78,11 @@ def _check_duration(n_samples: int, sample_rate: int, name: str, max_duration_s:
 
 
 def _read_with_soundfile(
-    data: bytes, name: str, max_duration_s: float | None
+    data: bytes | BinaryIO, name: str, max_duration_s: float | None
 ) -> tuple[np.ndarray, int] | None:
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
+        with sf.SoundFile(_rewound(data)) as f:
+            check_channels(f.channels, name)
             # The header's frame count lets us refuse a long file before decoding all of it.
             if f.frames > 0:
                 _check_duration(f.frames, f.samplerate, name, max_duration_s)
@@ -69,15 +94,18 @@ def _read_with_soundfile(
         return None
 
 
-def _read_with_pyav(data: bytes, name: str, max_duration_s: float | None) -> tuple[np.ndarray, int] | None:
+def _read_with_pyav(
+    data: bytes | BinaryIO, name: str, max_duration_s: float | None
+) -> tuple[np.ndarray, int] | None:
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(_rewound(data), mode="r")
     except (av.FFmpegError, ValueError):
         return None
     with container:
         if not container.streams.audio:
             return None
         stream = container.streams.audio[0]
+        check_channels(stream.codec_context.channels, name)
         # Decoders hand out many sample formats (s16 interleaved, fltp, ...); converting every frame
         # to planar float gives (channels, samples) blocks directly and keeps rate and layout.
         resampler = av.AudioResampler(format="fltp")

@@ -3,18 +3,17 @@ model's rate and channel count."""
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import numpy as np
 
 from server.audio.decode import read_audio, to_channels
 from server.audio.errors import AudioInputError
 from server.audio.resample import resample
 
-# More channels than 5.1 is not music a model can follow: refuse rather than guess a fold-down.
-MAX_INPUT_CHANNELS = 6
-
 
 def load_input(
-    data: bytes,
+    data: bytes | BinaryIO,
     sample_rate: int,
     channels: int,
     max_duration_s: float,
@@ -27,13 +26,15 @@ def load_input(
     resample (soxr) to `sample_rate`: float32 [channels, samples]. Anything unusable raises
     AudioInputError naming `field`, with what to do about it."""
     try:
-        audio, rate = read_audio(data, filename, max_channels=MAX_INPUT_CHANNELS, max_duration_s=max_duration_s)
+        audio, rate = read_audio(data, filename, max_duration_s=max_duration_s)
     except AudioInputError as exc:
         raise AudioInputError(exc.message, field=field) from None
-    length_s = audio.shape[1] / rate
-    first = 0 if start_s is None else round(start_s * rate)
-    last = audio.shape[1] if end_s is None else min(audio.shape[1], round(end_s * rate))
-    if first >= audio.shape[1]:
+    n = audio.shape[1]
+    length_s = n / rate
+    # Compared in seconds first: a trim past the end (1e308 s) never becomes a sample index.
+    first = 0 if not start_s else n if start_s >= length_s else round(start_s * rate)
+    last = n if end_s is None or end_s >= length_s else round(end_s * rate)
+    if first >= n:
         raise AudioInputError(
             f"{field}_start is {start_s:g} s but the {field} is only {length_s:.2f} s long; "
             f"give a {field}_start under {length_s:.2f}",

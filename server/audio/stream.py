@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from server.audio.decode import SUPPORTED_HINT, to_channels
+from server.audio.decode import SUPPORTED_HINT, check_channels, to_channels
 from server.audio.encode import (
     _FLAC_SUBTYPES,
     _MP3_COMPRESSION_LEVEL,
@@ -64,6 +64,7 @@ def open_audio(f: BinaryIO, filename: str | None = None, block_frames: int = BLO
         src = _open_pyav(f)
     if src is None:
         raise AudioInputError(f"{name} is not audio we can read; {SUPPORTED_HINT}")
+    check_channels(src.channels, name)
     return src
 
 

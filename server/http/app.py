@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from lib import __version__
 from lib.errors import ServiceError
 from lib.schemas import (
+    AUDIO_INPUT,
+    DECODE_INFO,
+    ECDC_MEDIA_TYPE,
+    ENCODE_INFO,
+    INPUT_FIELDS,
     CodecCodes,
     ContinuationRequest,
     DecodeOptions,
@@ -24,54 +30,121 @@ from lib.schemas import (
     Job,
     JobAccepted,
     JobList,
+    JobsQuery,
     JobsRequest,
     JobsSubmitted,
     MelodyRequest,
     ModelInfo,
     ModelList,
     MusicRequest,
+    OutputOptions,
     SoundRequest,
+    info_header,
 )
+from server.audio.encode import MEDIA_TYPES
 from server.http import errors
-from server.http.auth import ApiKeyMiddleware
-from server.http.openapi import Endpoint, build_document
+from server.http.auth import PROTECTED_PREFIX, ApiKeyMiddleware
+from server.http.guard import RequestGuard
+from server.http.openapi import MULTIPART, Answer, Endpoint, Upload, build_document, ref
+from server.http.payload import FORM_TYPES
 from server.http.routes import codec, generate, health, jobs, models
-from server.jobs.job import STATES
+from server.http.routes.generate import AUDIO_HEADERS
 
 if TYPE_CHECKING:
+    from lib.settings import Settings
     from server.services import Services
 
 log = logging.getLogger("audiocraft.http")
 
+# What a page on an allowed origin may read of an answer beyond the CORS-safelisted headers.
+EXPOSED_HEADERS = [
+    "Location",
+    "Retry-After",
+    "Content-Disposition",
+    "X-Job-Id",
+    "X-Seed",
+    "X-Model",
+    "X-Duration-S",
+    "X-Sample-Rate",
+    "X-Generation-Time-S",
+    *sorted({info_header(key) for key in (*ENCODE_INFO, *DECODE_INFO)}),
+]
 
-def _generation(path: str, handler, summary: str, body) -> Endpoint:
-    """A POST /api/generate/* endpoint: a request schema in, audio (or a 202 job) out."""
+
+AUDIO_TYPES = tuple(MEDIA_TYPES.values())
+EVENTS = "text/event-stream"
+AUDIO = Answer(files=AUDIO_TYPES, headers=AUDIO_HEADERS)
+ACCEPTED = Answer(202, JobAccepted, description="Accepted: the job (async, or a download)")
+# The errors of a request that runs as a job: its checks, the queue, and the job's own end (a
+# synchronous request answers with the error its job failed with).
+JOB_ERRORS = (400, 404, 409, 422, 429, 503, 507)  # 507: the data dir is (nearly) full
+
+
+def _generation(path: str, handler, summary: str, body, uploads: tuple[Upload, ...] = ()) -> Endpoint:
+    """A POST /api/generate/* endpoint: a request schema in (JSON or a form), audio (or a 202 job) out."""
     return Endpoint(
-        "POST", path, handler, summary, body=body, answers_audio=True, errors=(400, 404, 409, 413, 422, 429, 503)
+        "POST",
+        path,
+        handler,
+        summary,
+        answers=(AUDIO, ACCEPTED),
+        errors=JOB_ERRORS,
+        body=body,
+        forms=(MULTIPART,) if uploads else FORM_TYPES,
+        uploads=uploads,
+    )
+
+
+def _input(kind: str) -> tuple[Upload, ...]:
+    field = INPUT_FIELDS[kind]
+    return (Upload(field, f"The {field} audio: {AUDIO_INPUT} (or give {field}_job or {field}_content instead)"),)
+
+
+def _codec(path: str, handler, summary: str, options, what: str, raw: str, answer: Answer) -> Endpoint:
+    """POST /api/encode, /api/decode: a file in (multipart with the options as fields, or the raw body with
+    the options as query parameters), a codec job's answer out."""
+    return Endpoint(
+        "POST",
+        path,
+        handler,
+        summary,
+        answers=(answer,),
+        errors=(400, 404, 409, 422, 429, 503, 507),
+        body=options,
+        json_body=False,
+        forms=(MULTIPART,),
+        uploads=(Upload(codec.UPLOAD_FIELD, what, required=True),),
+        raw=raw,
+        query=options,
     )
 
 
 ENDPOINTS = [
     Endpoint(
-        "GET", "/health", health.health, "Service health, never blocked by generation", answer=Health, errors=(503,)
+        "GET",
+        "/health",
+        health.health,
+        "Service health, never blocked by generation",
+        answers=(Answer(model=Health), Answer(503, Health, description="Degraded: the job worker has stopped")),
     ),
-    Endpoint("GET", "/api/models", models.list_models, "The model catalogue", answer=ModelList),
-    Endpoint("GET", "/api/models/{name}", models.get_model, "One model", answer=ModelInfo, errors=(404,)),
+    Endpoint("GET", "/api/models", models.list_models, "The model catalogue", answers=(Answer(model=ModelList),)),
+    Endpoint(
+        "GET", "/api/models/{name}", models.get_model, "One model", answers=(Answer(model=ModelInfo),), errors=(404,)
+    ),
     Endpoint(
         "POST",
         "/api/models/{name}/download",
         models.download_model,
         "Download a model into the hub cache: 202 with the job (joins a running one); 200 if installed",
-        answer=JobAccepted,
-        status=202,
-        errors=(404,),
+        answers=(ACCEPTED, Answer(model=ModelInfo, description="Installed already: the model")),
+        errors=(404, 429, 503, 507),
     ),
     Endpoint(
         "DELETE",
         "/api/models/{name}",
         models.delete_model,
-        "Unload a model and delete its files (409 while jobs use it)",
-        answer=ModelInfo,
+        "Unload a model and delete its files (409 while jobs use it); the catalogue entry stays",
+        answers=(Answer(model=ModelInfo),),
         errors=(404, 409),
     ),
     Endpoint(
@@ -79,7 +152,7 @@ ENDPOINTS = [
         "/api/models/{name}/load",
         models.load_model,
         "Load an installed model (unloading idle ones past the memory budget)",
-        answer=ModelInfo,
+        answers=(Answer(model=ModelInfo),),
         errors=(404, 409, 503),
     ),
     Endpoint(
@@ -87,7 +160,7 @@ ENDPOINTS = [
         "/api/models/{name}/unload",
         models.unload_model,
         "Unload a model and free its memory (409 while a job uses it)",
-        answer=ModelInfo,
+        answers=(Answer(model=ModelInfo),),
         errors=(404, 409),
     ),
     _generation("/api/generate/music", generate.generate_music, "Text to music", MusicRequest),
@@ -96,12 +169,14 @@ ENDPOINTS = [
         generate.generate_melody,
         "Music that follows a melody (MusicGen-Melody): a multipart upload, or JSON",
         MelodyRequest,
+        _input("melody"),
     ),
     _generation(
         "/api/generate/continuation",
         generate.generate_continuation,
         "Continue an audio prompt, optionally steered by text: a multipart upload, or JSON",
         ContinuationRequest,
+        _input("continuation"),
     ),
     _generation("/api/generate/sound", generate.generate_sound, "Text to sound effect (AudioGen)", SoundRequest),
     Endpoint(
@@ -109,86 +184,102 @@ ENDPOINTS = [
         "/api/jobs",
         jobs.submit_jobs,
         "Submit one job or a list (bulk work, queued behind interactive requests)",
+        answers=(Answer(202, JobsSubmitted, description="Accepted: the jobs"),),
+        errors=(400, 404, 409, 422, 429, 507),
         body=JobsRequest,
-        answer=JobsSubmitted,
-        status=202,
-        errors=(400, 404, 409, 413, 422, 429),
     ),
     Endpoint(
         "GET",
         "/api/jobs",
         jobs.list_jobs,
         "Jobs, newest first",
-        answer=JobList,
+        answers=(Answer(model=JobList),),
         errors=(422,),
-        query=(("state", "|".join(STATES)), ("limit", "1-1000"), ("offset", "")),
+        query=JobsQuery,
     ),
-    Endpoint("GET", "/api/jobs/{job_id}", jobs.get_job, "One job", answer=Job, errors=(404,)),
+    Endpoint("GET", "/api/jobs/{job_id}", jobs.get_job, "One job", answers=(Answer(model=Job),), errors=(404,)),
     Endpoint(
         "GET",
         "/api/jobs/{job_id}/audio",
         jobs.job_audio,
-        "A finished job's audio, converted on request",
-        answers_audio=True,
-        errors=(404, 409, 422),
-        query=(
-            ("format", "wav|flac|mp3|ogg"),
-            ("sample_rate", "Hz or native"),
-            ("bit_depth", "16|24|32"),
-            ("normalize", "loudness|peak|none"),
-        ),
+        "A finished job's answer: a generation's audio (the parameters convert it; absent ones keep the job's "
+        "own), a codec job's file; 409 while the job runs, when it failed (its error) or has no audio",
+        answers=(Answer(model=CodecCodes, files=(*AUDIO_TYPES, ECDC_MEDIA_TYPE), headers=AUDIO_HEADERS),),
+        errors=(404, 409, 422, 503),
+        query=OutputOptions,
+        query_defaults=False,
     ),
     Endpoint(
         "GET",
         "/api/jobs/{job_id}/events",
         jobs.job_events,
         "Server-sent events: progress, position and ETA, then done, failed or cancelled",
+        answers=(Answer(files=(EVENTS,), schemas={EVENTS: jobs.events_schema(ref("Job"))}),),
         errors=(404,),
     ),
-    Endpoint("DELETE", "/api/jobs/{job_id}", jobs.cancel_job, "Cancel a job", answer=Job, errors=(404,)),
     Endpoint(
-        "POST",
+        "DELETE",
+        "/api/jobs/{job_id}",
+        jobs.cancel_job,
+        "Cancel a job (the job stays, cancelled)",
+        answers=(Answer(model=Job),),
+        errors=(404,),
+    ),
+    _codec(
         "/api/encode",
         codec.encode,
         "Audio to an EnCodec bitstream (.ecdc), or its codes as JSON",
-        body=EncodeOptions,
-        errors=(400, 404, 409, 413, 415, 422, 503),
+        EncodeOptions,
+        "audio (wav, flac, ogg, mp3, m4a; any rate and channels)",
+        "audio/*",
+        Answer(model=CodecCodes, files=(ECDC_MEDIA_TYPE,), headers=codec.answer_headers(ENCODE_INFO)),
     ),
-    Endpoint(
-        "POST",
+    _codec(
         "/api/decode",
         codec.decode,
         "An EnCodec bitstream (.ecdc) to audio",
-        body=DecodeOptions,
-        answers_audio=True,
-        errors=(400, 409, 413, 415, 422, 503),
+        DecodeOptions,
+        "an .ecdc file",
+        ECDC_MEDIA_TYPE,
+        Answer(files=AUDIO_TYPES, headers=codec.answer_headers(DECODE_INFO)),
     ),
-    Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics"),
+    Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics", answers=(Answer(files=("text/plain",)),)),
 ]
+
+
+def _routes(endpoints: list[Endpoint]) -> list[Route]:
+    """One route per path, so a method the path lacks answers 405 with every method it has in Allow."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        by_path.setdefault(ep.path, {})[ep.method] = ep.handler
+    routes = []
+    for path, handlers in by_path.items():
+
+        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+        routes.append(Route(path, dispatch, methods=list(handlers)))
+    return routes
 
 
 def create_app(svc: Services) -> Starlette:
     """The app over services built by the composition root (server/main.py build_services). Pure:
     nothing starts until the app's lifespan does."""
     settings = svc.settings
-    extra = (JobAccepted, CodecCodes)
-    document = build_document(ENDPOINTS, "AudioCraft resource", __version__, extra=extra)
-    codec.document_uploads(document)
-    generate.document_uploads(document)
+    protected = PROTECTED_PREFIX if settings.api_key else None
+    document = build_document(ENDPOINTS, "AudioCraft resource", __version__, svc.context, protected)
 
     async def openapi(_request: Request) -> JSONResponse:
         return JSONResponse(document)
 
-    routes = [Route(ep.path, ep.handler, methods=[ep.method]) for ep in ENDPOINTS]
+    routes = _routes(ENDPOINTS)
     routes.append(Route("/openapi.json", openapi, methods=["GET"]))
     app = Starlette(
         routes=routes,
         lifespan=_lifespan(svc),
-        # Exception too: Starlette's outermost middleware answers it (and logs the traceback).
-        exception_handlers={cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)},
+        exception_handlers=_handlers(),
     )
-    if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    _guard(app, settings)
     app.state.services = svc
     app.state.openapi = document
     return app
@@ -197,16 +288,41 @@ def create_app(svc: Services) -> Starlette:
 def create_worker_app(svc: Services) -> Starlette:
     """A worker's app (`serve --role worker`): its lanes run with the services; HTTP shows only its
     /health and /metrics (the API is on the API nodes)."""
-    routes = [Route(ep.path, ep.handler, methods=[ep.method]) for ep in ENDPOINTS if ep.path in ("/health", "/metrics")]
     app = Starlette(
-        routes=routes,
+        routes=_routes([ep for ep in ENDPOINTS if ep.path in ("/health", "/metrics")]),
         lifespan=_lifespan(svc),
-        exception_handlers={cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)},
+        exception_handlers=_handlers(),
     )
-    if svc.settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=svc.settings.api_key)
+    _guard(app, svc.settings)
     app.state.services = svc
     return app
+
+
+def _handlers() -> dict[Any, Any]:
+    """Every error's answer is errors.handle's. Exception too: Starlette's outermost middleware
+    answers it (and logs the traceback)."""
+    return {cls: errors.handle for cls in (ServiceError, ValidationError, HTTPException, Exception)}
+
+
+def _guard(app: Starlette, settings: Settings) -> None:
+    """The middleware every node's app has. Outermost last: the guard (Host, then Origin) -> CORS
+    (allowed origins only) -> the API key."""
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    if settings.allowed_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.allowed_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=EXPOSED_HEADERS,
+        )
+    app.add_middleware(
+        RequestGuard,
+        bound_host=settings.host,
+        allowed_hosts=settings.allowed_host_names,
+        allowed_origins=settings.allowed_origin_list,
+    )
 
 
 def _lifespan(svc: Services):

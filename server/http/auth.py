@@ -1,4 +1,5 @@
-"""The optional API key: when `AUDIOCRAFT_API_KEY` is set, /api/* needs `Authorization: Bearer <key>`.
+"""The optional API key: when `AUDIOCRAFT_API_KEY` is set, /api/* needs `Authorization: Bearer <key>`
+(the scheme in any case, as HTTP has it; the key compared in constant time).
 
 /health, /metrics and /openapi.json stay open: orchestrators and monitoring probe them without
 credentials, and they hold nothing private. A plain ASGI middleware (not BaseHTTPMiddleware), so
@@ -20,7 +21,7 @@ PROTECTED_PREFIX = "/api/"
 class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, api_key: str):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX) or self._allowed(scope):
@@ -39,4 +40,6 @@ class ApiKeyMiddleware:
 
     def _allowed(self, scope: Scope) -> bool:
         sent = dict(scope["headers"]).get(b"authorization", b"")
-        return hmac.compare_digest(sent, self.expected)  # constant time: no key guessing by timing
+        scheme, _, token = sent.strip().partition(b" ")
+        # constant time over the key: no key guessing by timing (the scheme is no secret)
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)

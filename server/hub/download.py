@@ -29,6 +29,7 @@ from pathlib import Path
 
 from lib.catalogue import ModelSpec
 from lib.errors import Unavailable
+from lib.files import MODELS_DIR, disk_full, no_space
 from server.hub import snapshot, store
 from server.hub.snapshot import HubFile
 
@@ -224,7 +225,10 @@ def _fetch_file(
                 )
             except DownloadCancelled:
                 raise
-            except OSError as exc:  # "Consistency check failed": the size is wrong
+            except OSError as exc:
+                if disk_full(exc):  # the part stays: the download resumes from it once there is room
+                    raise no_space(MODELS_DIR) from None
+                # "Consistency check failed": the size is wrong
                 part.unlink(missing_ok=True)
                 reason = str(exc).splitlines()[0]
                 raise DownloadFailed(
@@ -329,7 +333,7 @@ def check_writable(hub_cache: Path) -> None:
         folder = folder.parent
     if not os.access(folder, os.W_OK):
         raise DownloadFailed(
-            f"the model cache {hub_cache} is read-only: nothing can be downloaded into it",
+            f"{MODELS_DIR} is read-only: nothing can be downloaded into it",
             hint="download where it is writable (e.g. on the host: resource-audiocraft models pull), "
             "or copy the model and run: resource-audiocraft models import",
         )

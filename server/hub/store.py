@@ -40,10 +40,8 @@ class ModelNotInstalled(Conflict, LookupError):
         self.spec = spec
         self.hub_cache = hub_cache
         hint = f"resource-audiocraft models pull {spec.name}"
-        where = f" in {hub_cache}" if hub_cache is not None else ""
-        super().__init__(
-            f"model {spec.name} ({spec.repo}) is not installed{where}; run: {hint}", field="model", hint=hint
-        )
+        # Not the directory: answers never show the host's paths (the server's log names it).
+        super().__init__(f"model {spec.name} ({spec.repo}) is not installed; run: {hint}", field="model", hint=hint)
 
 
 # Downloads in progress live here (server/hub/download.py), outside any repo folder.

@@ -1,13 +1,14 @@
 """Job artifacts on disk, one folder per job: its input, its answer, and for generation the
 native-rate master that other formats come from. Every file is written to a temporary name and
-renamed, so a crash never leaves half a file."""
+renamed, so a crash never leaves half a file, and a full disk none at all (InsufficientStorage, 507).
+Files are 0600 (mkstemp's), in the private data dir."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import BinaryIO
 
-from lib.files import write_atomic, write_stream_atomic
+from lib.files import DATA_DIR, private_dir, space_errors, write_atomic, write_stream_atomic
 
 MASTER = "master.wav"  # native rate, float32, not normalised: other formats are rendered from it
 # A job's input (a melody or an audio prompt as float32 at the model's rate; a codec job's upload as
@@ -24,19 +25,21 @@ def answer_name(extension: str) -> str:
 class ArtifactStore:
     def __init__(self, root: Path):
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
 
     def path(self, job_id: str, name: str) -> Path:
         return self.root / job_id / name
 
     def write(self, job_id: str, name: str, data: bytes) -> Path:
         final = self.path(job_id, name)
-        write_atomic(final, data)
+        with space_errors(DATA_DIR):
+            write_atomic(final, data)
         return final
 
     def write_from(self, job_id: str, name: str, source: BinaryIO) -> Path:
         final = self.path(job_id, name)
-        write_stream_atomic(final, source)
+        with space_errors(DATA_DIR):
+            write_stream_atomic(final, source)
         return final
 
     def read(self, job_id: str, name: str) -> bytes:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lib.errors import NotFound, TooManyRequests, Unavailable
+from lib.errors import InsufficientStorage, NotFound, PayloadTooLarge, TooManyRequests, Unavailable
+from lib.files import DATA_DIR
 
 
 class QueueFull(TooManyRequests):
@@ -38,3 +39,31 @@ class QueueUnavailable(Unavailable):
             hint="retry shortly; this node reconnects by itself once Redis answers (AUDIOCRAFT_QUEUE_URL)",
             headers={"Retry-After": "5"},
         )
+
+
+class TooManyJobs(PayloadTooLarge):
+    """A batch submission larger than the whole queue: it can never be taken, however long one waits."""
+
+    code = "too_many_jobs"
+
+    def __init__(self, count: int, depth: int):
+        super().__init__(
+            f"{count} jobs in one submission is more than the queue holds ({depth})",
+            hint=f"send at most {depth} at a time (AUDIOCRAFT_QUEUE_DEPTH)",
+        )
+
+
+class LowDiskSpace(InsufficientStorage):
+    """Free space on the data dir's disk is below the floor: new work is refused until there is room."""
+
+    code = "low_disk_space"
+
+    def __init__(self, free_bytes: int, floor_bytes: int):
+        super().__init__(
+            f"only {free_bytes / 1e6:.1f} MB free on the disk of {DATA_DIR}, below the "
+            f"{floor_bytes / 1e6:g} MB floor: new work is refused until there is room",
+            hint="free some space on that disk (finished jobs' audio is in its artifacts/), or lower "
+            "AUDIOCRAFT_MIN_FREE_DISK_MB; work is taken again as soon as there is room",
+        )
+        self.free_bytes = free_bytes
+        self.floor_bytes = floor_bytes

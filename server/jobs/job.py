@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -18,6 +19,8 @@ STATES: tuple[str, ...] = get_args(JobState)
 UNFINISHED_STATES: tuple[str, ...] = STATES[:2]  # queued, running
 FINAL_STATES: frozenset[str] = frozenset(STATES[2:])  # succeeded, failed, cancelled
 assert UNFINISHED_STATES == ("queued", "running"), "JobState starts with the unfinished states"
+
+log = logging.getLogger("audiocraft.jobs")
 
 # Synchronous requests jump ahead of bulk batch work.
 PRIORITY_INTERACTIVE = 0
@@ -91,8 +94,22 @@ class Job:
                 self.progress = 1.0
             self.eta_s = 0.0 if state == "succeeded" else None
             waiters, self._waiters = self._waiters, []
-        for callback in waiters:
-            callback()
+        for callback in waiters:  # each one runs: a failing one must not leave a request waiting
+            try:
+                callback()
+            except Exception:
+                log.exception("a callback at the end of job %s failed", self.id)
+
+    def outcome(self) -> dict[str, Any]:
+        """The stored fields an ended job changes."""
+        return {
+            "state": self.state,
+            "progress": self.progress,
+            "eta_s": self.eta_s,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "result": self.result,
+        }
 
     def row(self) -> dict[str, Any]:
         """The persistent fields, as the job store keeps them."""

@@ -3,6 +3,9 @@ node, which runs no lane, reads it to store, list and show every kind of job."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
+
 from lib.schemas import (
     ContinuationRequest,
     DecodeJob,
@@ -13,9 +16,21 @@ from lib.schemas import (
     SoundRequest,
 )
 
+if TYPE_CHECKING:
+    from server.jobs.job import Job
+
 DECODE = {"music": MusicRequest, "sound": SoundRequest, "melody": MelodyRequest, "continuation": ContinuationRequest}
 CODEC = {"encode": EncodeJob, "decode": DecodeJob}
 DOWNLOAD = {"download": DownloadRequest}
 
 # lane name -> its kinds: server/jobs/lanes/{decode,codec,download}.py
 LANES = {"decode": DECODE, "codec": CODEC, "download": DOWNLOAD}
+
+
+def batch_group(job: Job) -> Hashable:
+    """The decode lane's group (Lane.group): one batch holds one kind and one model."""
+    return (job.kind, job.model)
+
+
+# lane name -> its Lane.group, for a node that does not run the lane (an API node's Retry-After)
+GROUPS: dict[str, Callable[[Job], Hashable | None]] = {"decode": batch_group}

@@ -1,6 +1,6 @@
 """A lane: the part of the job queue that runs some kinds of job.
 
-Every task is a job in the one queue (server/jobs/scheduler.py): it is stored, listed, cancelled
+Every task is a job in the one queue (server/jobs/queue.py: SQLite or Redis): it is stored, listed, cancelled
 and followed the same way whatever its kind. What differs goes in a lane: which kinds it owns (and
 the request schema each carries), how its jobs run, how they come back after a restart, and how
 many run at once. The queue knows lanes only through this class, so adding a lane (mixing,
@@ -15,18 +15,33 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from lib.errors import Internal
+from lib.errors import Internal, ServiceError
+from lib.files import TEMP_DIR, disk_full, no_space
 from server.jobs.job import Job
 
 if TYPE_CHECKING:
-    from server.jobs.scheduler import Scheduler
+    from server.jobs.queue import JobQueue
 
 log = logging.getLogger("audiocraft.jobs")
+
+RETRY_S = 1.0  # a lane whose queue could not be read (the store failing) tries again after this
+
+
+def failure(job: Job, exc: Exception) -> ServiceError:
+    """What a job that raised `exc` fails with: the error itself when it is the service's, a full
+    disk as a 507 (the temporary dir's, when nothing more specific caught it), else a 500 whose
+    details go to the log only."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if disk_full(exc):
+        return no_space(TEMP_DIR)
+    log.error("%s job %s failed", job.kind, job.id, exc_info=exc)
+    return Internal(f"{job.kind} failed: internal error; see the server log")
 
 
 class Lane(ABC):
@@ -35,9 +50,9 @@ class Lane(ABC):
     capacity: int = 1  # jobs it runs at once
 
     def __init__(self) -> None:
-        self.queue: Scheduler | None = None
+        self.queue: JobQueue | None = None
 
-    def bind(self, queue: Scheduler) -> None:
+    def bind(self, queue: JobQueue) -> None:
         self.queue = queue
 
     def recover(self, job: Job) -> None:
@@ -69,6 +84,11 @@ class Lane(ABC):
 
     def busy_models(self) -> set[str]:
         return {j.model for j in self.running()}
+
+    def group(self, job: Job) -> Hashable | None:
+        """Jobs of different groups never run together: the lane drains between them (the decode
+        batch holds one kind and model). None: any job runs beside any other."""
+        return None
 
 
 class WorkerLane(Lane):
@@ -107,9 +127,15 @@ class WorkerLane(Lane):
             return list(self._running.values())
 
     def _work(self) -> None:
-        assert self.queue is not None
+        queue = self.queue
+        assert queue is not None
         while True:
-            taken = self.queue.take(self, limit=1, block=True)
+            try:
+                taken = queue.take(self, limit=1, block=True)
+            except Exception:  # the lane outlives its queue's bad moments (the store failing)
+                log.exception("the %s lane could not take work; trying again", self.name)
+                queue.pause(RETRY_S)
+                continue
             if not taken:
                 return  # stopping
             job = taken[0]
@@ -117,9 +143,8 @@ class WorkerLane(Lane):
                 self._running[job.id] = job
             try:
                 self.run(job)
-            except Exception:  # the lane must survive anything one job does
-                log.exception("%s job %s failed", self.name, job.id)
-                job.finish("failed", Internal(f"{job.kind} failed: internal error; see the server log"))
+            except Exception as exc:  # the lane must survive anything one job does
+                job.finish("failed", failure(job, exc))
             finally:
                 with self._lock:
                     self._running.pop(job.id, None)

@@ -4,22 +4,30 @@ Two backends hold it: the embedded default (server/jobs/scheduler.py: SQLite, li
 process) and Redis (server/jobs/cluster/: job records in hashes, streams with a consumer group for
 the workers, for several processes on one machine or many). Both are a JobQueue: the same calls,
 the same answers. This module holds what they share: which lane owns which kind, the stop deadline
-the lanes read, retention, the wait, and the Retry-After estimate of a full queue. Torch-free.
+the lanes read, retention, the wait, the free-space floor of the artifacts' disk (507), the size
+of one submission (413), and the Retry-After of a full queue (server/jobs/backlog.py, from the
+lanes' load that each backend reads from where it keeps it). Torch-free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import shutil
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
 from lib.errors import ServiceError, Unavailable
 from lib.schemas import ErrorBody
+from server.jobs import backlog
 from server.jobs.artifacts import ArtifactStore
+from server.jobs.errors import LowDiskSpace, TooManyJobs
 from server.jobs.job import Job
 from server.jobs.lane import Lane
 
@@ -31,6 +39,18 @@ Fits = Callable[[Job, Job], bool]
 # knows of the kinds, to store and list their jobs (server/jobs/kinds.py).
 KindTable = Mapping[str, Mapping[str, type[BaseModel]]]
 
+MAX_RETRY_AFTER_S = 3600
+
+
+@dataclass
+class LaneLoad:
+    """What one lane has to do, for the Retry-After estimate (server/jobs/backlog.py)."""
+
+    capacity: int  # jobs it runs at once (on Redis: over every worker)
+    running: list[Job]
+    queued: list[Job]  # in queue order
+    group: Callable[[Job], Hashable | None]  # Lane.group: jobs of different groups never run together
+
 
 class JobQueue(ABC):
     def __init__(
@@ -40,11 +60,13 @@ class JobQueue(ABC):
         queue_depth: int,
         retention_s: float,
         kinds: KindTable | None = None,
+        min_free_bytes: int = 0,
     ):
         self.lanes = list(lanes)
         self.artifacts = artifacts
         self.queue_depth = queue_depth
         self.retention_s = retention_s
+        self.min_free_bytes = min_free_bytes
         self._lane_of: dict[str, Lane] = {}
         self.lane_names: dict[str, str] = {}  # job kind -> the name of the lane that runs it
         self.request_types: dict[str, type] = {}
@@ -62,14 +84,17 @@ class JobQueue(ABC):
                 self.request_types.setdefault(kind, schema)
         self._stopping = False
         self._stop_deadline = 0.0
+        self._stopped = threading.Event()  # set while stopping: a lane's pause ends at once
         self._started = False
-        self._job_seconds: list[float] = []
+        # Seconds per unit of work, per kind, over the last jobs that succeeded (Retry-After).
+        self.throughput = backlog.Throughput()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self.recover()
         self.clean_up()
         self._stopping = False
+        self._stopped.clear()
         self._before_lanes_start()
         for lane in self.lanes:
             lane.start()
@@ -91,6 +116,7 @@ class JobQueue(ABC):
     def _begin_stop(self, deadline: float) -> None:
         self._stopping = True
         self._stop_deadline = deadline
+        self._stopped.set()
 
     def _after_lanes_stop(self) -> None:
         return None
@@ -116,6 +142,7 @@ class JobQueue(ABC):
 
     def clean_up(self) -> int:
         """Finished jobs older than the retention, and their artifacts."""
+        self.save_unsaved()
         old = self.store.finished_before(time.time() - self.retention_s)
         for job_id in old:
             self.artifacts.remove(job_id)
@@ -130,6 +157,28 @@ class JobQueue(ABC):
 
     def submit(self, job: Job) -> Job:
         return self.submit_many([job])[0]
+
+    def check_space(self) -> None:
+        """LowDiskSpace (507) while the artifacts' disk has less free space than the floor: serving
+        asks before it writes a job's input, and every submission asks again."""
+        if self.min_free_bytes <= 0:
+            return
+        free = shutil.disk_usage(self.artifacts.root).free
+        if free < self.min_free_bytes:
+            raise LowDiskSpace(free, self.min_free_bytes)
+
+    def _admit(self, jobs: list[Job]) -> None:
+        """What every submission checks before the queue's own decision: a batch larger than the whole
+        queue can never be taken (TooManyJobs, a 413, not a 429), and the disk's floor (507)."""
+        if len(jobs) > self.queue_depth:
+            raise TooManyJobs(len(jobs), self.queue_depth)
+        self.check_space()
+
+    def save_unsaved(self) -> None:
+        """Store the job ends the store refused before (the embedded queue keeps them while its disk is
+        full; housekeeping calls this each pass). Nothing to do by default: a Redis worker's sync
+        thread retries its finishes by itself."""
+        return None
 
     @abstractmethod
     def submit_many(self, jobs: list[Job]) -> list[Job]:
@@ -182,21 +231,37 @@ class JobQueue(ABC):
     def take(self, lane: Lane, limit: int, block: bool, fits: Fits | None = None) -> list[Job]:
         """Up to `limit` of the most urgent ready jobs of the lane, marked running. With `fits`, the
         most urgent one must fit (else nothing is taken: it waits for the lane to drain) and the
-        others taken must fit with it. `block` waits for work; [] when the queue is stopping."""
+        others taken must fit with it. `block` waits for work; [] when the queue is stopping (or,
+        not blocking, when nothing is ready)."""
 
     @abstractmethod
     def wake(self) -> None:
         """Lanes waiting for work look again."""
 
+    def pause(self, seconds: float) -> None:
+        """Wait up to `seconds`, less when the queue stops (a lane backing off after a failed take)."""
+        self._stopped.wait(seconds)
+
     # -- shared rules --------------------------------------------------------------------------
-    def _retry_after_s(self, queued: int, recent_job_s: Sequence[float], parallel: int | None = None) -> int:
-        """How long until a full queue likely has room: the recent jobs' mean time, for every queued
-        job, over the widest lane (the decode batch)."""
-        recent = list(recent_job_s)[-20:]
-        per_job = sum(recent) / len(recent) if recent else 10.0
-        if parallel is None:
-            parallel = max([1] + [lane.capacity for lane in self.lanes])
-        return max(1, round(per_job * max(1, queued) / max(1, parallel)))
+    def _room_in_s(self, need: int, loads: Iterable[LaneLoad], throughput: backlog.Throughput | None = None) -> int:
+        """Whole seconds until `need` queued jobs have started: server/jobs/backlog.py says how, from
+        the running jobs' time left, the queued jobs' durations, the seconds per second of audio
+        measured (`throughput`, default self.throughput) and each lane's width."""
+        throughput = throughput or self.throughput
+        now = time.time()
+        starts: list[float] = []
+        for load in loads:
+            if not load.queued:
+                continue
+            starts += backlog.start_times(
+                load.capacity,
+                [throughput.remaining(j, now) for j in load.running],
+                load.queued,
+                throughput.work,
+                load.group,
+                load.group(load.running[0]) if load.running else None,
+            )
+        return min(MAX_RETRY_AFTER_S, max(1, math.ceil(backlog.wait_for_room(starts, need))))
 
 
 def predecessor_error(kind: str, job_id: str, state: str, error: ErrorBody | None) -> ErrorBody | ServiceError:

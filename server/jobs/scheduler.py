@@ -10,6 +10,11 @@ Every state change goes to the durable store as it happens; on start, jobs that 
 running when the last process died are queued again (same id, same seed), each lane recovering its
 own. Torch-free: the runners behind the lanes bring the engine, and only the composition root
 (server/main.py) builds them.
+
+A full disk is a state, not a crash: new work is refused (507) while the data dir's free space is
+below the floor; a job whose start cannot be stored fails with the disk's error; an end that cannot
+be stored is kept in memory (still answered by get and list) and stored once the disk has room again.
+No lane thread dies of it, and nothing needs a restart.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from server import metrics
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.errors import JobNotFound, QueueFull
 from server.jobs.job import Job
-from server.jobs.lane import Lane
-from server.jobs.queue import Fits, JobQueue, predecessor_error
+from server.jobs.lane import Lane, failure
+from server.jobs.queue import Fits, JobQueue, LaneLoad, predecessor_error
 from server.jobs.store import JobStore
 
 log = logging.getLogger("audiocraft.jobs")
@@ -40,12 +45,14 @@ class Scheduler(JobQueue):
         artifacts: ArtifactStore,
         queue_depth: int,
         retention_s: float,
+        min_free_bytes: int = 0,
     ):
-        super().__init__(lanes, artifacts, queue_depth, retention_s)
+        super().__init__(lanes, artifacts, queue_depth, retention_s, min_free_bytes=min_free_bytes)
         self.store = store
         self._live: dict[str, Job] = {}  # queued and running jobs; finished ones live in the store
+        self._unsaved: dict[str, Job] = {}  # finished jobs whose end the store could not take yet (disk full)
         self._queue: list[Job] = []
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # reentrant: a job that ends under it wakes the lanes
 
     # -- lifecycle -------------------------------------------------------------------------
     def _begin_stop(self, deadline: float) -> None:
@@ -55,8 +62,12 @@ class Scheduler(JobQueue):
             super()._begin_stop(deadline)
             self._cond.notify_all()
 
+    def _after_lanes_stop(self) -> None:
+        self.save_unsaved()  # a last try; what stays unsaved runs again at the next start
+
     def recover(self) -> int:
-        rows = [r for r in self.store.unfinished() if r["id"] not in self._live]  # live: submitted before start
+        # live: submitted before start; unsaved: ended, though the store does not know it yet
+        rows = [r for r in self.store.unfinished() if r["id"] not in self._live and r["id"] not in self._unsaved]
         jobs = []
         for row in rows:
             if row["kind"] not in self._lane_of:
@@ -79,17 +90,20 @@ class Scheduler(JobQueue):
 
     # -- submission and queries ------------------------------------------------------------
     def submit_many(self, jobs: list[Job]) -> list[Job]:
+        self._admit(jobs)
         with self._cond:
             if len(self._queue) + len(jobs) > self.queue_depth:
                 metrics.JOBS_REJECTED.inc()
-                raise QueueFull(len(self._queue), self._retry_after_s(len(self._queue), self._job_seconds))
-            self.store.insert_many([j.row() for j in jobs])
+                need = len(self._queue) + len(jobs) - self.queue_depth  # queued jobs that must start first
+                raise QueueFull(len(self._queue), self._retry_after_s(need))
+            self.store.insert_many([j.row() for j in jobs])  # InsufficientStorage when the disk is full
             for job in jobs:
                 self._live[job.id] = job
                 self._track(job)
                 metrics.JOBS_SUBMITTED.labels(job.kind).inc()
             self._sort()
             self._cond.notify_all()
+        self.save_unsaved()  # the store took a write: it may take the ends it refused before
         return jobs
 
     def submit_unless_running(self, job: Job) -> Job:
@@ -98,7 +112,7 @@ class Scheduler(JobQueue):
             return self.find(job.kind, job.model) or self.submit(job)
 
     def get(self, job_id: str) -> Job:
-        job = self._live.get(job_id)
+        job = self._live.get(job_id) or self._unsaved.get(job_id)
         if job is not None:
             return job
         row = self.store.get(job_id)
@@ -122,7 +136,8 @@ class Scheduler(JobQueue):
         rows, total = self.store.page(state, limit, offset)
         # Live jobs carry fresher progress than their stored row.
         known = [r for r in rows if r["kind"] in self.request_types]
-        return [self._live.get(r["id"]) or Job.from_row(r, self.request_types) for r in known], total
+        fresher = {**self._unsaved, **self._live}
+        return [fresher.get(r["id"]) or Job.from_row(r, self.request_types) for r in known], total
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -144,30 +159,38 @@ class Scheduler(JobQueue):
 
     # -- for the lanes -----------------------------------------------------------------------
     def take(self, lane: Lane, limit: int, block: bool, fits: Fits | None = None) -> list[Job]:
+        """A job whose start the store refuses (disk full) fails with that error and is not handed out."""
         with self._cond:
             while True:
                 if self._stopping:
                     return []
                 ready = self._ready(lane)
-                if ready or not block:
-                    break
+                if ready:
+                    head = ready[0]
+                    if fits is not None and not fits(head, head):
+                        return []
+                    chosen = [j for j in ready if fits is None or fits(head, j)][:limit]
+                    now = time.time()  # jobs that start together share their start time
+                    for job in chosen:
+                        self._queue.remove(job)
+                    metrics.QUEUE_DEPTH.set(len(self._queue))
+                    started = [job for job in chosen if self._started_running(job, now)]
+                    if started or not block:
+                        return started
+                    continue  # every one failed to start: look again
+                if not block:
+                    return []
                 self._cond.wait(timeout=3600)
-            if not ready:
-                return []
-            head = ready[0]
-            if fits is not None and not fits(head, head):
-                return []
-            chosen = [j for j in ready if fits is None or fits(head, j)][:limit]
-            now = time.time()  # jobs that start together share their start time
-            for job in chosen:
-                self._queue.remove(job)
-                self._started_running(job, now)
-            metrics.QUEUE_DEPTH.set(len(self._queue))
-            return chosen
 
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    def pause(self, seconds: float) -> None:
+        """Wait up to `seconds`, less when the queue stops or wakes (a lane backing off)."""
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait(seconds)
 
     # -- internals -------------------------------------------------------------------------
     def _ready(self, lane: Lane) -> list[Job]:
@@ -194,27 +217,47 @@ class Scheduler(JobQueue):
         if job.waits_for is not None:
             job.waits_for.on_done(self.wake)
 
-    def _started_running(self, job: Job, now: float) -> None:
+    def _started_running(self, job: Job, now: float) -> bool:
+        """Mark the job running, in the store first: False (the job failed with the store's error)
+        when the store refuses."""
+        try:
+            self.store.update(job.id, state="running", started_at=now, attempts=job.attempts + 1)
+        except Exception as exc:  # the disk is full (507), or the store fails: the job fails, the lane goes on
+            log.warning("%s job %s could not start: %s", job.kind, job.id, exc)
+            job.finish("failed", failure(job, exc))
+            return False
         job.state, job.started_at, job.attempts = "running", now, job.attempts + 1
-        self.store.update(job.id, state="running", started_at=job.started_at, attempts=job.attempts)
-        job.on_done(lambda: self._job_seconds.append(time.time() - (job.started_at or time.time())))
+        job.on_done(lambda: self.throughput.record(job))
+        return True
 
     def _finished(self, job: Job) -> None:
         """Runs in whichever thread ended the job: persist, forget the live copy, wake the lanes
-        (a job may have waited for this one)."""
-        self.store.update(
-            job.id,
-            state=job.state,
-            progress=job.progress,
-            eta_s=job.eta_s,
-            finished_at=job.finished_at,
-            error=job.error,
-            result=job.result,
-        )
+        (a job may have waited for this one). An end the store refuses is kept until it takes it."""
+        with self._cond:
+            self._unsaved[job.id] = job
+            self._live.pop(job.id, None)
         metrics.JOBS_FINISHED.labels(job.kind, job.state).inc()
-        self._live.pop(job.id, None)
+        self.save_unsaved()
         self.wake()
+
+    def save_unsaved(self) -> None:
+        """Store the ends the store refused before (oldest first), until it refuses again."""
+        for job in sorted(list(self._unsaved.values()), key=lambda j: j.finished_at or 0.0):
+            try:
+                self.store.update(job.id, **job.outcome())
+            except Exception as exc:  # a full disk, or any store failure: kept, tried again later
+                log.warning("job %s ended %s but the store cannot say so yet: %s", job.id, job.state, exc)
+                return
+            self._unsaved.pop(job.id, None)
 
     def _sort(self) -> None:
         self._queue.sort(key=lambda j: (j.priority, j.created_at))
         metrics.QUEUE_DEPTH.set(len(self._queue))
+
+    def _retry_after_s(self, need: int) -> int:
+        """Whole seconds until `need` queued jobs have started (called with the lock held)."""
+        loads = []
+        for lane in self.lanes:
+            queued = [j for j in self._queue if self._lane_of.get(j.kind) is lane]
+            loads.append(LaneLoad(lane.capacity, lane.running(), queued, lane.group))
+        return self._room_in_s(need, loads)

@@ -1,7 +1,9 @@
 """The durable job store: SQLite in WAL mode under the data dir.
 
 State changes are committed as they happen, so after a crash (even SIGKILL) the store says exactly
-which jobs were queued or running; those run again with their recorded seed."""
+which jobs were queued or running; those run again with their recorded seed. The store holds every
+prompt: its directory is 0700 and its files (the database, -wal, -shm) 0600. A write that the full
+disk refuses raises InsufficientStorage (507) and leaves the store as it was."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from lib.files import DATA_DIR, private_dir, private_file, space_errors
 from lib.schemas import ErrorBody, JobResult
 from server.jobs.job import FINAL_STATES, UNFINISHED_STATES
 
@@ -60,8 +63,14 @@ COLUMNS = (
 
 class JobStore:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self.path = path
+        # SQLite gives -wal and -shm the database file's mode: made 0600 first, all three are.
+        private_file(path)
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                private_file(side)
         # One connection shared by the worker thread and the event loop, serialised by a lock.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -86,7 +95,7 @@ class JobStore:
         """All or nothing: a batch submission is stored whole or not at all."""
         cols = ", ".join(COLUMNS)
         marks = ", ".join("?" for _ in COLUMNS)
-        with self._lock:
+        with self._lock, space_errors(DATA_DIR):
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(
@@ -95,13 +104,14 @@ class JobStore:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                    self._db.execute("ROLLBACK")
                 raise
 
     def update(self, job_id: str, **fields: Any) -> None:
         encoded = _encode(fields)
         assignments = ", ".join(f"{k} = ?" for k in encoded)
-        with self._lock:
+        with self._lock, space_errors(DATA_DIR):
             self._db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*encoded.values(), job_id))
 
     def unfinished(self) -> list[dict[str, Any]]:
@@ -128,7 +138,7 @@ class JobStore:
         return [r[0] for r in rows]
 
     def delete(self, job_ids: list[str]) -> None:
-        with self._lock:
+        with self._lock, space_errors(DATA_DIR):
             self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
 
     def _select(self, clause: str, args: tuple = ()) -> list[dict[str, Any]]:

@@ -174,8 +174,10 @@ class ModelRegistry:
         except store.ModelNotInstalled:
             raise  # a repo the model needs (AudioGen's T5) is missing: a 409 with the pull command, not a 503
         except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
+            # The answer names the model, not the files (their paths are the host's): the log has both.
+            log.error("could not load %s from %s: %s", spec.name, snapshot, exc)
             raise ModelLoadFailed(
-                f"could not load {spec.name} from {snapshot}: {exc}",
+                f"could not load {spec.name}: its files do not load ({type(exc).__name__}; the server log has more)",
                 hint=f"the files may be damaged; reinstall with: resource-audiocraft models pull {spec.name}",
             ) from exc
 

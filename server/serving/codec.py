@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, BinaryIO
 
 from lib.catalogue import CATALOGUE, ModelSpec, get_spec
+from lib.errors import Invalid
 from lib.schemas import DecodeJob, DecodeOptions, EncodeJob, EncodeOptions, default_bandwidth
 from server.engine.codec import container
 from server.engine.errors import UnsupportedRequest
@@ -26,6 +27,8 @@ def codec_spec(svc: Services, name: str) -> tuple[ModelSpec, Job | None]:
 
 
 def _submit(svc: Services, job: Job, upload: BinaryIO) -> Job:
+    """The upload kept with the job, then the job queued; neither while the disk is low (507)."""
+    svc.scheduler.check_space()
     artifacts = svc.scheduler.artifacts
     upload.seek(0)
     artifacts.write_from(job.id, UPLOAD, upload)
@@ -45,11 +48,31 @@ def encode(svc: Services, upload: BinaryIO, filename: str | None, options: Encod
     return _submit(svc, job, upload)
 
 
+def _check_output_size(svc: Services, spec: ModelSpec, header: container.Header, options: DecodeOptions) -> None:
+    """Refuse a decode whose answer would pass AUDIOCRAFT_MAX_DECODE_SAMPLES, from the header alone."""
+    rate = spec.sample_rate if options.sample_rate == "native" else int(options.sample_rate)
+    samples = round(header.audio_length * rate / spec.sample_rate) * spec.channels
+    limit = svc.settings.max_decode_samples
+    if samples > limit:
+        seconds = header.audio_length / spec.sample_rate
+        raise Invalid(
+            f"this decode would write {samples:,} samples ({seconds:,.0f} s of {spec.channels}-channel audio at "
+            f"{rate} Hz); the server writes at most {limit:,} per decode",
+            code="decode_too_large",
+            field="sample_rate" if rate > spec.sample_rate else "file",
+            hint="ask for a lower sample_rate (native is the codec's own), send a shorter file, or raise "
+            "AUDIOCRAFT_MAX_DECODE_SAMPLES on the server",
+        )
+
+
 def decode(svc: Services, upload: BinaryIO, filename: str | None, options: DecodeOptions) -> Job:
-    """The .ecdc header names the model: read it (a 422 when it is not an .ecdc) before anything is queued."""
+    """The .ecdc header names the model: read it (a 422 when it is not an .ecdc) before anything is
+    queued, and refuse an answer past the output bound. The body is checked against the header's
+    claims in the lane, with the model's layout, before anything is allocated (plan_decode)."""
     upload.seek(0)
     header, _ = container.read_header(upload)
     spec, after = codec_spec(svc, container.catalogue_name(header.model))
+    _check_output_size(svc, spec, header, options)
     request = DecodeJob(**options.model_dump(), filename=filename)
     job = Job(kind="decode", model=spec.name, request=request, seed=0, priority=PRIORITY_INTERACTIVE)
     job.run_after(after)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -45,7 +45,9 @@ def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
 
 async def prepare(svc: Services, kind: str, request: BaseModel, files: dict[str, UploadFile], priority: int) -> Job:
     """new_job, plus the kind's input audio (melody, audio prompt): read, checked and kept with the
-    job. The stored request keeps references only, not the base64 audio."""
+    job. The stored request keeps references only, not the base64 audio. Nothing is written (nor a
+    download started) while the data dir's disk is below its free-space floor (507)."""
+    svc.scheduler.check_space()
     field = INPUT_FIELDS.get(kind)
     if field is None:
         if files:
@@ -93,9 +95,9 @@ async def generate_many(svc: Services, items: list[tuple[str, BaseModel]], prior
     return submit(svc, jobs)
 
 
-async def rerender(svc: Services, job: Job, overrides: dict[str, str]) -> RenderedAudio:
+async def rerender(svc: Services, job: Job, overrides: dict[str, Any]) -> RenderedAudio:
     """Another format, rate, depth or normalisation of a finished job's audio, from its native-rate
-    master. `overrides` are query strings over the job's own output options."""
+    master. `overrides` (the query, as the schema types it) go over the job's own output options."""
     from server.audio.decode import read_audio
     from server.audio.render import render
 

@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from lib.catalogue import ModelSpec
 from lib.content import ContentStore
 from lib.errors import Conflict, Invalid
+from lib.schemas import input_sources
 from server.audio.encode import encode_audio
 from server.audio.input import load_input
 from server.jobs.artifacts import INPUT, MASTER
@@ -26,13 +27,15 @@ if TYPE_CHECKING:
 
 
 async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile], field: str):
-    """(bytes, filename) of the one source given for `field`."""
+    """(bytes or file, filename) of the one source given for `field`. An upload is read from its
+    spooled file (on disk past 1 MB), never copied whole into memory."""
     upload = files.get(field)
+    audio, job, content = input_sources(field)
     given = {
         "an upload": upload,
-        "base64": getattr(request, field),
-        "a job": getattr(request, f"{field}_job"),
-        "a content item": getattr(request, f"{field}_content"),
+        "base64": getattr(request, audio),
+        "a job": getattr(request, job),
+        "a content item": getattr(request, content),
     }
     present = [name for name, value in given.items() if value is not None]
     if not present:
@@ -45,7 +48,7 @@ async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile
     if len(present) > 1:
         raise Invalid(f"give the {field} once, not as {' and '.join(present)}", field=field)
     if upload is not None:
-        return await upload.read(), upload.filename
+        return upload.file, upload.filename
     if given["base64"] is not None:
         try:
             return base64.b64decode(given["base64"], validate=True), None

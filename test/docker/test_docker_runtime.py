@@ -134,6 +134,8 @@ def test_container_as_specified(live, models_dir):
     assert env["AUDIOCRAFT_HOST"] == "0.0.0.0" and env["AUDIOCRAFT_PORT"] == "7862"
     assert env["AUDIOCRAFT_DATA_DIR"] == "/data" and env["HF_HOME"] == "/models"
     assert env["AUDIOCRAFT_DEVICE"] == "cpu"
+    # Published on loopback only, the server in it (bound to 0.0.0.0) serves without a key on purpose.
+    assert env["AUDIOCRAFT_ALLOW_UNAUTHENTICATED"] == "true" and "AUDIOCRAFT_API_KEY" not in env
     # Host-only settings stay on the host.
     for key in ("AUDIOCRAFT_MODELS_DIR", "AUDIOCRAFT_IMAGE", "AUDIOCRAFT_RUNTIME", "AUDIOCRAFT_CONTAINER_NAME"):
         assert key not in env

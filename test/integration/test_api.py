@@ -239,7 +239,7 @@ def test_not_installed_is_409_with_hint(tmp_path):
         (b"{not json", "application/json", 400),
         (b"[1, 2]", "application/json", 400),
         (b"", "application/json", 400),
-        (b"\xff\xfe\x00garbage", "application/octet-stream", 400),
+        (b"\xff\xfe\x00garbage", "application/octet-stream", 415),  # JSON only as application/json
     ],
 )
 def test_malformed_bodies_are_4xx(client, content, ctype, status):

@@ -31,9 +31,15 @@ def test_a_wrong_key_is_refused(client, header):
     assert client.get("/api/jobs", headers={"Authorization": header}).status_code == 401
 
 
-def test_the_right_key_passes(client):
-    r = client.get("/api/models", headers={"Authorization": f"Bearer {KEY}"})
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_right_key_passes_with_the_scheme_in_any_case(client, scheme):
+    r = client.get("/api/models", headers={"Authorization": f"{scheme} {KEY}"})
     assert r.status_code == 200 and r.json()["models"]
+
+
+@pytest.mark.parametrize("header", [f"bearer {KEY.upper()}", f"BearerX {KEY}", f"Bearer{KEY}", "bearer", ""])
+def test_the_key_itself_is_still_exact(client, header):
+    assert client.get("/api/jobs", headers={"Authorization": header}).status_code == 401
 
 
 @pytest.mark.parametrize("path", ["/health", "/metrics", "/openapi.json"])

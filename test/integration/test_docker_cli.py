@@ -95,6 +95,33 @@ def test_container_config_settings(tmp_path):
     assert env["AUDIOCRAFT_PORT"] == "7862"  # inside, always 7862
 
 
+@pytest.mark.parametrize(
+    "settings,opt_out",
+    [
+        ({}, "true"),  # published on 127.0.0.1: the server in it binds 0.0.0.0 and is told that is fine
+        ({"host": "localhost"}, "true"),
+        ({"host": "::1"}, "true"),
+        ({"api_key": "k3y"}, "False"),  # with a key nothing needs the opt-out
+        ({"host": "0.0.0.0", "api_key": "k3y"}, "False"),
+        ({"host": "0.0.0.0", "allow_unauthenticated": True}, "true"),  # the user's own opt-out goes along
+    ],
+)
+def test_the_container_serves_without_a_key_only_when_published_on_loopback(tmp_path, settings, opt_out):
+    env = runtime(tmp_path, **settings).container_config()["environment"]
+    assert env["AUDIOCRAFT_HOST"] == "0.0.0.0"
+    assert env["AUDIOCRAFT_ALLOW_UNAUTHENTICATED"] == opt_out
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "192.168.1.5"])
+def test_publishing_beyond_loopback_without_a_key_is_refused_before_any_container_runs(tmp_path, host):
+    client = FakeClient()
+    rt = runtime(tmp_path, client=client, host=host)
+    with pytest.raises(CliError) as err:
+        rt.start()  # the fake engine cannot run a container: reaching it would fail otherwise
+    assert "without an API key" in err.value.message
+    assert "AUDIOCRAFT_API_KEY" in err.value.hint and "AUDIOCRAFT_ALLOW_UNAUTHENTICATED=true" in err.value.hint
+
+
 def test_models_dir_must_exist(tmp_path):
     with pytest.raises(CliError, match="not a directory"):
         runtime(tmp_path, models_dir=tmp_path / "missing").container_config()

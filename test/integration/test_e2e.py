@@ -62,7 +62,14 @@ def test_prd_model_list(server):
 
 
 def test_errors_then_still_serving(server):
-    assert httpx.post(f"{server}/api/generate/music", content=b"{", timeout=QUICK_HANG_GUARD_S).status_code == 400
+    def post(body: bytes, ctype: str | None) -> int:
+        headers = {"content-type": ctype} if ctype else {}
+        return httpx.post(
+            f"{server}/api/generate/music", content=body, headers=headers, timeout=QUICK_HANG_GUARD_S
+        ).status_code
+
+    assert post(b"{", "application/json") == 400
+    assert post(b'{"prompt": "x"}', None) == 415  # JSON only as application/json
     assert (
         httpx.post(
             f"{server}/api/generate/music", json={"prompt": "x", "model": "nope"}, timeout=QUICK_HANG_GUARD_S

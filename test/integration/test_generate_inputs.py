@@ -219,7 +219,8 @@ def test_openapi_documents_the_new_endpoints(client):
     doc = client.get("/openapi.json").json()
     melody = doc["paths"]["/api/generate/melody"]["post"]["requestBody"]["content"]
     assert melody["application/json"]["schema"]["$ref"].endswith("/MelodyRequest")
-    upload = melody["multipart/form-data"]["schema"]["allOf"][1]["properties"]["melody"]
+    form = melody["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
+    upload = doc["components"]["schemas"][form]["properties"]["melody"]
     assert upload["format"] == "binary"
     props = doc["components"]["schemas"]["ContinuationRequest"]["properties"]
     assert {"audio", "audio_job", "audio_content", "include_prompt", "prompt", "duration"} <= set(props)

@@ -231,12 +231,22 @@ def test_audio_converted_on_request(server):
 
 
 def test_past_the_queue_depth_is_429_and_all_or_nothing(server):
+    def batch(n: int, what: str) -> list[dict]:
+        return [{"kind": "music", "prompt": f"{what} {i}", "duration": 1} for i in range(n)]
+
     with server.client() as c:
         before = c.get("/api/jobs").json()["total"]
-        r = c.post("/api/jobs", json=[{"kind": "music", "prompt": f"flood {i}", "duration": 1} for i in range(7)])
+        r = c.post("/api/jobs", json=batch(7, "flood"))  # more than the whole queue (6): never, so no Retry-After
+        assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_jobs", r.text
+        assert c.get("/api/jobs").json()["total"] == before
+        held = c.post("/api/jobs", json=batch(6, "hold")).json()["ids"]  # at most 4 run: 2 or more wait
+        r = c.post("/api/jobs", json=batch(5, "flood"))
         assert r.status_code == 429
         assert int(r.headers["retry-after"]) >= 1
-        assert c.get("/api/jobs").json()["total"] == before
+        assert c.get("/api/jobs").json()["total"] == before + 6
+        for job_id in held:
+            c.delete(f"/api/jobs/{job_id}")
+        wait_jobs(c, held)
         bad = c.post("/api/jobs", json=[{"prompt": "ok"}, {"prompt": ""}])
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "[1].prompt"
         assert c.get("/health").json()["status"] == "ok"

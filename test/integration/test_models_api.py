@@ -57,7 +57,7 @@ def test_download_is_a_job_with_byte_progress_and_a_second_call_joins_it(hub, tm
         assert info["size_on_disk_bytes"] == total
         again = client.post(f"/api/models/{NAME}/download")
         assert again.status_code == 200 and again.json()["installed"] is True
-        no_audio = client.get(f"/api/jobs/{job_id}/audio")  # a download is a job, but makes no audio
+        no_audio = client.get(f"/api/jobs/{job_id}/audio")  # a download has none: a 409, not a 500
         assert no_audio.status_code == 409 and no_audio.json()["error"]["code"] == "no_audio"
 
 

@@ -309,11 +309,18 @@ def test_decode_truncated_body_keeps_what_is_there():
     assert rate == 16000 and audio.shape == (1, 500)
 
 
-def test_decode_max_channels_guard():
-    data = wav_bytes(np.zeros((1000, 8), np.float32) + 0.1, 48000)
-    assert read_audio(data)[0].shape == (8, 1000)
-    with pytest.raises(AudioInputError, match="8 channels; at most 2"):
-        read_audio(data, max_channels=2)
+def test_one_channel_rule_for_every_input():
+    """Up to 5.1 is read, by the whole-file reader and the block reader alike; more is refused."""
+    from server.audio.stream import open_audio
+
+    six = wav_bytes(np.zeros((1000, 6), np.float32) + 0.1, 48000)
+    assert read_audio(six)[0].shape == (6, 1000)
+    assert open_audio(io.BytesIO(six)).channels == 6
+    eight = wav_bytes(np.zeros((1000, 8), np.float32) + 0.1, 48000)
+    with pytest.raises(AudioInputError, match="8 channels; at most 6"):
+        read_audio(eight)
+    with pytest.raises(AudioInputError, match="8 channels; at most 6"):
+        open_audio(io.BytesIO(eight))
 
 
 def test_decode_max_duration_guard():

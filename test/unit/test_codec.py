@@ -131,6 +131,50 @@ def test_layout_counts_frames_as_the_reference_reader():
     assert list(seg.segments(100000)) == [(0, 48000), (47520, 48000), (95040, 4960)]
 
 
+class _CountingLayout(Layout):
+    """A layout that counts the per-segment arithmetic it does."""
+
+    calls = 0
+
+    def segment_bytes(self, frames: int, codebooks: int) -> int:
+        type(self).calls += 1
+        return super().segment_bytes(frames, codebooks)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        _CountingLayout("encodec_48khz", 48000, 2, 320, 10, 16, True, 48000, 47520),
+        _CountingLayout("encodec_24khz", 24000, 1, 320, 10, 32, False),
+        _CountingLayout("odd", 16000, 1, 40, 10, 8, True, 1000, 10),  # 100 segments overlap each sample
+    ],
+)
+@pytest.mark.parametrize("audio_length", [1, 47999, 48000, 95041, 10**6 + 7, 475_200_000_000, 5_700_000_000_000])
+def test_header_claims_are_checked_against_the_body_in_constant_work(layout, audio_length):
+    """Whatever a header claims (10 million segments, 5.7e12 samples), a body that cannot hold it
+    is refused after a bounded number of steps, and the plan of one that can matches segments()."""
+    expected = [(o, n) for o, n in layout.segments(audio_length)] if audio_length < 10**7 else None
+    if expected is not None:
+        runs = layout.segment_runs(audio_length)
+        bound = 2 + layout.segment_length // layout.segment_stride if layout.segment_length else 1
+        assert len(runs) <= bound
+        assert sum(n for n, _, _ in runs) == len(expected)
+        want = [layout.encoder_frames(n) for _, n in expected[:-1]] + [layout.frames_written(expected[-1][1])]
+        body = sum(layout.segment_bytes(f, 4) for f in want)
+        assert layout.segment_frames(audio_length, 4, body) == want
+    _CountingLayout.calls = 0
+    with pytest.raises(EcdcError) as err:
+        layout.segment_frames(audio_length, 4, 77)
+    assert err.value.code in ("truncated_ecdc", "corrupt_ecdc")
+    assert _CountingLayout.calls <= 2 * (3 + (layout.segment_length or 0) // (layout.segment_stride or 1))
+
+
+def test_header_lengths_past_any_body_are_corrupt():
+    big = container.encode_header(Header("encodec_24khz", container.MAX_AUDIO_LENGTH + 1, 2))
+    with pytest.raises(EcdcError, match="invalid audio length"):
+        container.read_header(io.BytesIO(big))
+
+
 # -- streaming equals one piece ------------------------------------------------------------------
 
 

@@ -110,7 +110,7 @@ def test_concurrent_adds_all_land(store, tmp_path):
 
 def test_names():
     assert valid_name("calm-piano_2.v1")
-    for bad in ("", "-x", "a/b", "../x", "a b", "x" * 129):
+    for bad in ("", "-x", "a/b", "../x", "a b", "x" * 129, "calm\n", "calm\r\n", "\ncalm"):  # the whole name
         assert not valid_name(bad)
     assert sanitize_name("  My song (final)!.wav ") == "My-song-final-.wav"
     assert sanitize_name("///") == "item"

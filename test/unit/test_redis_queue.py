@@ -12,14 +12,17 @@ the visibility timeout it has, and a "silent" worker is one whose heartbeat neve
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from server.jobs import queue as queue_module
 from server.jobs.artifacts import ArtifactStore
+from server.jobs.cluster import queue as cluster_module
 from server.jobs.cluster.queue import RedisScheduler
 from server.jobs.cluster.store import RedisJobStore, connect
-from server.jobs.errors import QueueUnavailable
+from server.jobs.errors import QueueFull, QueueUnavailable
 from server.jobs.job import Job
 from server.jobs.lane import WorkerLane
 
@@ -210,6 +213,41 @@ def test_a_download_is_joined_across_nodes(workers):
     first = one.submit_unless_running(work("m"))
     again = two.submit_unless_running(work("m"))
     assert again.id == first.id and two.counts() == (1, 0)
+
+
+class FrozenWall:
+    """Wall time stands still (a claim stamps a job's start with it, the estimate reads it); the
+    monotonic clock is real."""
+
+    wall = 2_000_000_000.0
+
+    def time(self) -> float:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_an_api_nodes_retry_after_counts_the_workers_and_what_they_measured(workers, monkeypatch):
+    for module in (queue_module, cluster_module):
+        monkeypatch.setattr(module, "time", FrozenWall())
+    api, _ = workers("api", with_lane=False)
+    one, lane_1 = workers("w1")
+    two, lane_2 = workers("w2")
+    one._heartbeat(), two._heartbeat()  # both alive, whatever their sync threads have done yet
+    one.throughput.add("work", 4.0, 1.0)  # a worker measured 4 s per job: every node reads it
+    assert api.throughput.seconds_per_unit("work") == 4.0
+    first, second = api.submit_many([work("a"), work("b")])
+    assert lane_1.started.wait(HANG_GUARD_S) and lane_2.started.wait(HANG_GUARD_S)
+    api.submit_many([work(str(i)) for i in range(10)])  # the queue (10) is full
+    with pytest.raises(QueueFull) as err:
+        api.submit_many([work() for _ in range(3)])
+    # A slot frees on each worker at 4 s, then every 4 s: the 3rd queued job starts at 8 s (12 on one).
+    assert err.value.retry_after_s == 8 and err.value.headers["Retry-After"] == "8"
+    held = lane_1.running_job.id
+    lane_1.release(held)
+    ended(first if held == first.id else second)
+    assert len(api.throughput.samples("work")) == 2  # the finish was measured, once
 
 
 def test_a_stopping_worker_hands_its_job_back_at_once(workers):

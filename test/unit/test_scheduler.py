@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 
 from lib.schemas import ErrorBody, MusicRequest
+from server.jobs import backlog
 from server.jobs import queue as queue_module
 from server.jobs import scheduler as scheduler_module
 from server.jobs.artifacts import ArtifactStore
-from server.jobs.errors import JobNotFound, QueueFull
+from server.jobs.errors import JobNotFound, QueueFull, TooManyJobs
 from server.jobs.job import Job
 from server.jobs.lanes.decode import DecodeLane
 from server.jobs.scheduler import Scheduler
@@ -617,6 +618,121 @@ def test_retry_after_is_at_least_a_second_even_for_quick_jobs_and_wide_batches(m
     with pytest.raises(QueueFull) as err:
         sched.submit(make_job(model=MEDIUM))
     assert err.value.retry_after_s >= 1
+
+
+class FrozenClock(FakeClock):
+    """Wall time too stands still (the scheduler stamps a job's start with it): a running job's time
+    left is exactly its estimated work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wall = 2_000_000_000.0
+
+    def time(self) -> float:
+        return self.wall
+
+
+@pytest.fixture
+def frozen(clock, monkeypatch) -> FrozenClock:
+    """Every backend's clock: the queues stamp starts with it, and the estimate reads it."""
+    from server.jobs.cluster import queue as cluster_module
+
+    fake = FrozenClock()
+    for module in (scheduler_module, queue_module, cluster_module):
+        monkeypatch.setattr(module, "time", fake)
+    return fake
+
+
+def measured(sched: Scheduler, seconds_of_audio: float, took_s: float, n: int = 20) -> None:
+    """A history of n generations that succeeded here, each of that duration and wall time."""
+    for _ in range(n):
+        job = make_job(steps=1)
+        job.request = MusicRequest(prompt="past", duration=seconds_of_audio)
+        job.state, job.started_at, job.finished_at = "succeeded", 100.0, 100.0 + took_s
+        sched.throughput.record(job)
+
+
+def retry_after(sched: Scheduler, jobs: list[Job]) -> int:
+    with pytest.raises(QueueFull) as err:
+        sched.submit_many(jobs)
+    assert err.value.headers["Retry-After"] == str(err.value.retry_after_s)
+    return err.value.retry_after_s
+
+
+def test_retry_after_comes_from_the_queued_work_the_measured_speed_and_the_batch_width(make_scheduler, frozen):
+    """The issue's case: 64 queued 30 s jobs behind a full batch of 4, with a history of 1 s jobs
+    that took 0.8 s each (0.8 s per second of audio). It said 13 s: the mean job time (0.8 s)
+    times 64 over 4. A slot opens when a running 30 s job ends, in 30 x 0.8 = 24 s; room for 8
+    jobs once 8 queued jobs have started, two rounds of the batch later (48 s); room for a whole
+    queue's worth once all 64 have started: 16 rounds (384 s)."""
+    sched, runners = make_scheduler(queue_depth=64, max_batch=4)
+    measured(sched, seconds_of_audio=1, took_s=0.8)
+    running = sched.submit_many([make_job(steps=30) for _ in range(4)])
+    runners.wait_at_gate()
+    assert all(j.state == "running" for j in running)
+    sched.submit_many([make_job(steps=30) for _ in range(64)])
+
+    assert retry_after(sched, [make_job(steps=30)]) == 24
+    assert retry_after(sched, [make_job(steps=30) for _ in range(8)]) == 48
+    assert retry_after(sched, [make_job(steps=30) for _ in range(64)]) == 384
+
+
+def test_retry_after_follows_the_durations_asked_and_the_running_jobs_eta(make_scheduler, frozen):
+    sched, runners = make_scheduler(queue_depth=2, max_batch=1)
+    measured(sched, seconds_of_audio=10, took_s=5)  # 0.5 s per second of audio
+    long = sched.submit(make_job(steps=100))
+    runners.wait_at_gate()
+    sched.submit_many([make_job(steps=60), make_job(steps=2)])
+    assert retry_after(sched, [make_job()]) == 50  # the running job's 100 s of audio at 0.5
+    assert retry_after(sched, [make_job(), make_job()]) == 50 + 30  # then the 60 s one
+    long.eta_s = 7.2  # the lane's own estimate of its time left goes first
+    assert retry_after(sched, [make_job()]) == 8
+    frozen.wall += 3  # time passes; without an ETA the estimate counts down
+    long.eta_s = None
+    assert retry_after(sched, [make_job()]) == 47
+
+
+def test_retry_after_counts_the_drain_before_a_batch_of_another_model(make_scheduler, frozen):
+    sched, runners = make_scheduler(queue_depth=3, max_batch=4)
+    measured(sched, seconds_of_audio=1, took_s=1)
+    sched.submit_many([make_job(steps=s) for s in (5, 10, 20)])  # a small batch, ends at 5, 10, 20 s
+    runners.wait_at_gate()
+    # The batch has room, but the most urgent queued job is for another model: it waits for the
+    # drain (20 s); the small jobs behind it wait for its own batch to end (3 s more).
+    sched.submit_many([make_job(steps=3, model=MEDIUM), make_job(), make_job()])
+    assert retry_after(sched, [make_job()]) == 20
+    assert retry_after(sched, [make_job(), make_job()]) == 23
+    assert retry_after(sched, [make_job(), make_job(), make_job()]) == 23
+
+
+def test_retry_after_learns_only_from_jobs_that_succeeded_and_guesses_real_time_before(make_scheduler, frozen):
+    sched, runners = make_scheduler(queue_depth=1, max_batch=1)
+    assert sched.throughput.seconds_per_unit("music") == 1.0  # nothing measured yet
+    for state in ("failed", "cancelled"):
+        job = make_job(steps=30)
+        job.state, job.started_at, job.finished_at = state, 100.0, 100.5
+        sched.throughput.record(job)
+    assert sched.throughput.seconds_per_unit("music") == 1.0
+    sched.submit(make_job(steps=12))
+    runners.wait_at_gate()
+    sched.submit(make_job())
+    assert retry_after(sched, [make_job()]) == 12
+
+
+def test_a_submission_larger_than_the_whole_queue_is_413_not_a_retry(make_scheduler):
+    sched, _ = make_scheduler(queue_depth=3, start=False)
+    with pytest.raises(TooManyJobs) as err:
+        sched.submit_many([make_job() for _ in range(4)])
+    assert err.value.status == 413 and "at most 3" in err.value.hint
+    assert sched.counts() == (0, 0)
+
+
+def test_start_times_take_the_slots_in_queue_order():
+    jobs = [make_job(steps=s) for s in (4, 1, 1, 2)]
+    starts = backlog.start_times(2, [3.0], jobs, lambda j: float(j.request.duration), lambda j: None)
+    # slots free at 0 and 3: 4 s at 0 (ends 4), 1 s at 3 (ends 4), 1 s at 4 (ends 5), 2 s at 4
+    assert starts == [0.0, 3.0, 4.0, 4.0]
+    assert backlog.wait_for_room(starts, 3) == 4.0 and backlog.wait_for_room(starts, 0) == 0.0
 
 
 def test_running_jobs_do_not_count_against_the_queue_and_a_cancel_makes_room(make_scheduler):

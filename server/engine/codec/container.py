@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
+from pydantic_core import from_json
 
 from server.engine.codec.errors import EcdcError
 
@@ -36,6 +37,9 @@ _PREAMBLE = struct.Struct("!4sBI")
 _SCALE = struct.Struct("!f")
 # A real header is ~60 bytes. Anything far larger is a corrupt length field, not a header.
 MAX_HEADER_BYTES = 64 * 1024
+# Past any file a body can hold (10^15 samples are 1300 years at 24 kHz), and within what floats count
+# exactly: the header's length enters float arithmetic (Layout.reader_frames, durations).
+MAX_AUDIO_LENGTH = 2**53
 
 # Names the reference package writes in `m`, and the catalogue entry each one means. The
 # reference knows only the first two; encodec_32khz (MusicGen's codec, the hub repo
@@ -69,12 +73,25 @@ class Layout:
 
     def segments(self, audio_length: int) -> Iterator[tuple[int, int]]:
         """(offset, length) of each segment, in samples."""
+        for count, length, first in self.segment_runs(audio_length):
+            for k in range(count):
+                yield (first + k) * (self.segment_stride or 0), length
+
+    def segment_runs(self, audio_length: int) -> list[tuple[int, int, int]]:
+        """The segments as runs of equal length: (count, length, index of the first), in order.
+
+        At most 1 + segment_length / segment_stride runs whatever the audio length (all segments
+        but the last few are whole), so what a header announces is worked out in O(1).
+        """
+        if audio_length <= 0:
+            return []
         if self.segment_length is None or self.segment_stride is None:
-            if audio_length > 0:
-                yield 0, audio_length
-            return
-        for offset in range(0, audio_length, self.segment_stride):
-            yield offset, min(audio_length - offset, self.segment_length)
+            return [(1, audio_length, 0)]
+        seg, stride = self.segment_length, self.segment_stride
+        count = -(-audio_length // stride)  # every offset 0, stride, ... below the length starts one
+        whole = 0 if audio_length < seg else min(count, (audio_length - seg) // stride + 1)
+        runs = [(whole, seg, 0)] if whole else []
+        return runs + [(1, audio_length - k * stride, k) for k in range(whole, count)]
 
     def encoder_frames(self, segment_length: int) -> int:
         """Frames the encoder makes for a segment: one per started hop."""
@@ -108,26 +125,31 @@ class Layout:
 
         Two counts are possible per segment (see `reader_frames`); they differ, if at all, only in
         the last segment of the 48 kHz model or the single segment of the others, so the body's
-        size tells which one the writer used.
+        size tells which one the writer used. What the header announces is checked against the
+        body's size in O(1) before the list (one entry per segment, so bounded by the body) is made.
         """
-        segs = [n for _, n in self.segments(audio_length)]
-        if not segs:
+        runs = self.segment_runs(audio_length)
+        if not runs:
             raise EcdcError("the file holds no audio (its header says al = 0)", code="empty_ecdc")
-        head = [self.encoder_frames(n) for n in segs[:-1]]
-        fixed = sum(self.segment_bytes(f, codebooks) for f in head)
-        candidates = sorted({self.encoder_frames(segs[-1]), self.reader_frames(segs[-1])})
-        for last in candidates:
-            if fixed + self.segment_bytes(last, codebooks) == body_size:
-                return [*head, last]
+        count, last, index = runs.pop()
+        if count > 1:
+            runs.append((count - 1, last, index))
+        segments = sum(n for n, _, _ in runs) + 1
+        fixed = sum(n * self.segment_bytes(self.encoder_frames(length), codebooks) for n, length, _ in runs)
+        candidates = sorted({self.encoder_frames(last), self.reader_frames(last)})
         want = fixed + self.segment_bytes(candidates[0], codebooks)
         if body_size < want:
             raise EcdcError(
                 f"the file is truncated: its header announces {audio_length} samples in "
-                f"{len(segs)} segment(s), which take {want} bytes after the header, but only "
+                f"{segments} segment(s), which take {want} bytes after the header, but only "
                 f"{body_size} are there",
                 code="truncated_ecdc",
                 hint="send the whole file again",
             )
+        for frames in candidates:
+            if fixed + self.segment_bytes(frames, codebooks) == body_size:
+                head = [f for n, length, _ in runs for f in [self.encoder_frames(length)] * n]
+                return [*head, frames]
         raise EcdcError(
             f"the file is corrupt: {body_size - want} unexpected byte(s) after the last segment "
             f"(the header announces {audio_length} samples, {codebooks} codebooks)",
@@ -174,8 +196,9 @@ def read_header(f: BinaryIO) -> tuple[Header, int]:
     if len(raw) < size:
         raise EcdcError("the file is truncated inside its header", code="truncated_ecdc")
     try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        # pydantic-core's parser: strict UTF-8, no lone surrogates, bounded nesting and numbers.
+        meta = from_json(raw)
+    except ValueError:
         raise EcdcError("the file is corrupt: its header is not JSON", code="corrupt_ecdc") from None
     return _check_meta(meta), _PREAMBLE.size + size
 
@@ -190,13 +213,21 @@ def _check_meta(meta: object) -> Header:
     if not isinstance(model, str):
         raise EcdcError("the file's header names no model ('m' is not a string)", code="corrupt_ecdc")
     # bool is an int in Python; true/false are never lengths.
-    if not isinstance(al, int) or isinstance(al, bool) or al < 0:
-        raise EcdcError(f"the file's header has an invalid audio length: {al!r}", code="corrupt_ecdc")
-    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
-        raise EcdcError(f"the file's header has an invalid codebook count: {nc!r}", code="corrupt_ecdc")
+    if not isinstance(al, int) or isinstance(al, bool) or not 0 <= al <= MAX_AUDIO_LENGTH:
+        raise EcdcError(f"the file's header has an invalid audio length: {_short(al)}", code="corrupt_ecdc")
+    if not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= 1024:
+        raise EcdcError(f"the file's header has an invalid codebook count: {_short(nc)}", code="corrupt_ecdc")
     if not isinstance(lm, bool):
         raise EcdcError(f"the file's header has an invalid 'lm' flag: {lm!r}", code="corrupt_ecdc")
     return Header(model=model, audio_length=al, num_codebooks=nc, use_lm=lm)
+
+
+def _short(value: object) -> str:
+    """A header value for a message: quoted, and cut to size (it is whatever the file says)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit number"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def catalogue_name(header_name: str) -> str:
@@ -206,7 +237,7 @@ def catalogue_name(header_name: str) -> str:
     if header_name in CATALOGUE_TO_HEADER:  # be lenient with our own catalogue spelling
         return header_name
     raise EcdcError(
-        f"the file was made with the model '{header_name}', which this service does not have",
+        f"the file was made with the model {_short(header_name)}, which this service does not have",
         code="unknown_codec_model",
         field="m",
         hint="known: " + ", ".join(HEADER_NAMES),

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from lib.schemas import DecodeOptions
+from lib.schemas import ECDC_MEDIA_TYPE, DecodeOptions
 from server.audio import stream as audio_stream
 from server.audio.errors import AudioInputError
 from server.engine.codec import container
@@ -124,7 +124,7 @@ def encode_file(
                 while chunk := src.read(1 << 20):
                     f.write(chunk)
             ecdc_bytes = out.stat().st_size
-            media_type = "application/octet-stream"
+            media_type = ECDC_MEDIA_TYPE
     except BaseException:
         out.unlink(missing_ok=True)
         raise

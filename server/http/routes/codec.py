@@ -8,6 +8,7 @@ from disk, with the job's facts as headers.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -18,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from lib.errors import Invalid, UnsupportedMediaType
-from lib.schemas import DECODE_INFO, ENCODE_INFO, DecodeOptions, EncodeOptions, info_header
-from server.http.payload import FORM_TYPES, too_large
+from lib.schemas import DecodeOptions, EncodeOptions, info_header
+from lib.settings import Settings
+from server.http.payload import FORM_TYPES, body_chunks, content_type, from_strings, read_form
 from server.http.routes.generate import answer
 from server.jobs.job import Job
 from server.serving import codec
@@ -40,15 +42,12 @@ class _Upload:
         await self._closer()
 
 
-async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, dict[str, str]]:
+async def _receive(request: Request, settings: Settings, what: str) -> tuple[_Upload, dict[str, str]]:
     """The uploaded file and the option fields (query parameters, then form fields on top)."""
     fields: dict[str, str] = dict(request.query_params)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    if content_type in FORM_TYPES:
-        form = await request.form(max_files=4, max_fields=32)
+    kind = content_type(request)
+    if kind in FORM_TYPES:
+        form = await read_form(request, settings, max_files=4, max_fields=32)
         upload = form.get(UPLOAD_FIELD)
         for key, value in form.multi_items():
             if not isinstance(value, UploadFile):
@@ -60,25 +59,20 @@ async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, di
                 field=UPLOAD_FIELD,
                 hint=f"curl -F {UPLOAD_FIELD}=@input ...",
             )
-        size = upload.size if upload.size is not None else _size_of(upload.file)
-        if size > limit:
-            await form.close()
-            raise too_large(limit)
-        return _Upload(upload.file, size, upload.filename, form.close), fields
-    if content_type in _JSON_TYPES:
+        return _Upload(upload.file, _size_of(upload.file), upload.filename, form.close), fields
+    if kind in _JSON_TYPES:
         raise UnsupportedMediaType(
             f"send the {what} as a multipart upload (field '{UPLOAD_FIELD}') or as the raw body with its own "
-            f"content type, not {content_type}",
+            f"content type, not {kind}",
             hint="curl --data-binary @input -H 'Content-Type: application/octet-stream' ...",
         )
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large(limit)
-            spool.write(chunk)
+        async with contextlib.aclosing(body_chunks(request, settings)) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                spool.write(chunk)
     except BaseException:
         spool.close()
         raise
@@ -88,16 +82,6 @@ async def _receive(request: Request, limit: int, what: str) -> tuple[_Upload, di
         spool.close()
 
     return _Upload(spool, size, None, close), fields
-
-
-def _numbers(fields: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """Form and query values are strings; the schema's integer literals (bit_depth) want ints."""
-    out = dict(fields)
-    for key in keys:
-        value = out.get(key)
-        if isinstance(value, str) and value.strip().isdigit():
-            out[key] = int(value)
-    return out
 
 
 def _size_of(f: BinaryIO) -> int:
@@ -115,21 +99,28 @@ def _stem(filename: str | None, default: str) -> str:
     return safe or default
 
 
+def answer_headers(table: dict[str, str]) -> dict[str, str]:
+    """The headers of a codec answer (a table of lib/schemas: ENCODE_INFO, DECODE_INFO) and their meaning."""
+    return {info_header(key): text for key, text in table.items()} | {"X-Job-Id": "The codec job"}
+
+
 def _answer(svc: Services, job: Job, upload_name: str | None) -> Response:
-    """The codec job's artifact, with its facts as headers (the same table as the OpenAPI's)."""
+    """The codec job's artifact, with its facts as headers (the same table as the OpenAPI's). The
+    file is named after the upload; Starlette writes a name that is not ASCII as RFC 5987
+    `filename*=utf-8''...`, which every browser and curl -J read."""
     assert job.result is not None and job.result.file is not None
     path = svc.scheduler.artifacts.path(job.id, job.result.file)
     headers = {info_header(key): value for key, value in job.result.info.items()}
     headers["X-Job-Id"] = job.id
-    headers["Content-Disposition"] = f'attachment; filename="{_stem(upload_name, "audio")}{path.suffix}"'
-    return FileResponse(path, media_type=job.result.media_type, headers=headers)
+    filename = f"{_stem(upload_name, 'audio')}{path.suffix}"
+    return FileResponse(path, media_type=job.result.media_type, headers=headers, filename=filename)
 
 
 async def encode(request: Request) -> Response:
     svc: Services = request.app.state.services
-    upload, fields = await _receive(request, int(svc.settings.max_upload_mb * 1e6), "audio")
+    upload, fields = await _receive(request, svc.settings, "audio")
     try:
-        opts = EncodeOptions.model_validate(fields, context={"default_codec_model": svc.settings.default_codec_model})
+        opts = EncodeOptions.model_validate(from_strings(EncodeOptions, fields), context=svc.context)
         job = await run_in_threadpool(codec.encode, svc, upload.file, upload.filename, opts)
     finally:
         await upload.close()
@@ -138,51 +129,10 @@ async def encode(request: Request) -> Response:
 
 async def decode(request: Request) -> Response:
     svc: Services = request.app.state.services
-    upload, fields = await _receive(request, int(svc.settings.max_upload_mb * 1e6), ".ecdc file")
+    upload, fields = await _receive(request, svc.settings, ".ecdc file")
     try:
-        opts = DecodeOptions.model_validate(_numbers(fields, ("bit_depth", "sample_rate")))
+        opts = DecodeOptions.model_validate(from_strings(DecodeOptions, fields))
         job = await run_in_threadpool(codec.decode, svc, upload.file, upload.filename, opts)
     finally:
         await upload.close()
     return await answer(svc, job, False, lambda svc, job: _answer(svc, job, upload.filename))
-
-
-def document_uploads(document: dict) -> None:
-    """The OpenAPI request bodies of the two routes: a multipart upload, or the raw file."""
-    for path, schema, what, types in (
-        ("/api/encode", "EncodeOptions", "audio (wav, flac, ogg, mp3, m4a; any rate and channels)", "audio/*"),
-        ("/api/decode", "DecodeOptions", "an .ecdc file", "application/octet-stream"),
-    ):
-        op = document.get("paths", {}).get(path, {}).get("post")
-        if op is None:
-            continue
-        options = {"$ref": f"#/components/schemas/{schema}"}
-        form = {
-            "allOf": [
-                options,
-                {
-                    "type": "object",
-                    "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary", "description": what}},
-                    "required": [UPLOAD_FIELD],
-                },
-            ]
-        }
-        op["requestBody"] = {
-            "required": True,
-            "description": f"{what}: in the multipart field '{UPLOAD_FIELD}' with the options as form fields, or "
-            "as the raw body with the options as query parameters",
-            "content": {
-                "multipart/form-data": {"schema": form},
-                types: {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-        if path == "/api/encode":
-            ok = op["responses"]["200"]
-            ok["content"] = {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                "application/json": {"schema": {"$ref": "#/components/schemas/CodecCodes"}},
-            }
-        table = ENCODE_INFO if path == "/api/encode" else DECODE_INFO
-        op["responses"]["200"]["headers"] = {
-            info_header(key): {"description": text, "schema": {"type": "string"}} for key, text in table.items()
-        } | {"X-Job-Id": {"description": "The codec job", "schema": {"type": "string"}}}

@@ -9,10 +9,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lib.errors import Conflict
-from lib.schemas import INPUT_FIELDS, ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest
+from lib.schemas import ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.http.errors import to_response
-from server.http.payload import read_fields
+from server.http.payload import close_files, read_fields
 from server.jobs.artifacts import answer_name
 from server.jobs.job import PRIORITY_INTERACTIVE, Job
 from server.serving import generation
@@ -20,6 +20,17 @@ from server.serving import generation
 if TYPE_CHECKING:
     from server.audio.render import RenderedAudio
     from server.services import Services
+
+
+# The headers of a generation's audio answer (and the OpenAPI document's list of them).
+AUDIO_HEADERS: dict[str, str] = {
+    "X-Job-Id": "The job",
+    "X-Seed": "The seed it was generated with",
+    "X-Model": "The model",
+    "X-Duration-S": "Seconds of audio",
+    "X-Sample-Rate": "Sample rate of the answer",
+    "X-Generation-Time-S": "Seconds the generation took",
+}
 
 
 def job_location(job: Job) -> str:
@@ -39,24 +50,26 @@ def audio_response(svc: Services, job: Job, rendered: RenderedAudio | None = Non
         data, media_type = svc.scheduler.artifacts.read(job.id, answer_name(extension)), job.result.media_type
     else:
         extension, data, media_type = rendered.extension, rendered.data, rendered.media_type
-    headers = {
-        "X-Job-Id": job.id,
-        "X-Seed": str(job.seed),
-        "X-Model": job.model,
-        "X-Duration-S": f"{job.result.duration_s:.6g}",
-        "X-Sample-Rate": str(rendered.sample_rate if rendered else job.result.sample_rate),
-        "X-Generation-Time-S": f"{job.generation_time_s or 0.0:.3f}",
-        "Content-Disposition": f'attachment; filename="{job.id}{extension}"',
-    }
+    facts = (
+        job.id,
+        str(job.seed),
+        job.model,
+        f"{job.result.duration_s:.6g}",
+        str(rendered.sample_rate if rendered else job.result.sample_rate),
+        f"{job.generation_time_s or 0.0:.3f}",
+    )
+    headers = dict(zip(AUDIO_HEADERS, facts, strict=True))
+    headers["Content-Disposition"] = f'attachment; filename="{job.id}{extension}"'
     return Response(data, media_type=media_type, headers=headers)
 
 
-def failed_response(job: Job) -> JSONResponse:
+def failed_response(job: Job, status: int | None = None) -> JSONResponse:
+    """The error the job ended with, with its own status (a synchronous request's answer), or `status`."""
     if job.state == "cancelled":
         error = Conflict(f"job {job.id} was cancelled before it finished", code="cancelled")
     else:
         assert job.error is not None
-        error = job.error.as_error()
+        error = (job.error if status is None else job.error.model_copy(update={"status": status})).as_error()
     response = to_response(error)
     response.headers["X-Job-Id"] = job.id
     return response
@@ -72,9 +85,12 @@ async def answer(svc: Services, job: Job, is_async: bool, render=audio_response)
 
 async def _generate(request: Request, kind: str, schema: type[BaseModel]) -> Response:
     svc: Services = request.app.state.services
-    fields, files = await read_fields(request, int(svc.settings.max_upload_mb * 1e6))
-    req = schema.model_validate(fields, context=svc.limits)
-    job = await generation.generate(svc, kind, req, files, PRIORITY_INTERACTIVE)
+    fields, files = await read_fields(request, svc.settings, schema)
+    try:
+        req = schema.model_validate(fields, context=svc.context)
+        job = await generation.generate(svc, kind, req, files, PRIORITY_INTERACTIVE)
+    finally:
+        await close_files(files)
     return await answer(svc, job, req.async_)
 
 
@@ -92,18 +108,3 @@ async def generate_melody(request: Request) -> Response:
 
 async def generate_continuation(request: Request) -> Response:
     return await _generate(request, "continuation", ContinuationRequest)
-
-
-def document_uploads(document: dict) -> None:
-    """Multipart bodies of the endpoints that take input audio: the fields plus the file field."""
-    for path, kind in (("/api/generate/melody", "melody"), ("/api/generate/continuation", "continuation")):
-        op = document.get("paths", {}).get(path, {}).get("post")
-        if op is None:
-            continue
-        field = INPUT_FIELDS[kind]
-        content = op["requestBody"]["content"]
-        fields = content["multipart/form-data"]["schema"]
-        upload = {"type": "string", "format": "binary", "description": f"The {field} audio file"}
-        content["multipart/form-data"]["schema"] = {
-            "allOf": [fields, {"type": "object", "properties": {field: upload}}]
-        }

@@ -11,28 +11,30 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from lib.errors import BadRequest, Conflict, Invalid
-from lib.schemas import JOB_KINDS, JobItem, JobList, JobsSubmitted, OutputOptions
-from server.http.payload import read_body
+from lib.schemas import JOB_KINDS, JobItem, JobList, JobsQuery, JobsSubmitted, OutputOptions
+from server.http.payload import from_strings, read_json
 from server.http.routes.generate import audio_response, failed_response
-from server.jobs.job import PRIORITY_BATCH, STATES
+from server.jobs.job import PRIORITY_BATCH
 from server.serving import generation
 
 if TYPE_CHECKING:
     from server.services import Services
 
 EVENT_INTERVAL_S = 0.25
+# The server-sent events of GET /api/jobs/{id}/events: `progress`, then the event of the job's end.
+FINAL_EVENTS = {"succeeded": "done", "failed": "failed", "cancelled": "cancelled"}
+
+
+def events_schema(job_schema: dict[str, str]) -> dict:
+    """One event, for the OpenAPI document: its name, and the job as JSON in its data."""
+    data = {"type": "string", "contentMediaType": "application/json", "contentSchema": job_schema}
+    names = {"enum": ["progress", *FINAL_EVENTS.values()]}
+    return {"type": "object", "required": ["event", "data"], "properties": {"event": names, "data": data}}
+
+
 # The body of POST /api/jobs (JobsRequest in the OpenAPI document): one item, or a list of them.
 _ITEM: TypeAdapter = TypeAdapter(JobItem)
 _ITEMS: TypeAdapter = TypeAdapter(list[JobItem])
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise Invalid(f"{name} must be an integer from {low} to {high}", field=name)
-    return int(raw)
 
 
 def _named_items(exc: ValidationError, many: bool) -> ValidationError | Invalid:
@@ -51,7 +53,7 @@ def _named_items(exc: ValidationError, many: bool) -> ValidationError | Invalid:
 
 async def submit_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    data = json.loads(await read_body(request, int(svc.settings.max_upload_mb * 1e6)) or b"null")
+    data = await read_json(request, svc.settings)
     many = isinstance(data, list)
     if not (data if many else [data]) or not all(isinstance(i, dict) for i in (data if many else [data])):
         raise BadRequest(
@@ -60,7 +62,7 @@ async def submit_jobs(request: Request) -> JSONResponse:
             hint='e.g. [{"kind": "music", "prompt": "..."}]',
         )
     try:
-        items = (_ITEMS if many else _ITEM).validate_python(data, context=svc.limits)
+        items = (_ITEMS if many else _ITEM).validate_python(data, context=svc.context)
     except ValidationError as exc:
         raise _named_items(exc, many) from None
     items = items if many else [items]
@@ -73,12 +75,8 @@ async def submit_jobs(request: Request) -> JSONResponse:
 
 async def list_jobs(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
-    state = request.query_params.get("state")
-    if state is not None and state not in STATES:
-        raise Invalid(f"state must be one of {', '.join(STATES)}", field="state")
-    limit = _int_param(request, "limit", 50, 1, 1000)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
-    jobs, total = svc.scheduler.list(state, limit, offset)
+    query = JobsQuery.model_validate(from_strings(JobsQuery, request.query_params))
+    jobs, total = svc.scheduler.list(query.state, query.limit, query.offset)
     body = JobList(jobs=[j.view(svc.scheduler.position(j)) for j in jobs], total=total)
     return JSONResponse(body.model_dump())
 
@@ -96,13 +94,17 @@ async def job_audio(request: Request) -> Response:
     if not job.finished:
         raise Conflict(f"job {job.id} is {job.state}", code="job_not_finished", hint=f"GET /api/jobs/{job.id}/events")
     if job.state != "succeeded":
-        return failed_response(job)
+        return failed_response(job, status=Conflict.status)  # the job failed, not this request
     if job.result is None:
-        raise Conflict(f"a {job.kind} job has no audio", code="no_audio", hint=f"GET /api/jobs/{job.id} shows it")
+        raise Conflict(
+            f"job {job.id} is a {job.kind} job: it has no audio", code="no_audio", hint=f"GET /api/jobs/{job.id}"
+        )
     if job.result.file is not None:  # a codec job's answer, as made
         path = svc.scheduler.artifacts.path(job.id, job.result.file)
         return FileResponse(path, media_type=job.result.media_type, filename=f"{job.id}{path.suffix}")
-    overrides = {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}
+    overrides = from_strings(
+        OutputOptions, {k: v for k, v in request.query_params.items() if k in OutputOptions.model_fields}
+    )
     if not overrides:
         return audio_response(svc, job)
     return audio_response(svc, job, await generation.rerender(svc, job, overrides))
@@ -120,7 +122,7 @@ async def job_events(request: Request) -> StreamingResponse:
             job = svc.scheduler.get(job_id)
             view = job.view(svc.scheduler.position(job)).model_dump(mode="json")
             if job.finished:
-                event = {"succeeded": "done"}.get(job.state, job.state)
+                event = FINAL_EVENTS[job.state]
                 yield f"event: {event}\ndata: {json.dumps(view)}\n\n"
                 return
             snapshot = (view["state"], view["position"], view["progress"])

@@ -36,7 +36,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -47,11 +47,20 @@ from lib.schemas import DownloadProgress, ErrorBody
 from server import metrics
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.cluster import scripts
-from server.jobs.cluster.store import GROUP, RedisJobStore, decode_row, encode, encode_fields, member
+from server.jobs.cluster.store import (
+    GROUP,
+    RedisJobStore,
+    RedisThroughput,
+    decode_row,
+    encode,
+    encode_fields,
+    member,
+)
 from server.jobs.errors import JobNotFound, QueueFull, QueueUnavailable
 from server.jobs.job import FINAL_STATES, Job
+from server.jobs.kinds import GROUPS
 from server.jobs.lane import Lane
-from server.jobs.queue import Fits, JobQueue, KindTable, predecessor_error
+from server.jobs.queue import Fits, JobQueue, KindTable, LaneLoad, predecessor_error
 
 log = logging.getLogger("audiocraft.jobs")
 
@@ -103,17 +112,20 @@ class RedisScheduler(JobQueue):
         retention_s: float,
         *,
         kinds: KindTable | None = None,
+        min_free_bytes: int = 0,
         visibility_s: float = 30.0,
         consumer: str | None = None,
-        parallel: int | None = None,
+        widths: Mapping[str, int] | None = None,
     ):
-        super().__init__(lanes, artifacts, queue_depth, retention_s, kinds)
+        super().__init__(lanes, artifacts, queue_depth, retention_s, kinds, min_free_bytes)
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
+        self.throughput = RedisThroughput(self.redis, self.keys)  # what every worker measured
         self.visibility_s = visibility_s
         self.consumer = consumer or default_consumer()
-        self._parallel = parallel  # an API node's guess at the workers' width, for Retry-After
+        # lane name -> jobs one worker runs at once, for a lane this process does not run (Retry-After)
+        self._widths = dict(widths or {})
         self._scripts = {
             name: self.redis.register_script(getattr(scripts, name))
             for name in ("SUBMIT", "CLAIM", "FINISH", "END_QUEUED", "TICK", "RECLAIM")
@@ -199,6 +211,7 @@ class RedisScheduler(JobQueue):
         return self._submit([job], unless=(job.kind, job.model))[0]
 
     def _submit(self, jobs: list[Job], unless: tuple[str, str] | None = None) -> list[Job]:
+        self._admit(jobs)
         args: list[Any] = [self.keys.prefix, self.queue_depth, *(unless or ("", "")), len(jobs)]
         for job in jobs:
             fields, _ = encode_fields({k: v for k, v in job.row().items() if k != "state"})
@@ -223,8 +236,7 @@ class RedisScheduler(JobQueue):
         if answer[0] == "full":
             metrics.JOBS_REJECTED.inc()
             queued = int(answer[1])
-            recent = [float(s) for s in self.redis.lrange(self.keys.durations, 0, -1)]
-            raise QueueFull(queued, self._retry_after_s(queued, recent, self._parallel))
+            raise QueueFull(queued, self._retry_after_s(queued + len(jobs) - self.queue_depth))
         if answer[0] == "duplicate":
             raise ValueError(f"a job with id {answer[1]} exists")
         if answer[0] == "exists":
@@ -356,6 +368,56 @@ class RedisScheduler(JobQueue):
             self._reclaim(lane, "idle", [], idle_ms, announce=True) for lane in sorted(set(self.lane_names.values()))
         )
 
+    # -- internals: Retry-After ----------------------------------------------------------------
+    def _retry_after_s(self, need: int) -> int:
+        """As the embedded queue's (JobQueue._room_in_s), from what Redis holds: each lane's queued
+        jobs (its ready set, in order) and running ones (the objects of the jobs this process runs,
+        whose ETA is fresher than the record's), the speed every worker measured, and the lane's
+        width times the workers that heartbeat."""
+        lanes = sorted(set(self.lane_names.values()))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.zrange(self.keys.ready(lane), 0, -1)
+            pipe.zrange(self.keys.state("running"), 0, -1)
+            *ready, running_ids = pipe.execute()
+        queued_ids = [[m.rsplit(":", 1)[1] for m in members] for members in ready]
+        jobs = self._snapshot([i for ids in queued_ids for i in ids] + list(running_ids))
+        workers = self._workers()
+        loads = []
+        for lane, ids in zip(lanes, queued_ids, strict=True):
+            running = [jobs[i] for i in running_ids if i in jobs and self.lane_names.get(jobs[i].kind) == lane]
+            queued = [jobs[i] for i in ids if i in jobs]
+            loads.append(LaneLoad(self._width(lane) * workers, running, queued, self._group(lane)))
+        throughput = self.throughput.snapshot({j.kind for j in jobs.values()})
+        return self._room_in_s(need, loads, throughput)
+
+    def _snapshot(self, ids: list[str]) -> dict[str, Job]:
+        """Jobs as they are now, without making them this process's objects to follow: the ones its
+        lanes run as they run them, the others from their records."""
+        with self._lock:
+            jobs = {i: self._held[i].job for i in ids if i in self._held}
+        others = [i for i in ids if i not in jobs]
+        for job_id, raw in zip(others, self.store.raw_many(others), strict=True):
+            if raw and raw.get("kind") in self.request_types:
+                jobs[job_id] = Job.from_row(decode_row(raw), self.request_types)
+        return jobs
+
+    def _workers(self) -> int:
+        """Workers whose heartbeat has not expired (this one too, when it runs lanes)."""
+        prefix = self.keys.worker("")
+        names = {key[len(prefix) :] for key in self.redis.scan_iter(match=f"{prefix}*", count=1000)}
+        if self.lanes:
+            names.add(self.consumer)
+        return max(1, len(names))
+
+    def _width(self, lane: str) -> int:
+        local = next((x for x in self.lanes if x.name == lane), None)
+        return local.capacity if local is not None else max(1, self._widths.get(lane, 1))
+
+    def _group(self, lane: str) -> Callable[[Job], Hashable | None]:
+        local = next((x for x in self.lanes if x.name == lane), None)
+        return local.group if local is not None else GROUPS.get(lane, _no_group)
+
     def stats(self) -> dict[str, int]:
         """Counters over the queue's life: finished, dropped (late finishes refused), reclaimed."""
         return {k: int(v) for k, v in self.redis.hgetall(self.keys.stats).items()}
@@ -438,7 +500,6 @@ class RedisScheduler(JobQueue):
             }
         )
         finished_at = job.finished_at or time.time()
-        run_s = finished_at - (job.started_at or finished_at)
         args = [
             self.keys.prefix,
             GROUP,
@@ -447,11 +508,14 @@ class RedisScheduler(JobQueue):
             self.consumer,
             job.state,
             encode(finished_at),
-            encode(run_s),
         ]
         args += [len(fields), *(x for kv in fields.items() for x in kv), len(gone), *gone]
         if self._scripts["FINISH"](args=args):
             metrics.JOBS_FINISHED.labels(job.kind, job.state).inc()
+            try:
+                self.throughput.record(job)  # once per job: a finish that came late is not measured
+            except redis.RedisError as exc:  # a sample lost; the finish is written, not to be retried
+                self._unreachable(exc)
         else:
             log.warning(
                 "job %s: the finish of attempt %d came late (another attempt has it): dropped", job.id, held.attempt
@@ -622,3 +686,7 @@ class RedisScheduler(JobQueue):
         if time.monotonic() >= self._quiet_until:
             self._quiet_until = time.monotonic() + 10.0
             log.warning("the job queue (Redis at %s) is unreachable: %s; retrying", self.store.where, exc)
+
+
+def _no_group(_job: Job) -> Hashable | None:
+    return None

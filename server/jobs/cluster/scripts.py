@@ -127,7 +127,7 @@ return out
 """
 )
 
-# ARGV: p, group, id, attempt, consumer, state, finished_at, run_s, nset, pairs..., ndel, names...
+# ARGV: p, group, id, attempt, consumer, state, finished_at, nset, pairs..., ndel, names...
 # -> 1 (written) | 0 (dropped: the job is no longer this attempt's)
 FINISH = (
     _PRELUDE
@@ -139,14 +139,12 @@ if f[1] ~= 'running' or f[2] ~= ARGV[4] or f[3] ~= ARGV[5] then
   redis.call('HINCRBY', p .. ':stats', 'dropped', 1)
   return 0
 end
-local i = set_pairs(key, 10, tonumber(ARGV[9]))
+local i = set_pairs(key, 9, tonumber(ARGV[8]))
 del_names(key, i + 1, tonumber(ARGV[i]))
 local stream = p .. ':run:' .. f[4]
 redis.call('XACK', stream, ARGV[2], f[5])
 redis.call('XDEL', stream, f[5])
 finalize(id, 'running', ARGV[6], ARGV[7])
-redis.call('LPUSH', p .. ':durations', ARGV[8])
-redis.call('LTRIM', p .. ':durations', 0, 19)
 redis.call('HINCRBY', p .. ':stats', 'finished', 1)
 return 1
 """

@@ -15,7 +15,8 @@ Keys (all under one prefix, `audiocraft` by default):
   worker that runs it; its heartbeat resets the entry's idle time, and XAUTOCLAIM hands the entries
   of a silent worker to another.
 - `notify` (capped stream): a line per submission and per finish; lanes waiting for work block on it.
-- `durations` (list): the last jobs' run times (Retry-After of a full queue).
+- `durations:{kind}` (list): `seconds units` of the kind's last jobs that succeeded, newest first
+  (RedisThroughput: the Retry-After of a full queue, on every node).
 - `stats` (hash): counters: finished, dropped (late finishes of a presumed-dead worker), reclaimed.
 - `worker:{name}` (expiring string): a worker's last heartbeat.
 
@@ -25,6 +26,7 @@ Values are strings; None is a missing field. Torch-free.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -32,6 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from lib.schemas import ErrorBody, JobResult
+from server.jobs.backlog import HISTORY, Throughput
 from server.jobs.job import FINAL_STATES, STATES, UNFINISHED_STATES
 from server.jobs.store import COLUMNS
 
@@ -92,7 +95,6 @@ class Keys:
         self.all = f"{prefix}:jobs"
         self.finished = f"{prefix}:finished"
         self.notify = f"{prefix}:notify"
-        self.durations = f"{prefix}:durations"
         self.stats = f"{prefix}:stats"
 
     def job(self, job_id: str) -> str:
@@ -109,6 +111,47 @@ class Keys:
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
+
+    def durations(self, kind: str) -> str:
+        return f"{self.prefix}:durations:{kind}"
+
+
+class RedisThroughput(Throughput):
+    """backlog.Throughput with its samples on Redis: every node's Retry-After learns from the jobs
+    that every worker finished."""
+
+    def __init__(self, client: redis.Redis, keys: Keys):
+        super().__init__()
+        self.redis = client
+        self.keys = keys
+
+    def add(self, kind: str, seconds: float, amount: float) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(self.keys.durations(kind), f"{seconds!r} {amount!r}")
+            pipe.ltrim(self.keys.durations(kind), 0, HISTORY - 1)
+            pipe.execute()
+
+    def samples(self, kind: str) -> list[tuple[float, float]]:
+        return _samples(self.redis.lrange(self.keys.durations(kind), 0, -1))
+
+    def snapshot(self, kinds: Iterable[str]) -> Throughput:
+        """The kinds' samples in one read, as a Throughput of this process (an estimate asks it once per
+        job)."""
+        names = sorted(set(kinds))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for kind in names:
+                pipe.lrange(self.keys.durations(kind), 0, -1)
+            lists = pipe.execute()
+        copy = Throughput(self.default)
+        for kind, entries in zip(names, lists, strict=True):
+            for seconds, amount in reversed(_samples(entries)):
+                copy.add(kind, seconds, amount)
+        return copy
+
+
+def _samples(entries: list[str]) -> list[tuple[float, float]]:
+    pairs = (entry.split() for entry in entries)
+    return [(float(seconds), float(amount)) for seconds, amount in pairs]
 
 
 def connect(url: str) -> redis.Redis:

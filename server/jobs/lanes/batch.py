@@ -8,6 +8,7 @@ import logging
 import time
 
 from lib.errors import Invalid, ServiceError
+from lib.files import reason
 from lib.schemas import JobResult
 from server.audio.encode import encode_audio
 from server.audio.render import render
@@ -15,6 +16,7 @@ from server.engine.decode import DecodeBatch
 from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
 from server.jobs.artifacts import INPUT, MASTER, ArtifactStore, answer_name
 from server.jobs.job import Job
+from server.jobs.lane import failure
 from server.models.registry import ModelRegistry
 
 log = logging.getLogger("audiocraft.jobs")
@@ -60,7 +62,7 @@ class BatchRunner:
 
     @property
     def jobs(self) -> list[Job]:
-        return [job for job, _ in self._members.values()]
+        return [job for job, _ in list(self._members.values())]  # a copy: other threads ask while it changes
 
     def __len__(self) -> int:
         return len(self._members)
@@ -76,7 +78,7 @@ class BatchRunner:
         except ServiceError as exc:  # not installed (deleted after it was queued), unsupported, load failed...
             job.finish("failed", exc)
         except (OSError, ValueError) as exc:  # the stored input audio is gone or unreadable
-            job.finish("failed", Invalid(f"the job's input audio: {exc}", code="invalid_input"))
+            job.finish("failed", Invalid(f"the job's input audio: {reason(exc)}", code="invalid_input"))
         self._close_if_empty()
 
     def _next_window(self, job: Job, plan: LongForm) -> None:
@@ -114,11 +116,11 @@ class BatchRunner:
         self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
         for handle in finished:
             job, plan = self._members.pop(handle)
-            plan.accept(batch.pop(handle))
-            try:
+            try:  # out of the batch now: whatever happens, the job ends here (fail_all no longer sees it)
+                plan.accept(batch.pop(handle))
                 self._next_window(job, plan)
-            except ServiceError as exc:
-                job.finish("failed", exc)
+            except Exception as exc:  # the disk full as its answer is written (507), a bad window...
+                job.finish("failed", failure(job, exc))
         for handle, (job, plan) in list(self._members.items()):
             done, total = plan.progress(batch.progress(handle)[0] - plan.windows[plan.index].context_frames)
             job.progress = min(0.99, done / total)
@@ -152,8 +154,12 @@ class BatchRunner:
             job.finish("failed", Invalid(str(exc), code="render_failed"))
             return
         master, _ = encode_audio(wave.audio, wave.sample_rate, "wav", 32)
-        self.artifacts.write(job.id, MASTER, master)
-        self.artifacts.write(job.id, answer_name(rendered.extension), rendered.data)
+        self.artifacts.write(job.id, MASTER, master)  # InsufficientStorage (507) when the disk is full
+        try:
+            self.artifacts.write(job.id, answer_name(rendered.extension), rendered.data)
+        except BaseException:
+            self.artifacts.path(job.id, MASTER).unlink(missing_ok=True)  # no half answer holds the space
+            raise
         job.result = JobResult(
             media_type=rendered.media_type,
             format=job.request.format,

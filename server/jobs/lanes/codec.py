@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from lib.errors import ServiceError
-from lib.files import copy_atomic
+from lib.files import DATA_DIR, copy_atomic, space_errors
 from lib.schemas import EncodeJob, JobResult, codec_info
 from lib.settings import Settings
 from server.engine import threads
@@ -55,7 +55,12 @@ class CodecLane(WorkerLane):
         except ServiceError as exc:  # a bad file, an unknown bandwidth, a model that does not load
             job.finish("failed", exc)
         else:
-            self._keep(job, answer)
+            try:
+                self._keep(job, answer)
+            except ServiceError as exc:  # the data dir's disk is full
+                job.finish("failed", exc)
+            finally:
+                answer.path.unlink(missing_ok=True)  # moved, or no longer wanted
         if job.finished:
             (self.artifacts.path(job.id, UPLOAD)).unlink(missing_ok=True)
 
@@ -133,9 +138,10 @@ class CodecLane(WorkerLane):
 
 def _move(source: Path, target: Path) -> None:
     """A rename where the temporary file is on the same disk, else an atomic copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(source, target)
-    except OSError:
-        copy_atomic(source, target)
-        source.unlink(missing_ok=True)
+    with space_errors(DATA_DIR):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except OSError:
+            copy_atomic(source, target)
+            source.unlink(missing_ok=True)

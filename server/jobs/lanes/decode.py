@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Protocol
 
 from lib.errors import Internal, ServiceError
 from server import metrics
 from server.jobs.job import Job
-from server.jobs.kinds import DECODE
-from server.jobs.lane import Lane
+from server.jobs.kinds import DECODE, batch_group
+from server.jobs.lane import RETRY_S, Lane, failure
 
 log = logging.getLogger("audiocraft.jobs")
 
@@ -67,6 +67,9 @@ class DecodeLane(Lane):
         runner = self._runner
         return runner.jobs if runner is not None else []
 
+    def group(self, job: Job) -> Hashable:
+        return batch_group(job)
+
     def _busy(self) -> bool:
         return self._runner is not None and len(self._runner) > 0
 
@@ -97,9 +100,17 @@ class DecodeLane(Lane):
                     for job in self._runner.interrupt():
                         log.warning("job %s interrupted by shutdown; it runs again at the next start", job.id)
                 return
-            joining = self._admissions()
+            try:
+                joining = self._admissions()
+            except Exception:  # the lane outlives its queue's bad moments (the store failing)
+                log.exception("the decode lane could not take work; trying again")
+                queue.pause(RETRY_S)
+                continue
             for job in joining:
-                self._runner.admit(job)
+                try:
+                    self._runner.admit(job)
+                except Exception as exc:  # taken, so it ends here: never left 'running'
+                    job.finish("failed", failure(job, exc))
             if joining:
                 metrics.BATCH_SIZE.observe(len(self._runner))
             metrics.RUNNING.set(len(self._runner) if self._runner is not None else 0)

@@ -14,13 +14,14 @@ import threading
 from collections.abc import Callable
 
 from lib.catalogue import get_spec
-from lib.errors import Internal
+from lib.errors import ServiceError
+from lib.files import MODELS_DIR, disk_full, no_space
 from lib.schemas import DownloadProgress
 from lib.settings import Settings
 from server.hub import download
 from server.jobs.job import Job
 from server.jobs.kinds import DOWNLOAD
-from server.jobs.lane import WorkerLane
+from server.jobs.lane import WorkerLane, failure
 
 log = logging.getLogger("audiocraft.downloads")
 
@@ -66,12 +67,11 @@ class DownloadLane(WorkerLane):
         except download.DownloadCancelled:
             if not job.interrupted.is_set() and not (queue and queue.stopping):
                 job.finish("cancelled")  # else left 'running': it resumes at the next start
-        except download.DownloadFailed as exc:
+        except ServiceError as exc:  # the hub refused or is unreachable, the models disk is full
             log.warning("download of %s failed: %s", spec.name, exc.message)
             job.finish("failed", exc)
         except Exception as exc:  # a bug or the disk: the job fails, the server goes on
-            log.exception("download of %s failed", spec.name)
-            job.finish("failed", Internal(f"download of {spec.name} failed: {exc}", code="download_failed"))
+            job.finish("failed", no_space(MODELS_DIR) if disk_full(exc) else failure(job, exc))
         else:
             job.finish("succeeded")
 
