@@ -1,7 +1,6 @@
 """Schemathesis against /openapi.json of a real server on the tiny models: every check (`--checks all`),
 so no 5xx, every answer matches its documented status, content type, headers and schema, requests the
-document calls valid are accepted and those it calls invalid are refused, and the stateful phase
-follows the links between operations.
+document calls invalid are refused, and the stateful phase follows the links between operations.
 
 Bounded: a fixed number of examples per operation and phase, one worker, a hang guard on the whole run;
 the fuzzing config (conftest.FUZZ_SETTINGS) keeps each generation at 1 s of audio at most. The seed is
@@ -13,8 +12,12 @@ Checks left out, and why:
   files; the job and the catalogue entry stay, by design (SPEC §3), so they are not a freed resource.
 - max_response_time is not left out (`all` has it) but set to the request timeout, a hang guard: the
   machine's load decides response times, and no test asserts on them.
-- positive_data_acceptance, not_a_server_error and status_code_conformance run as fuzz_hooks.py's
-  wrappers, which name what they let through.
+- positive_data_acceptance ("a request the document calls valid is accepted") is not run: rules
+  between fields (melody_end after melody_start; a job-audio query against the job's own options) and
+  the content of an uploaded file cannot be stated in OpenAPI, and which such cases a run reaches
+  depends on the server's state, so the check failed one run in three. test_openapi_document.py
+  checks the document's rules one by one instead.
+- Everything else runs as schemathesis has it, with no exemption: no 5xx, every status documented.
 """
 
 from __future__ import annotations
@@ -27,8 +30,7 @@ from pathlib import Path
 import pytest
 from waiting import HANG_GUARD_S, QUICK_HANG_GUARD_S
 
-HERE = Path(__file__).resolve().parent
-EXCLUDED = ("use_after_free", "positive_data_acceptance", "not_a_server_error", "status_code_conformance")
+EXCLUDED = ("use_after_free", "positive_data_acceptance")
 SEED = "20160"
 EXAMPLES = "25"
 
@@ -62,10 +64,5 @@ def test_the_server_matches_its_openapi_document(fuzz_server, tmp_path):
         "false",
         *(() if seed == "random" else ("--seed", seed)),
     ]
-    env = {
-        **os.environ,
-        "SCHEMATHESIS_HOOKS": "fuzz_hooks",
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=tmp_path)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=tmp_path)
     assert run.returncode == 0, f"schemathesis found failures:\n{run.stdout[-60000:]}\n{run.stderr[-5000:]}"
