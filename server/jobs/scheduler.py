@@ -146,9 +146,6 @@ class Scheduler:
         return len(old)
 
     # -- submission and queries ------------------------------------------------------------
-    def lane_for(self, kind: str) -> Lane:
-        return self._lane_of[kind]
-
     def submit(self, job: Job) -> Job:
         return self.submit_many([job])[0]
 
