@@ -608,9 +608,9 @@ class DockerRuntime(Runtime):
             raise Skipped(f"already running (container {self.container_name}) at {current.endpoint}")
         config = self.container_config()
         s = self.settings
-        from cli.runtime.native import _port_in_use
+        from cli.runtime.native import port_in_use
 
-        if _port_in_use(s.host, s.port):
+        if port_in_use(s.host, s.port):
             raise CliError(
                 f"port {s.port} is already in use by another program ({s.endpoint})",
                 "stop it, or start this service on another port with --port",

@@ -80,7 +80,7 @@ def _cmdline(pid: int) -> list[str] | None:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     probe = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     try:
         with socket.create_connection((probe, port), timeout=0.5):
@@ -311,7 +311,7 @@ class NativeRuntime(Runtime):
         problem = s.unsafe_bind()
         if problem is not None:  # the server would refuse too: say so before anything starts
             raise CliError(problem, UNSAFE_BIND_HINT)
-        if _port_in_use(s.host, s.port):
+        if port_in_use(s.host, s.port):
             raise CliError(
                 f"port {s.port} is already in use by another program ({s.endpoint})",
                 "stop it, or start this service on another port with --port",

@@ -31,13 +31,13 @@ FILE_EXTENSIONS: dict[str, str] = {
 __all__ = ["FILE_EXTENSIONS", "MEDIA_TYPES", "MP3_MAX_CHANNELS", "MP3_SAMPLE_RATES", "encode_audio"]
 MP3_MAX_CHANNELS = 2
 
-_WAV_SUBTYPES = {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}
-_FLAC_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
+WAV_SUBTYPES = {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}
+FLAC_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 # libsndfile's compression_level runs 0 (best) to 1 (smallest). 0.2 is LAME VBR near -V2 (~170-190
 # kbps on music); 0.4 is vorbis quality 6 (~190 kbps). libsndfile's defaults land near 130 kbps,
 # low for full-band generated music.
-_MP3_COMPRESSION_LEVEL = 0.2
-_OGG_COMPRESSION_LEVEL = 0.4
+MP3_COMPRESSION_LEVEL = 0.2
+OGG_COMPRESSION_LEVEL = 0.4
 
 
 _SFC_SET_ADD_PEAK_CHUNK = 0x1050  # from sndfile.h
@@ -61,7 +61,7 @@ def encode_audio(
         raise ValueError(f"audio must have shape (channels, samples), got {audio.shape}")
     if fmt not in MEDIA_TYPES:
         raise ValueError(f"format must be one of {', '.join(MEDIA_TYPES)}, got {fmt!r}")
-    if bit_depth not in _WAV_SUBTYPES:
+    if bit_depth not in WAV_SUBTYPES:
         raise ValueError(f"bit_depth must be 16, 24 or 32, got {bit_depth!r}")
 
     audio = np.nan_to_num(audio.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
@@ -70,18 +70,18 @@ def encode_audio(
 
     kwargs: dict = {}
     if fmt == "wav":
-        kwargs = {"format": "WAV", "subtype": _WAV_SUBTYPES[bit_depth]}
+        kwargs = {"format": "WAV", "subtype": WAV_SUBTYPES[bit_depth]}
     elif fmt == "flac":
-        if bit_depth not in _FLAC_SUBTYPES:
+        if bit_depth not in FLAC_SUBTYPES:
             raise ValueError(
                 "flac holds at most 24-bit integer samples; use bit_depth 16 or 24, or wav for 32-bit float"
             )
-        kwargs = {"format": "FLAC", "subtype": _FLAC_SUBTYPES[bit_depth]}
+        kwargs = {"format": "FLAC", "subtype": FLAC_SUBTYPES[bit_depth]}
     elif fmt == "mp3":
-        _check_mp3(audio, sample_rate)
-        kwargs = {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": _MP3_COMPRESSION_LEVEL}
+        check_mp3(audio, sample_rate)
+        kwargs = {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": MP3_COMPRESSION_LEVEL}
     else:
-        kwargs = {"format": "OGG", "subtype": "VORBIS", "compression_level": _OGG_COMPRESSION_LEVEL}
+        kwargs = {"format": "OGG", "subtype": "VORBIS", "compression_level": OGG_COMPRESSION_LEVEL}
 
     buffer = io.BytesIO()
     channels = audio.shape[0]
@@ -94,7 +94,7 @@ def encode_audio(
     return buffer.getvalue(), MEDIA_TYPES[fmt]
 
 
-def _check_mp3(audio: np.ndarray, sample_rate: int) -> None:
+def check_mp3(audio: np.ndarray, sample_rate: int) -> None:
     if sample_rate not in MP3_SAMPLE_RATES:
         rates = ", ".join(str(r) for r in MP3_SAMPLE_RATES)
         raise ValueError(

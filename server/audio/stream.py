@@ -19,11 +19,11 @@ import soxr
 
 from server.audio.decode import SUPPORTED_HINT, check_channels, to_channels
 from server.audio.encode import (
-    _FLAC_SUBTYPES,
-    _MP3_COMPRESSION_LEVEL,
-    _OGG_COMPRESSION_LEVEL,
-    _WAV_SUBTYPES,
-    _check_mp3,
+    FLAC_SUBTYPES,
+    MP3_COMPRESSION_LEVEL,
+    OGG_COMPRESSION_LEVEL,
+    WAV_SUBTYPES,
+    check_mp3,
 )
 from server.audio.errors import AudioInputError
 
@@ -176,15 +176,15 @@ def convert(blocks: Iterator[np.ndarray], from_rate: int, to_rate: int, channels
 
 def _sf_kwargs(fmt: str, bit_depth: int) -> dict:
     if fmt == "wav":
-        return {"format": "WAV", "subtype": _WAV_SUBTYPES[bit_depth]}
+        return {"format": "WAV", "subtype": WAV_SUBTYPES[bit_depth]}
     if fmt == "flac":
-        if bit_depth not in _FLAC_SUBTYPES:
+        if bit_depth not in FLAC_SUBTYPES:
             raise ValueError("flac holds at most 24-bit integer samples")
-        return {"format": "FLAC", "subtype": _FLAC_SUBTYPES[bit_depth]}
+        return {"format": "FLAC", "subtype": FLAC_SUBTYPES[bit_depth]}
     if fmt == "mp3":
-        return {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": _MP3_COMPRESSION_LEVEL}
+        return {"format": "MP3", "subtype": "MPEG_LAYER_III", "compression_level": MP3_COMPRESSION_LEVEL}
     if fmt == "ogg":
-        return {"format": "OGG", "subtype": "VORBIS", "compression_level": _OGG_COMPRESSION_LEVEL}
+        return {"format": "OGG", "subtype": "VORBIS", "compression_level": OGG_COMPRESSION_LEVEL}
     raise ValueError(f"format must be wav, flac, mp3 or ogg, got {fmt!r}")
 
 
@@ -196,7 +196,7 @@ def write_blocks(
     Samples are clipped to [-1, 1] except for 32-bit float wav, as there.
     """
     if fmt == "mp3":
-        _check_mp3(np.zeros((channels, 0), dtype=np.float32), sample_rate)
+        check_mp3(np.zeros((channels, 0), dtype=np.float32), sample_rate)
     clip = not (fmt == "wav" and bit_depth == 32)
     written = 0
     with sf.SoundFile(path, "w", samplerate=sample_rate, channels=channels, **_sf_kwargs(fmt, bit_depth)) as out:

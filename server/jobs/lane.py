@@ -82,9 +82,6 @@ class Lane(ABC):
     def running(self) -> list[Job]:
         """The lane's jobs that run now."""
 
-    def busy_models(self) -> set[str]:
-        return {j.model for j in self.running()}
-
     def group(self, job: Job) -> Hashable | None:
         """Jobs of different groups never run together: the lane drains between them (the decode
         batch holds one kind and model). None: any job runs beside any other."""

@@ -178,13 +178,12 @@ GENERATE = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(GENERATE))
-def test_generated_json_bodies_never_get_a_5xx(app, kind):
+def _posted_json_conforms(app, path: str, strategy, examples: int) -> None:
+    """Every body `strategy` makes, POSTed as JSON to `path`: no 5xx, and the answer as documented."""
     client, document, _ = app
-    path = GENERATE[kind]
 
-    @given(bodies(SCHEMAS[kind]).filter(_finite))
-    @settings(max_examples=60)
+    @given(strategy)
+    @settings(max_examples=examples)
     def check(body):
         r = client.post(path, content=_encoded(body), headers={"Content-Type": "application/json"})
         _conforms(document, path, "POST", r)
@@ -192,50 +191,31 @@ def test_generated_json_bodies_never_get_a_5xx(app, kind):
     check()
 
 
+@pytest.mark.parametrize("kind", sorted(GENERATE))
+def test_generated_json_bodies_never_get_a_5xx(app, kind):
+    _posted_json_conforms(app, GENERATE[kind], bodies(SCHEMAS[kind]).filter(_finite), 60)
+
+
 def test_generated_job_lists_never_get_a_5xx(app):
-    client, document, _ = app
-
-    @given(bodies(SCHEMAS["job items"]).filter(_finite))
-    @settings(max_examples=80)
-    def check(body):
-        r = client.post("/api/jobs", content=_encoded(body), headers={"Content-Type": "application/json"})
-        _conforms(document, "/api/jobs", "POST", r)
-
-    check()
+    _posted_json_conforms(app, "/api/jobs", bodies(SCHEMAS["job items"]).filter(_finite), 80)
 
 
 @pytest.mark.parametrize("kind", ["music", "melody"])
 def test_lone_surrogates_never_get_a_5xx(app, kind):
-    client, document, _ = app
-    path = GENERATE[kind]
-
     strings = [n for n in ("prompt", "model", "melody_job", "melody_content") if n in _fields(SCHEMAS[kind])]
     lone = st.builds(lambda a, b: a + "\ud800" + b, text(), text())
-
-    @given(st.dictionaries(st.sampled_from(strings), lone, min_size=1).map(lambda d: {"prompt": "drums", **d}))
-    @settings(max_examples=30)
-    def check(body):
-        r = client.post(path, content=_encoded(body), headers={"Content-Type": "application/json"})
-        _conforms(document, path, "POST", r)
-
-    check()
+    with_lone = st.dictionaries(st.sampled_from(strings), lone, min_size=1).map(lambda d: {"prompt": "drums", **d})
+    _posted_json_conforms(app, GENERATE[kind], with_lone, 30)
 
 
 def test_non_finite_floats_never_get_a_5xx(app):
-    client, document, _ = app
-    path = GENERATE["melody"]
-
     fields = ["melody_start", "melody_end", "duration", "temperature", "top_p", "cfg_coef"]
     non_finite = st.sampled_from([math.inf, -math.inf, math.nan])
     objects = bodies(SCHEMAS["melody"]).filter(lambda b: isinstance(b, dict))  # bodies are sometimes lists
-
-    @given(st.builds(lambda body, key, value: {**body, key: value}, objects, st.sampled_from(fields), non_finite))
-    @settings(max_examples=60)
-    def check(body):
-        r = client.post(path, content=_encoded(body), headers={"Content-Type": "application/json"})
-        _conforms(document, path, "POST", r)
-
-    check()
+    with_non_finite = st.builds(
+        lambda body, key, value: {**body, key: value}, objects, st.sampled_from(fields), non_finite
+    )
+    _posted_json_conforms(app, GENERATE["melody"], with_non_finite, 60)
 
 
 FORM_TEXT = st.text(st.characters(codec="ascii", exclude_characters="\x00"), max_size=8)

@@ -105,12 +105,7 @@ class CodecLane(WorkerLane):
                 bitrate_kbps=f"{answer.bitrate_kbps:.3f}",
                 encode_time_s=f"{answer.result.seconds:.3f}",
             )
-            result = dict(
-                format=job.request.format,
-                sample_rate=answer.codec.layout.sample_rate,
-                channels=answer.codec.layout.channels,
-                duration_s=answer.duration_s,
-            )
+            rate, channels = answer.codec.layout.sample_rate, answer.codec.layout.channels
         else:
             ext = answer.extension
             info = codec_info(
@@ -122,16 +117,18 @@ class CodecLane(WorkerLane):
                 duration_s=f"{answer.duration_s:.6g}",
                 codebooks=answer.header.num_codebooks,
             )
-            result = dict(
-                format=job.request.format,
-                sample_rate=answer.sample_rate,
-                channels=answer.channels,
-                duration_s=answer.duration_s,
-            )
+            rate, channels = answer.sample_rate, answer.channels
         size = answer.path.stat().st_size
         _move(answer.path, self.artifacts.path(job.id, answer_name(ext)))
         job.result = JobResult(
-            media_type=answer.media_type, size_bytes=size, file=answer_name(ext), info=info, **result
+            media_type=answer.media_type,
+            format=job.request.format,
+            sample_rate=rate,
+            channels=channels,
+            duration_s=answer.duration_s,
+            size_bytes=size,
+            file=answer_name(ext),
+            info=info,
         )
         job.finish("succeeded")
 
