@@ -152,9 +152,6 @@ class JobQueue(ABC):
     # -- submission and queries ------------------------------------------------------------
     store: object  # the durable records: JobStore (SQLite) or RedisJobStore
 
-    def lane_for(self, kind: str) -> Lane:
-        return self._lane_of[kind]
-
     def submit(self, job: Job) -> Job:
         return self.submit_many([job])[0]
 
