@@ -321,6 +321,45 @@ class LoadedModel(BaseModel):
     dtype: str
 
 
+class LaneSlots(BaseModel):
+    capacity: int = Field(description="Jobs the lane runs at once on this worker")
+    busy: int = Field(description="Jobs it runs now")
+    models: list[str] = Field(default_factory=list, description="The models of the jobs it runs now")
+
+
+class WorkerInfo(BaseModel):
+    """What a worker says of itself with every heartbeat (the Redis queue only)."""
+
+    name: str
+    host: str
+    pid: int
+    device: str
+    heartbeat_at: float = Field(description="Unix time of its last heartbeat")
+    heartbeat_age_s: float = Field(0.0, description="Seconds since then, when this answer was made")
+    loaded: list[str] = Field(default_factory=list, description="Models it holds in memory")
+    installed: list[str] = Field(default_factory=list, description="Models in its model cache")
+    installed_at: float = Field(0.0, description="Unix time it last looked at its model cache")
+    lanes: dict[str, LaneSlots] = Field(default_factory=dict)
+
+
+class WorkersReport(BaseModel):
+    count: int
+    busy_slots: int
+    total_slots: int
+    models: list[str] = Field(description="Models loaded on at least one worker")
+    workers: list[WorkerInfo]
+
+    @classmethod
+    def of(cls, workers: list[WorkerInfo]) -> WorkersReport:
+        return cls(
+            count=len(workers),
+            busy_slots=sum(s.busy for w in workers for s in w.lanes.values()),
+            total_slots=sum(s.capacity for w in workers for s in w.lanes.values()),
+            models=sorted({m for w in workers for m in w.loaded}),
+            workers=sorted(workers, key=lambda w: w.name),
+        )
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded", "starting"]
     version: str
@@ -328,6 +367,9 @@ class Health(BaseModel):
     uptime_s: float
     models: list[LoadedModel]
     queue: QueueState
+    workers: WorkersReport | None = Field(
+        None, description="The workers that share the queue (AUDIOCRAFT_QUEUE_URL); absent on the embedded queue"
+    )
 
 
 class ModelInfo(BaseModel):

@@ -31,7 +31,8 @@ def build_services(settings: Settings) -> Services:
         from server.models.elsewhere import ModelsElsewhere
 
         queue = build_queue(settings, [], artifacts, kinds=LANES)
-        return Services(settings=settings, registry=ModelsElsewhere(settings), scheduler=queue, runs_models=False)
+        registry = ModelsElsewhere(settings, queue.workers)
+        return Services(settings=settings, registry=registry, scheduler=queue, runs_models=False)
 
     from server.jobs.lanes.batch import BatchRunner
     from server.jobs.lanes.codec import CodecLane
@@ -45,12 +46,13 @@ def build_services(settings: Settings) -> Services:
         CodecLane(registry, artifacts, settings),
         DownloadLane(settings),
     ]
-    return Services(settings=settings, registry=registry, scheduler=build_queue(settings, lanes, artifacts))
+    return Services(settings=settings, registry=registry, scheduler=build_queue(settings, lanes, artifacts, registry))
 
 
-def build_queue(settings: Settings, lanes: list, artifacts, kinds=None) -> JobQueue:
+def build_queue(settings: Settings, lanes: list, artifacts, registry=None, kinds=None) -> JobQueue:
     """The job queue: SQLite under the data dir (the default: one process, nothing else to run), or
-    Redis at settings.queue_url, shared by API nodes and workers."""
+    Redis at settings.queue_url, shared by API nodes and workers. A worker's queue tells the others
+    what `registry` holds (its heartbeat) and places jobs by it."""
     retention_s = settings.job_retention_h * 3600
     min_free_bytes = int(settings.min_free_disk_mb * 1e6)
     if not settings.queue_url:
@@ -66,8 +68,19 @@ def build_queue(settings: Settings, lanes: list, artifacts, kinds=None) -> JobQu
             retention_s=retention_s,
             min_free_bytes=min_free_bytes,
         )
+    from lib.catalogue import get_spec
     from server.jobs.cluster.queue import RedisScheduler
     from server.jobs.cluster.store import RedisJobStore, connect
+    from server.jobs.cluster.workers import LocalModels
+
+    models = None
+    if registry is not None:
+        models = LocalModels(
+            device=str(registry.device),
+            loaded=lambda: [lm.spec.name for lm in registry.loaded()],
+            installed=registry.installed,
+            is_installed=lambda name: registry.is_loaded(name) or registry.is_installed(get_spec(name)),
+        )
 
     return RedisScheduler(
         lanes,
@@ -80,6 +93,7 @@ def build_queue(settings: Settings, lanes: list, artifacts, kinds=None) -> JobQu
         visibility_s=settings.queue_visibility_s,
         consumer=settings.worker_id or None,
         widths={"decode": settings.max_batch},
+        models=models,
     )
 
 

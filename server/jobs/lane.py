@@ -48,6 +48,7 @@ class Lane(ABC):
     name: str = "lane"
     kinds: Mapping[str, type[BaseModel]] = {}  # job kind -> the request schema it carries
     capacity: int = 1  # jobs it runs at once
+    loads_models: bool = False  # its jobs load job.model: on Redis, placed on a worker that has it
 
     def __init__(self) -> None:
         self.queue: JobQueue | None = None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from lib.errors import ServiceError, Unavailable
-from lib.schemas import ErrorBody
+from lib.schemas import ErrorBody, WorkerInfo
 from server.jobs import backlog
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.errors import LowDiskSpace, TooManyJobs
@@ -211,6 +211,11 @@ class JobQueue(ABC):
     @abstractmethod
     def busy_models(self) -> set[str]:
         """Models that queued or running jobs need."""
+
+    def workers(self) -> list[WorkerInfo] | None:
+        """The workers that share the queue, with their models and slots; None for a queue that is
+        this process alone (the embedded one)."""
+        return None
 
     async def wait(self, job: Job) -> Job:
         loop = asyncio.get_running_loop()

@@ -1,12 +1,17 @@
 """The model registry of an API node (`serve --role api`): it holds no model and imports no torch;
-the workers load the models their jobs need. It answers the registry's questions as a node with
-nothing loaded does, and a request to load a model here says where models live instead."""
+the workers load the models their jobs need. It answers the registry's questions from the workers'
+reports (their heartbeats: server/jobs/cluster/workers.py): a model is installed when a live worker's
+cache has it. Nothing is loaded here, and a request to load a model here says where models live.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from lib.catalogue import ModelSpec
 from lib.errors import Conflict
+from lib.schemas import WorkerInfo
 from lib.settings import Settings
 
 
@@ -19,9 +24,16 @@ class NoDevice:
 
 
 class ModelsElsewhere:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, workers: Callable[[], list[WorkerInfo] | None] = lambda: []):
         self.settings = settings
         self.device = NoDevice()
+        self._workers = workers
+
+    def is_installed(self, spec: ModelSpec) -> bool:
+        return any(spec.name in w.installed for w in self._workers() or [])
+
+    def installed(self) -> list[str]:
+        return sorted({name for w in self._workers() or [] for name in w.installed})
 
     def loaded(self) -> list:
         return []

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from lib.catalogue import ModelSpec, get_spec
+from lib.catalogue import CATALOGUE, ModelSpec, get_spec
 from lib.settings import Settings
 from server.engine.errors import UnsupportedRequest
 from server.hub import store
@@ -64,6 +64,13 @@ class ModelRegistry:
         if spec.name not in self._loaded and store.snapshot_dir(spec, self.settings.hub_cache) is None:
             raise store.ModelNotInstalled(spec)
         return spec
+
+    def is_installed(self, spec: ModelSpec) -> bool:
+        """In this process's model cache, whole."""
+        return store.is_installed(spec, self.settings.hub_cache)
+
+    def installed(self) -> list[str]:
+        return [spec.name for spec in CATALOGUE.values() if self.is_installed(spec)]
 
     def get(self, name: str) -> ResidentModel:
         spec = self.spec(name)

@@ -24,7 +24,8 @@ def start(svc: Services, spec: ModelSpec) -> Job:
     running = active(svc, spec)
     if running is not None:
         return running
-    download.check_writable(svc.settings.hub_cache)
+    if svc.runs_models:  # an API node's download runs on a worker, into the worker's cache
+        download.check_writable(svc.settings.hub_cache)
     job = Job(kind=KIND, model=spec.name, request=DownloadRequest(model=spec.name), seed=0, priority=PRIORITY_BATCH)
     job.detail = DownloadProgress(job_id=job.id, bytes_done=0, bytes_total=0)
     return svc.scheduler.submit_unless_running(job)
@@ -33,8 +34,9 @@ def start(svc: Services, spec: ModelSpec) -> Job:
 def require(svc: Services, spec: ModelSpec) -> Job | None:
     """For a request that needs the model: None when it is installed or loaded; else the download it
     must wait for (auto_download), or ModelNotInstalled with the command to run (also when
-    huggingface_hub is in offline mode: HF_HUB_OFFLINE=1)."""
-    if svc.registry.is_loaded(spec.name) or store.is_installed(spec, svc.settings.hub_cache):
+    huggingface_hub is in offline mode: HF_HUB_OFFLINE=1). On an API node, installed means in a
+    live worker's cache."""
+    if svc.registry.is_loaded(spec.name) or svc.registry.is_installed(spec):
         return None
     if not svc.settings.auto_download or download.offline():
         raise store.ModelNotInstalled(spec, svc.settings.hub_cache)

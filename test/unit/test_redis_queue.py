@@ -20,8 +20,10 @@ from pydantic import BaseModel, ConfigDict
 from server.jobs import queue as queue_module
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.cluster import queue as cluster_module
+from server.jobs.cluster import workers as workers_module
 from server.jobs.cluster.queue import RedisScheduler
 from server.jobs.cluster.store import RedisJobStore, connect
+from server.jobs.cluster.workers import LocalModels
 from server.jobs.errors import QueueFull, QueueUnavailable
 from server.jobs.job import Job
 from server.jobs.lane import WorkerLane
@@ -74,13 +76,25 @@ class Gated(WorkerLane):
             job.finish(outcome)
 
 
+class Placed(Gated):
+    """A lane whose jobs load their model (as decode and codec do): placed by the workers' models."""
+
+    loads_models = True
+
+
 @pytest.fixture
 def workers(redis_url, tmp_path):
     """make(name, lanes=True) -> (queue, lane); each stopped at the end."""
     made: list[RedisScheduler] = []
 
-    def make(name: str, with_lane: bool = True, start: bool = True, visibility_s: float = 30.0):
-        lane = Gated()
+    def make(
+        name: str,
+        with_lane: bool = True,
+        start: bool = True,
+        visibility_s: float = 30.0,
+        models: LocalModels | None = None,
+    ):
+        lane = Gated() if models is None else Placed()
         queue = RedisScheduler(
             [lane] if with_lane else [],
             RedisJobStore(connect(redis_url)),
@@ -90,6 +104,7 @@ def workers(redis_url, tmp_path):
             kinds={"work": {"work": Work}},
             visibility_s=visibility_s,
             consumer=name,
+            models=models,
         )
         made.append(queue)
         if start:
@@ -283,3 +298,71 @@ def test_redis_out_of_reach_is_a_503_that_says_so(tmp_path):
             assert err.value.headers["Retry-After"]
     finally:
         queue.stop(timeout_s=0)
+
+
+# -- models per worker: reports and placement (server/jobs/cluster/workers.py) -----------------------
+
+
+def models(installed=(), loaded=()) -> LocalModels:
+    return LocalModels(
+        device="cpu",
+        loaded=lambda: list(loaded),
+        installed=lambda: list(installed),
+        is_installed=lambda name: name in installed,
+    )
+
+
+def test_each_worker_reports_its_models_and_slots_with_its_heartbeat(workers):
+    api, _ = workers("api", with_lane=False)
+    worker, lane = workers("w1", models=models(installed=["m", "n"], loaded=["m"]))
+    job = api.submit(work())
+    assert lane.started.wait(HANG_GUARD_S)
+    worker._heartbeat()
+    (info,) = api.workers(max_age_s=0)  # the API node holds no lane: it does not report itself
+    assert (info.name, info.device, info.loaded, info.installed) == ("w1", "cpu", ["m"], ["m", "n"])
+    assert info.lanes["work"].model_dump() == {"capacity": 1, "busy": 1, "models": ["m"]}
+    assert info.heartbeat_age_s >= 0 and info.pid > 0
+    lane.release(job.id)
+    ended(job)
+
+
+def test_a_job_goes_to_the_worker_whose_cache_has_its_model(workers):
+    api, _ = workers("api", with_lane=False)
+    bare, bare_lane = workers("bare", models=models(), start=False)
+    has, has_lane = workers("has", models=models(installed=["m"]), start=False)
+    bare._heartbeat(), has._heartbeat()  # each knows the other before either looks at the queue
+    jobs = api.submit_many([work("a"), work("b")])
+    bare.start(), has.start()
+    for job in jobs:
+        assert has_lane.started.wait(HANG_GUARD_S)
+        has_lane.started.clear()
+        has_lane.release(has_lane.running_job.id)
+        assert ended(job).state == "succeeded"
+    assert bare_lane.running_job is None  # it left both to the worker that has the model
+
+
+def test_a_job_for_a_model_no_worker_has_fails_and_says_so_instead_of_waiting(workers, monkeypatch):
+    monkeypatch.setattr(workers_module, "FAIL_AFTER_S", 0.0)
+    api, _ = workers("api", with_lane=False)
+    one, lane_1 = workers("w1", models=models(installed=["other"]), start=False)
+    two, lane_2 = workers("w2", models=models(), start=False)
+    one._heartbeat(), two._heartbeat()
+    job = api.submit(work())
+    one.start(), two.start()
+    ended(job)  # once each worker has looked at its cache since the job came, one fails it
+    assert job.state == "failed" and job.error.status == 409 and job.error.code == "model_not_installed"
+    assert "no worker has model m installed (2 workers: w1, w2)" in job.error.message
+    assert lane_1.running_job is None and lane_2.running_job is None
+
+
+def test_a_worker_with_the_model_loaded_gets_its_job_before_one_that_would_load_it(workers, monkeypatch):
+    monkeypatch.setattr(workers_module, "AFFINITY_S", 3600.0)  # no wall-clock race in the test
+    api, _ = workers("api", with_lane=False)
+    cold, cold_lane = workers("cold", models=models(installed=["m"]), start=False)
+    warm, warm_lane = workers("warm", models=models(installed=["m"], loaded=["m"]), start=False)
+    cold._heartbeat(), warm._heartbeat()
+    job = api.submit(work())
+    cold.start(), warm.start()
+    assert warm_lane.started.wait(HANG_GUARD_S) and warm_lane.running_job.id == job.id
+    warm_lane.release(job.id)
+    assert ended(job).state == "succeeded" and cold_lane.running_job is None

@@ -9,12 +9,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from lib import __version__
-from lib.schemas import Health, LoadedModel, QueueState
+from lib.schemas import Health, LoadedModel, QueueState, WorkersReport
 
 
 async def health(request: Request) -> JSONResponse:
     svc = request.app.state.services
     queued, running = svc.scheduler.counts()
+    workers = svc.scheduler.workers()
     if not svc.ready:
         status = "starting"
     elif not svc.scheduler.alive:
@@ -30,8 +31,9 @@ async def health(request: Request) -> JSONResponse:
             LoadedModel(name=lm.spec.name, device=lm.device_type, dtype=lm.precision) for lm in svc.registry.loaded()
         ],
         queue=QueueState(queued=queued, running=running, capacity=svc.settings.queue_depth),
+        workers=WorkersReport.of(workers) if workers is not None else None,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if status != "degraded" else 503)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if status != "degraded" else 503)
 
 
 async def metrics(_request: Request) -> Response:

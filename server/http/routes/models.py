@@ -28,7 +28,7 @@ def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
         repo=spec.repo,
         kind=spec.kind,
         capabilities=list(spec.capabilities),
-        installed=store.is_installed(spec, svc.settings.hub_cache),
+        installed=svc.registry.is_installed(spec),
         size_on_disk_bytes=store.size_on_disk_bytes(spec, svc.settings.hub_cache),
         loaded=lm is not None,
         device=lm.device_type if lm else None,
@@ -63,7 +63,7 @@ async def download_model(request: Request) -> JSONResponse:
     already installed."""
     svc: Services = request.app.state.services
     spec = _spec(request)
-    if store.is_installed(spec, svc.settings.hub_cache) and downloads.active(svc, spec) is None:
+    if svc.registry.is_installed(spec) and downloads.active(svc, spec) is None:
         return JSONResponse(model_info(svc, spec).model_dump())
     return accepted(svc, downloads.start(svc, spec))
 

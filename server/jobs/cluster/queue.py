@@ -43,10 +43,10 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 
 from lib.errors import ServiceError
-from lib.schemas import DownloadProgress, ErrorBody
+from lib.schemas import DownloadProgress, ErrorBody, LaneSlots, WorkerInfo
 from server import metrics
 from server.jobs.artifacts import ArtifactStore
-from server.jobs.cluster import scripts
+from server.jobs.cluster import scripts, workers
 from server.jobs.cluster.store import (
     GROUP,
     RedisJobStore,
@@ -116,6 +116,7 @@ class RedisScheduler(JobQueue):
         visibility_s: float = 30.0,
         consumer: str | None = None,
         widths: Mapping[str, int] | None = None,
+        models: workers.LocalModels | None = None,
     ):
         super().__init__(lanes, artifacts, queue_depth, retention_s, kinds, min_free_bytes)
         self.store = store
@@ -126,6 +127,9 @@ class RedisScheduler(JobQueue):
         self.consumer = consumer or default_consumer()
         # lane name -> jobs one worker runs at once, for a lane this process does not run (Retry-After)
         self._widths = dict(widths or {})
+        self.models = models  # a worker's own models: its heartbeat says what they are, placement asks
+        self._installed = workers.InstalledCache(models.installed) if models else None
+        self._peers: tuple[float, list[WorkerInfo]] = (0.0, [])  # (read at, the live workers' reports)
         self._scripts = {
             name: self.redis.register_script(getattr(scripts, name))
             for name in ("SUBMIT", "CLAIM", "FINISH", "END_QUEUED", "TICK", "RECLAIM")
@@ -334,7 +338,8 @@ class RedisScheduler(JobQueue):
         failures = 0
         while not self._stopping:
             try:
-                last, ready = self._ready(lane)
+                last, ready, since = self._ready(lane)
+                ready = self._placed(lane, ready, since)
                 if ready:
                     head = ready[0]
                     if fits is not None and not fits(head, head):
@@ -404,11 +409,23 @@ class RedisScheduler(JobQueue):
 
     def _workers(self) -> int:
         """Workers whose heartbeat has not expired (this one too, when it runs lanes)."""
-        prefix = self.keys.worker("")
-        names = {key[len(prefix) :] for key in self.redis.scan_iter(match=f"{prefix}*", count=1000)}
+        names = {w.name for w in self.workers()}
         if self.lanes:
             names.add(self.consumer)
         return max(1, len(names))
+
+    @_answering
+    def workers(self, max_age_s: float = TICK_S) -> list[WorkerInfo]:
+        """The live workers' reports (their heartbeat keys); the ones read less than max_age_s ago."""
+        read_at, peers = self._peers
+        now = time.time()
+        if now - read_at < max_age_s:
+            return peers
+        keys = sorted(self.redis.scan_iter(match=f"{self.keys.worker('')}*", count=1000))
+        values = self.redis.mget(keys) if keys else []
+        peers = [info for info in (workers.parse(v, now) for v in values) if info is not None]
+        self._peers = (now, peers)
+        return peers
 
     def _width(self, lane: str) -> int:
         local = next((x for x in self.lanes if x.name == lane), None)
@@ -530,9 +547,9 @@ class RedisScheduler(JobQueue):
                 del self._jobs[held.job.id]
 
     # -- internals: taking work ------------------------------------------------------------
-    def _ready(self, lane: Lane) -> tuple[str, list[Job]]:
-        """(the notify stream's last id, the lane's queued jobs that can run now). A job whose
-        predecessor did not succeed fails with its error."""
+    def _ready(self, lane: Lane) -> tuple[str, list[Job], dict[str, float]]:
+        """(the notify stream's last id, the lane's queued jobs that can run now, when each became
+        ready). A job whose predecessor did not succeed fails with its error."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.xrevrange(self.keys.notify, count=1)
             pipe.zrange(self.keys.ready(lane.name), 0, -1)
@@ -548,15 +565,44 @@ class RedisScheduler(JobQueue):
         jobs = [known[i] for i in ids if i in known and not known[i].finished]
         waiting = [j for j in jobs if j.after is not None]
         before = dict(zip([j.id for j in waiting], self.store.raw_many([j.after for j in waiting]), strict=True))
-        ready = []
+        ready, since = [], {}
         for job in jobs:
             pred = before.get(job.id)
             if job.after is None or not pred or pred.get("state") == "succeeded":
                 ready.append(job)
+                since[job.id] = max(job.created_at, float(pred.get("finished_at") or 0) if pred else 0.0)
             elif pred.get("state") in FINAL_STATES:
                 row = decode_row(pred)
                 self._fail_queued(job, predecessor_error(row["kind"], row["id"], row["state"], row["error"]))
-        return last, ready
+        return last, ready, since
+
+    def _placed(self, lane: Lane, ready: list[Job], since: dict[str, float]) -> list[Job]:
+        """The ready jobs this worker should take (workers.place): the others are left to a worker that
+        has their model, and a job no worker can load fails."""
+        if self.models is None or not lane.loads_models or not ready:
+            return ready
+        others = [w for w in self.workers() if w.name != self.consumer]
+        loaded, now = set(self.models.loaded()), time.time()
+        installed: dict[str, bool] = {}
+        mine = []
+        for job in ready:
+            if job.model not in installed:
+                installed[job.model] = self.models.is_installed(job.model)
+            verdict = workers.place(
+                lane.name,
+                job.model,
+                installed_here=installed[job.model],
+                loaded_here=job.model in loaded,
+                others=others,
+                ready_since=since[job.id],
+                now=now,
+            )
+            if verdict == workers.TAKE:
+                mine.append(job)
+            elif verdict == workers.FAIL:
+                names = [self.consumer, *(w.name for w in others if lane.name in w.lanes)]
+                self._fail_queued(job, workers.NoWorkerHasModel(job.model, names))
+        return mine
 
     def _fail_queued(self, job: Job, error: ErrorBody | ServiceError) -> None:
         body = ErrorBody.of(error) if isinstance(error, ServiceError) else error
@@ -636,7 +682,7 @@ class RedisScheduler(JobQueue):
             self.keys.prefix,
             GROUP,
             self.consumer,
-            encode(time.time()),
+            self._advert(held),
             max(1, round(self.visibility_s)),
             len(held),
         ]
@@ -664,6 +710,33 @@ class RedisScheduler(JobQueue):
                 h.job.cancel_requested.set()  # stops the work; its finish is dropped (_finished)
                 if h.finishing:
                     self._release(h)
+
+    def _advert(self, held: list[Held]) -> str:
+        """This worker's WorkerInfo, as JSON, for its heartbeat key."""
+        now = time.time()
+        slots = {}
+        for lane in self.lanes:
+            running = [h.job for h in held if h.lane == lane.name and not h.finishing]
+            slots[lane.name] = LaneSlots(
+                capacity=lane.capacity, busy=len(running), models=sorted({j.model for j in running})
+            )
+        if self.models is not None and self._installed is not None:
+            device, loaded = self.models.device, sorted(self.models.loaded())
+            installed, installed_at = self._installed.get()
+        else:  # a queue built without a registry (tests): no model, and it knows it now
+            device, loaded, installed, installed_at = "", [], [], now
+        info = WorkerInfo(
+            name=self.consumer,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            device=device,
+            heartbeat_at=now,
+            loaded=loaded,
+            installed=installed,
+            installed_at=installed_at,
+            lanes=slots,
+        )
+        return info.model_dump_json()
 
     def _refresh(self) -> None:
         """Jobs known here that run elsewhere: a finished record ends the local object (its waits)."""

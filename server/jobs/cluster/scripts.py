@@ -174,7 +174,8 @@ return f[1] or 'missing'
 )
 
 # A worker's heartbeat, with the progress of the jobs it runs.
-# ARGV: p, group, consumer, now, ttl_s, n, then per job: id, attempt, lane, entry, write, progress, eta, detail
+# ARGV: p, group, consumer, report (its WorkerInfo as JSON: workers.py), ttl_s, n,
+# then per job: id, attempt, lane, entry, write, progress, eta, detail
 # (write '0': heartbeat only, its finish is on its way; eta '' = none; detail '' = unchanged)
 # -> per job 'ok' | 'cancel' (asked by a user) | 'lost' (another attempt has it now)
 TICK = (

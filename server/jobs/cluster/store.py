@@ -18,7 +18,8 @@ Keys (all under one prefix, `audiocraft` by default):
 - `durations:{kind}` (list): `seconds units` of the kind's last jobs that succeeded, newest first
   (RedisThroughput: the Retry-After of a full queue, on every node).
 - `stats` (hash): counters: finished, dropped (late finishes of a presumed-dead worker), reclaimed.
-- `worker:{name}` (expiring string): a worker's last heartbeat.
+- `worker:{name}` (expiring string): a worker's report, rewritten with each heartbeat: its models
+  and its lanes' slots (a WorkerInfo as JSON, workers.py).
 
 Values are strings; None is a missing field. Torch-free.
 """

@@ -35,6 +35,7 @@ class _Stopped(Exception):
 
 class CodecLane(WorkerLane):
     name = "codec"
+    loads_models = True
     kinds = CODEC
 
     def __init__(self, registry: ModelRegistry, artifacts: ArtifactStore, settings: Settings, workers: int = 1):

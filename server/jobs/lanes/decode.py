@@ -41,6 +41,7 @@ RunnerFactory = Callable[[str, str], Runner]  # (kind, model) -> runner
 
 class DecodeLane(Lane):
     name = "decode"
+    loads_models = True
     kinds = DECODE
 
     def __init__(self, new_runner: RunnerFactory, max_batch: int):
