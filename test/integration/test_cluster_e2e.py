@@ -31,16 +31,17 @@ VISIBILITY_S = 3.0
 
 @pytest.fixture
 def cluster(tiny_hub, tmp_path):
-    """start(name, role, **settings) -> a started ServerProcess on the test's Redis; all stopped after."""
+    """start(name, role, models_dir=tiny_hub, **settings) -> a started ServerProcess on the test's Redis;
+    all stopped after."""
     why_not = ensure_installed()
     if why_not:
         pytest.skip(why_not)
     server = RedisServer(tmp_path / "redis").start()
     procs: list[ServerProcess] = []
 
-    def start(name: str, role: str, **settings) -> ServerProcess:
+    def start(name: str, role: str, models_dir=None, **settings) -> ServerProcess:
         proc = ServerProcess(
-            tiny_hub,
+            models_dir or tiny_hub,
             tmp_path / name,
             role=role,
             queue_url=server.url(),
@@ -140,3 +141,46 @@ def test_redis_killed_and_restarted_on_its_aof_keeps_every_acknowledged_job(clus
         jobs = wait_jobs(c, ids, what="the jobs to end after Redis came back")
         assert [j["state"] for j in jobs] == ["succeeded"] * 3, jobs
         assert int(records(cluster.redis.url()).hget("audiocraft:stats", "finished")) == 3
+
+
+def test_jobs_go_to_the_worker_that_has_their_model_and_the_api_node_reports_the_workers(cluster, tmp_path):
+    """Two workers with model caches of their own: w1's holds musicgen-small, w2's is empty."""
+    from server.tiny.write import write_tiny_models
+
+    one_model = tmp_path / "hub-w1"
+    write_tiny_models(one_model, names=["musicgen-small"])
+    (tmp_path / "hub-w2").mkdir()
+    api = cluster("api", "api", auto_download="false")
+    cluster("w1", "worker", max_batch=2, models_dir=one_model)
+    cluster("w2", "worker", max_batch=2, models_dir=tmp_path / "hub-w2")
+    with api.client() as c:
+
+        def both_report():
+            report = get_json(c, "/health").get("workers") or {}
+            names = [w["name"] for w in report.get("workers", [])]
+            return (report if names == ["w1", "w2"] else None), tuple(names)
+
+        report = wait_for_progress(both_report, "both workers to heartbeat")
+        assert report["count"] == 2 and report["total_slots"] >= 4  # decode 2 + codec + download, each
+        by_name = {w["name"]: w for w in report["workers"]}
+        assert by_name["w1"]["installed"] == ["musicgen-small"] and by_name["w2"]["installed"] == []
+        assert by_name["w1"]["lanes"]["decode"]["capacity"] == 2 and by_name["w1"]["heartbeat_age_s"] >= 0
+
+        models = {m["name"]: m for m in c.get("/api/models").json()["models"]}  # installed: on a worker
+        assert models["musicgen-small"]["installed"] and not models["musicgen-medium"]["installed"]
+
+        bodies = [{"kind": "music", "prompt": f"placed {i}", "duration": 2, "seed": i} for i in range(3)]
+        ids = c.post("/api/jobs", json=bodies).json()["ids"]
+        jobs = wait_jobs(c, ids, what="the jobs to run on the worker that has the model")
+        assert [j["state"] for j in jobs] == ["succeeded"] * 3, jobs
+
+        def loaded_on_w1():
+            workers = {w["name"]: w for w in get_json(c, "/health")["workers"]["workers"]}
+            loaded = workers["w1"]["loaded"]
+            return (workers if loaded == ["musicgen-small"] else None), tuple(loaded)
+
+        workers = wait_for_progress(loaded_on_w1, "w1 to report the model it loaded")
+        assert workers["w2"]["loaded"] == []  # w2 never loaded it: it cannot
+
+        missing = c.post("/api/generate/music", json={"prompt": "x", "model": "musicgen-medium", "duration": 1})
+        assert missing.status_code == 409 and missing.json()["error"]["code"] == "model_not_installed"
