@@ -80,8 +80,8 @@ LABEL org.opencontainers.image.title="resource-audiocraft" \
 
 RUN groupadd --system --gid 1000 audiocraft \
     && useradd --system --uid 1000 --gid 1000 --create-home --home-dir /home/audiocraft audiocraft \
-    && mkdir -p /models /data \
-    && chown audiocraft:audiocraft /models /data
+    && mkdir -p /models /data /artifacts \
+    && chown audiocraft:audiocraft /models /data /artifacts
 
 # Dependencies (torch included): a layer that stays while only the code changes.
 COPY --from=deps /opt/venv /opt/venv

@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 7862
 
-.PHONY: install install-test run test lint unit integration conformance tiny clean test-docker docker-base docker-image
+.PHONY: install install-test run run-cluster test lint unit integration conformance tiny clean test-docker docker-base docker-image
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,6 +28,17 @@ install-test: $(VENV)/.installed-test
 
 run: install
 	$(VENV)/bin/resource-audiocraft serve --host $(HOST) --port $(PORT)
+
+# Past one machine, on this one: Redis (Debian's redis-server, installed when missing), one API node on
+# PORT and WORKERS workers sharing it (config/cluster.Procfile, run by honcho; Ctrl-C stops them all).
+WORKERS ?= 2
+CLUSTER_DIR ?= $(CURDIR)/.cache/cluster
+run-cluster: install
+	bash test/redis/ensure-redis.sh
+	mkdir -p $(CLUSTER_DIR)/redis
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CLUSTER_DIR=$(CLUSTER_DIR) AUDIOCRAFT_HOST=$(HOST) \
+		AUDIOCRAFT_QUEUE_URL=redis://127.0.0.1:$$(($(PORT) - 100))/0 AUDIOCRAFT_ARTIFACTS_DIR=$(CLUSTER_DIR)/artifacts \
+		$(VENV)/bin/honcho -f config/cluster.Procfile start -p $$(($(PORT) - 100)) -c worker=$(WORKERS)
 
 lint: install-test
 	$(VENV)/bin/ruff check .

@@ -20,7 +20,7 @@ import pytest
 import redis
 import soundfile as sf
 from redis_server import RedisServer, ensure_installed
-from server_process import ServerProcess
+from server_process import ServerProcess, free_port
 from waiting import get_json, job_signature, wait_for_progress, wait_jobs
 
 pytestmark = pytest.mark.e2e
@@ -184,3 +184,76 @@ def test_jobs_go_to_the_worker_that_has_their_model_and_the_api_node_reports_the
 
         missing = c.post("/api/generate/music", json={"prompt": "x", "model": "musicgen-medium", "duration": 1})
         assert missing.status_code == 409 and missing.json()["error"]["code"] == "model_not_installed"
+
+
+def _free_base_port() -> int:
+    """A base for honcho's ports (base, +100, +200, +201) with all four free now."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        if base + 201 >= 65535:
+            continue
+        try:
+            for port in (base, base + 100, base + 200, base + 201):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no four free ports for the cluster")
+
+
+def test_the_local_cluster_procfile_runs_redis_an_api_node_and_two_workers(tiny_hub, tmp_path):
+    """`make run-cluster`'s Procfile (config/cluster.Procfile) under honcho, as the target runs it."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    why_not = ensure_installed()
+    if why_not:
+        pytest.skip(why_not)
+    root = Path(__file__).resolve().parents[2]
+    base = _free_base_port()
+    (tmp_path / "redis").mkdir()
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "CLUSTER_DIR": str(tmp_path),
+        "AUDIOCRAFT_HOST": "127.0.0.1",
+        "AUDIOCRAFT_QUEUE_URL": f"redis://127.0.0.1:{base}/0",
+        "AUDIOCRAFT_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        "AUDIOCRAFT_MODELS_DIR": str(tiny_hub),
+        "AUDIOCRAFT_DEVICE": "cpu",
+        "AUDIOCRAFT_DTYPE": "float32",
+    }
+    honcho = shutil.which("honcho", path=str(bin_dir)) or "honcho"
+    log = (tmp_path / "cluster.log").open("wb")
+    argv = [honcho, "-f", str(root / "config/cluster.Procfile"), "start", "-p", str(base), "-c", "worker=2"]
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{base + 100}", timeout=30) as c:
+
+            def two_workers():
+                try:
+                    report = c.get("/health").json().get("workers") or {}
+                except (httpx.HTTPError, ValueError):
+                    report = {}
+                size = (tmp_path / "cluster.log").stat().st_size
+                return (report if report.get("count") == 2 else None), (report.get("count"), size)
+
+            report = wait_for_progress(two_workers, "the API node to see both workers")
+            assert {w["name"] for w in report["workers"]} == {f"worker-{base + 200}", f"worker-{base + 201}"}
+            answer = c.post("/api/generate/music", json={"prompt": "local cluster", "duration": 1}, timeout=1800)
+            info = sf.info(io.BytesIO(answer.content))
+            assert answer.status_code == 200 and info.frames == info.samplerate  # 1 s
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # as Ctrl-C in a terminal: honcho stops every process
+        proc.wait(timeout=120)
+        log.close()
+    text = (tmp_path / "cluster.log").read_text(errors="replace")
+    assert all(f"{name} stopped" in text for name in ("redis.1", "api.1", "worker.1", "worker.2")), text[-3000:]
