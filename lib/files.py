@@ -19,6 +19,7 @@ from lib.errors import InsufficientStorage
 
 # What the errors name, never the absolute path: answers do not show the host's layout.
 DATA_DIR = "the data dir (AUDIOCRAFT_DATA_DIR)"
+ARTIFACTS_DIR = "the artifacts dir (AUDIOCRAFT_ARTIFACTS_DIR)"
 MODELS_DIR = "the models dir (AUDIOCRAFT_MODELS_DIR, or the Hugging Face hub cache)"
 TEMP_DIR = "the temporary dir (TMPDIR)"
 

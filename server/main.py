@@ -25,7 +25,7 @@ def build_services(settings: Settings) -> Services:
     from server.jobs.artifacts import ArtifactStore
 
     private_dir(settings.data_dir)  # 0700: the job store holds every prompt
-    artifacts = ArtifactStore(settings.artifacts)
+    artifacts = ArtifactStore.of(settings)
     if settings.role == "api":
         from server.jobs.kinds import LANES
         from server.models.elsewhere import ModelsElsewhere

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from lib.files import DATA_DIR, private_dir, space_errors, write_atomic, write_stream_atomic
+from lib.files import ARTIFACTS_DIR, DATA_DIR, private_dir, space_errors, write_atomic, write_stream_atomic
+from lib.settings import Settings
 
 MASTER = "master.wav"  # native rate, float32, not normalised: other formats are rendered from it
 # A job's input (a melody or an audio prompt as float32 at the model's rate; a codec job's upload as
@@ -23,22 +24,28 @@ def answer_name(extension: str) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, label: str = DATA_DIR):
         self.root = root
+        self.label = label  # what errors call it: the data dir, or AUDIOCRAFT_ARTIFACTS_DIR when set
         private_dir(self.root)
+
+    @classmethod
+    def of(cls, settings: Settings) -> ArtifactStore:
+        """The artifacts dir of the settings: under the data dir, or AUDIOCRAFT_ARTIFACTS_DIR."""
+        return cls(settings.artifacts, DATA_DIR if settings.artifacts_dir is None else ARTIFACTS_DIR)
 
     def path(self, job_id: str, name: str) -> Path:
         return self.root / job_id / name
 
     def write(self, job_id: str, name: str, data: bytes) -> Path:
         final = self.path(job_id, name)
-        with space_errors(DATA_DIR):
+        with space_errors(self.label):
             write_atomic(final, data)
         return final
 
     def write_from(self, job_id: str, name: str, source: BinaryIO) -> Path:
         final = self.path(job_id, name)
-        with space_errors(DATA_DIR):
+        with space_errors(self.label):
             write_stream_atomic(final, source)
         return final
 

@@ -54,15 +54,15 @@ class TooManyJobs(PayloadTooLarge):
 
 
 class LowDiskSpace(InsufficientStorage):
-    """Free space on the data dir's disk is below the floor: new work is refused until there is room."""
+    """Free space on the artifacts' disk is below the floor: new work is refused until there is room."""
 
     code = "low_disk_space"
 
-    def __init__(self, free_bytes: int, floor_bytes: int):
+    def __init__(self, free_bytes: int, floor_bytes: int, where: str = DATA_DIR):
         super().__init__(
-            f"only {free_bytes / 1e6:.1f} MB free on the disk of {DATA_DIR}, below the "
+            f"only {free_bytes / 1e6:.1f} MB free on the disk of {where}, below the "
             f"{floor_bytes / 1e6:g} MB floor: new work is refused until there is room",
-            hint="free some space on that disk (finished jobs' audio is in its artifacts/), or lower "
+            hint="free some space on that disk (finished jobs' audio is in the artifacts), or lower "
             "AUDIOCRAFT_MIN_FREE_DISK_MB; work is taken again as soon as there is room",
         )
         self.free_bytes = free_bytes

@@ -162,7 +162,7 @@ class JobQueue(ABC):
             return
         free = shutil.disk_usage(self.artifacts.root).free
         if free < self.min_free_bytes:
-            raise LowDiskSpace(free, self.min_free_bytes)
+            raise LowDiskSpace(free, self.min_free_bytes, self.artifacts.label)
 
     def _admit(self, jobs: list[Job]) -> None:
         """What every submission checks before the queue's own decision: a batch larger than the whole

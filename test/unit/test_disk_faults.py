@@ -271,6 +271,21 @@ def test_below_the_floor_submissions_are_507_until_there_is_room(tmp_path, monke
     sched.store.close()
 
 
+def test_the_floor_names_the_artifacts_dir_when_it_is_its_own(tmp_path, monkeypatch):
+    """AUDIOCRAFT_ARTIFACTS_DIR (a shared volume) is what fills, and what the message names."""
+    from lib.files import ARTIFACTS_DIR
+    from lib.settings import Settings
+    from server.main import build_queue
+
+    settings = Settings(data_dir=tmp_path / "data", artifacts_dir=tmp_path / "shared", min_free_disk_mb=100)
+    queue = build_queue(settings, [], ArtifactStore.of(settings))
+    monkeypatch.setattr(queue_module.shutil, "disk_usage", lambda _p: type("U", (), {"free": 1})())
+    with pytest.raises(LowDiskSpace) as err:
+        queue.check_space()
+    assert ARTIFACTS_DIR in err.value.message and "data dir" not in err.value.message
+    queue.store.close()
+
+
 # ----------------------------------------------------------------------------------- lanes and jobs
 def test_what_a_job_that_raised_fails_with():
     job = make_job()
