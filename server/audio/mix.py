@@ -73,7 +73,7 @@ def trim(audio: np.ndarray, sample_rate: int, start_s: float = 0.0, end_s: float
     n = audio.shape[1]
     first = min(n, round(start_s * sample_rate))
     last = n if end_s is None else min(n, round(end_s * sample_rate))
-    return audio[:, first:max(first, last)]
+    return audio[:, first : max(first, last)]
 
 
 def pan_gains(pan: float) -> tuple[float, float]:
