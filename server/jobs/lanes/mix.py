@@ -9,6 +9,7 @@ generation's (the master and the rendered file). Torch-free: numpy, soxr, pyloud
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -24,6 +25,9 @@ from server.jobs.lane import WorkerLane
 from server.jobs.lanes.answer import keep_audio
 
 log = logging.getLogger("audiocraft.jobs")
+
+# How a track plays: the fields a MixTrack and the mixer's Track share (its source is in the artifacts).
+_PLAYING = {f.name for f in dataclasses.fields(Track)} - {"audio", "sample_rate"}
 
 
 class _Stopped(Exception):
@@ -69,18 +73,7 @@ class MixLane(WorkerLane):
             if job.cancel_requested.is_set() or (self.queue is not None and self.queue.past_deadline()):
                 raise _Stopped
             audio, rate = read_audio(self.artifacts.read(job.id, track_name(index)))
-            yield Track(
-                audio=audio,
-                sample_rate=rate,
-                offset_s=t.offset_s,
-                gain_db=t.gain_db,
-                fade_in_s=t.fade_in_s,
-                fade_out_s=t.fade_out_s,
-                loop=t.loop,
-                loop_crossfade_s=t.loop_crossfade_s,
-                pan=t.pan,
-                role=t.role,
-            )
+            yield Track(audio=audio, sample_rate=rate, **t.model_dump(include=_PLAYING))
             job.progress = 0.9 * (index + 1) / len(req.tracks)
 
     def _forget_tracks(self, job: Job) -> None:
