@@ -19,6 +19,7 @@ GENERATE_PATHS = {
     "sound": "/api/generate/sound",
     "melody": "/api/generate/melody",
     "continuation": "/api/generate/continuation",
+    "mix": "/api/mix",
 }
 # Error codes meaning "no such route" rather than e.g. "no such model".
 _ROUTE_MISSING = (
@@ -150,27 +151,39 @@ class Client:
         return headers
 
     def submit(
-        self, kind: str, body: dict[str, Any], input_file: Path | None = None
+        self,
+        kind: str,
+        body: dict[str, Any],
+        input_file: Path | None = None,
+        files: dict[str, Path] | None = None,
     ) -> JobAccepted | httpx.Response:
-        """POST a generation with async:true: JobAccepted (202), or the audio response if answered at once."""
+        """POST a generation or a mix with async:true: JobAccepted (202), or the audio response if answered
+        at once. `input_file` is the kind's input audio (a melody); `files` more uploads (part -> file)."""
         path = GENERATE_PATHS[kind]
         body = {k: v for k, v in body.items() if v is not None}
         body["async"] = True
+        uploads = dict(files or {})
+        if input_file is not None:
+            uploads[INPUT_FIELDS[kind]] = input_file
         try:
-            if input_file is not None:
+            if uploads:
+                # Form fields are strings: structured ones (a mix's tracks) and booleans as JSON text.
                 form = {
                     k: (json.dumps(v) if isinstance(v, bool | dict | list) else str(v))
                     for k, v in body.items()
                 }
-                with open(input_file, "rb") as f:
-                    files = {INPUT_FIELDS[kind]: (input_file.name, f, "application/octet-stream")}
-                    resp = self.request("POST", path, data=form, files=files, timeout=120.0)
+                with contextlib.ExitStack() as stack:
+                    parts = {
+                        name: (p.name, stack.enter_context(open(p, "rb")), "application/octet-stream")
+                        for name, p in uploads.items()
+                    }
+                    resp = self.request("POST", path, data=form, files=parts, timeout=120.0)
             else:
                 resp = self.request("POST", path, json=body, timeout=120.0)
         except ApiError as e:
             if e.status in (404, 405) and e.error_code in _ROUTE_MISSING:
                 raise CliError(
-                    f"{kind} generation is not available on this server yet ({path} answered {e.status})",
+                    f"{kind} is not available on this server yet ({path} answered {e.status})",
                     "use `generate music`, or upgrade the service",
                 ) from None
             raise

@@ -210,11 +210,13 @@ def generate(
     output: Path | None,
     input_file: Path | None = None,
     progress: bool = True,
+    files: dict[str, Path] | None = None,
 ) -> Outcome:
-    """Submit (async), follow, download. With `output` None the audio goes to a temp file the caller owns."""
+    """Submit (async), follow, download. With `output` None the audio goes to a temp file the caller owns.
+    `kind` is a generation kind or mix; `files` are more uploads (a mix's tracks: part -> file)."""
     fmt = body.get("format", "wav")
     t0 = time.monotonic()
-    accepted = client.submit(kind, body, input_file=input_file)
+    accepted = client.submit(kind, body, input_file=input_file, files=files)
     if output is None:
         fd, tmp = tempfile.mkstemp(prefix="audiocraft-", suffix=f".{fmt}")
         os.close(fd)
@@ -255,6 +257,26 @@ def generate(
         size_bytes=output.stat().st_size,
         format=fmt,
     )
+
+
+def generate_here(
+    client: Client,
+    kind: str,
+    body: dict[str, Any],
+    output: Path | None,
+    progress: bool = True,
+    input_file: Path | None = None,
+    files: dict[str, Path] | None = None,
+) -> Outcome:
+    """`generate` into `output`, or without one into ./<kind>-<job>.<format> (named once the job is known)."""
+    if output is not None:
+        return generate(client, kind, body, output, input_file=input_file, progress=progress, files=files)
+    tmp = Path.cwd() / f".{kind}-{os.getpid()}.pending.{body.get('format', 'wav')}"
+    outcome = generate(client, kind, body, tmp, input_file=input_file, progress=progress, files=files)
+    final = Path.cwd() / f"{kind}-{(outcome.job_id or 'result')[:8]}.{outcome.format}"
+    tmp.replace(final)
+    outcome.path = final
+    return outcome
 
 
 def check_output(output: Path | None) -> Path | None:

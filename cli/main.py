@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from cli import ui
-from cli.commands import codec, content, generate, jobs, lifecycle, manage, models, serve
+from cli.commands import codec, content, generate, jobs, lifecycle, manage, mix, models, serve
 from cli.context import state
 from cli.errors import FAILURE, SKIPPED, CliError
 
@@ -92,6 +92,7 @@ app.add_typer(jobs.app, name="jobs")
 app.command("serve")(serve.serve_command)
 app.command("encode")(codec.encode_command)
 app.command("decode")(codec.decode_command)
+app.command("mix")(mix.mix_command)
 
 
 # Global options that take a value / that are flags. They may also follow the subcommand

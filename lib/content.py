@@ -12,8 +12,10 @@ Layout::
       presets/<name>.json
 
 A preset is a saved generation request: a JSON object with the request's fields (prompt, duration,
-model, seed, ...) plus ``"type"`` (music, sound, melody or continuation; music when absent). The
-nested form ``{"type": "music", "request": {...}}`` is accepted too and flattened.
+model, seed, ...) plus ``"type"`` (music, sound, melody, continuation or mix; music when absent). The
+nested form ``{"type": "music", "request": {...}}`` is accepted too and flattened. A mix preset's
+``"tracks"`` are `--track` specs (strings) or POST /api/mix tracks whose audio is a ``content`` name,
+a ``file`` path or a ``job`` id (cli/mix.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from lib.files import copy_atomic, reason, write_atomic
 
 ContentType = Literal["audio", "preset"]
 CONTENT_TYPES: tuple[str, ...] = ("audio", "preset")
-PRESET_KINDS: tuple[str, ...] = ("music", "sound", "melody", "continuation")
+PRESET_KINDS: tuple[str, ...] = ("music", "sound", "melody", "continuation", "mix")
 INDEX_VERSION = 1
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # the whole name (fullmatch): no trailing newline
@@ -190,6 +192,12 @@ def normalize_preset(data: Any) -> dict[str, Any]:
     if kind not in PRESET_KINDS:
         raise InvalidContent(
             f"preset type {kind!r} is not one of {', '.join(PRESET_KINDS)}", 'set "type" to music or sound'
+        )
+    tracks = data.get("tracks")
+    if kind == "mix" and not (isinstance(tracks, list) and tracks):
+        raise InvalidContent(
+            'a mix preset needs "tracks": a non-empty list',
+            'e.g. {"type": "mix", "tracks": ["rain@0:-6dB,loop", {"content": "thunder", "offset_s": 2.5}]}',
         )
     prompt = data.get("prompt")
     if kind in ("music", "sound") and not (isinstance(prompt, str) and prompt.strip()):

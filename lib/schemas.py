@@ -32,10 +32,12 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 192000
 # (server/services.py Services.context gives their values; without one, the settings' defaults hold).
 # The OpenAPI document is filled from the same context (each schema's `document`), so it states the
 # limits of the server that serves it.
-CONTEXT_SETTINGS = MAX_DURATION_S, MAX_PROMPT_CHARS, DEFAULT_CODEC_MODEL = (
+CONTEXT_SETTINGS = MAX_DURATION_S, MAX_PROMPT_CHARS, DEFAULT_CODEC_MODEL, MAX_MIX_TRACKS, MAX_MIX_DURATION_S = (
     "max_duration_s",
     "max_prompt_chars",
     "default_codec_model",
+    "max_mix_tracks",
+    "max_mix_duration_s",
 )
 
 
@@ -231,11 +233,13 @@ def input_sources(field: str) -> tuple[str, str, str]:
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
-def _one_source(schema: dict[str, Any], field: str) -> None:
+def _one_source(schema: dict[str, Any], field: str, sources: tuple[str, ...] | None = None) -> None:
     """JSON Schema for server/serving/inputs.py's rules: exactly one source of the input audio is given
-    (a null counts as not given), and the audio in JSON is base64."""
+    (a null counts as not given; `sources`, default input_sources(field)), and the audio in JSON (`field`)
+    is base64."""
     schema["properties"][field] |= {"pattern": BASE64, "contentEncoding": "base64", "contentMediaType": "audio/*"}
-    schema["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}} for name in input_sources(field)]
+    names = sources or input_sources(field)
+    schema["oneOf"] = [{"required": [name], "properties": {name: {"type": "string"}}} for name in names]
 
 
 class MelodyRequest(GenerateRequest):
@@ -287,6 +291,160 @@ class ContinuationRequest(GenerateRequest):
     def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
         super().document(schema, context)
         _one_source(schema, INPUT_FIELDS["continuation"])
+
+
+# -- Mixing: POST /api/mix ---------------------------------------------------------------------------
+
+# Where a track's audio comes from: exactly one of these (server/serving/mix.py checks it, naming the track).
+TRACK_SOURCES = ("job", "content", "audio_base64", "upload")
+TrackRole = Literal["music", "effect", "voice"]
+DUCKED_ROLES: tuple[str, ...] = ("music",)  # lowered under the key roles when the mix has ducking
+KEY_ROLES: tuple[str, ...] = ("effect", "voice")
+# A bound on every time of a track, far past any mix, so that no arithmetic on it overflows; the real
+# limits (the mix's length, the track's) are checked where they are known.
+MAX_TRACK_TIME_S = 86400.0
+
+
+class MixTrack(RequestSchema):
+    """One track of a mix: its audio, from exactly one source, and where and how it plays."""
+
+    model_config = REQUEST_CONFIG
+
+    job: str | None = Field(None, description="The audio of this earlier job (its id): a generation, mix or decode")
+    content: str | None = Field(None, description="This audio content item (its name)")
+    audio_base64: str | None = Field(None, description=f"The audio: {AUDIO_INPUT}, base64-encoded")
+    upload: str | None = Field(
+        None, description="Multipart requests: the name of the file part that holds this track's audio"
+    )
+    offset_s: float = Field(0.0, ge=0, le=MAX_TRACK_TIME_S, description="Where the track starts in the mix (s)")
+    gain_db: float = Field(0.0, ge=-120, le=24, description="Gain in dB; 0 = as it is")
+    fade_in_s: float = Field(0.0, ge=0, le=MAX_TRACK_TIME_S, description="A linear fade-in from the track's start (s)")
+    fade_out_s: float = Field(
+        0.0, ge=0, le=MAX_TRACK_TIME_S, description="A linear fade-out to the track's end in the mix (s)"
+    )
+    trim_start_s: float = Field(
+        0.0, ge=0, le=MAX_TRACK_TIME_S, description="Seconds cut from the start of the source (within it)"
+    )
+    trim_end_s: float | None = Field(
+        None, gt=0, le=MAX_TRACK_TIME_S, description="Where in the source the track ends (s), after trim_start_s"
+    )
+    loop: StrictBool = Field(False, description="Repeat the (trimmed) track from its offset to the end of the mix")
+    loop_crossfade_s: float = Field(
+        0.05,
+        ge=0,
+        le=MAX_TRACK_TIME_S,
+        description="With loop: each repeat overlaps the one before by this long, in an equal-power crossfade "
+        "(at most half the trimmed track)",
+    )
+    pan: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="Stereo position, -1 left to 1 right: a mono track by the constant-power law (centre -3 dB "
+        "each side), a stereo one as a balance (centre as it is); ignored in a mono mix",
+    )
+    role: TrackRole = Field(
+        "music", description="With ducking, music tracks go down while an effect or voice track sounds"
+    )
+
+    @field_validator("trim_end_s")
+    @classmethod
+    def _after_start(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and v <= info.data.get("trim_start_s", 0.0):
+            raise ValueError("trim_end_s must come after trim_start_s")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source_at_most(self) -> MixTrack:
+        given = [name for name in TRACK_SOURCES if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give the track's audio once, not as {' and '.join(given)}")
+        return self
+
+    def source(self) -> str | None:
+        """The name of the field that gives the track's audio, if any."""
+        return next((name for name in TRACK_SOURCES if getattr(self, name) is not None), None)
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        _one_source(schema, "audio_base64", TRACK_SOURCES)
+
+
+class Ducking(RequestSchema):
+    """Music tracks go down while an effect or voice track sounds (offline, so with look-ahead: the music is
+    fully down when the effect starts)."""
+
+    model_config = REQUEST_CONFIG
+
+    db: float = Field(6.0, gt=0, le=60, description="How far the music goes down, in dB")
+    attack_s: float = Field(
+        0.05, ge=0, le=10, description="The music goes down over this long, ending where the effect starts (s)"
+    )
+    release_s: float = Field(0.3, ge=0, le=10, description="It comes back up over this long after the effect (s)")
+    threshold_db: float = Field(
+        -45.0,
+        ge=-120,
+        le=0,
+        description="An effect or voice track sounds where its level (RMS over 10 ms blocks) is above this (dBFS)",
+    )
+
+
+class MixRequest(OutputOptions):
+    """POST /api/mix: tracks laid out in time, summed, then normalised and encoded as a generation is.
+    Multipart: `tracks` (and `ducking`) as JSON text, each uploaded file a part named by a track's `upload`."""
+
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
+
+    tracks: list[MixTrack] = Field(
+        ..., min_length=1, description="The tracks, at most the server's max_mix_tracks; each from one source"
+    )
+    duration_s: float | None = Field(
+        None, gt=0, description="Seconds of the mix (at most the server's max_mix_duration_s); default: the last end"
+    )
+    sample_rate: int | Literal["native"] = Field(
+        44100, description="Output sample rate in Hz, or 'native': the highest rate among the tracks"
+    )
+    channels: Literal[1, 2] | None = Field(None, description="1 or 2; default 2 when any track is stereo or panned")
+    ducking: Ducking | None = Field(None, description="Lower the music tracks under the effect and voice tracks")
+    async_: StrictBool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
+
+    @field_validator("tracks")
+    @classmethod
+    def _not_too_many(cls, v: list[MixTrack], info: ValidationInfo) -> list[MixTrack]:
+        # Only with the server's context: a stored job is read back without one, under any setting.
+        limit = (info.context or {}).get(MAX_MIX_TRACKS)
+        if limit is not None and len(v) > limit:
+            raise ValueError(f"{len(v)} tracks; this server mixes at most {limit} at once")
+        return v
+
+    @field_validator("duration_s")
+    @classmethod
+    def _duration_limit(cls, v: float | None, info: ValidationInfo) -> float | None:
+        limit = (info.context or {}).get(MAX_MIX_DURATION_S)
+        if v is not None and limit is not None and v > limit:
+            raise ValueError(f"duration_s must be at most {limit:g} s")
+        return v
+
+    @field_validator("ducking")
+    @classmethod
+    def _something_to_duck(cls, v: Ducking | None, info: ValidationInfo) -> Ducking | None:
+        roles = {t.role for t in info.data.get("tracks") or ()}
+        if v is not None and "tracks" in info.data:
+            if not roles & set(DUCKED_ROLES):
+                raise ValueError("ducking lowers music tracks, and no track has role 'music'")
+            if not roles & set(KEY_ROLES):
+                raise ValueError("ducking lowers the music under effect or voice tracks; give one role 'effect'")
+        return v
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        super().document(schema, context)
+        props = schema["properties"]
+        props["tracks"]["maxItems"] = setting(context, MAX_MIX_TRACKS)
+        limit = setting(context, MAX_MIX_DURATION_S)
+        props["duration_s"]["anyOf"] = [
+            {**b, "maximum": limit} if b.get("type") == "number" else b for b in props["duration_s"]["anyOf"]
+        ]
 
 
 class ErrorBody(BaseModel):

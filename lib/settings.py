@@ -155,6 +155,13 @@ class Settings(BaseSettings):
         "(the default is an hour of 48 kHz stereo, 1.4 GB as 32-bit wav). Past it the decode is refused "
         "with 422 before any work",
     )
+    max_mix_tracks: int = Field(16, ge=1, le=256, description="Most tracks one POST /api/mix may combine")
+    max_mix_duration_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest mix one POST /api/mix may make, and the longest track it reads (a longer one is "
+        "refused with 422: trim it first)",
+    )
     queue_depth: int = Field(64, ge=1, description="Queued jobs before new ones get 429")
     max_batch: int = Field(4, ge=1, description="Requests decoded together in one batch")
     stop_timeout_s: float = Field(

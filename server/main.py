@@ -38,6 +38,7 @@ def build_services(settings: Settings) -> Services:
     from server.jobs.lanes.codec import CodecLane
     from server.jobs.lanes.decode import DecodeLane
     from server.jobs.lanes.download import DownloadLane
+    from server.jobs.lanes.mix import MixLane
     from server.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
@@ -45,6 +46,7 @@ def build_services(settings: Settings) -> Services:
         DecodeLane(lambda kind, model: BatchRunner(registry, artifacts, kind, model), settings.max_batch),
         CodecLane(registry, artifacts, settings),
         DownloadLane(settings),
+        MixLane(artifacts),
     ]
     return Services(settings=settings, registry=registry, scheduler=build_queue(settings, lanes, artifacts, registry))
 

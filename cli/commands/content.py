@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from cli import generation, ui
+from cli import mix as mixing
 from cli.context import State, state
 from cli.errors import CliError, Skipped
 from cli.options import SERVER
@@ -23,7 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-GENERATE_TYPES = generation.KINDS
+GENERATE_TYPES = (*generation.KINDS, "mix")
 
 
 def store(ctx: typer.Context) -> ContentStore:
@@ -176,18 +177,23 @@ def execute(
     kind = str(preset.pop("type"))
     if kind not in GENERATE_TYPES:
         raise Skipped(f"preset {name!r} has type {kind!r}, which cannot be executed")
-    input_value = preset.pop("input", None) or preset.pop("melody", None) or preset.pop("audio", None)
+    files = None
+    if kind == "mix":
+        tracks = mixing.from_preset(preset.pop("tracks", None), state(ctx).settings().data_dir)
+        preset, files, input_value = {**preset, "tracks": tracks.tracks}, tracks.files, None
+    else:
+        input_value = preset.pop("input", None) or preset.pop("melody", None) or preset.pop("audio", None)
     output = generation.check_output(output)
     target = _result_name(st, result_name, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     _generate_into_content(
-        ctx, kind, preset, input_value, output, target, {"preset": name}, server, fmt, no_progress, start
+        ctx, kind, preset, input_value, output, target, {"preset": name}, server, fmt, no_progress, start, files
     )
 
 
 @app.command("generate")
 def generate(
     ctx: typer.Context,
-    type_: str = typer.Option("music", "--type", "-t", help="music, sound, melody or continuation"),
+    type_: str = typer.Option("music", "--type", "-t", help="music, sound, melody, continuation or mix"),
     prompt: str | None = typer.Option(
         None, "--prompt", "-p", help="What to generate (music and sound need it)"
     ),
@@ -217,6 +223,8 @@ def generate(
     top_p: float | None = typer.Option(None, "--top-p", help="Sampling: nucleus, 0 = off"),
     temperature: float | None = typer.Option(None, "--temperature", help="0 = greedy (default 1.0)"),
     cfg_coef: float | None = typer.Option(None, "--cfg-coef", help="Guidance strength (default 3.0)"),
+    track: list[str] | None = typer.Option(None, "--track", help="mix: " + mixing.TRACK_HELP),
+    duck: float | None = typer.Option(None, "--duck", help="mix: lower music tracks by this many dB under effects"),
     server: str | None = SERVER,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar"),
@@ -230,15 +238,22 @@ def generate(
         raise CliError(f"--prompt is required for {kind}", 'e.g. --prompt "calm piano"')
     if kind in ("melody", "continuation") and not input_value:
         raise CliError(f"{kind} needs --input (an audio file or content name)", "e.g. --input theme.wav")
+    if kind == "mix" and not track:
+        raise CliError("a mix needs --track (repeat it)", "e.g. --track rain.wav@0:-6dB,loop --track thunder.wav@2.5")
     output = generation.check_output(output)
     fmt_value, out_format = generation.split_format(audio_format, output, json_out)
-    body = generation.build_request(
-        prompt, duration, model, seed, top_k, top_p, temperature, cfg_coef, fmt_value, None, None, None
-    )
+    files = None
+    if kind == "mix":
+        tracks = mixing.from_specs(track or [], state(ctx).settings().data_dir)
+        body, files = mixing.request_body(tracks, duration, fmt_value, duck_db=duck), tracks.files
+    else:
+        body = generation.build_request(
+            prompt, duration, model, seed, top_k, top_p, temperature, cfg_coef, fmt_value, None, None, None
+        )
     st = store(ctx)
     target = _result_name(st, name, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
     _generate_into_content(
-        ctx, kind, body, input_value, output, target, {}, server, out_format, no_progress, start
+        ctx, kind, body, input_value, output, target, {}, server, out_format, no_progress, start, files
     )
 
 
@@ -289,6 +304,7 @@ def _generate_into_content(
     out_format: str,
     no_progress: bool,
     start: bool,
+    files: dict[str, Path] | None = None,
 ) -> None:
     st = state(ctx)
     s = st.settings()
@@ -296,7 +312,7 @@ def _generate_into_content(
     _ensure_service(st, server, start)
     with st.client(server) as client:
         outcome = generation.generate(
-            client, kind, body, output, input_file=input_file, progress=not no_progress
+            client, kind, body, output, input_file=input_file, progress=not no_progress, files=files
         )
     temp = output is None
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -57,19 +56,7 @@ def run(
     body = generation.build_request(**fields)
     input_file = generation.resolve_input(input_value, st.settings().data_dir, "the input audio")
     with st.client(server) as client:
-        if output is None:
-            # The job id is not known before submitting: write to a temp name, then rename.
-            tmp = Path.cwd() / f".{kind}-{os.getpid()}.pending.{body.get('format', 'wav')}"
-            outcome = generation.generate(
-                client, kind, body, tmp, input_file=input_file, progress=not no_progress
-            )
-            final = Path.cwd() / f"{kind}-{(outcome.job_id or 'result')[:8]}.{outcome.format}"
-            tmp.replace(final)
-            outcome.path = final
-        else:
-            outcome = generation.generate(
-                client, kind, body, output, input_file=input_file, progress=not no_progress
-            )
+        outcome = generation.generate_here(client, kind, body, output, not no_progress, input_file=input_file)
     generation.print_outcome(outcome, out_format)
 
 

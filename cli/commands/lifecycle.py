@@ -35,6 +35,7 @@ USAGE_EXAMPLES = """\
   resource-audiocraft content generate --type music --prompt "calm piano" --duration 5 --output calm.wav
   resource-audiocraft content list --format json
   resource-audiocraft generate music --prompt "lofi beat" --duration 8 --output beat.wav
+  resource-audiocraft mix --track beat.wav@0:-3dB --track thunder.wav@2.5,role=effect --duck 6 -o scene.wav
   resource-audiocraft models list
   resource-audiocraft jobs list
   resource-audiocraft logs --tail 100 --follow

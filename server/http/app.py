@@ -34,6 +34,7 @@ from lib.schemas import (
     JobsRequest,
     JobsSubmitted,
     MelodyRequest,
+    MixRequest,
     ModelInfo,
     ModelList,
     MusicRequest,
@@ -47,7 +48,7 @@ from server.http.auth import PROTECTED_PREFIX, ApiKeyMiddleware
 from server.http.guard import RequestGuard
 from server.http.openapi import MULTIPART, Answer, Endpoint, Upload, build_document, ref
 from server.http.payload import FORM_TYPES
-from server.http.routes import codec, generate, health, jobs, models
+from server.http.routes import codec, generate, health, jobs, mix, models
 from server.http.routes.generate import AUDIO_HEADERS
 
 if TYPE_CHECKING:
@@ -179,6 +180,18 @@ ENDPOINTS = [
         _input("continuation"),
     ),
     _generation("/api/generate/sound", generate.generate_sound, "Text to sound effect (AudioGen)", SoundRequest),
+    Endpoint(
+        "POST",
+        "/api/mix",
+        mix.mix,
+        "Mix tracks (earlier jobs, content items, uploads, base64) with offsets, gain, fades, trims, loops, pan "
+        "and ducking, normalised and encoded as a generation: JSON, or multipart with a file part per upload",
+        answers=(AUDIO, ACCEPTED),
+        errors=JOB_ERRORS,
+        body=MixRequest,
+        forms=(MULTIPART,),
+        any_uploads=mix.UPLOADS,
+    ),
     Endpoint(
         "POST",
         "/api/jobs",

@@ -21,9 +21,17 @@ from lib.files import TEMP_DIR, disk_full, no_space
 log = logging.getLogger("audiocraft.http")
 
 
+def field_name(loc: tuple) -> str:
+    """A pydantic error's location as the request names it: tracks[2].offset_s."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "body"
+
+
 def _invalid(exc: ValidationError) -> Invalid:
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "body"
+    field = field_name(first["loc"])
     if first["type"] == "extra_forbidden":
         message = f"unknown field '{field}'"
     elif first["type"] == "missing":

@@ -60,6 +60,7 @@ class Endpoint:
     raw: str | None = None  # the file as the whole body (of this media type), the fields in the query
     query: type[BaseModel] | None = None  # the query parameters, as the route validates them
     query_defaults: bool = True  # False: an absent parameter keeps what the job has, not the schema's default
+    any_uploads: str | None = None  # multipart: file parts of any other name are uploads too (their description)
 
 
 def ref(name: str) -> dict[str, str]:
@@ -101,14 +102,28 @@ def _without_null(node: Any) -> Any:
     return out
 
 
-def _form(schema: dict[str, Any], uploads: Sequence[Upload]) -> dict[str, Any]:
+def _form(schema: dict[str, Any], uploads: Sequence[Upload], any_uploads: str | None = None) -> dict[str, Any]:
     form = _without_null(copy.deepcopy(schema))
     for upload in uploads:
         form["properties"][upload.name] = {**BINARY, "description": upload.description}
         if upload.required:
             form.setdefault("required", []).append(upload.name)
+    if any_uploads is not None:
+        form["additionalProperties"] = {**BINARY, "description": any_uploads}
     form.pop("title", None)
     return form
+
+
+def _encoding(ep: Endpoint) -> dict[str, Any]:
+    """How a multipart body's parts are sent: the uploads as files, structured fields as JSON text."""
+    from server.http.payload import json_fields
+
+    encoding = {u.name: {"contentType": "application/octet-stream"} for u in ep.uploads}
+    assert ep.body is not None
+    for name in sorted(json_fields(ep.body)):
+        if name in ep.body.model_fields:
+            encoding[name] = {"contentType": "application/json"}
+    return encoding
 
 
 def _parameters(ep: Endpoint, schemas: dict[str, Any]) -> list[dict[str, Any]]:
@@ -138,13 +153,12 @@ def _request_body(ep: Endpoint, schemas: dict[str, Any]) -> dict[str, Any] | Non
     if ep.json_body:
         content["application/json"] = {"schema": ref(name)}
     if ep.forms:
-        schemas.setdefault(f"{name}Form", _form(schemas[name], ep.uploads))
+        schemas.setdefault(f"{name}Form", _form(schemas[name], ep.uploads, ep.any_uploads))
         for media_type in ep.forms:
             content[media_type] = {"schema": ref(f"{name}Form")}
-            if media_type == MULTIPART and ep.uploads:
-                content[media_type]["encoding"] = {
-                    u.name: {"contentType": "application/octet-stream"} for u in ep.uploads
-                }
+            encoding = _encoding(ep) if media_type == MULTIPART else {}
+            if encoding:
+                content[media_type]["encoding"] = encoding
     if ep.raw is not None:
         content[ep.raw] = {"schema": BINARY}
     return {"required": True, "content": content}

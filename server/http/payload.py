@@ -159,12 +159,12 @@ async def read_form(
 
 
 async def read_fields(
-    request: Request, settings: Settings, schema: type[BaseModel]
+    request: Request, settings: Settings, schema: type[BaseModel], max_files: int = 4
 ) -> tuple[dict[str, Any], dict[str, UploadFile]]:
-    """(fields, files): a JSON object, or form fields (as `schema` types them) and file parts.
-    The caller closes the files."""
+    """(fields, files): a JSON object, or form fields (as `schema` types them) and up to `max_files`
+    file parts. The caller closes the files."""
     if content_type(request) in FORM_TYPES:
-        form = await read_form(request, settings, max_part_size=settings.max_upload_bytes)
+        form = await read_form(request, settings, max_files=max_files, max_part_size=settings.max_upload_bytes)
         fields = {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
         files = {k: v for k, v in form.multi_items() if isinstance(v, UploadFile)}
         return from_strings(schema, fields), files
@@ -208,6 +208,34 @@ def _string_tables(schema: type[BaseModel]) -> dict[str, dict[str, Any]]:
     return tables
 
 
+def _structured(annotation: Any) -> bool:
+    """A list, a dict or a model (or an optional one): in a form, its JSON text."""
+    origin = get_origin(annotation)
+    if origin in (list, dict) or annotation in (list, dict):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return origin is not Literal and any(_structured(arg) for arg in get_args(annotation))
+
+
+@functools.cache
+def json_fields(schema: type[BaseModel]) -> frozenset[str]:
+    """The fields of `schema` that a form carries as JSON text (a mix's `tracks`), by name and alias."""
+    names = set()
+    for name, info in schema.model_fields.items():
+        if _structured(info.annotation):
+            names |= {name, *([info.alias] if info.alias else [])}
+    return frozenset(names)
+
+
+def _parsed(value: str) -> Any:
+    """JSON text as its value; text that is not JSON stays, for the schema to refuse naming its field."""
+    try:
+        return from_json(value)
+    except ValueError:
+        return value
+
+
 def _spelled(table: dict[str, Any], value: str) -> Any:
     text = value.strip()
     return table.get(text, table.get(text.lower(), value))
@@ -218,9 +246,14 @@ def from_strings(schema: type[BaseModel], values: Mapping[str, Any]) -> dict[str
 
     pydantic's lax mode already reads ints, floats and bools from strings; what it does not is a
     Literal of numbers, so a string that spells one of a field's literal values becomes that value.
-    Anything else is left for the schema to accept or refuse (a 422 naming the field)."""
-    tables = _string_tables(schema)
-    return {
-        key: _spelled(tables[key], value) if isinstance(value, str) and key in tables else value
-        for key, value in values.items()
-    }
+    A structured field (a list, an object) comes as its JSON text. Anything else is left for the schema to
+    accept or refuse (a 422 naming the field)."""
+    tables, structured = _string_tables(schema), json_fields(schema)
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, str) and key in tables:
+            value = _spelled(tables[key], value)
+        elif isinstance(value, str) and key in structured:
+            value = _parsed(value)
+        out[key] = value
+    return out

@@ -18,6 +18,11 @@ INPUT = "input.wav"
 UPLOAD = "upload.bin"
 
 
+def track_name(index: int) -> str:
+    """A mix job's input: its track `index` as float32 at its own rate, trimmed (server/serving/mix.py)."""
+    return f"track-{index}.wav"
+
+
 def answer_name(extension: str) -> str:
     """The file of a job's answer: audio.wav, audio.ecdc, audio.json ..."""
     return f"audio{extension}"

@@ -12,6 +12,7 @@ from lib.schemas import (
     DownloadRequest,
     EncodeJob,
     MelodyRequest,
+    MixRequest,
     MusicRequest,
     SoundRequest,
 )
@@ -22,9 +23,10 @@ if TYPE_CHECKING:
 DECODE = {"music": MusicRequest, "sound": SoundRequest, "melody": MelodyRequest, "continuation": ContinuationRequest}
 CODEC = {"encode": EncodeJob, "decode": DecodeJob}
 DOWNLOAD = {"download": DownloadRequest}
+MIX = {"mix": MixRequest}
 
-# lane name -> its kinds: server/jobs/lanes/{decode,codec,download}.py
-LANES = {"decode": DECODE, "codec": CODEC, "download": DOWNLOAD}
+# lane name -> its kinds: server/jobs/lanes/{decode,codec,download,mix}.py
+LANES = {"decode": DECODE, "codec": CODEC, "download": DOWNLOAD, "mix": MIX}
 
 
 def batch_group(job: Job) -> Hashable:

@@ -20,10 +20,49 @@ from lib.schemas import input_sources
 from server.audio.encode import encode_audio
 from server.audio.input import load_input
 from server.jobs.artifacts import INPUT, MASTER
-from server.jobs.job import Job
+from server.jobs.job import UNFINISHED_STATES, Job
 
 if TYPE_CHECKING:
     from server.services import Services
+
+
+def decode_base64(value: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid(f"'{field}' is not valid base64", field=field, hint="base64-encode the audio file") from None
+
+
+async def job_audio(svc: Services, job_id: str, field: str) -> bytes:
+    """The audio of an earlier job: a generation's or a mix's native-rate master, a decode's answer.
+    NotFound (404) for an unknown job, Conflict (409) while it runs, Invalid (422) when it has none."""
+    job = svc.scheduler.get(job_id)  # 404 when unknown
+    if job.state in UNFINISHED_STATES:
+        raise Conflict(
+            code="job_not_finished",
+            message=f"job {job.id} is {job.state}: it has no audio yet to use as the {field}",
+            field=field,
+            hint=f"wait for it to end (GET /api/jobs/{job.id}/events), then send this again",
+        )
+    artifacts = svc.scheduler.artifacts
+    name = MASTER if artifacts.path(job.id, MASTER).is_file() else None
+    result = job.result
+    if name is None and result is not None and result.file and result.media_type.startswith("audio/"):
+        name = result.file
+    if job.state != "succeeded" or name is None:
+        raise Invalid(
+            f"job {job.id} ({job.kind}, {job.state}) has no audio to use as the {field}",
+            code="no_audio",
+            field=field,
+            hint="use a generation, mix or decode job that succeeded",
+        )
+    return await run_in_threadpool(artifacts.read, job.id, name)
+
+
+async def content_audio(svc: Services, name: str) -> tuple[bytes, str]:
+    """(bytes, file name) of an audio content item; ContentNotFound (404) or InvalidContent (422)."""
+    path = ContentStore.for_data_dir(svc.settings.data_dir).resolve_audio(name)
+    return await run_in_threadpool(path.read_bytes), path.name
 
 
 async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile], field: str):
@@ -50,22 +89,10 @@ async def _source(svc: Services, request: BaseModel, files: dict[str, UploadFile
     if upload is not None:
         return upload.file, upload.filename
     if given["base64"] is not None:
-        try:
-            return base64.b64decode(given["base64"], validate=True), None
-        except (binascii.Error, ValueError):
-            raise Invalid(f"'{field}' is not valid base64", field=field, hint="base64-encode the audio file") from None
+        return decode_base64(given["base64"], field), None
     if given["a job"] is not None:
-        job = svc.scheduler.get(given["a job"])  # 404 when unknown
-        if job.state != "succeeded":
-            raise Conflict(
-                code="job_not_finished",
-                message=f"job {job.id} is {job.state}: it has no audio to use as the {field}",
-                field=f"{field}_job",
-                hint="use a job that succeeded",
-            )
-        return await run_in_threadpool(svc.scheduler.artifacts.read, job.id, MASTER), None
-    path = ContentStore.for_data_dir(svc.settings.data_dir).resolve_audio(given["a content item"])
-    return await run_in_threadpool(path.read_bytes), path.name
+        return await job_audio(svc, given["a job"], f"{field}_job"), None
+    return await content_audio(svc, given["a content item"])
 
 
 async def input_audio(

@@ -28,6 +28,8 @@ from lib.schemas import (
     JobItem,
     JobsQuery,
     MelodyRequest,
+    MixRequest,
+    MixTrack,
     MusicRequest,
     OutputOptions,
     SoundRequest,
@@ -43,7 +45,13 @@ settings.register_profile("explore", max_examples=2000, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The fuzzing config, as the fuzz server has it (test/fuzz/conftest.py).
-CONTEXT = {"max_duration_s": 1.0, "max_prompt_chars": 2000, "default_codec_model": "encodec-24khz"}
+CONTEXT = {
+    "max_duration_s": 1.0,
+    "max_prompt_chars": 2000,
+    "default_codec_model": "encodec-24khz",
+    "max_mix_tracks": 4,
+    "max_mix_duration_s": 3.0,
+}
 assert set(CONTEXT) == set(CONTEXT_SETTINGS)
 SCHEMAS: dict[str, Any] = {
     "music": MusicRequest,
@@ -56,6 +64,7 @@ SCHEMAS: dict[str, Any] = {
     "decode": DecodeOptions,
     "output": OutputOptions,
     "jobs query": JobsQuery,
+    "mix": MixRequest,
 }
 
 
@@ -206,6 +215,35 @@ def test_lone_surrogates_never_get_a_5xx(app, kind):
     lone = st.builds(lambda a, b: a + "\ud800" + b, text(), text())
     with_lone = st.dictionaries(st.sampled_from(strings), lone, min_size=1).map(lambda d: {"prompt": "drums", **d})
     _posted_json_conforms(app, GENERATE[kind], with_lone, 30)
+
+
+def _tiny_wav() -> str:
+    import base64
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(np.arange(800) / 5)).astype(np.float32), 8000, format="WAV", subtype="FLOAT")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def mix_bodies() -> st.SearchStrategy[Any]:
+    """Mix requests: tracks with the track's own field names holding any JSON value, some of them with
+    real audio so that the mixing runs, and the request's other fields."""
+    names = st.sampled_from(sorted(MixTrack.model_fields)) | text()
+    numbers = st.sampled_from([0, 0.01, 0.5, 1, 2.5, -1, 1e308, 86400, 1e-9, True, "1", None])
+    values = json_values() | numbers
+    wav = _tiny_wav()
+    audible = st.builds(lambda extra: {"audio_base64": wav, **extra}, st.dictionaries(names, values, max_size=4))
+    tracks = st.lists(audible | st.dictionaries(names, values, max_size=4), min_size=1, max_size=5)
+    rest = st.dictionaries(st.sampled_from(_fields(MixRequest)), values, max_size=4)
+    return st.builds(lambda t, r: {**r, "tracks": t}, tracks, rest)
+
+
+def test_generated_mix_bodies_never_get_a_5xx(app):
+    _posted_json_conforms(app, "/api/mix", mix_bodies().filter(_finite), 120)
 
 
 def test_non_finite_floats_never_get_a_5xx(app):

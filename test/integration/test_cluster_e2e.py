@@ -13,9 +13,11 @@ No timed assertions: every wait follows progress (test/waiting.py).
 
 from __future__ import annotations
 
+import base64
 import io
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import soundfile as sf
@@ -257,3 +259,31 @@ def test_the_local_cluster_procfile_runs_redis_an_api_node_and_two_workers(tiny_
         log.close()
     text = (tmp_path / "cluster.log").read_text(errors="replace")
     assert all(f"{name} stopped" in text for name in ("redis.1", "api.1", "worker.1", "worker.2")), text[-3000:]
+
+
+def test_a_mix_runs_on_a_worker_from_the_tracks_the_api_node_kept(cluster):
+    """The API node (no lanes) reads and keeps the tracks in the shared artifacts; a worker mixes them."""
+    api = cluster("api", "api")
+    cluster("w1", "worker", max_batch=1)
+    with api.client() as c:
+        music = c.post("/api/generate/music", json={"prompt": "drums", "duration": 0.5, **EXACT})
+        assert music.status_code == 200, music.text
+        master, rate = sf.read(io.BytesIO(music.content), dtype="float32")
+        tone = (0.25 * np.sin(2 * np.pi * 440 * np.arange(rate // 4) / rate)).astype(np.float32)
+        buf = io.BytesIO()
+        sf.write(buf, tone, rate, format="WAV", subtype="FLOAT")
+        tracks = [
+            {"job": music.headers["x-job-id"]},
+            {"audio_base64": base64.b64encode(buf.getvalue()).decode(), "offset_s": 0.5},
+        ]
+        r = c.post("/api/mix", json={"tracks": tracks, "format": "wav", **EXACT})
+        assert r.status_code == 200, r.text
+        mixed, mixed_rate = sf.read(io.BytesIO(r.content), dtype="float32")
+        assert mixed_rate == rate
+        np.testing.assert_allclose(mixed, np.concatenate([master, tone]), atol=1e-6)
+        accepted = c.post("/api/mix", json={"tracks": tracks[:1], "async": True, **EXACT})
+        assert accepted.status_code == 202, accepted.text
+        job = wait_jobs(c, [accepted.json()["job"]["id"]])[0]
+        assert job["state"] == "succeeded" and job["kind"] == "mix"
+        again = c.get(f"/api/jobs/{job['id']}/audio")
+        np.testing.assert_allclose(sf.read(io.BytesIO(again.content), dtype="float32")[0], master, atol=1e-6)

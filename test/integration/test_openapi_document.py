@@ -3,11 +3,14 @@ matches the server"): each case sends the request and checks the document agains
 
 from __future__ import annotations
 
+import base64
 import io
 
 import jsonschema_rs
+import numpy as np
 import pytest
 import schemathesis
+import soundfile as sf
 from api_client import make_client, wait_job
 
 from lib.schemas import MusicRequest
@@ -221,3 +224,31 @@ def test_the_generation_headers_are_the_ones_the_document_lists(served):
     assert {h for h in r.headers if h.startswith("x-")} == listed
     _conforms(doc, "/api/generate/music", "post", r)
     assert io.BytesIO(r.content).read(4) == b"RIFF"
+
+
+def test_the_mix_document_states_its_rules_and_answers(served):
+    client, doc = served
+    schema = _body_schema(doc, "/api/mix", "application/json")
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(800, dtype=np.float32), 8000, format="WAV")
+    track = {"audio_base64": base64.b64encode(wav.getvalue()).decode()}
+    assert _valid(schema, {"tracks": [track]})
+    assert not _valid(schema, {"tracks": []}) and not _valid(schema, {"tracks": [{"offset_s": 1}]})  # no audio
+    assert not _valid(schema, {"tracks": [{**track, "job": "abc"}]})  # two sources
+    assert not _valid(schema, {"tracks": [{**track, "offset_s": -1}]})
+    assert not _valid(schema, {"tracks": [track] * 17})  # the server's max_mix_tracks (16)
+    assert not _valid(schema, {"tracks": [track], "duration_s": 601})  # its max_mix_duration_s
+    for body in ({"tracks": []}, {"tracks": [{"offset_s": 1}]}, {"tracks": [track], "duration_s": 601}):
+        r = client.post("/api/mix", json=body)
+        assert r.status_code == 422
+        _conforms(doc, "/api/mix", "post", r)
+    multipart = doc["paths"]["/api/mix"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert multipart["encoding"]["tracks"] == {"contentType": "application/json"}
+    form = _body_schema(doc, "/api/mix", "multipart/form-data")
+    assert _valid(form, {"tracks": [{"upload": "a"}], "a": "<the file>"})
+    r = client.post("/api/mix", json={"tracks": [track]})
+    assert r.status_code == 200 and r.headers["x-job-id"]
+    _conforms(doc, "/api/mix", "post", r)
+    accepted = client.post("/api/mix", json={"tracks": [track], "async": True})
+    assert accepted.status_code == 202
+    _conforms(doc, "/api/mix", "post", accepted)

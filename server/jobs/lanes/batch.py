@@ -9,14 +9,12 @@ import time
 
 from lib.errors import Invalid, ServiceError
 from lib.files import reason
-from lib.schemas import JobResult
-from server.audio.encode import encode_audio
-from server.audio.render import render
 from server.engine.decode import DecodeBatch
 from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
-from server.jobs.artifacts import INPUT, MASTER, ArtifactStore, answer_name
+from server.jobs.artifacts import INPUT, ArtifactStore
 from server.jobs.job import Job
 from server.jobs.lane import failure
+from server.jobs.lanes.answer import keep_audio
 from server.models.registry import ModelRegistry
 
 log = logging.getLogger("audiocraft.jobs")
@@ -148,24 +146,4 @@ class BatchRunner:
         self._close_if_empty()
 
     def _store(self, job: Job, wave: Waveform) -> None:
-        try:
-            rendered = render(wave.audio, wave.sample_rate, job.request)
-        except ValueError as exc:
-            job.finish("failed", Invalid(str(exc), code="render_failed"))
-            return
-        master, _ = encode_audio(wave.audio, wave.sample_rate, "wav", 32)
-        self.artifacts.write(job.id, MASTER, master)  # InsufficientStorage (507) when the disk is full
-        try:
-            self.artifacts.write(job.id, answer_name(rendered.extension), rendered.data)
-        except BaseException:
-            self.artifacts.path(job.id, MASTER).unlink(missing_ok=True)  # no half answer holds the space
-            raise
-        job.result = JobResult(
-            media_type=rendered.media_type,
-            format=job.request.format,
-            sample_rate=rendered.sample_rate,
-            channels=rendered.channels,
-            duration_s=round(rendered.duration_s, 6),
-            size_bytes=len(rendered.data),
-        )
-        job.finish("succeeded")
+        keep_audio(self.artifacts, job, wave.audio, wave.sample_rate)
