@@ -30,6 +30,15 @@ PAGE_SIGNATURE_JS = """() => ['job-status', 'mix-status', 'download-text', 'hist
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _expect_waits_as_long_as_a_stall():
+    """Playwright's expect: what a click shows comes at once, but a loaded machine may be slow to
+    render it; only a page that stands still for the stall limit fails (never a tight deadline)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=STALL_S * 1000)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "test/browser/" in str(item.fspath).replace(os.sep, "/"):
@@ -85,7 +94,7 @@ def has_route(server: ServerProcess, path: str) -> bool:
 class Studio:
     """A fresh browser context on the server's page, its console errors collected."""
 
-    def __init__(self, browser, server: ServerProcess, screenshots: Path, name: str):  # noqa: ANN001
+    def __init__(self, browser, server: ServerProcess, screenshots: Path, name: str, api_key: str | None = None):  # noqa: ANN001
         self.server = server
         self.shots = screenshots
         self.name = name
@@ -96,6 +105,8 @@ class Studio:
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
         self.http = server.client(timeout_s=QUICK_HANG_GUARD_S)
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     def open(self) -> Studio:
         self.page.goto(self.server.base + "/")

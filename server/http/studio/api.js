@@ -21,6 +21,20 @@ export class ApiError extends Error {
 
 let unauthorized = () => {};
 
+// Seeds go up to 2^63 - 1, past what a JS number holds exactly: the page reads them as strings (the
+// reviver sees a number's source text) and sends them back as JSON numbers (JSON.rawJSON).
+export function parse(text) {
+  return JSON.parse(text, (name, value, context) =>
+    name === "seed" && typeof value === "number" && context?.source ? context.source : value
+  );
+}
+
+export function stringify(body) {
+  return JSON.stringify(body, (name, value) =>
+    name === "seed" && typeof value === "string" && /^\d+$/.test(value) && JSON.rawJSON ? JSON.rawJSON(value) : value
+  );
+}
+
 export const key = () => sessionStorage.getItem(KEY_NAME) || "";
 export function setKey(value) {
   if (value) sessionStorage.setItem(KEY_NAME, value);
@@ -53,7 +67,7 @@ export async function request(path, { method = "GET", json, form, signal } = {})
   const init = { method, signal, headers: headers() };
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(json);
+    init.body = stringify(json);
   } else if (form !== undefined) {
     init.body = form;
   }
@@ -66,8 +80,9 @@ export async function request(path, { method = "GET", json, form, signal } = {})
   return response;
 }
 
-export const getJson = async (path, options) => (await request(path, options)).json();
-export const postJson = async (path, json, options = {}) => (await request(path, { ...options, method: "POST", json })).json();
+export const getJson = async (path, options) => parse(await (await request(path, options)).text());
+export const postJson = async (path, json, options = {}) =>
+  parse(await (await request(path, { ...options, method: "POST", json })).text());
 
 // The events of GET /api/jobs/{id}/events, each as {event, data (the job)}, until the stream ends.
 export async function* events(path, signal) {
@@ -92,7 +107,7 @@ export async function* events(path, signal) {
           if (field === "event") message.event = text;
           else if (field === "data") message.data += text;
         }
-        if (message.data) yield { event: message.event, data: JSON.parse(message.data) };
+        if (message.data) yield { event: message.event, data: parse(message.data) };
       }
     }
   } finally {

@@ -273,7 +273,7 @@ $("download-model").addEventListener("click", async () => {
   $("download-model").disabled = true;
   try {
     const response = await api.request(`/api/models/${encodeURIComponent(name)}/download`, { method: "POST" });
-    const body = await response.json();
+    const body = api.parse(await response.text());
     if (response.status === 202) {
       showDownload(body.job);
       await refreshModels();
@@ -332,7 +332,8 @@ function formRequest() {
   };
   const prompt = $("prompt").value.trim();
   if (prompt) body.prompt = prompt;
-  if ($("seed").value !== "") body.seed = Number($("seed").value);
+  const seed = $("seed").value.trim();
+  if (seed !== "") body.seed = seed; // a string: exact to 2^63 - 1 (api.stringify sends it as a number)
   if (state.kind === "continuation") body.include_prompt = $("include-prompt").checked;
   return body;
 }
@@ -358,7 +359,7 @@ async function submit(kind, body, file) {
   const form = new FormData();
   for (const [name, value] of Object.entries(body)) if (value !== undefined) form.append(name, String(value));
   form.append(INPUT_FIELD[kind], file.blob, file.name);
-  return (await (await api.request(path, { method: "POST", form })).json()).job;
+  return api.parse(await (await api.request(path, { method: "POST", form })).text()).job;
 }
 
 $("generate-form").addEventListener("submit", async (e) => {
@@ -393,6 +394,7 @@ async function run(kind, body, file) {
     if (file) state.uploads.set(job.id, file);
     state.running = { job, abort };
     showJob(job, "job");
+    refreshHistory().catch(problem);
     let streaming = null;
     if (stream) {
       setPlayer(job);
@@ -435,6 +437,10 @@ const STATE_TEXT = { queued: "Queued", running: "Generating", succeeded: "Done",
 // The progress of a job in the create panel ("job") or the timeline ("mix").
 function showJob(job, where) {
   $(`${where}-status`).hidden = false;
+  if (job.id && state.shown?.[where] !== `${job.id}:${job.state}`) {
+    state.shown = { ...state.shown, [where]: `${job.id}:${job.state}` };
+    refreshHealth(); // the queue's counts change with the job's state
+  }
   const bar = $(`${where}-progress`);
   bar.dataset.state = job.state;
   const progress = job.state === "succeeded" ? 1 : job.progress || 0;
@@ -546,6 +552,7 @@ async function play(job, { keepSource = false, autoplay = false } = {}) {
     if (autoplay) audio.play().catch(() => {});
   }
   state.player.buffer = await decode(await data.arrayBuffer());
+  $("wave-cursor").hidden = false;
   drawWaveform($("waveform"), state.player.buffer, 0);
 }
 
@@ -741,7 +748,7 @@ async function start() {
   setInterval(() => {
     if ($("key-dialog").open || document.hidden) return;
     refreshModels().catch(problem);
-    if (!state.running) refreshHistory().catch(problem);
+    refreshHistory().catch(problem);
   }, REFRESH_EVERY_MS);
   document.body.dataset.ready = "true";
 }
