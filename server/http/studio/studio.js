@@ -396,16 +396,19 @@ async function run(kind, body, file) {
     showJob(job, "job");
     refreshHistory().catch(problem);
     let streaming = null;
+    let streamed = false; // the stream played in <audio>: the finished audio only draws the waveform
     if (stream) {
       setPlayer(job);
-      streaming = playStream($("audio"), job.id, abort.signal).catch((error) => {
-        if (error instanceof api.ApiError && error.status === 404) noRoute("stream", error);
-        else problem(error);
-      });
+      streaming = playStream($("audio"), job.id, abort.signal)
+        .then(() => (streamed = true))
+        .catch((error) => {
+          if (error instanceof api.ApiError && error.status === 404) noRoute("stream", error);
+          else problem(error);
+        });
     }
     job = await api.follow(job.id, (j) => showJob(j, "job"), abort.signal);
     await streaming;
-    if (job.state === "succeeded") await play(job, { keepSource: stream });
+    if (job.state === "succeeded") await play(job, { keepSource: streamed });
     else if (job.state === "failed") banner(`The job failed: ${job.error?.message || "no reason given"}${job.error?.hint ? `. ${job.error.hint}` : ""}`);
   } finally {
     state.running = null;
