@@ -24,7 +24,7 @@ from waiting import QUICK_HANG_GUARD_S, STALL_S, running_signature, wait_for_pro
 CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT = {"width": 1440, "height": 1000}
 # What the page shows of its work in progress: a change in any of these is progress.
-PAGE_SIGNATURE_JS = """() => ['job-status', 'mix-status', 'download-text', 'history-list', 'player-meta']
+PAGE_SIGNATURE_JS = """() => ['job-status', 'mix-status', 'download-text', 'history-list', 'player-meta', 'melody-note']
     .map((id) => document.getElementById(id)?.textContent || '').join('|')"""
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed: run `bash test/browser/ensure-chromium.sh` (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is not installed: run `bash test/browser/ensure-chromium.sh` (apt-get chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -141,7 +141,7 @@ class Studio:
 
 
 @pytest.fixture
-def studio(browser, studio_server: ServerProcess, screenshots: Path, request: pytest.FixtureRequest) -> Iterator[Studio]:
+def studio(browser, studio_server: ServerProcess, screenshots: Path, request: pytest.FixtureRequest) -> Iterator:
     s = Studio(browser, studio_server, screenshots, request.node.name)
     yield s
     try:

@@ -15,7 +15,8 @@ SEEN_JS = """() => {
     // Every text the job's status line shows, as it changes (the page's own progress, from SSE).
     window.__seen = [];
     const line = document.getElementById('job-state');
-    new MutationObserver(() => window.__seen.push(line.textContent)).observe(line, {childList: true, characterData: true, subtree: true});
+    const seen = () => window.__seen.push(line.textContent);
+    new MutationObserver(seen).observe(line, {childList: true, characterData: true, subtree: true});
 }"""
 
 
@@ -146,17 +147,22 @@ def test_record_a_melody_and_generate_with_it(studio):
     expect(page.locator("#model")).to_have_value("musicgen-melody")
     page.locator("#record").click()
     expect(page.locator("#record")).to_have_text("■ Stop")
+    # The fake microphone's beep, for a second of the page's own recording clock.
     studio.wait(
-        "() => document.getElementById('melody-note').textContent.startsWith('Recording')", "the recorder to run"
+        "() => parseFloat(document.getElementById('melody-note').textContent.slice('Recording '.length)) >= 1",
+        "a second of recording",
     )
     page.locator("#record").click()
     expect(page.locator("#melody-note")).to_contain_text("Recorded")
+    recorded_s = float(page.locator("#melody-note").text_content().split()[1])
+    assert recorded_s >= 1.0
     page.locator("#prompt").fill("strings")
     page.get_by_label("Duration (seconds)").fill("1")
     page.locator("#generate").click()
     studio.wait(
         "() => { const first = document.querySelector('#history-list li[data-job]');"
-        " return first && first.dataset.state === 'succeeded' && first.querySelector('.tag').textContent === 'melody'; }",
+        " return first && first.dataset.state === 'succeeded'"
+        " && first.querySelector('.tag').textContent === 'melody'; }",
         "the melody job to finish",
     )
     studio.wait(AUDIO_READY_JS, "the melody result to be playable")

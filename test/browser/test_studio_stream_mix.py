@@ -72,9 +72,7 @@ def test_mix_two_clips_from_the_timeline(studio):
     expect(page.locator("#mix")).to_have_text("Mix 2 clips")
     studio.shot("timeline", full_page=False)
     page.locator("#mix").click()
-    studio.wait(
-        "() => document.getElementById('mix-state').textContent === 'Done'", "the mix to finish"
-    )
+    studio.wait("() => document.getElementById('mix-state').textContent === 'Done'", "the mix to finish")
     duration = studio.wait(AUDIO_READY_JS, "the mix to be playable")
     assert duration == pytest.approx(2.5, abs=0.1)  # the hi-hats end at 1.5 + 1 s
     mix = studio.http.get(f"/api/jobs/{history_ids(studio)[0]}").json()
@@ -116,6 +114,14 @@ def test_the_page_says_so_when_the_server_cannot_mix_or_stream(studio):
     page.locator(f"#history-list li[data-job='{clip}'] [data-action='timeline']").click()
     expect(page.locator(".clip")).to_have_count(1)
     expect(page.locator("#mix")).to_be_disabled()
+    # A clip moves in time when dragged sideways (pointer events), and the inspector follows.
+    box = page.locator(".clip").bounding_box()
+    pps = page.evaluate("() => document.querySelector('.lane').clientWidth") / 20  # the lanes show 20 s
+    page.mouse.move(box["x"] + 10, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 10 + 3 * pps, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+    assert float(page.locator("#clip-offset").input_value()) == pytest.approx(3.0, abs=0.15)
 
 
 def test_a_404_from_the_mix_route_is_a_message_not_a_broken_page(studio):

@@ -215,7 +215,7 @@ function renderModels() {
 function showModel() {
   const m = state.models.find((x) => x.name === $("model").value);
   if (!m) {
-    $("model-note").textContent = "No model of this kind in the catalogue.";
+    $("model-note").textContent = state.models.length ? "No model of this kind in the catalogue." : "";
     $("download-model").hidden = true;
     return;
   }
@@ -484,17 +484,25 @@ $("record").addEventListener("click", async () => {
       await state.recorder.start();
       button.textContent = "■ Stop";
       button.classList.add("danger");
-      $("melody-note").textContent = "Recording… hum or play the melody, then stop.";
+      const started = performance.now();
+      const tick = () => {
+        const s = (performance.now() - started) / 1000;
+        $("melody-note").textContent = `Recording ${seconds(s)}… hum or play the melody, then stop.`;
+      };
+      tick();
+      state.recordTimer = setInterval(tick, 250);
       return;
     }
     const recorder = state.recorder;
     state.recorder = null;
+    clearInterval(state.recordTimer);
     button.textContent = "● Record";
     button.classList.remove("danger");
     const { blob, duration_s } = await recorder.stop();
     setMelody({ blob, name: "recording.wav" }, `Recorded ${seconds(duration_s)} from the microphone`);
   } catch (error) {
     state.recorder = null;
+    clearInterval(state.recordTimer);
     button.textContent = "● Record";
     button.classList.remove("danger");
     banner(`Recording needs the microphone: ${error.message}`);
