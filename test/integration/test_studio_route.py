@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def client(tiny_hub, tmp_path_factory):
-    with make_client(tiny_hub, tmp_path_factory.mktemp("studio"), api_key=KEY) as c:
-        yield c
+    """The app with an API key set: the page itself must not need it."""
+    keyed = make_client(tiny_hub, tmp_path_factory.mktemp("studio"), api_key=KEY)
+    with keyed:
+        yield keyed
 
 
 def test_the_page_is_open_even_with_a_key_and_has_a_strict_policy(client):
