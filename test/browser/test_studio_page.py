@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from playwright.sync_api import expect
 from waiting import QUICK_HANG_GUARD_S, wait_job
 
@@ -64,6 +65,8 @@ def test_generate_shows_progress_then_playable_audio(studio):
     first = page.locator("#history-list li[data-job]").first
     expect(first).to_contain_text("warm lo-fi piano")
     expect(first).to_contain_text("seed 7")
+    # The server panel shows the model the job loaded.
+    expect(page.locator("#loaded-models")).to_contain_text("musicgen-small")
     # It plays: the media element runs through the decoded audio.
     page.evaluate("document.getElementById('audio').play()")
     studio.wait("() => document.getElementById('audio').currentTime > 0", "the audio to play")
@@ -117,6 +120,47 @@ def test_history_rerun_uses_the_same_seed(studio):
     audio = [studio.http.get(f"/api/jobs/{i}/audio").content for i in (first, second)]
     assert audio[0] == audio[1]
     expect(page.locator(f"#history-list li[data-job='{second}']")).to_contain_text(f"seed {first_job['seed']}")
+    # Play from the history: the player takes that clip.
+    page.locator(f"#history-list li[data-job='{first}'] [data-action='play']").click()
+    expect(page.locator(f"#history-list li[data-job='{first}']")).to_have_class("clip-item current")
+    expect(page.locator("#player-meta")).to_contain_text(f"seed {first_job['seed']}")
+
+
+def test_generate_a_sound_effect(studio):
+    page = studio.open().page
+    page.get_by_role("tab", name="Sound").click()
+    expect(page.locator("#model")).to_have_value("audiogen-medium")
+    generate(studio, "glass shattering on a stone floor", 1.0)
+    studio.wait(AUDIO_READY_JS, "the sound effect to be playable")
+    first = page.locator("#history-list li[data-job]").first
+    expect(first.locator(".tag")).to_have_text("sound")
+    expect(first).to_contain_text("audiogen-medium")
+
+
+def test_continue_an_uploaded_file(studio, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    wav = tmp_path / "riff.wav"
+    t = np.arange(32000) / 32000
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 220 * t), 32000)
+    page = studio.open().page
+    page.get_by_role("tab", name="Continue").click()
+    page.locator("#continue-file").set_input_files(str(wav))
+    expect(page.locator("#continue-note")).to_contain_text("riff.wav")
+    expect(page.locator("#continue-job")).to_be_disabled()
+    page.get_by_label("Duration (seconds)").fill("1")
+    page.locator("#generate").click()
+    studio.wait(
+        "() => { const first = document.querySelector('#history-list li[data-job]');"
+        " return first && first.dataset.state === 'succeeded'"
+        " && first.querySelector('.tag').textContent === 'continuation'; }",
+        "the continuation of the upload to finish",
+    )
+    job = studio.http.get(f"/api/jobs/{history_ids(studio)[0]}").json()
+    assert "audio_job" not in job["request"]  # the file went as a multipart upload
+    assert job["result"]["duration_s"] == pytest.approx(2.0, abs=0.05)  # the uploaded second, then one more
+    studio.wait(AUDIO_READY_JS, "the continuation to be playable")
 
 
 def test_continue_a_clip_from_the_history(studio):
