@@ -289,16 +289,21 @@ $("download-model").addEventListener("click", async () => {
 
 // -- the form ---------------------------------------------------------------------------------------
 
+const PLACEHOLDER = {
+  music: "Warm lo-fi hip hop with soft piano and vinyl crackle",
+  sound: "Thunder rolling over heavy rain",
+  melody: "Orchestral strings carrying the tune",
+  continuation: "Keep going, add drums",
+};
+
 function setKind(kind) {
   state.kind = kind;
   for (const tab of $("kind-tabs").querySelectorAll("button")) tab.setAttribute("aria-selected", String(tab.dataset.kind === kind));
   $("melody-field").hidden = kind !== "melody";
   $("continue-field").hidden = kind !== "continuation";
   $("prompt-optional").hidden = !(kind in INPUT_FIELD);
-  $("prompt").placeholder =
-    kind === "sound" ? "Thunder rolling over heavy rain" : kind === "melody" ? "Orchestral strings carrying the tune" : kind === "continuation" ? "Keep going, add drums" : "Warm lo-fi hip hop with soft piano and vinyl crackle";
-  const d = kind === "sound" ? 5 : 8;
-  setDuration(Math.min(d, Number($("duration").max)));
+  $("prompt").placeholder = PLACEHOLDER[kind];
+  setDuration(Math.min(kind === "sound" ? 5 : 8, Number($("duration").max)));
   renderModels();
   renderContinueSources();
 }
