@@ -30,6 +30,17 @@ def generate(studio, prompt: str, duration_s: float, seed: int | None = None) ->
     page.locator("#generate").click()
 
 
+NEWEST_DONE_JS = """(kind) => {
+    const first = document.querySelector('#history-list li[data-job]');
+    return first && first.dataset.state === 'succeeded' && first.querySelector('.tag').textContent === kind;
+}"""
+
+
+def wait_newest_done(studio, kind: str, what: str) -> None:  # noqa: ANN001
+    """Until the newest clip in the history is a finished job of `kind`."""
+    studio.wait(NEWEST_DONE_JS, what, kind)
+
+
 def history_ids(studio) -> list[str]:  # noqa: ANN001
     return studio.page.eval_on_selector_all("#history-list li[data-job]", "items => items.map(i => i.dataset.job)")
 
@@ -151,12 +162,7 @@ def test_continue_an_uploaded_file(studio, tmp_path):
     expect(page.locator("#continue-job")).to_be_disabled()
     page.get_by_label("Duration (seconds)").fill("1")
     page.locator("#generate").click()
-    studio.wait(
-        "() => { const first = document.querySelector('#history-list li[data-job]');"
-        " return first && first.dataset.state === 'succeeded'"
-        " && first.querySelector('.tag').textContent === 'continuation'; }",
-        "the continuation of the upload to finish",
-    )
+    wait_newest_done(studio, "continuation", "the continuation of the upload to finish")
     job = studio.http.get(f"/api/jobs/{history_ids(studio)[0]}").json()
     assert "audio_job" not in job["request"]  # the file went as a multipart upload
     assert job["result"]["duration_s"] == pytest.approx(2.0, abs=0.05)  # the uploaded second, then one more
@@ -203,11 +209,6 @@ def test_record_a_melody_and_generate_with_it(studio):
     page.locator("#prompt").fill("strings")
     page.get_by_label("Duration (seconds)").fill("1")
     page.locator("#generate").click()
-    studio.wait(
-        "() => { const first = document.querySelector('#history-list li[data-job]');"
-        " return first && first.dataset.state === 'succeeded'"
-        " && first.querySelector('.tag').textContent === 'melody'; }",
-        "the melody job to finish",
-    )
+    wait_newest_done(studio, "melody", "the melody job to finish")
     studio.wait(AUDIO_READY_JS, "the melody result to be playable")
     studio.shot("melody", full_page=False)
