@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q -e '.[server]'
 	touch $@
 
+# Playwright (test extra) drives Debian's chromium (test/browser/ensure-chromium.sh): no browser download.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP) install -q -e '.[server,test]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PIP) install -q -e '.[server,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -46,9 +47,10 @@ lint: install-test
 # The pytest suites, then the docker phase (which reports SKIPPED, not a failure, without a way to run
 # a Docker engine).
 # The Redis queue's tests start their own redis-server (Debian's, installed here when missing; without
-# it they skip and say why).
+# it they skip and say why); the studio page's browser tests drive Debian's chromium, the same way.
 test: install-test lint
 	-bash test/redis/ensure-redis.sh
+	-bash test/browser/ensure-chromium.sh
 	$(VENV)/bin/pytest test
 	$(MAKE) --no-print-directory test-docker
 

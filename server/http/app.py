@@ -48,7 +48,7 @@ from server.http.auth import PROTECTED_PREFIX, ApiKeyMiddleware
 from server.http.guard import RequestGuard
 from server.http.openapi import MULTIPART, Answer, Endpoint, Upload, build_document, ref
 from server.http.payload import FORM_TYPES
-from server.http.routes import codec, generate, health, jobs, mix, models
+from server.http.routes import codec, generate, health, jobs, mix, models, studio
 from server.http.routes.generate import AUDIO_HEADERS
 
 if TYPE_CHECKING:
@@ -287,6 +287,7 @@ def create_app(svc: Services) -> Starlette:
 
     routes = _routes(ENDPOINTS)
     routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    routes.extend(studio.routes())  # the page at /, with its files under /studio/
     app = Starlette(
         routes=routes,
         lifespan=_lifespan(svc),

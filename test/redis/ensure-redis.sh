@@ -7,15 +7,8 @@ set -euo pipefail
 if command -v redis-server >/dev/null 2>&1; then
     exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "redis-server is not installed and this user cannot install it (apt-get install redis-server)" >&2
-    exit 2
-fi
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+bash "$(dirname "$0")/../ensure-apt.sh" redis-server redis-server
 # The package starts a system service where an init system runs; the tests need none.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
     systemctl stop redis-server || true
 fi
-command -v redis-server >/dev/null
