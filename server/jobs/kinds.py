@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
+from lib.finetune import DatasetJob, FinetuneJob
 from lib.schemas import (
     ContinuationRequest,
     DecodeJob,
@@ -22,9 +23,11 @@ if TYPE_CHECKING:
 DECODE = {"music": MusicRequest, "sound": SoundRequest, "melody": MelodyRequest, "continuation": ContinuationRequest}
 CODEC = {"encode": EncodeJob, "decode": DecodeJob}
 DOWNLOAD = {"download": DownloadRequest}
+DATASET = {"dataset": DatasetJob}
+FINETUNE = {"finetune": FinetuneJob}
 
-# lane name -> its kinds: server/jobs/lanes/{decode,codec,download}.py
-LANES = {"decode": DECODE, "codec": CODEC, "download": DOWNLOAD}
+# lane name -> its kinds: server/jobs/lanes/{decode,codec,download,dataset,finetune}.py
+LANES = {"decode": DECODE, "codec": CODEC, "download": DOWNLOAD, "dataset": DATASET, "finetune": FINETUNE}
 
 
 def batch_group(job: Job) -> Hashable:
