@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lib.catalogue import CATALOGUE, ModelSpec, finetuned_spec, set_finetuned
+from lib.catalogue import CATALOGUE, ModelSpec, finetuned_repo, finetuned_spec, set_finetuned
 from lib.finetune import FinetuneFacts
 from server.hub import store
 
@@ -48,6 +48,22 @@ def scan(hub_cache: Path) -> dict[str, ModelSpec]:
             continue  # incomplete, or not ours
         found[name] = spec
     return found
+
+
+def install(hub_cache: Path, name: str, result: Path) -> None:
+    """A trained adapter's folder (server/finetune/adapters.py save) as the model's repo, through the
+    hub's one writer (atomic: the repo is complete before it has its name), then in the catalogue."""
+    import shutil
+
+    from server.tiny.write import write_repo
+
+    def copy(out: Path) -> None:
+        for item in result.iterdir():
+            shutil.copyfile(item, out / item.name)
+
+    readme = (result / "README.md").read_text() if (result / "README.md").is_file() else ""
+    write_repo(finetuned_repo(name), readme, hub_cache, copy)
+    refresh(hub_cache)
 
 
 def refresh(hub_cache: Path) -> dict[str, ModelSpec]:

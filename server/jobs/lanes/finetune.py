@@ -25,7 +25,6 @@ import threading
 import time
 from pathlib import Path
 
-from lib.catalogue import finetuned_repo
 from lib.errors import Internal, Invalid, ServiceError
 from lib.finetune import FinetuneJob
 from lib.schemas import TrainingProgress
@@ -145,7 +144,7 @@ class FinetuneLane(WorkerLane):
             tail = "".join(stderr)[-2000:]
             log.error("fine-tune %s: the training process exited with %s:\n%s", job.id, code, tail)
             raise _failure(tail)
-        self._install(job, work / "result")
+        finetuned.install(self.settings.hub_cache, job.request.name, work / "result")
         job.finish("succeeded")
 
     def _on_line(self, job: Job, line: str, started: float) -> dict | None:
@@ -170,20 +169,6 @@ class FinetuneLane(WorkerLane):
         elif event.get("event") == "done":
             return event["facts"]
         return None
-
-    def _install(self, job: Job, result: Path) -> None:
-        from server.tiny.write import write_repo
-
-        request: FinetuneJob = job.request
-        repo = finetuned_repo(request.name)
-
-        def copy(out: Path) -> None:
-            for item in result.iterdir():
-                shutil.copyfile(item, out / item.name)
-
-        readme = (result / "README.md").read_text() if (result / "README.md").is_file() else ""
-        write_repo(repo, readme, self.settings.hub_cache, copy)
-        finetuned.refresh(self.settings.hub_cache)
 
 
 def _pump(stream, put) -> None:  # noqa: ANN001
