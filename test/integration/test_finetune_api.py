@@ -166,3 +166,15 @@ def test_cancel_a_running_finetune(client):
     assert client.delete(f"/api/finetune/{job_id}").status_code == 200
     assert wait_job(client, job_id)["state"] == "cancelled"
     assert "musicgen-small+long" not in {m["name"] for m in client.get("/api/models").json()["models"]}
+
+
+def test_dataset_and_finetune_on_the_redis_queue(hub, tmp_path, redis_url):
+    """Both kinds on the Redis queue: the live training figures travel through the job record."""
+    with make_client(hub, tmp_path, queue_url=redis_url, auto_download=False, finetune_threads=1) as c:
+        assert make_dataset(c).status_code == 201
+        body = {"base_model": "musicgen-small", "dataset": "studio", "name": "redis", "steps": 20, "rank": 2}
+        job_id = c.post("/api/finetune", json=body).json()["job"]["id"]
+        seen = wait_job(c, job_id, until=lambda jobs: jobs[0]["state"] != "queued" and jobs[0].get("training"))
+        assert seen["training"]["total_steps"] == 20
+        assert wait_job(c, job_id)["state"] == "succeeded"
+        assert c.get("/api/models/musicgen-small+redis").json()["finetune"]["steps"] == 20
