@@ -178,3 +178,34 @@ def test_dataset_and_finetune_on_the_redis_queue(hub, tmp_path, redis_url):
         assert seen["training"]["total_steps"] == 20
         assert wait_job(c, job_id)["state"] == "succeeded"
         assert c.get("/api/models/musicgen-small+redis").json()["finetune"]["steps"] == 20
+
+
+def test_export_and_import_a_finetuned_model(client, hub, tmp_path):
+    from server.hub import importer
+
+    assert make_dataset(client).status_code == 201
+    body = {"base_model": "musicgen-small", "dataset": "studio", "name": "moved", "steps": 1, "rank": 2}
+    assert wait_job(client, client.post("/api/finetune", json=body).json()["job"]["id"])["state"] == "succeeded"
+    from lib.catalogue import get_spec
+
+    archive = importer.export_model(get_spec("musicgen-small+moved"), hub, tmp_path / "moved.tar.gz")
+
+    other = tmp_path / "other-hub"
+    write_tiny_models(other, names=["musicgen-small"])
+    [done] = importer.import_model(archive, other)
+    assert done.repo == "finetuned/musicgen-small.moved" and "adapter_model.safetensors" in done.files
+    with make_client(other, tmp_path / "other", auto_download=False) as c:
+        model = c.get("/api/models/musicgen-small+moved").json()
+        assert model["installed"] and model["finetune"]["steps"] == 1
+        r = c.post("/api/generate/music", json={"prompt": "x", "model": "musicgen-small+moved", "duration": 0.3})
+        assert r.status_code == 200, r.text
+
+    # An adapter's files imported under another base's name are refused, and nothing is installed.
+    snap = next((hub / "models--finetuned--musicgen-small.moved" / "snapshots").iterdir())
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for item in snap.iterdir():
+        (loose / item.name).write_bytes(item.read_bytes())
+    with pytest.raises(importer.ImportFailed, match="trained on musicgen-small, not musicgen-medium"):
+        importer.import_model(loose, other, name="musicgen-medium+moved")
+    assert not (other / "models--finetuned--musicgen-medium.moved").exists()
