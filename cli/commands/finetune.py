@@ -88,30 +88,45 @@ def add(
         _show_dataset(info)
 
 
+def _listing(ctx: typer.Context, server: str | None, fmt: str, path: str, schema, empty: str, columns, row) -> None:  # noqa: ANN001
+    """GET `path` as `schema`, then as the format asks: JSON/YAML, or a table of `row(item)`."""
+    fmt = ui.check_format(fmt)
+    with state(ctx).client(server) as c:
+        body = schema.model_validate(c.request("GET", path).json())
+    if ui.emit(body, fmt):
+        return
+    items = body.datasets if isinstance(body, DatasetList) else body.jobs
+    if not items:
+        ui.out.print(empty)
+        return
+    ui.table(columns, [row(item) for item in items])
+
+
+def _one(ctx: typer.Context, server: str | None, fmt: str, path: str, schema):  # noqa: ANN001, ANN202
+    """GET `path` as `schema`; None when it was printed as JSON/YAML, else the item to show as text."""
+    fmt = ui.check_format(fmt)
+    with state(ctx).client(server) as c:
+        item = schema.model_validate(c.request("GET", path).json())
+    return None if ui.emit(item, fmt) else item
+
+
 @datasets_app.command("list")
 def list_datasets(ctx: typer.Context, server: str | None = SERVER, fmt: str = FORMAT) -> None:
     """The datasets on the service."""
-    fmt = ui.check_format(fmt)
-    with state(ctx).client(server) as c:
-        body = DatasetList.model_validate(c.request("GET", "/api/datasets").json())
-    if ui.emit(body, fmt):
-        return
-    if not body.datasets:
-        ui.out.print("No datasets.")
-        return
-    rows = [[d.name, d.model, d.windows, f"{d.duration_s:.1f} s", sum(f.status == "ok" for f in d.files)]
-            for d in body.datasets]  # fmt: skip
-    ui.table(["name", "model", "windows", "audio", "files used"], rows)
+
+    def row(d: DatasetInfo) -> list:
+        return [d.name, d.model, d.windows, f"{d.duration_s:.1f} s", sum(f.status == "ok" for f in d.files)]
+
+    columns = ["name", "model", "windows", "audio", "files used"]
+    _listing(ctx, server, fmt, "/api/datasets", DatasetList, "No datasets.", columns, row)
 
 
 @datasets_app.command("show")
 def show_dataset(ctx: typer.Context, name: str = typer.Argument(...), server: str | None = SERVER,
                  fmt: str = FORMAT) -> None:  # fmt: skip
     """One dataset, with each file's report."""
-    fmt = ui.check_format(fmt)
-    with state(ctx).client(server) as c:
-        info = DatasetInfo.model_validate(c.request("GET", f"/api/datasets/{name}").json())
-    if not ui.emit(info, fmt):
+    info = _one(ctx, server, fmt, f"/api/datasets/{name}", DatasetInfo)
+    if info is not None:
         _show_dataset(info)
 
 
@@ -168,28 +183,21 @@ def start(
 @app.command("list")
 def list_finetunes(ctx: typer.Context, server: str | None = SERVER, fmt: str = FORMAT) -> None:
     """Fine-tune jobs, newest first."""
-    fmt = ui.check_format(fmt)
-    with state(ctx).client(server) as c:
-        body = JobList.model_validate(c.request("GET", "/api/finetune").json())
-    if ui.emit(body, fmt):
-        return
-    if not body.jobs:
-        ui.out.print("No fine-tune jobs.")
-        return
-    rows = [[j.id, j.state, f"{j.progress * 100:.0f}%", j.request.get("name"), j.request.get("dataset"),
-             f"{j.training.loss:.4f}" if j.training and j.training.loss is not None else ""]
-            for j in body.jobs]  # fmt: skip
-    ui.table(["id", "state", "progress", "model", "dataset", "loss"], rows)
+
+    def row(j: Job) -> list:
+        loss = f"{j.training.loss:.4f}" if j.training and j.training.loss is not None else ""
+        return [j.id, j.state, f"{j.progress * 100:.0f}%", j.request.get("name"), j.request.get("dataset"), loss]
+
+    columns = ["id", "state", "progress", "model", "dataset", "loss"]
+    _listing(ctx, server, fmt, "/api/finetune", JobList, "No fine-tune jobs.", columns, row)
 
 
 @app.command("show")
 def show(ctx: typer.Context, job_id: str = typer.Argument(...), server: str | None = SERVER,
          fmt: str = FORMAT) -> None:  # fmt: skip
     """One fine-tune job: its settings, step, loss and ETA."""
-    fmt = ui.check_format(fmt)
-    with state(ctx).client(server) as c:
-        job = Job.model_validate(c.request("GET", f"/api/finetune/{job_id}").json())
-    if ui.emit(job, fmt):
+    job = _one(ctx, server, fmt, f"/api/finetune/{job_id}", Job)
+    if job is None:
         return
     r = job.request
     ui.out.print(
