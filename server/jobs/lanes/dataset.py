@@ -41,6 +41,8 @@ class DatasetLane(WorkerLane):
     def run(self, job: Job) -> None:
         try:
             threads.in_own_thread(self._build, job)
+        except _Cancelled:
+            job.finish("cancelled")
         except ServiceError as exc:  # no usable file, the name taken, the model not loading, the disk full
             job.finish("failed", exc)
         else:
@@ -56,6 +58,8 @@ class DatasetLane(WorkerLane):
 
             def progress(done: int, total: int) -> None:
                 job.progress = min(0.99, done / total) if total else 0.0
+                if job.cancel_requested.is_set():
+                    raise _Cancelled
 
             lm = self.registry.acquire(job.model)
             try:
@@ -64,3 +68,7 @@ class DatasetLane(WorkerLane):
                 self.registry.release(lm.spec.name)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+class _Cancelled(Exception):
+    """Raised from the progress callback between files: the job was cancelled (nothing is installed)."""
