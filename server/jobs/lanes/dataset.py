@@ -41,7 +41,7 @@ class DatasetLane(WorkerLane):
     def run(self, job: Job) -> None:
         try:
             threads.in_own_thread(self._build, job)
-        except _Cancelled:
+        except _Stopped:
             job.finish("cancelled")
         except ServiceError as exc:  # no usable file, the name taken, the model not loading, the disk full
             job.finish("failed", exc)
@@ -59,7 +59,7 @@ class DatasetLane(WorkerLane):
             def progress(done: int, total: int) -> None:
                 job.progress = min(0.99, done / total) if total else 0.0
                 if job.cancel_requested.is_set():
-                    raise _Cancelled
+                    raise _Stopped
 
             lm = self.registry.acquire(job.model)
             try:
@@ -70,5 +70,5 @@ class DatasetLane(WorkerLane):
             shutil.rmtree(work, ignore_errors=True)
 
 
-class _Cancelled(Exception):
+class _Stopped(Exception):
     """Raised from the progress callback between files: the job was cancelled (nothing is installed)."""
