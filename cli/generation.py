@@ -185,6 +185,9 @@ def follow_job(client: Client, job_id: str, progress: bool = True, poll: float =
                     got, total = job.download.bytes_done, job.download.bytes_total
                     desc = f"downloading {job.model} ({ui.human_bytes(got)} of {ui.human_bytes(total)})"
                     done = got / total if total else 0.0
+                if job.training is not None and job.state == "running":  # a fine-tune: step and loss
+                    t = job.training
+                    desc = f"step {t.step}/{t.total_steps}  loss {t.loss:.4f}  lr {t.learning_rate:.2e}"
                 bar.update(task, completed=done, description=desc, eta=eta)
                 if job.state in TERMINAL:
                     return job

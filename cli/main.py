@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from cli import ui
-from cli.commands import codec, content, generate, jobs, lifecycle, manage, mix, models, serve
+from cli.commands import codec, content, finetune, generate, jobs, lifecycle, manage, mix, models, serve
 from cli.context import state
 from cli.errors import FAILURE, SKIPPED, CliError
 
@@ -89,6 +89,8 @@ app.add_typer(content.app, name="content")
 app.add_typer(generate.app, name="generate")
 app.add_typer(models.app, name="models")
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(finetune.datasets_app, name="datasets")
+app.add_typer(finetune.app, name="finetune")
 app.command("serve")(serve.serve_command)
 app.command("encode")(codec.encode_command)
 app.command("decode")(codec.decode_command)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from lib.errors import NotFound
@@ -19,7 +21,7 @@ class ModelSpec:
     name: str
     repo: str
     kind: Kind
-    hub_format: Literal["transformers", "audiocraft"]
+    hub_format: Literal["transformers", "audiocraft", "adapter"]
     sample_rate: int
     channels: int
     codebooks: int
@@ -36,6 +38,8 @@ class ModelSpec:
     extra_repos: tuple[str, ...] = field(default=())
     # Other names accepted for it wherever a model is named (see ALIASES).
     aliases: tuple[str, ...] = field(default=())
+    # A fine-tuned model: the catalogue model its adapter is for (server/hub/finetuned.py).
+    base: str | None = None
 
     @property
     def window_s(self) -> float | None:
@@ -177,19 +181,64 @@ class UnknownModel(NotFound, LookupError):
         super().__init__(text, field="model", hint=hint)
 
 
+# Fine-tuned models (<base>+<label>), found in the hub cache by server/hub/finetuned.py: they come
+# and go while the server runs, so they live apart from the fixed catalogue.
+FINETUNED: dict[str, ModelSpec] = {}
+_finder: Callable[[], None] | None = None
+_finetuned_lock = threading.Lock()
+
+
+def set_finetuned(specs: dict[str, ModelSpec]) -> None:
+    with _finetuned_lock:
+        FINETUNED.clear()
+        FINETUNED.update(specs)
+
+
+def set_finder(finder: Callable[[], None] | None) -> None:
+    """What looks for fine-tuned models again when a name is not known (the composition root sets it)."""
+    global _finder
+    _finder = finder
+
+
+def finetuned_repo(name: str) -> str:
+    """The hub repo of a fine-tuned model: finetuned/<base>.<label> (a repo id has no '+'; neither
+    a catalogue name nor a label has a '.')."""
+    return f"finetuned/{name.replace('+', '.', 1)}"
+
+
+def finetuned_spec(name: str, base: ModelSpec, size_gb: float) -> ModelSpec:
+    """A fine-tuned model: its base's kind, rates and capabilities, its own repo."""
+    return replace(
+        base, name=name, repo=finetuned_repo(name), hub_format="adapter", aliases=(), base=base.name,
+        approx_size_gb=size_gb,
+    )  # fmt: skip
+
+
+def all_specs() -> list[ModelSpec]:
+    return [*CATALOGUE.values(), *FINETUNED.values()]
+
+
 def resolve_name(name: str) -> str:
     """The catalogue name for a name or an alias (any case); raises UnknownModel."""
-    if name in CATALOGUE:
+    if name in CATALOGUE or name in FINETUNED:
         return name
     key = name.strip().lower()
-    if key in CATALOGUE:
+    if key in CATALOGUE or key in FINETUNED:
         return key
     if key in ALIASES:
         return ALIASES[key]
+    if "+" in key and _finder is not None:
+        _finder()
+        if key in FINETUNED:
+            return key
     raise UnknownModel(name)
 
 
 def get_spec(name: str) -> ModelSpec:
     """The catalogue entry for a name or an alias; raises UnknownModel."""
-    return CATALOGUE[resolve_name(name)]
+    key = resolve_name(name)
+    spec = CATALOGUE.get(key) or FINETUNED.get(key)
+    if spec is None:
+        raise UnknownModel(name)
+    return spec
 

@@ -550,6 +550,10 @@ class ModelInfo(BaseModel):
     in_use: int = Field(0, description="Running jobs holding the model (it is not unloaded while > 0)")
     last_used_at: float | None = Field(None, description="When a request last used the loaded model")
     download_job: str | None = Field(None, description="The download job while one runs")
+    base: str | None = Field(None, description="A fine-tuned model: the model its adapter is for")
+    finetune: dict[str, Any] | None = Field(
+        None, description="A fine-tuned model: its dataset, steps, first and final loss, LoRA rank and alpha"
+    )
 
 
 class ModelList(BaseModel):
@@ -577,6 +581,24 @@ class DownloadProgress(BaseModel):
     bytes_done: int
     bytes_total: int = Field(..., description="0 until the hub has said how much there is")
     file: str | None = Field(None, description="The file being fetched")
+
+
+class TrainingProgress(BaseModel):
+    """A fine-tune job's live figures (its events carry them)."""
+
+    step: int
+    total_steps: int
+    loss: float | None = None
+    learning_rate: float
+    seconds_per_step: float | None = None
+    resumed_from: int | None = Field(None, description="The checkpoint step this run resumed from")
+
+
+def parse_detail(text: str) -> DownloadProgress | TrainingProgress:
+    """A job's live detail as stored (the Redis queue keeps it as JSON): a download's or a training's."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(TrainingProgress | DownloadProgress).validate_json(text)
 
 
 class DownloadRequest(BaseModel):
@@ -607,6 +629,7 @@ class Job(BaseModel):
     download: DownloadProgress | None = Field(
         None, description="Download jobs, and jobs waiting for their model to download: bytes fetched so far"
     )
+    training: TrainingProgress | None = Field(None, description="Fine-tune jobs: step, loss, learning rate")
 
 
 class JobAccepted(BaseModel):

@@ -177,6 +177,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="Threads for torch; 0 = one per usable core (affinity and cgroup CPU quota)"
     )
+    finetune_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads of a fine-tune job's training process; 0 = the usable cores but one (at least one), "
+        "so generation and /health keep a core",
+    )
 
     # Past one machine (server/jobs/cluster/): the queue on Redis, shared by API nodes and workers.
     queue_url: str = Field(

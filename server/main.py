@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 def build_services(settings: Settings) -> Services:
     """Everything the process serves with, for its role (settings.role): `all` and `worker` run the
     lanes and import the engine (torch); `api` holds no model and imports no torch."""
+    from lib.catalogue import set_finder
     from lib.files import private_dir
+    from server.hub import finetuned
     from server.jobs.artifacts import ArtifactStore
 
     private_dir(settings.data_dir)  # 0700: the job store holds every prompt
     artifacts = ArtifactStore.of(settings)
+    finetuned.refresh(settings.hub_cache)  # fine-tuned models are catalogue models
+    set_finder(lambda: finetuned.refresh(settings.hub_cache))
     if settings.role == "api":
         from server.jobs.kinds import LANES
         from server.models.elsewhere import ModelsElsewhere
@@ -36,8 +40,10 @@ def build_services(settings: Settings) -> Services:
 
     from server.jobs.lanes.batch import BatchRunner
     from server.jobs.lanes.codec import CodecLane
+    from server.jobs.lanes.dataset import DatasetLane
     from server.jobs.lanes.decode import DecodeLane
     from server.jobs.lanes.download import DownloadLane
+    from server.jobs.lanes.finetune import FinetuneLane
     from server.jobs.lanes.mix import MixLane
     from server.models.registry import ModelRegistry
 
@@ -47,6 +53,8 @@ def build_services(settings: Settings) -> Services:
         CodecLane(registry, artifacts, settings),
         DownloadLane(settings),
         MixLane(artifacts),
+        DatasetLane(registry, artifacts, settings),
+        FinetuneLane(settings),
     ]
     return Services(settings=settings, registry=registry, scheduler=build_queue(settings, lanes, artifacts, registry))
 

@@ -91,4 +91,9 @@ class Services:
         if self.registry.in_use(spec.name) or spec.name in self.scheduler.busy_models():
             raise ModelInUse(f"{spec.name} is in use by queued or running jobs", hint="retry when they finish")
         self.registry.unload(spec.name)
-        return store.remove_model(spec, self.settings.hub_cache)
+        freed = store.remove_model(spec, self.settings.hub_cache)
+        if spec.base is not None:
+            from server.hub import finetuned
+
+            finetuned.refresh(self.settings.hub_cache)
+        return freed

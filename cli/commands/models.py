@@ -278,7 +278,7 @@ def import_model(
     force: bool = typer.Option(False, "--force", help="Replace the model if it is installed"),
 ) -> None:
     """Check and install a model copied from another machine (no network needed)."""
-    if name is not None:
+    if name is not None and "+" not in name:  # a fine-tuned model's name is new to the catalogue
         name = _spec(name).name
     with _engine_installed():
         from server.hub import importer, store
@@ -298,6 +298,25 @@ def import_model(
         if not store.is_installed(spec, hub):
             missing = [r for r in spec.extra_repos if store.current_revision(r, hub) is None]
             ui.warn(f"{model} also needs {', '.join(missing)}: import it too (or `models pull {model}`)")
+
+
+@app.command("export")
+def export_model(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="An installed model (a fine-tuned one too)"),
+    dest: Path | None = typer.Option(None, "--output", "-o", help="The archive (default: ./<name>.tar.gz)"),
+) -> None:
+    """Write an installed model as a .tar.gz that `models import` installs on another machine."""
+    with _engine_installed():
+        from server.hub import finetuned, importer
+    hub = state(ctx).settings().hub_cache
+    if "+" in name:
+        finetuned.refresh(hub)
+    spec = _spec(name)
+    out = importer.export_model(spec, hub, dest or Path(f"{spec.name}.tar.gz"))
+    ui.success(f"{spec.name} written to {out} ({ui.human_bytes(out.stat().st_size)})")
+    if spec.base:
+        ui.info(f"it is an adapter: the other machine needs {spec.base} installed too")
 
 
 @app.command("make-tiny")

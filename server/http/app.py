@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from lib import __version__
 from lib.errors import ServiceError
+from lib.finetune import DatasetForm, DatasetInfo, DatasetList, FinetuneRequest
 from lib.schemas import (
     AUDIO_INPUT,
     DECODE_INFO,
@@ -48,7 +49,7 @@ from server.http.auth import PROTECTED_PREFIX, ApiKeyMiddleware
 from server.http.guard import RequestGuard
 from server.http.openapi import MULTIPART, Answer, Endpoint, Upload, build_document, ref
 from server.http.payload import FORM_TYPES
-from server.http.routes import codec, generate, health, jobs, mix, models, studio
+from server.http.routes import codec, finetune, generate, health, jobs, mix, models, studio
 from server.http.routes.generate import AUDIO_HEADERS
 
 if TYPE_CHECKING:
@@ -255,6 +256,46 @@ ENDPOINTS = [
         "an .ecdc file",
         ECDC_MEDIA_TYPE,
         Answer(files=AUDIO_TYPES, headers=codec.answer_headers(DECODE_INFO)),
+    ),
+    Endpoint(
+        "POST",
+        "/api/datasets",
+        finetune.create_dataset,
+        "A dataset for fine-tuning: audio files with captions (sidecar .txt/.json, metadata.jsonl, or one "
+        "default caption), or a ZIP; each file checked, cut into windows and encoded to EnCodec codes",
+        answers=(Answer(201, DatasetInfo, description="The dataset, with each file's report"), ACCEPTED),
+        errors=(400, 404, 409, 413, 422, 429, 503, 507),
+        body=DatasetForm,
+        json_body=False,
+        forms=(MULTIPART,),
+        uploads=(Upload(finetune.FILES_FIELD, "Audio files, their captions, a metadata.jsonl or ZIPs", True),),
+    ),
+    Endpoint("GET", "/api/datasets", finetune.list_datasets, "Datasets", answers=(Answer(model=DatasetList),)),
+    Endpoint(
+        "GET", "/api/datasets/{name}", finetune.get_dataset, "One dataset", answers=(Answer(model=DatasetInfo),),
+        errors=(404,),
+    ),
+    Endpoint(
+        "DELETE", "/api/datasets/{name}", finetune.delete_dataset, "Delete a dataset (409 while a fine-tune uses it)",
+        answers=(Answer(model=DatasetInfo),), errors=(404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/api/finetune",
+        finetune.start_finetune,
+        "Fine-tune a model on a dataset (LoRA): a job whose result is a catalogue model <base>+<label>",
+        answers=(ACCEPTED, Answer(model=Job)),
+        errors=(400, 404, 409, 422, 429, 503, 507),
+        body=FinetuneRequest,
+    ),
+    Endpoint("GET", "/api/finetune", finetune.list_finetunes, "Fine-tune jobs", answers=(Answer(model=JobList),)),
+    Endpoint(
+        "GET", "/api/finetune/{job_id}", finetune.get_finetune, "One fine-tune job", answers=(Answer(model=Job),),
+        errors=(404,),
+    ),
+    Endpoint(
+        "DELETE", "/api/finetune/{job_id}", finetune.cancel_finetune, "Cancel a fine-tune job",
+        answers=(Answer(model=Job),), errors=(404,),
     ),
     Endpoint("GET", "/metrics", health.metrics, "Prometheus metrics", answers=(Answer(files=("text/plain",)),)),
 ]

@@ -22,9 +22,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib.catalogue import CATALOGUE, ModelSpec, get_spec
+from lib.catalogue import CATALOGUE, ModelSpec, finetuned_repo, get_spec
 from lib.errors import Invalid
-from server.hub import download, snapshot, store
+from lib.finetune import FinetuneFacts, model_name
+from server.hub import download, finetuned, snapshot, store
 
 # model_type in config.json for each kind (and for the extra repos: T5).
 _MODEL_TYPES = {"musicgen": "musicgen", "musicgen-melody": "musicgen_melody", "encodec": "encodec"}
@@ -85,7 +86,22 @@ def _hub_snapshot(folder: Path) -> tuple[Path, str] | None:
     return (snapshot, commit) if snapshot.is_dir() else None
 
 
+def _finetuned_base(repo: str) -> ModelSpec | None:
+    """The catalogue base of a fine-tuned model's repo (finetuned/<base>.<label>), else None."""
+    org, _, rest = repo.partition("/")
+    base, dot, label = rest.partition(".")
+    if org != finetuned.ORG or not dot or base not in CATALOGUE:
+        return None
+    try:
+        model_name(base, label)
+    except ValueError:
+        return None
+    return CATALOGUE[base]
+
+
 def _hub_format_of(repo: str) -> str:
+    if _finetuned_base(repo) is not None:
+        return "adapter"
     for spec in CATALOGUE.values():
         if spec.repo == repo:
             return spec.hub_format
@@ -119,8 +135,29 @@ def _check_safetensors(path: Path) -> None:
         raise ImportFailed(f"{path.name} is truncated or damaged: {8 + n + end} bytes expected, {size} found")
 
 
+def _check_facts(path: Path, repo: str) -> None:
+    """finetune.json: facts this service wrote, for the base its repo names."""
+    base = _finetuned_base(repo)
+    try:
+        facts = FinetuneFacts.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        raise ImportFailed(f"{repo}: finetune.json is not the facts of a fine-tuned model") from None
+    if base is None or facts.base != base.name:
+        raise ImportFailed(
+            f"{repo}: the adapter was trained on {facts.base}, not {base.name if base else 'a catalogue model'}; "
+            f"import it as {facts.base}+<label>"
+        )
+
+
 def _check_file(path: Path, name: str, repo: str) -> None:
-    if name == "config.json":
+    if name == "finetune.json":
+        _check_facts(path, repo)
+    elif name == "adapter_config.json":
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise ImportFailed(f"{repo}: adapter_config.json is not valid JSON") from None
+    elif name == "config.json":
         try:
             config = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -144,6 +181,8 @@ def _needed(repo: str, files_dir: Path) -> list[str]:
     names = download.needed_files(listing, hub_format)
     if hub_format == "audiocraft":
         complete = len(names) == 2
+    elif hub_format == "adapter":
+        complete = set(store.ADAPTER_FILES) <= set(names)
     else:
         complete = "config.json" in names and any(n.endswith((".safetensors", ".bin")) for n in names)
     if not complete:
@@ -177,7 +216,7 @@ def _sources(root: Path, name: str | None) -> list[tuple[str, Path, str | None]]
         for folder in found:
             repo = _repo_of_folder(folder)
             snap = _hub_snapshot(folder)
-            if repo not in known:
+            if repo not in known and _finetuned_base(repo) is None:
                 raise ImportFailed(f"{folder.name} is not a repo of any catalogue model")
             if snap is None:
                 raise ImportFailed(f"{folder} has no snapshot that refs/main points to")
@@ -193,6 +232,12 @@ def _sources(root: Path, name: str | None) -> list[tuple[str, Path, str | None]]
         return [(spec.repo, root, None)]
     if name is None:
         raise ImportFailed(f"{root} is a plain folder of files: say which model it is with --name")
+    if (root / "finetune.json").is_file():  # an adapter's files: the name says which model it becomes
+        base, _, label = name.partition("+")
+        try:
+            return [(finetuned_repo(model_name(base, label)), root, None)]
+        except ValueError as exc:
+            raise ImportFailed(f"--name {name}: {exc} (a fine-tuned model is named <base>+<label>)") from None
     spec = get_spec(name)
     return [(spec.repo, root, None)]
 
@@ -225,6 +270,31 @@ def import_model(source: Path, hub_cache: Path, name: str | None = None, force: 
             staging = work / f"staging-{len(done)}"
             staging.mkdir()
             done.append(_install(repo, files, commit, hub_cache, staging))
+        finetuned.refresh(hub_cache)
         return done
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def export_model(spec: ModelSpec, hub_cache: Path, dest: Path) -> Path:
+    """The model's installed snapshot (and its extra repos') as a .tar.gz in the hub cache layout
+    (refs/main, snapshots/<commit>/ with the files themselves): what import_model takes on another
+    machine. A fine-tuned model is its adapter only: the other machine needs its base too."""
+    repos = [spec.repo, *spec.extra_repos]
+    for repo in repos:
+        if store.current_revision(repo, hub_cache) is None:
+            raise store.ModelNotInstalled(spec)
+    dest = Path(dest).expanduser()
+    partial = dest.with_name(f".{dest.name}.partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for repo in repos:
+            folder = store.repo_folder(repo, hub_cache)
+            commit = store.current_revision(repo, hub_cache)
+            ref = folder / "refs" / "main"
+            tar.add(ref, f"{folder.name}/refs/main")
+            snap = folder / "snapshots" / str(commit)
+            for path in sorted(p for p in snap.rglob("*") if p.is_file()):
+                arcname = f"{folder.name}/snapshots/{commit}/{path.relative_to(snap).as_posix()}"
+                tar.add(path.resolve(), arcname)  # the blob itself, not the link
+    partial.replace(dest)
+    return dest

@@ -29,6 +29,8 @@ _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TRANSFORMERS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # Extra repos (AudioGen's T5) are plain transformers repos; a T5 snapshot also needs its tokenizer.
 _AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
+# A fine-tuned model (server/hub/finetuned.py): a PEFT adapter and its facts.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "finetune.json")
 
 
 class ModelNotInstalled(Conflict, LookupError):
@@ -95,6 +97,8 @@ def _complete(snapshot: Path, hub_format: str) -> bool:
         return _has_transformers_weights(snapshot)
     if hub_format == "audiocraft":
         return all((snapshot / name).is_file() for name in _AUDIOCRAFT_FILES)
+    if hub_format == "adapter":
+        return all((snapshot / name).is_file() for name in ADAPTER_FILES)
     raise ValueError(f"unknown hub format: {hub_format!r}")
 
 
@@ -136,9 +140,9 @@ def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:
 def remove_model(spec: ModelSpec, hub_cache: Path) -> int:
     """Delete the model's repo, and its extra repos unless another installed model needs them;
     returns the bytes freed. (Whether the model is in use is the caller's business.)"""
-    from lib.catalogue import CATALOGUE
+    from lib.catalogue import all_specs
 
-    others = [s for s in CATALOGUE.values() if s.name != spec.name and is_installed(s, hub_cache)]
+    others = [s for s in all_specs() if s.name != spec.name and is_installed(s, hub_cache)]
     shared = {repo for s in others for repo in s.extra_repos}
     return sum(remove_repo(repo, hub_cache) for repo in (spec.repo, *spec.extra_repos) if repo not in shared)
 

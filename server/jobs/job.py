@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from lib.errors import ServiceError
-from lib.schemas import DownloadProgress, ErrorBody, JobResult, JobState
+from lib.schemas import DownloadProgress, ErrorBody, JobResult, JobState, TrainingProgress
 from lib.schemas import Job as JobView
 
 # The states are written once, in lib.schemas.JobState; everything else derives from it.
@@ -49,7 +49,7 @@ class Job:
     after: str | None = None
     # Live only (not stored): what the lane reports beside progress (a download's byte counts),
     # and the job `after` names, once the queue has found it.
-    detail: DownloadProgress | None = None
+    detail: DownloadProgress | TrainingProgress | None = None
     waits_for: Job | None = field(default=None, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     # Set when the server stops before the job ends: the job stops without finishing, so the
@@ -137,6 +137,10 @@ class Job:
         fields = {k: v for k, v in row.items() if k != "request"}
         return cls(request=request_types[row["kind"]].model_validate(row["request"]), **fields)
 
+    def _download(self) -> DownloadProgress | None:
+        detail = self.detail if self.waits_for is None or self.waits_for.finished else self.waits_for.detail
+        return detail if isinstance(detail, DownloadProgress) else None
+
     def view(self, position: int | None = None) -> JobView:
         return JobView(
             id=self.id,
@@ -153,5 +157,6 @@ class Job:
             error=self.error,
             result=self.result,
             request=self.request.model_dump(mode="json", by_alias=True, exclude_none=True),
-            download=self.detail if self.waits_for is None or self.waits_for.finished else self.waits_for.detail,
+            download=self._download(),
+            training=self.detail if isinstance(self.detail, TrainingProgress) else None,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
+from lib.finetune import DatasetJob, FinetuneJob
 from lib.schemas import (
     ContinuationRequest,
     DecodeJob,
@@ -24,9 +25,18 @@ DECODE = {"music": MusicRequest, "sound": SoundRequest, "melody": MelodyRequest,
 CODEC = {"encode": EncodeJob, "decode": DecodeJob}
 DOWNLOAD = {"download": DownloadRequest}
 MIX = {"mix": MixRequest}
+DATASET = {"dataset": DatasetJob}
+FINETUNE = {"finetune": FinetuneJob}
 
-# lane name -> its kinds: server/jobs/lanes/{decode,codec,download,mix}.py
-LANES = {"decode": DECODE, "codec": CODEC, "download": DOWNLOAD, "mix": MIX}
+# lane name -> its kinds: server/jobs/lanes/{decode,codec,download,mix,dataset,finetune}.py
+LANES = {
+    "decode": DECODE,
+    "codec": CODEC,
+    "download": DOWNLOAD,
+    "mix": MIX,
+    "dataset": DATASET,
+    "finetune": FINETUNE,
+}
 
 
 def batch_group(job: Job) -> Hashable:

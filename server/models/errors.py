@@ -26,3 +26,12 @@ class ModelLoadFailed(Unavailable):
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message, hint=hint)
+
+
+class AdapterMismatch(Conflict):
+    """A fine-tuned model's adapter does not fit the base installed under its base's name."""
+
+    code = "adapter_base_mismatch"
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message, hint=hint)

@@ -20,7 +20,7 @@ from lib.settings import Settings
 from server.engine.errors import UnsupportedRequest
 from server.hub import store
 from server.models.device import pick_device, pick_precision
-from server.models.errors import MemoryBudgetFull, ModelInUse, ModelLoadFailed
+from server.models.errors import AdapterMismatch, MemoryBudgetFull, ModelInUse, ModelLoadFailed
 from server.models.heap import map_big_blocks, return_freed_memory
 from server.models.loaded import ResidentModel
 from server.models.loaders import LOADERS
@@ -164,7 +164,7 @@ class ModelRegistry:
         return stale
 
     def _load(self, spec: ModelSpec) -> ResidentModel:
-        loader = LOADERS.get(spec.kind)
+        loader = self._finetuned_loader if spec.base else LOADERS.get(spec.kind)
         if loader is None:
             raise UnsupportedRequest(f"{spec.name} ({spec.kind}) is not supported by this build yet", field="model")
         snapshot = store.snapshot_dir(spec, self.settings.hub_cache)
@@ -178,8 +178,8 @@ class ModelRegistry:
             ) from exc
         try:
             return loader(spec, snapshot, self.device, precision)
-        except store.ModelNotInstalled:
-            raise  # a repo the model needs (AudioGen's T5) is missing: a 409 with the pull command, not a 503
+        except (store.ModelNotInstalled, AdapterMismatch):
+            raise  # a repo the model needs (AudioGen's T5, a fine-tune's base) is missing or not its own: a 409
         except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
             # The answer names the model, not the files (their paths are the host's): the log has both.
             log.error("could not load %s from %s: %s", spec.name, snapshot, exc)
@@ -187,6 +187,12 @@ class ModelRegistry:
                 f"could not load {spec.name}: its files do not load ({type(exc).__name__}; the server log has more)",
                 hint=f"the files may be damaged; reinstall with: resource-audiocraft models pull {spec.name}",
             ) from exc
+
+    def _finetuned_loader(self, spec: ModelSpec, snapshot, device: torch.device, precision: str) -> ResidentModel:
+        """A fine-tuned model: its base with the adapter merged (server/finetune/adapters.py)."""
+        from server.finetune import adapters
+
+        return adapters.load(spec, snapshot, self.settings.hub_cache, device, precision)
 
     def precision_for(self, spec: ModelSpec) -> str:
         """The model's own precision setting (settings.model_dtype), else the global one."""

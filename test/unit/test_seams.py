@@ -78,8 +78,9 @@ def _exception_classes() -> list[tuple[str, str]]:
 
 _ERROR_BASES = {name for name, value in vars(lib.errors).items() if isinstance(value, type)}
 # Control flow inside one module, never an answer: a decode loop's stop, a stream that cannot
-# be resumed, a download stopped by its cancel event, a codec job stopped by cancel or shutdown.
-_INTERNAL = {"Cancelled", "NotStreamable", "DownloadCancelled", "_Stopped"}
+# be resumed, a download stopped by its cancel event, a codec job or a dataset build stopped by
+# cancel or shutdown, a training run stopped (server/finetune/train.py: the worker exits on it).
+_INTERNAL = {"Cancelled", "NotStreamable", "DownloadCancelled", "_Stopped", "Stopped"}
 
 
 def test_every_domain_error_is_a_service_error():

@@ -125,7 +125,8 @@ async def job_events(request: Request) -> StreamingResponse:
                 event = FINAL_EVENTS[job.state]
                 yield f"event: {event}\ndata: {json.dumps(view)}\n\n"
                 return
-            snapshot = (view["state"], view["position"], view["progress"])
+            training = view.get("training") or {}
+            snapshot = (view["state"], view["position"], view["progress"], training.get("step"))
             if snapshot != last:
                 last = snapshot
                 yield f"event: progress\ndata: {json.dumps(view)}\n\n"

@@ -8,10 +8,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from lib.catalogue import CATALOGUE, ModelSpec, get_spec
+from lib.catalogue import ModelSpec, all_specs, get_spec
 from lib.schemas import ModelInfo, ModelList
 from server.http.routes.generate import accepted
-from server.hub import store
+from server.hub import finetuned, store
 from server.serving import downloads
 
 if TYPE_CHECKING:
@@ -40,7 +40,16 @@ def model_info(svc: Services, spec: ModelSpec) -> ModelInfo:
         in_use=svc.registry.in_use(spec.name),
         last_used_at=lm.last_used if lm else None,
         download_job=downloading.id if downloading else None,
+        base=spec.base,
+        finetune=_facts(svc, spec),
     )
+
+
+def _facts(svc: Services, spec: ModelSpec) -> dict | None:
+    if spec.base is None:
+        return None
+    facts = finetuned.facts(spec, svc.settings.hub_cache)
+    return facts.model_dump(mode="json", exclude={"base_shape", "base"}) if facts else None
 
 
 def _spec(request: Request) -> ModelSpec:
@@ -49,7 +58,8 @@ def _spec(request: Request) -> ModelSpec:
 
 async def list_models(request: Request) -> JSONResponse:
     svc = request.app.state.services
-    body = ModelList(models=[model_info(svc, spec) for spec in CATALOGUE.values()])
+    finetuned.refresh(svc.settings.hub_cache)  # another process (a worker) may have made one
+    body = ModelList(models=[model_info(svc, spec) for spec in all_specs()])
     return JSONResponse(body.model_dump())
 
 

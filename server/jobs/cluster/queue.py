@@ -43,7 +43,7 @@ from typing import Any, ParamSpec, TypeVar
 import redis
 
 from lib.errors import ServiceError
-from lib.schemas import DownloadProgress, ErrorBody, LaneSlots, WorkerInfo
+from lib.schemas import ErrorBody, LaneSlots, WorkerInfo, parse_detail
 from server import metrics
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.cluster import scripts, workers
@@ -476,7 +476,7 @@ class RedisScheduler(JobQueue):
             job.progress, job.eta_s = row["progress"], row["eta_s"]
             job.started_at, job.attempts = row["started_at"], row["attempts"]
             if raw.get("detail"):
-                job.detail = DownloadProgress.model_validate_json(raw["detail"])
+                job.detail = parse_detail(raw["detail"])
             if not final:
                 job.state = row["state"]
                 return
