@@ -36,7 +36,7 @@ PCM_FORMATS = {16: "s16le", 24: "s24le", 32: "f32le"}
 
 
 @dataclass(frozen=True)
-class StreamFormat:
+class StreamedAudio:
     """What a stream is: container, rate, channels and sample depth (PCM and WAV)."""
 
     format: str
@@ -63,7 +63,7 @@ def wav_header(sample_rate: int, channels: int, bit_depth: int) -> bytes:
     tag = 3 if bit_depth == 32 else 1  # WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_PCM
     block = channels * bit_depth // 8
     fmt = struct.pack("<HHIIHH", tag, channels, sample_rate, sample_rate * block, block, bit_depth)
-    return b"RIFF" + struct.pack("<I", OPENLENGTH) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + (
+    return b"".join([b"RIFF", struct.pack("<I", OPENLENGTH), b"WAVE", b"fmt ", struct.pack("<I", len(fmt)), fmt]) + (
         b"data" + struct.pack("<I", OPENLENGTH)
     )
 
@@ -102,7 +102,7 @@ class AudioStreamEncoder:
     """(channels, n) float32 blocks at `source_rate` in, the stream's bytes out: `start()` (the header),
     `push(block)`, then `finish()` once."""
 
-    def __init__(self, out: StreamFormat, source_rate: int):
+    def __init__(self, out: StreamedAudio, source_rate: int):
         self.out = out
         self._resampler = StreamResampler(source_rate, out.sample_rate, out.channels)
         self._container = None
