@@ -27,9 +27,11 @@ from server.engine.live import LiveAudio
 from server.models.loaded import TextToAudioLM
 
 _SEED_STEP = 0x9E3779B97F4A7C15  # window i > 0 draws from seed + i * this (mod 2^63): unrelated streams
-# A streamed request decodes its final frames once this many have gathered (0.5 s at 50 Hz): fewer
-# codec passes than one per step, and chunks small enough that audio starts early.
-LIVE_CHUNK_FRAMES = 25
+# A streamed request decodes its final frames once this many have gathered: the first audio after
+# 0.5 s of frames (at 50 Hz), so that it starts early, then 2 s at a time, because the codec's
+# streaming decoder costs more per frame on short chunks (docs/benchmarks.md, streaming).
+LIVE_FIRST_CHUNK_FRAMES = 25
+LIVE_CHUNK_FRAMES = 100
 
 
 @dataclass(frozen=True)
@@ -211,8 +213,8 @@ class LongForm:
 
     def stream_window(self, final_codes: torch.Tensor) -> None:
         """The current window's final codes from the first frame not streamed yet (DecodeBatch.
-        final_codes(handle, stream_from())); decoded once LIVE_CHUNK_FRAMES have gathered."""
-        if final_codes.shape[-1] >= LIVE_CHUNK_FRAMES:
+        final_codes(handle, stream_from())); decoded once enough have gathered (LIVE_*CHUNK_FRAMES)."""
+        if final_codes.shape[-1] >= (LIVE_CHUNK_FRAMES if self._live_audio else LIVE_FIRST_CHUNK_FRAMES):
             self._feed(final_codes)
 
     def stream_from(self) -> int:
