@@ -169,7 +169,7 @@ def _read_past(stream, n_bytes: int) -> bytes:
 
 @pytest.mark.e2e
 def test_first_audio_comes_while_the_job_runs_and_the_whole_is_the_non_streamed(server):
-    body = {"prompt": "early", "duration": 30, "seed": 6, **EXACT}
+    body = {"prompt": "early", "duration": 10, "seed": 6, **EXACT}
     with server.client() as c:
         with c.stream("POST", "/api/generate/music", json={**body, "stream": True}) as r:
             assert r.status_code == 200
@@ -179,7 +179,7 @@ def test_first_audio_comes_while_the_job_runs_and_the_whole_is_the_non_streamed(
             assert job["state"] == "running" and job["progress"] < 0.5, job
             data = first + b"".join(chunks)
         streamed = wav(data)
-        assert streamed.shape == (1, 30 * SR)
+        assert streamed.shape == (1, 10 * SR)
         stored = wav(c.get(f"/api/jobs/{job['id']}/audio").content)
         assert np.array_equal(streamed, stored)
         alone = c.post("/api/generate/music", json={**body, "async": True}).json()["job"]["id"]
@@ -189,8 +189,8 @@ def test_first_audio_comes_while_the_job_runs_and_the_whole_is_the_non_streamed(
 
 @pytest.mark.e2e
 def test_a_stream_batched_with_another_request_gets_the_tokens_it_gets_alone(server):
-    other = {"prompt": "beside", "duration": 20, "seed": 30, **EXACT}
-    mine = {"prompt": "streamed", "duration": 10, "seed": 31, **EXACT}
+    other = {"prompt": "beside", "duration": 8, "seed": 30, **EXACT}
+    mine = {"prompt": "streamed", "duration": 4, "seed": 31, **EXACT}
     with server.client() as c:
         beside = c.post("/api/generate/music", json={**other, "async": True}).json()["job"]["id"]
         with c.stream("POST", "/api/generate/music", json={**mine, "stream": True}) as r:
@@ -267,3 +267,38 @@ def test_the_cli_streams_to_stdout_and_to_a_file(server, tmp_path):
     assert pcm.returncode == 0 and (tmp_path / "x.pcm").stat().st_size == 2 * 44100 * 2
     refused = cli("--play", "-o", str(tmp_path / "y.wav"))
     assert refused.returncode == 1 and b"--stream" in refused.stderr
+
+
+@pytest.mark.e2e
+def test_a_stream_through_an_api_node_comes_from_its_worker_over_redis(tiny_hub, tmp_path):
+    """The API node holds no model: the worker's chunks reach it through the job's Redis stream."""
+    from redis_server import RedisServer, ensure_installed
+
+    why_not = ensure_installed()
+    if why_not:
+        pytest.skip(why_not)
+    redis_server = RedisServer(tmp_path / "redis").start()
+    shared = {"queue_url": redis_server.url(), "artifacts_dir": tmp_path / "artifacts", "dtype": "float32"}
+    procs = []
+    try:
+        procs.append(api := ServerProcess(tiny_hub, tmp_path / "api", role="api", **shared).start())
+        procs.append(ServerProcess(tiny_hub, tmp_path / "worker", role="worker", worker_id="w1", **shared).start())
+        body = {"prompt": "over redis", "duration": 10, "seed": 12, **EXACT}
+        with api.client() as c:
+            with c.stream("POST", "/api/generate/music", json={**body, "stream": True}) as r:
+                assert r.status_code == 200
+                chunks = r.iter_raw()
+                data = _read_past(chunks, 44)
+                job = get_json(c, f"/api/jobs/{r.headers['x-job-id']}")
+                assert job["state"] == "running" and job["progress"] < 0.5, job
+                # A second reader, on the same API node, gets the stream from its start.
+                follower = c.get(f"/api/jobs/{job['id']}/stream", params={"bit_depth": 32})
+                data += b"".join(chunks)
+            assert follower.status_code == 200
+            streamed = wav(data)
+            assert streamed.shape == (1, 10 * SR) and np.array_equal(wav(follower.content), streamed)
+            assert np.array_equal(wav(c.get(f"/api/jobs/{job['id']}/audio").content), streamed)
+    finally:
+        for proc in procs:
+            proc.kill()
+        redis_server.stop()
