@@ -21,7 +21,7 @@ right look-ahead and dropping them, for a few L and R.
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 import tempfile
 import time
@@ -36,13 +36,6 @@ from bench.concurrency import install_real_shape  # noqa: E402
 
 HEADER_BYTES = 44
 PROMPT = "upbeat electronic music with a groovy bassline and punchy drums, 120 bpm"
-
-
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def stream_once(client, duration_s: float, seed: int) -> dict:
@@ -129,7 +122,9 @@ def main() -> None:
     parser.add_argument("--hub", type=Path, default=Path("/tmp/audiocraft-bench-hub"))
     parser.add_argument("--durations", default="10,30", help="seconds of audio per streamed request")
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()}", flush=True)
+    from server.engine.cpu import label
+
+    print(f"# {label()}, {os.cpu_count()} cpus", flush=True)
     if args.part in ("server", "both"):
         rows = server_part(args.hub, [float(d) for d in args.durations.split(",")])
         print("\n| audio | first audio | total | first / total | job progress at first audio |")
