@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -10,6 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from lib.errors import ServiceError
 from lib.schemas import StreamOptions
 from server.audio.outstream import StreamedAudio
 from server.http.payload import from_strings
@@ -55,7 +57,8 @@ class JobStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             if not self.completed and self._on_abort is not None:
-                self._on_abort()
+                with contextlib.suppress(ServiceError):  # the queue is away too: the job's own end decides
+                    self._on_abort()
             await self._body.aclose()
 
 
