@@ -17,6 +17,7 @@ from cli.errors import CliError
 from lib.schemas import Job
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
+STREAM_FORMATS = ("wav", "pcm", "mp3", "ogg")  # what --stream can carry (flac cannot stream; pcm only can)
 NORMALIZE = ("loudness", "peak", "none")
 BIT_DEPTHS = (16, 24, 32)
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -25,20 +26,23 @@ KINDS = ("music", "sound", "melody", "continuation")
 KIND_ALIASES = {"continue": "continuation"}
 
 
-def split_format(value: str | None, output: Path | None, json_out: bool) -> tuple[str | None, str]:
+def split_format(
+    value: str | None, output: Path | None, json_out: bool, stream: bool = False
+) -> tuple[str | None, str]:
     """`--format` of the generation commands: an audio format, or json/text for the command's own
     output. Without an audio format, the --output extension picks it (x.flac: flac)."""
+    formats = STREAM_FORMATS if stream else FORMATS
     out_format = "json" if json_out else "text"
     audio: str | None = None
     if value is not None:
         v = value.lower()
         if v in ("json", "text"):
             out_format = "json" if json_out else v
-        elif v in FORMATS:
+        elif v in formats:
             audio = v
         else:
-            raise CliError(f"invalid --format {value!r}", f"use one of: {', '.join(FORMATS)} (or json)")
-    if audio is None and output is not None and output.suffix.lower().lstrip(".") in FORMATS:
+            raise CliError(f"invalid --format {value!r}", f"use one of: {', '.join(formats)} (or json)")
+    if audio is None and output is not None and output.suffix.lower().lstrip(".") in formats:
         audio = output.suffix.lower().lstrip(".")
     return audio, out_format
 
@@ -59,6 +63,7 @@ def build_request(
     melody_start: float | None = None,
     melody_end: float | None = None,
     include_prompt: bool | None = None,
+    formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
     """The request body from flags, checked locally so a typo costs no round trip. Unset flags are
     left out: the service's defaults apply (10 s of music, 5 s of sound, ...)."""
@@ -68,8 +73,8 @@ def build_request(
         raise CliError(f"invalid --duration {duration:g}: must be more than 0 seconds")
     if seed is not None and seed < 0:
         raise CliError(f"invalid --seed {seed}: must be 0 or more")
-    if fmt is not None and fmt.lower() not in FORMATS:
-        raise CliError(f"invalid --format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+    if fmt is not None and fmt.lower() not in formats:
+        raise CliError(f"invalid --format {fmt!r}", f"use one of: {', '.join(formats)}")
     rate: int | str | None = None
     if sample_rate is not None:
         if sample_rate == "native":

@@ -18,9 +18,13 @@ from pydantic import (
     model_validator,
 )
 
-from lib.errors import ServiceError
+from lib.errors import Invalid, ServiceError
 
 AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
+# A generation may also be sent as bare PCM, which only a stream carries (a file needs a header);
+# the formats a stream can carry (server/audio/outstream.py: flac needs to seek back at its end).
+GenerationFormat = Literal["wav", "flac", "mp3", "ogg", "pcm"]
+StreamFormat = Literal["wav", "pcm", "mp3", "ogg"]
 Normalize = Literal["loudness", "peak", "none"]
 MAX_SEED = 2**63 - 1
 # The only rates MPEG audio layer III defines (libsndfile/LAME refuses others). Defined here so the
@@ -88,8 +92,8 @@ def _models_for(capability: str) -> list[str]:
     return [n for spec in CATALOGUE.values() if capability in spec.capabilities for n in (spec.name, *spec.aliases)]
 
 
-class OutputOptions(RequestSchema):
-    """How the audio is delivered: container, rate, depth, loudness."""
+class SampleOptions(RequestSchema):
+    """How the samples are delivered: container, rate, depth."""
 
     model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
 
@@ -98,7 +102,6 @@ class OutputOptions(RequestSchema):
         44100, description="Output sample rate in Hz, or 'native' for the model's own rate"
     )
     bit_depth: Literal[16, 24, 32] = Field(16, description="wav/flac sample depth; 32 means float (wav only)")
-    normalize: Normalize = Field("loudness", description="loudness: -14 LUFS; peak: -1 dBFS; none: as generated")
 
     # Combinations the codecs cannot write are refused here, as a 422 naming the field and what works,
     # rather than failing in the encoder after the audio has been generated. Field validators (format
@@ -129,13 +132,31 @@ class OutputOptions(RequestSchema):
     def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
         """The checks of the validators, in JSON Schema, for the OpenAPI document (server/http/openapi.py
         calls it on each model's schema with the server's validation context)."""
+        formats = cls.model_fields["format"].annotation
         schema["properties"]["sample_rate"] |= {"minimum": MIN_SAMPLE_RATE, "maximum": MAX_SAMPLE_RATE}
         schema.setdefault("allOf", []).extend(
             [
-                _unless("format", _other(AudioFormat, "flac"), {"bit_depth": {"enum": [16, 24]}}),
-                _unless("format", _other(AudioFormat, "mp3"), {"sample_rate": {"enum": [*MP3_SAMPLE_RATES, "native"]}}),
+                _unless("format", _other(formats, "flac"), {"bit_depth": {"enum": [16, 24]}}),
+                _unless("format", _other(formats, "mp3"), {"sample_rate": {"enum": [*MP3_SAMPLE_RATES, "native"]}}),
             ]
         )
+
+
+class OutputOptions(SampleOptions):
+    """How the audio is delivered: container, rate, depth, loudness."""
+
+    normalize: Normalize = Field("loudness", description="loudness: -14 LUFS; peak: -1 dBFS; none: as generated")
+
+
+class StreamOptions(SampleOptions):
+    """GET /api/jobs/{id}/stream: how the stream is sent; an option left out is the job's own (a job
+    whose format cannot stream streams as wav). Streams are never normalised (that needs the end)."""
+
+    format: StreamFormat = Field(
+        "wav", description="wav (open length), pcm (bare samples; the headers give rate, channels and sample "
+        "format), mp3, or ogg (Opus, 48 kHz)",
+    )  # fmt: skip
+    bit_depth: Literal[16, 24, 32] = Field(16, description="wav/pcm sample depth; 32 means float")
 
 
 class SamplingOptions(RequestSchema):
@@ -163,6 +184,36 @@ class GenerateRequest(OutputOptions, SamplingOptions):
         None, description="A catalogue name or an alias (small, stereo-melody-large, ...); default from settings"
     )
     async_: StrictBool = Field(False, alias="async", description="Answer 202 with the job instead of the audio")
+    format: GenerationFormat = Field(
+        "wav", description="Container and codec of the answer; pcm (bare samples) only with stream"
+    )
+    stream: StrictBool = Field(
+        False,
+        description="Send the audio as it is made (chunked; wav with an open length, pcm, mp3, or ogg as Opus), "
+        "unnormalised; with async, answer 202 and play GET /api/jobs/{id}/stream",
+    )
+
+    @property
+    def file_format(self) -> AudioFormat:
+        """The format of the job's stored answer: a pcm stream's job keeps a wav file."""
+        return "wav" if self.format == "pcm" else self.format
+
+    @model_validator(mode="after")
+    def _streamable(self) -> GenerateRequest:
+        """A 422 naming `format`: the combinations a stream, or a file, cannot carry."""
+        if self.stream and self.format not in get_args(StreamFormat):
+            raise Invalid(
+                f"format {self.format} cannot be streamed (its file is finished by seeking back to its start)",
+                field="format",
+                hint="stream as wav, pcm, mp3 or ogg, or leave stream out for a flac file",
+            )
+        if self.format == "pcm" and not self.stream:
+            raise Invalid(
+                "format pcm (bare samples, no header) is sent only as a stream",
+                field="format",
+                hint='add "stream": true, or ask for wav',
+            )
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -200,6 +251,12 @@ class GenerateRequest(OutputOptions, SamplingOptions):
         # Not blank: at least one character that str.strip() keeps. On the property, so it holds for
         # the string of an optional prompt and leaves its null alone.
         props["prompt"] |= {"maxLength": setting(context, MAX_PROMPT_CHARS), "pattern": r"\S"}
+        schema.setdefault("allOf", []).extend(
+            [
+                _unless("stream", [False], {"format": {"enum": list(get_args(StreamFormat))}}),
+                _unless("format", _other(GenerationFormat, "pcm"), {"stream": {"const": True}}),
+            ]
+        )
         if cls.capability is not None:
             props["model"]["enum"] = [*_models_for(cls.capability), None]
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from cli import generation
+from cli import generation, streaming, ui
 from cli.context import state
+from cli.errors import CliError
 from cli.options import SERVER
 
 app = typer.Typer(
@@ -38,6 +39,10 @@ BIT_DEPTH = typer.Option(None, "--bit-depth", help="16 (default), 24 or 32 (floa
 NORMALIZE = typer.Option(None, "--normalize", help="loudness (default, -14 LUFS), peak or none")
 OUTPUT = typer.Option(None, "--output", "-o", help="Where to write the audio (default ./<type>-<job>.<fmt>)")
 NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bar")
+STREAM = typer.Option(
+    False, "--stream", help="Write the audio as it is made (-o - : to stdout); formats wav, pcm, mp3, ogg (Opus)"
+)
+PLAY = typer.Option(False, "--play", help="With --stream: play it as it arrives (ffplay, or aplay for wav/pcm)")
 
 
 def run(
@@ -47,16 +52,30 @@ def run(
     output: Path | None,
     json_out: bool,
     no_progress: bool,
+    stream: bool = False,
+    play: bool = False,
     input_value: str | None = None,
     **fields,
 ) -> None:
     st = state(ctx)
-    output = generation.check_output(output)
-    fields["fmt"], out_format = generation.split_format(fields.get("fmt"), output, json_out)
-    body = generation.build_request(**fields)
+    if play and not stream:
+        raise CliError("--play plays a stream", "add --stream")
+    to_stdout = stream and output == streaming.STDOUT
+    output = output if to_stdout else generation.check_output(output)
+    fields["fmt"], out_format = generation.split_format(fields.get("fmt"), output, json_out, stream)
+    formats = generation.STREAM_FORMATS if stream else generation.FORMATS
+    body = generation.build_request(**fields, formats=formats)
     input_file = generation.resolve_input(input_value, st.settings().data_dir, "the input audio")
     with st.client(server) as client:
-        outcome = generation.generate_here(client, kind, body, output, not no_progress, input_file=input_file)
+        if stream:
+            outcome = streaming.stream_generation(
+                client, kind, body, output, input_file=input_file, play=play, progress=not no_progress
+            )
+            if to_stdout:  # stdout holds the audio: the summary goes to stderr
+                ui.err.print(f"{kind} job {outcome.job_id}: {ui.human_bytes(outcome.size_bytes)} streamed")
+                return
+        else:
+            outcome = generation.generate_here(client, kind, body, output, not no_progress, input_file=input_file)
     generation.print_outcome(outcome, out_format)
 
 
@@ -79,11 +98,13 @@ def music(
     server: str | None = SERVER,
     json_out: bool = JSON_OUT,
     no_progress: bool = NO_PROGRESS,
+    stream: bool = STREAM,
+    play: bool = PLAY,
 ) -> None:
     """Text to music (MusicGen)."""
-    run(ctx, "music", server, output, json_out, no_progress, prompt=prompt, duration=duration, model=model,
-        seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef, fmt=audio_format,
-        sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
+    run(ctx, "music", server, output, json_out, no_progress, stream, play, prompt=prompt, duration=duration,
+        model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
+        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
 
 
 @app.command("sound")
@@ -105,11 +126,13 @@ def sound(
     server: str | None = SERVER,
     json_out: bool = JSON_OUT,
     no_progress: bool = NO_PROGRESS,
+    stream: bool = STREAM,
+    play: bool = PLAY,
 ) -> None:
     """Text to sound effect (AudioGen)."""
-    run(ctx, "sound", server, output, json_out, no_progress, prompt=prompt, duration=duration, model=model,
-        seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef, fmt=audio_format,
-        sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
+    run(ctx, "sound", server, output, json_out, no_progress, stream, play, prompt=prompt, duration=duration,
+        model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
+        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
 
 
 @app.command("melody")
@@ -134,9 +157,11 @@ def melody(
     server: str | None = SERVER,
     json_out: bool = JSON_OUT,
     no_progress: bool = NO_PROGRESS,
+    stream: bool = STREAM,
+    play: bool = PLAY,
 ) -> None:
     """Music guided by a melody (MusicGen-melody), with an optional text prompt."""
-    run(ctx, "melody", server, output, json_out, no_progress, input_value=melody_in, prompt=prompt,
+    run(ctx, "melody", server, output, json_out, no_progress, stream, play, input_value=melody_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
         normalize=normalize, melody_start=melody_start, melody_end=melody_end)  # fmt: skip
@@ -167,9 +192,11 @@ def continue_(
     server: str | None = SERVER,
     json_out: bool = JSON_OUT,
     no_progress: bool = NO_PROGRESS,
+    stream: bool = STREAM,
+    play: bool = PLAY,
 ) -> None:
     """Continue an audio prompt, optionally steered by text."""
-    run(ctx, "continuation", server, output, json_out, no_progress, input_value=audio_in, prompt=prompt,
+    run(ctx, "continuation", server, output, json_out, no_progress, stream, play, input_value=audio_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
         normalize=normalize, include_prompt=include_prompt)  # fmt: skip

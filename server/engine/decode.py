@@ -251,6 +251,20 @@ class DecodeBatch:
                 return m.step, m.n_steps
         raise KeyError(handle)
 
+    def final_codes(self, handle: int, start: int) -> torch.Tensor:
+        """Aligned codes [K, n] of an active request's frames from `start` to the last one the delay
+        pattern has made final: frame t is final once its last codebook (delay max(delays)) is
+        sampled, so after step s the first s - max(delay) frames are (its prompt frames from the
+        start). Streaming reads them while the request runs; the tokens are the same ones pop()
+        gives at the end."""
+        m = next((m for m in self._members if m.handle == handle), None)
+        if m is None:
+            raise KeyError(handle)
+        final = min(m.request.n_frames, max(m.request.prompt_frames, m.step - int(self.delays.max())))
+        if final <= start:
+            return m.sequence.new_empty((m.sequence.shape[0], 0))
+        return torch.stack([m.sequence[k, d + 1 + start : d + 1 + final] for k, d in enumerate(self.delays.tolist())])
+
     # -- stepping -----------------------------------------------------------------------------
 
     def _build_layout(self) -> _Layout:

@@ -23,9 +23,15 @@ from server.engine import decode, delay
 from server.engine.chroma import chroma, window_samples
 from server.engine.decode import DecodeRequest, audio_to_codes
 from server.engine.errors import UnsupportedRequest
+from server.engine.live import LiveAudio
 from server.models.loaded import TextToAudioLM
 
 _SEED_STEP = 0x9E3779B97F4A7C15  # window i > 0 draws from seed + i * this (mod 2^63): unrelated streams
+# A streamed request decodes its final frames once this many have gathered: the first audio after
+# 0.5 s of frames (at 50 Hz), so that it starts early, then 2 s at a time, because the codec's
+# streaming decoder costs more per frame on short chunks (docs/benchmarks.md, streaming).
+LIVE_FIRST_CHUNK_FRAMES = 25
+LIVE_CHUNK_FRAMES = 100
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,10 @@ class LongForm:
         # so a long request's audio comes piece by piece between windows, not all at the end.
         self._pieces = decode.piece_bounds(self.total_frames)
         self._audio: list[torch.Tensor] = []
+        # Streamed (live()): the audio as it is decoded, and what take_audio() has not handed out yet.
+        self.live: LiveAudio | None = None
+        self._live_audio: list[np.ndarray] = []
+        self._untaken = 0
 
     def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:
         if audio is None:
@@ -183,7 +193,48 @@ class LongForm:
         self.codes[:, first : w.start_frame + w.n_frames] = codes[:, w.context_frames :].cpu()
         self.index += 1
         self.have = w.start_frame + w.n_frames
-        self._decode_ready()
+        if self.live is None:
+            self._decode_ready()
+            return
+        self._feed(self.codes[:, self.live.frames : self.have])
+        if self.have >= self.total_frames:
+            self._live_audio.append(self.live.finish())
+            self._untaken += 1
+
+    # -- streaming ----------------------------------------------------------------------------
+
+    def stream(self) -> None:
+        """Decode the audio as its frames become final (server/engine/live.py) rather than at the end:
+        an audio prompt's frames at once, each window's as stream_window hands them over. The answer
+        (waveform) is then the streamed audio itself."""
+        first, end = self._answer_span()
+        self.live = LiveAudio(self.lm, first, end)
+        self._feed(self.codes[:, : self.have])
+
+    def stream_window(self, final_codes: torch.Tensor) -> None:
+        """The current window's final codes from the first frame not streamed yet (DecodeBatch.
+        final_codes(handle, stream_from())); decoded once enough have gathered (LIVE_*CHUNK_FRAMES)."""
+        if final_codes.shape[-1] >= (LIVE_CHUNK_FRAMES if self._live_audio else LIVE_FIRST_CHUNK_FRAMES):
+            self._feed(final_codes)
+
+    def stream_from(self) -> int:
+        """The current window's first frame (window-relative) that was not streamed yet."""
+        assert self.live is not None
+        return self.live.frames - self.windows[self.index].start_frame
+
+    def _feed(self, codes: torch.Tensor) -> None:
+        assert self.live is not None
+        audio = self.live.push(codes)
+        if audio.shape[-1]:
+            self._live_audio.append(audio)
+            self._untaken += 1
+
+    def take_audio(self) -> np.ndarray | None:
+        """The streamed samples decoded since the last call [channels, n], or None."""
+        if not self._untaken:
+            return None
+        parts, self._untaken = self._live_audio[-self._untaken :], 0
+        return np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
     def _decode_ready(self) -> None:
         while len(self._audio) < len(self._pieces):
@@ -205,10 +256,16 @@ class LongForm:
         lm, item = self.lm, self.item
         if self.have < self.total_frames:
             raise RuntimeError("the timeline is not complete")
+        if self.live is not None:
+            audio = np.concatenate(self._live_audio, axis=-1) if self._live_audio else np.zeros((lm.channels, 0))
+            return Waveform(np.ascontiguousarray(audio, dtype=np.float32), lm.sample_rate, item.seed)
         self._decode_ready()
         audio = torch.cat(self._audio, dim=-1).numpy()
+        first, end = self._answer_span()
+        return Waveform(np.ascontiguousarray(audio[:, first:end]), lm.sample_rate, item.seed)
+
+    def _answer_span(self) -> tuple[int, int]:
+        """The samples of the timeline the answer holds: [first, end)."""
         start = self.n_prompt * self.hop
-        n_samples = round(item.duration_s * lm.sample_rate)
-        first = 0 if item.include_prompt else start
-        audio = audio[:, first : start + n_samples]
-        return Waveform(np.ascontiguousarray(audio), lm.sample_rate, item.seed)
+        first = 0 if self.item.include_prompt else start
+        return first, start + round(self.item.duration_s * self.lm.sample_rate)

@@ -41,16 +41,19 @@ from lib.schemas import (
     MusicRequest,
     OutputOptions,
     SoundRequest,
+    StreamOptions,
     info_header,
 )
 from server.audio.encode import MEDIA_TYPES
+from server.audio.outstream import MEDIA_TYPES as STREAM_MEDIA_TYPES
 from server.http import errors
 from server.http.auth import PROTECTED_PREFIX, ApiKeyMiddleware
 from server.http.guard import RequestGuard
 from server.http.openapi import MULTIPART, Answer, Endpoint, Upload, build_document, ref
 from server.http.payload import FORM_TYPES
-from server.http.routes import codec, finetune, generate, health, jobs, mix, models, studio
+from server.http.routes import codec, finetune, generate, health, jobs, mix, models, stream, studio
 from server.http.routes.generate import AUDIO_HEADERS
+from server.http.routes.stream import STREAM_HEADERS
 
 if TYPE_CHECKING:
     from lib.settings import Settings
@@ -69,6 +72,8 @@ EXPOSED_HEADERS = [
     "X-Duration-S",
     "X-Sample-Rate",
     "X-Generation-Time-S",
+    "X-Channels",
+    "X-Sample-Format",
     *sorted({info_header(key) for key in (*ENCODE_INFO, *DECODE_INFO)}),
 ]
 
@@ -76,6 +81,14 @@ EXPOSED_HEADERS = [
 AUDIO_TYPES = tuple(MEDIA_TYPES.values())
 EVENTS = "text/event-stream"
 AUDIO = Answer(files=AUDIO_TYPES, headers=AUDIO_HEADERS)
+STREAM_TYPES = tuple(dict.fromkeys(STREAM_MEDIA_TYPES.values()))
+STREAM = Answer(files=STREAM_TYPES, headers=STREAM_HEADERS, description="The audio, chunked, as it is made")
+# A generation answers with its audio, or (with stream) the audio as it is made.
+GENERATED = Answer(
+    files=tuple(dict.fromkeys((*AUDIO_TYPES, *STREAM_TYPES))),
+    headers={**AUDIO_HEADERS, **STREAM_HEADERS},
+    description="The audio; with stream, chunked as it is made (X-Generation-Time-S is then absent)",
+)
 ACCEPTED = Answer(202, JobAccepted, description="Accepted: the job (async, or a download)")
 # The errors of a request that runs as a job: its checks, the queue, and the job's own end (a
 # synchronous request answers with the error its job failed with).
@@ -89,7 +102,7 @@ def _generation(path: str, handler, summary: str, body, uploads: tuple[Upload, .
         path,
         handler,
         summary,
-        answers=(AUDIO, ACCEPTED),
+        answers=(GENERATED, ACCEPTED),
         errors=JOB_ERRORS,
         body=body,
         forms=(MULTIPART,) if uploads else FORM_TYPES,
@@ -221,6 +234,17 @@ ENDPOINTS = [
         answers=(Answer(model=CodecCodes, files=(*AUDIO_TYPES, ECDC_MEDIA_TYPE), headers=AUDIO_HEADERS),),
         errors=(404, 409, 422, 503),
         query=OutputOptions,
+        query_defaults=False,
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs/{job_id}/stream",
+        stream.job_stream,
+        "A generation job's audio as a chunked stream: from its start while it runs (what was made so far at "
+        "once, then as it is made), the whole audio once it has finished; 409 when it failed or has no audio",
+        answers=(STREAM,),
+        errors=(404, 409, 422, 503),
+        query=StreamOptions,
         query_defaults=False,
     ),
     Endpoint(

@@ -51,6 +51,8 @@ class Job:
     # and the job `after` names, once the queue has found it.
     detail: DownloadProgress | TrainingProgress | None = None
     waits_for: Job | None = field(default=None, repr=False)
+    # A streaming job's audio while it runs (JobQueue.open_feed), set by its lane.
+    feed: Any = field(default=None, repr=False)
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     # Set when the server stops before the job ends: the job stops without finishing, so the
     # store still says 'running' and the next start runs it again.

@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -28,6 +28,7 @@ from lib.schemas import ErrorBody, WorkerInfo
 from server.jobs import backlog
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.errors import LowDiskSpace, TooManyJobs
+from server.jobs.feed import AudioFeed, FeedWriter
 from server.jobs.job import Job
 from server.jobs.lane import Lane
 
@@ -88,6 +89,8 @@ class JobQueue(ABC):
         self._started = False
         # Seconds per unit of work, per kind, over the last jobs that succeeded (Retry-After).
         self.throughput = backlog.Throughput()
+        self._feeds: dict[str, AudioFeed] = {}  # streaming jobs' audio, while they run (in this process)
+        self._feeds_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -227,6 +230,35 @@ class JobQueue(ABC):
         job.on_done(wake)
         await done
         return job
+
+    # -- streamed audio (server/jobs/feed.py) ------------------------------------------------------
+    # In this process by default (the embedded queue: the lane and the reader share the job); the
+    # Redis queue carries it in a Redis stream per job instead.
+    def open_feed(self, job: Job, channels: int) -> FeedWriter:
+        """Where a lane writes a running job's audio as it is made; it ends with the job."""
+        return self._local_feed(job) or AudioFeed()  # ended already: nobody will read it
+
+    def follow(self, job: Job, channels: int) -> AsyncIterator | None:
+        """The job's audio from its start, as it is made (float32 [channels, n] blocks at the model's
+        rate), until the job ends; None once it has ended (its answer is stored)."""
+        feed = self._local_feed(job)
+        return None if feed is None else feed.follow()
+
+    def _local_feed(self, job: Job) -> AudioFeed | None:
+        """The job's feed, made by the first of its writer and its readers; None once the job ended."""
+        with self._feeds_lock:
+            feed = self._feeds.get(job.id)
+            if feed is not None or job.finished:
+                return feed
+            feed = self._feeds[job.id] = AudioFeed()
+        job.on_done(lambda: self._end_feed(job))
+        return feed
+
+    def _end_feed(self, job: Job) -> None:
+        with self._feeds_lock:
+            feed = self._feeds.pop(job.id, None)
+        if feed is not None:
+            feed.close(job.state)
 
     # -- for the lanes -----------------------------------------------------------------------
     @abstractmethod

@@ -101,7 +101,7 @@ async def rerender(svc: Services, job: Job, overrides: dict[str, Any]) -> Render
     from server.audio.decode import read_audio
     from server.audio.render import render
 
-    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields}
+    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields} | {"format": job.request.file_format}
     options = OutputOptions.model_validate({**stored, **overrides})
 
     def work() -> RenderedAudio:

@@ -8,14 +8,14 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from lib.errors import Conflict
 from lib.schemas import ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest
 from server.audio.encode import FILE_EXTENSIONS
-from server.http.errors import to_response
 from server.http.payload import close_files, read_fields
+from server.http.routes.answers import failed_response
+from server.http.routes.stream import stream_job
 from server.jobs.artifacts import answer_name
 from server.jobs.job import PRIORITY_INTERACTIVE, Job
-from server.serving import generation
+from server.serving import generation, streaming
 
 if TYPE_CHECKING:
     from server.audio.render import RenderedAudio
@@ -63,18 +63,6 @@ def audio_response(svc: Services, job: Job, rendered: RenderedAudio | None = Non
     return Response(data, media_type=media_type, headers=headers)
 
 
-def failed_response(job: Job, status: int | None = None) -> JSONResponse:
-    """The error the job ended with, with its own status (a synchronous request's answer), or `status`."""
-    if job.state == "cancelled":
-        error = Conflict(f"job {job.id} was cancelled before it finished", code="cancelled")
-    else:
-        assert job.error is not None
-        error = (job.error if status is None else job.error.model_copy(update={"status": status})).as_error()
-    response = to_response(error)
-    response.headers["X-Job-Id"] = job.id
-    return response
-
-
 async def answer(svc: Services, job: Job, is_async: bool, render=audio_response) -> Response:
     """202 with the job, or wait for it and answer with its result (or its error)."""
     if is_async:
@@ -91,6 +79,8 @@ async def _generate(request: Request, kind: str, schema: type[BaseModel]) -> Res
         job = await generation.generate(svc, kind, req, files, PRIORITY_INTERACTIVE)
     finally:
         await close_files(files)
+    if req.stream and not req.async_:
+        return await stream_job(request, svc, job, streaming.stream_options(job, {}), owner=True)
     return await answer(svc, job, req.async_)
 
 

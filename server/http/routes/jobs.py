@@ -13,7 +13,8 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from lib.errors import BadRequest, Conflict, Invalid
 from lib.schemas import JOB_KINDS, JobItem, JobList, JobsQuery, JobsSubmitted, OutputOptions
 from server.http.payload import from_strings, read_json
-from server.http.routes.generate import audio_response, failed_response
+from server.http.routes.answers import failed_response
+from server.http.routes.generate import audio_response
 from server.jobs.job import PRIORITY_BATCH
 from server.serving import generation
 

@@ -46,7 +46,7 @@ from lib.errors import ServiceError
 from lib.schemas import ErrorBody, LaneSlots, WorkerInfo, parse_detail
 from server import metrics
 from server.jobs.artifacts import ArtifactStore
-from server.jobs.cluster import scripts, workers
+from server.jobs.cluster import feed, scripts, workers
 from server.jobs.cluster.store import (
     GROUP,
     RedisJobStore,
@@ -141,6 +141,7 @@ class RedisScheduler(JobQueue):
         self._syncer: threading.Thread | None = None
         self._reap_at = 0.0
         self._quiet_until = 0.0  # when the next "Redis is unreachable" line may be logged
+        self._bytes: redis.Redis | None = None  # the streamed audio's client (server/jobs/cluster/feed.py)
 
     # -- lifecycle -------------------------------------------------------------------------
     def recover(self) -> int:
@@ -332,6 +333,32 @@ class RedisScheduler(JobQueue):
     @_answering
     def _record(self, job_id: str) -> dict[str, str]:
         return self.store.raw(job_id)
+
+    # -- streamed audio: a Redis stream per job (server/jobs/cluster/feed.py) ----------------------
+    def _binary(self) -> redis.Redis:
+        if self._bytes is None:
+            self._bytes = feed.binary_client(self.redis)
+        return self._bytes
+
+    def open_feed(self, job: Job, channels: int) -> feed.RedisFeedWriter:
+        """A new attempt's stream starts empty (an earlier attempt's blocks would come twice)."""
+        writer = feed.RedisFeedWriter(self._binary(), self.keys.audio(job.id))
+        try:
+            self._binary().delete(writer.key)
+        except redis.RedisError as exc:
+            self._unreachable(exc)
+        job.on_done(lambda: writer.close(job.state))
+        return writer
+
+    def follow(self, job: Job, channels: int):
+        if job.finished:
+            return None
+
+        def ended() -> bool:
+            raw = self.store.raw(job.id)
+            return not raw or raw.get("state") in FINAL_STATES
+
+        return feed.follow(self._binary(), self.keys.audio(job.id), channels, ended, self.store.where)
 
     # -- for the lanes -----------------------------------------------------------------------
     def take(self, lane: Lane, limit: int, block: bool, fits: Fits | None = None) -> list[Job]:

@@ -113,6 +113,9 @@ class Keys:
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
 
+    def audio(self, job_id: str) -> str:
+        return f"{self.prefix}:audio:{job_id}"
+
     def durations(self, kind: str) -> str:
         return f"{self.prefix}:durations:{kind}"
 

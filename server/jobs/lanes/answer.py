@@ -16,9 +16,13 @@ from server.jobs.job import Job
 def keep_audio(artifacts: ArtifactStore, job: Job, audio: np.ndarray, sample_rate: int) -> None:
     """Render `audio` as the job's request asks (its OutputOptions), keep it with the master and end the job:
     succeeded, or failed when the request's format cannot hold it (render_failed). A full disk raises
-    InsufficientStorage (507) and leaves no half answer."""
+    InsufficientStorage (507) and leaves no half answer. A stream's job keeps the file its format
+    stands for (`file_format`: a pcm stream keeps a wav)."""
+    options = job.request
+    if hasattr(options, "file_format"):
+        options = options.model_copy(update={"format": options.file_format})
     try:
-        rendered = render(audio, sample_rate, job.request)
+        rendered = render(audio, sample_rate, options)
     except ValueError as exc:
         job.finish("failed", Invalid(str(exc), code="render_failed"))
         return
@@ -31,7 +35,7 @@ def keep_audio(artifacts: ArtifactStore, job: Job, audio: np.ndarray, sample_rat
         raise
     job.result = JobResult(
         media_type=rendered.media_type,
-        format=job.request.format,
+        format=options.format,
         sample_rate=rendered.sample_rate,
         channels=rendered.channels,
         duration_s=round(rendered.duration_s, 6),

@@ -72,6 +72,8 @@ class BatchRunner:
                 self._open()
             lm = self._batch.lm
             plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
+            if job.feed is not None:
+                plan.stream()
             self._next_window(job, plan)
         except ServiceError as exc:  # not installed (deleted after it was queued), unsupported, load failed...
             job.finish("failed", exc)
@@ -89,7 +91,17 @@ class BatchRunner:
                 self._members[handle] = (job, plan)
                 return
             plan.accept(batch.pop(handle))
+            self._publish(job, plan)
+        self._publish(job, plan)
         self._store(job, plan.waveform())
+
+    @staticmethod
+    def _publish(job: Job, plan: LongForm) -> None:
+        """A streaming job's audio decoded since the last time, to its feed."""
+        if job.feed is not None:
+            audio = plan.take_audio()
+            if audio is not None:
+                job.feed.write(audio)
 
     def _open(self) -> None:
         """The batch holds a lease on its model: the registry never unloads it under running jobs."""
@@ -120,6 +132,9 @@ class BatchRunner:
             except Exception as exc:  # the disk full as its answer is written (507), a bad window...
                 job.finish("failed", failure(job, exc))
         for handle, (job, plan) in list(self._members.items()):
+            if plan.live is not None:
+                plan.stream_window(batch.final_codes(handle, plan.stream_from()))
+                self._publish(job, plan)
             done, total = plan.progress(batch.progress(handle)[0] - plan.windows[plan.index].context_frames)
             job.progress = min(0.99, done / total)
             job.eta_s = (total - done) * self._step_s

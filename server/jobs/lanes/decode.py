@@ -14,8 +14,10 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
+from lib.catalogue import get_spec
 from lib.errors import Internal, ServiceError
 from server import metrics
+from server.jobs.feed import streams
 from server.jobs.job import Job
 from server.jobs.kinds import DECODE, batch_group
 from server.jobs.lane import RETRY_S, Lane, failure
@@ -109,6 +111,8 @@ class DecodeLane(Lane):
                 continue
             for job in joining:
                 try:
+                    if streams(job.request):  # its audio goes out as it is made
+                        job.feed = queue.open_feed(job, get_spec(job.model).channels)
                     self._runner.admit(job)
                 except Exception as exc:  # taken, so it ends here: never left 'running'
                     job.finish("failed", failure(job, exc))
