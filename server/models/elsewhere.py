@@ -32,6 +32,11 @@ class ModelsElsewhere:
     def is_installed(self, spec: ModelSpec) -> bool:
         return any(spec.name in w.installed for w in self._workers() or [])
 
+    def knows_installed(self) -> bool:
+        """A worker has reported its cache. Before that (a cluster starting), "not installed" is not
+        known: a job is taken and waits for a worker, which places it or fails it."""
+        return bool(self._workers())
+
     def installed(self) -> list[str]:
         return sorted({name for w in self._workers() or [] for name in w.installed})
 

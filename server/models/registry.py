@@ -69,6 +69,9 @@ class ModelRegistry:
         """In this process's model cache, whole."""
         return store.is_installed(spec, self.settings.hub_cache)
 
+    def knows_installed(self) -> bool:
+        return True  # its own cache
+
     def installed(self) -> list[str]:
         return [spec.name for spec in CATALOGUE.values() if self.is_installed(spec)]
 

@@ -35,8 +35,9 @@ def require(svc: Services, spec: ModelSpec) -> Job | None:
     """For a request that needs the model: None when it is installed or loaded; else the download it
     must wait for (auto_download), or ModelNotInstalled with the command to run (also when
     huggingface_hub is in offline mode: HF_HUB_OFFLINE=1). On an API node, installed means in a
-    live worker's cache."""
-    if svc.registry.is_loaded(spec.name) or svc.registry.is_installed(spec):
+    live worker's cache; before any worker has reported (a cluster starting) the job is taken and
+    waits for one, and the workers place it or fail it (server/jobs/cluster/workers.py)."""
+    if svc.registry.is_loaded(spec.name) or svc.registry.is_installed(spec) or not svc.registry.knows_installed():
         return None
     if not svc.settings.auto_download or download.offline():
         raise store.ModelNotInstalled(spec, svc.settings.hub_cache)

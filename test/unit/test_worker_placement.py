@@ -104,3 +104,17 @@ def test_a_heartbeat_value_this_version_cannot_read_is_skipped():
     assert workers.parse('{"name": 1}', NOW) is None
     info = workers.parse(peer().model_dump_json(), NOW + 2)
     assert info is not None and info.heartbeat_age_s == 2.0
+
+
+def test_an_api_node_knows_what_is_installed_only_once_a_worker_reported():
+    from lib.catalogue import get_spec
+    from lib.settings import Settings
+    from server.models.elsewhere import ModelsElsewhere
+
+    reports: list[WorkerInfo] = []
+    node = ModelsElsewhere(Settings(), lambda: reports)
+    small = get_spec("musicgen-small")
+    assert not node.knows_installed() and not node.is_installed(small)  # starting: nothing refused yet
+    reports.append(peer(installed=["musicgen-small"]))
+    assert node.knows_installed() and node.is_installed(small)
+    assert not node.is_installed(get_spec("musicgen-medium")) and node.installed() == ["musicgen-small"]
