@@ -41,7 +41,7 @@ def cpu_name() -> str:
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
     name = fields.get("Model name", "?").strip()
-    return f"{name} (family {fields.get('CPU family', '?').strip()} model {fields.get('Model:', '?').strip()})"
+    return f"{name} (family {fields.get('CPU family', '?').strip()} model {fields.get('Model', '?').strip()})"
 
 
 def run_load(base: str, n: int, duration_s: float, model: str) -> tuple[float, list[float], list[int]]:
