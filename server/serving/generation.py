@@ -101,7 +101,9 @@ async def rerender(svc: Services, job: Job, overrides: dict[str, Any]) -> Render
     from server.audio.decode import read_audio
     from server.audio.render import render
 
-    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields} | {"format": job.request.file_format}
+    # A stream's job keeps the file its format stands for (file_format: pcm keeps a wav); a mix has no stream.
+    stored_format = getattr(job.request, "file_format", job.request.format)
+    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields} | {"format": stored_format}
     options = OutputOptions.model_validate({**stored, **overrides})
 
     def work() -> RenderedAudio:

@@ -46,7 +46,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API runs an asyncio loop in the main thread while it
+# is open, and every later test that calls asyncio.run() (the unit tier) would fail beside it.
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed: run `bash test/browser/ensure-chromium.sh` (apt-get chromium)")
