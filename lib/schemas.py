@@ -147,6 +147,11 @@ class OutputOptions(SampleOptions):
 
     normalize: Normalize = Field("loudness", description="loudness: -14 LUFS; peak: -1 dBFS; none: as generated")
 
+    @property
+    def file_format(self) -> AudioFormat:
+        """The format of the job's stored answer: a pcm stream's job (GenerateRequest) keeps a wav file."""
+        return "wav" if self.format == "pcm" else self.format
+
 
 class StreamOptions(SampleOptions):
     """GET /api/jobs/{id}/stream: how the stream is sent; an option left out is the job's own (a job
@@ -192,11 +197,6 @@ class GenerateRequest(OutputOptions, SamplingOptions):
         description="Send the audio as it is made (chunked; wav with an open length, pcm, mp3, or ogg as Opus), "
         "unnormalised; with async, answer 202 and play GET /api/jobs/{id}/stream",
     )
-
-    @property
-    def file_format(self) -> AudioFormat:
-        """The format of the job's stored answer: a pcm stream's job keeps a wav file."""
-        return "wav" if self.format == "pcm" else self.format
 
     @model_validator(mode="after")
     def _streamable(self) -> GenerateRequest:

@@ -101,9 +101,7 @@ async def rerender(svc: Services, job: Job, overrides: dict[str, Any]) -> Render
     from server.audio.decode import read_audio
     from server.audio.render import render
 
-    # A stream's job keeps the file its format stands for (file_format: pcm keeps a wav); a mix has no stream.
-    stored_format = getattr(job.request, "file_format", job.request.format)
-    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields} | {"format": stored_format}
+    stored = {k: getattr(job.request, k) for k in OutputOptions.model_fields} | {"format": job.request.file_format}
     options = OutputOptions.model_validate({**stored, **overrides})
 
     def work() -> RenderedAudio:

@@ -18,9 +18,7 @@ def keep_audio(artifacts: ArtifactStore, job: Job, audio: np.ndarray, sample_rat
     succeeded, or failed when the request's format cannot hold it (render_failed). A full disk raises
     InsufficientStorage (507) and leaves no half answer. A stream's job keeps the file its format
     stands for (`file_format`: a pcm stream keeps a wav)."""
-    options = job.request
-    if hasattr(options, "file_format"):
-        options = options.model_copy(update={"format": options.file_format})
+    options = job.request.model_copy(update={"format": job.request.file_format})
     try:
         rendered = render(audio, sample_rate, options)
     except ValueError as exc:
