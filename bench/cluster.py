@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--paired", type=int, default=0, help="rounds of the side-by-side overhead measure")
     parser.add_argument("--tiny", action="store_true", help="the tiny random-weight model (the queue's own cost)")
     args = parser.parse_args()
+    # A stopped benchmark stops its servers too: SIGTERM runs the `finally` blocks that stop them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     why_not = ensure_installed()
     if why_not:
         raise SystemExit(why_not)
