@@ -6,6 +6,11 @@ ended (`end`). The stream is bounded (FEED_MAXLEN entries, about 0.5 s of audio 
 the longest generation makes) and expires FEED_TTL_S after its last write, FEED_END_TTL_S after the
 end: a reader that comes later is sent the job's stored answer instead. The blocks are bytes, so they
 go through a client of their own that does not decode answers as text.
+
+A job that runs again (its worker died) starts its stream again from the first sample, under a new
+attempt number that every block carries. A reader that was part-way through the first attempt goes
+on from where it was: it skips as many samples of the new attempt as it has already sent (the same
+seed makes the same audio), so it never plays a stretch twice.
 """
 
 from __future__ import annotations
@@ -38,12 +43,12 @@ class RedisFeedWriter:
     """The worker's side. Best effort: a block Redis does not take is logged and dropped (the job's
     answer is stored whatever happens to its stream)."""
 
-    def __init__(self, client: redis.Redis, key: str):
-        self.redis, self.key = client, key
+    def __init__(self, client: redis.Redis, key: str, attempt: int = 1):
+        self.redis, self.key, self.attempt = client, key, attempt
 
     def write(self, audio: np.ndarray) -> None:
         data = np.ascontiguousarray(audio.T, dtype="<f4").tobytes()
-        self._add({"pcm": data}, FEED_TTL_S)
+        self._add({"pcm": data, "attempt": self.attempt}, FEED_TTL_S)
 
     def close(self, state: str) -> None:
         self._add({"end": state}, FEED_END_TTL_S)
@@ -66,6 +71,9 @@ async def follow(
     lane opened the feed writes none). Redis out of reach is QueueUnavailable (503), as for every
     call an API node makes."""
     last = b"0-0"
+    attempt: bytes | None = None
+    sent = 0  # samples per channel sent to this reader, over every attempt
+    made = 0  # samples per channel of the current attempt seen so far
     while True:
         try:
             answer = await asyncio.to_thread(client.xread, {key: last}, count=256, block=READ_BLOCK_MS)
@@ -79,4 +87,11 @@ async def follow(
             last = entry_id
             if b"end" in fields:
                 return
-            yield np.frombuffer(fields[b"pcm"], dtype="<f4").reshape(-1, channels).T
+            block = np.frombuffer(fields[b"pcm"], dtype="<f4").reshape(-1, channels).T
+            if fields.get(b"attempt") != attempt:
+                attempt, made = fields.get(b"attempt"), 0
+            start = max(0, sent - made)  # of this block, what the reader has had already
+            made += block.shape[1]
+            if start < block.shape[1]:
+                sent += block.shape[1] - start
+                yield block[:, start:]

@@ -342,7 +342,7 @@ class RedisScheduler(JobQueue):
 
     def open_feed(self, job: Job, channels: int) -> feed.RedisFeedWriter:
         """A new attempt's stream starts empty (an earlier attempt's blocks would come twice)."""
-        writer = feed.RedisFeedWriter(self._binary(), self.keys.audio(job.id))
+        writer = feed.RedisFeedWriter(self._binary(), self.keys.audio(job.id), attempt=job.attempts)
         try:
             self._binary().delete(writer.key)
         except redis.RedisError as exc:
