@@ -3,7 +3,9 @@ package on PYTHONPATH (setup-audioseal.sh), never in the project's: `python audi
 
 It loads the tiny checkpoints the project wrote (SNAPSHOT: generator_base.pth, detector_base.pth)
 through audioseal's own loader, runs its generator and detector on fixed signals and saves what
-they give in OUT/audioseal.npz.
+they give in OUT/audioseal.npz. It also writes the same weights the way a training run's checkpoints
+hold them (OUT/legacy/): weight norm as weight_g / weight_v (torch's weight_norm), the config as the
+OmegaConf DictConfig of a Hydra run, with its references, for the converter to read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from audioseal import AudioSeal  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 SNAPSHOT, OUT = Path(sys.argv[1]), Path(sys.argv[2])
 NBITS = 16
@@ -61,5 +64,28 @@ def main() -> None:
     )
 
 
+def write_legacy() -> None:
+    """The snapshot's checkpoints again, in the training run's form."""
+    legacy = OUT / "legacy"
+    legacy.mkdir()
+    for name in ("generator_base.pth", "detector_base.pth"):
+        pkg = torch.load(SNAPSHOT / name, map_location="cpu")
+        state = {}
+        for key, tensor in pkg["model"].items():
+            if key.endswith((".conv.conv.weight", ".convtr.convtr.weight")):
+                base = key[: -len(".weight")]
+                state[base + ".weight_g"] = torch.norm_except_dim(tensor, 2, 0)
+                state[base + ".weight_v"] = tensor
+            else:
+                state[key] = tensor
+        seanet = dict(pkg["xp.cfg"]["seanet"], channels="${channels}", dimension="${audioseal.dimension}")
+        training = OmegaConf.create(
+            {"channels": 1, "sample_rate": 16000, "dtype": "float32", "seanet": seanet, "audioseal": {"dimension": 16}}
+        )
+        xp_cfg = {"seanet": training.seanet, "channels": training.channels, "dtype": "float32", "sample_rate": 16000}
+        torch.save({"xp.cfg": xp_cfg, "model": state}, legacy / name)
+
+
 if __name__ == "__main__":
     main()
+    write_legacy()

@@ -63,6 +63,7 @@ def pair(tmp_path_factory):
     )
     assert run.returncode == 0, f"audioseal_oracle.py failed:\n{run.stderr[-4000:]}"
     results = dict(np.load(out / "audioseal.npz"))
+    results["legacy"] = out / "legacy"
     return results, load_audioseal(spec, snapshot, torch.device("cpu"), "float32")
 
 
@@ -105,3 +106,22 @@ def test_detect_reports_audioseals_score_and_message(pair):
         assert [b for b, c in zip(d.bits, close, strict=True) if not c] == [
             int(b) for b, c in zip(bits, close, strict=True) if not c
         ]
+
+
+def test_a_training_runs_checkpoints_convert_alike(pair, tmp_path):
+    """weight_g / weight_v and an OmegaConf DictConfig (with references into the run's config), as a
+    training run saves them: the same modules as from the published form."""
+    from server.models.convert.audioseal import convert_snapshot
+    from server.models.convert.omegaconf_pickle import load
+
+    want, _ = pair
+    pkg = load(want["legacy"] / "generator_base.pth")
+    assert type(pkg["xp.cfg"]["seanet"]).__name__ == "_Container"  # a real DictConfig pickle, read with stand-ins
+    assert any(k.endswith(".weight_g") for k in pkg["model"])
+    convert_snapshot(want["legacy"], tmp_path / "converted")
+    legacy = load_audioseal(get_spec("audioseal"), want["legacy"], torch.device("cpu"), "float32")
+    audio, bits = torch.from_numpy(want["audio"])[:, None, :], torch.from_numpy(want["bits"])
+    with torch.no_grad():
+        np.testing.assert_allclose(legacy.generator(audio, bits)[:, 0].numpy(), want["mark"], atol=TOLERANCE, rtol=0)
+        probability, _ = legacy.detector(torch.from_numpy(want["marked"])[:, None, :])
+    np.testing.assert_allclose(probability.numpy(), want["probability"], atol=TOLERANCE, rtol=0)
