@@ -14,6 +14,8 @@ Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec", "audioseal"
 Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
+# The model that watermarks generated audio (watermark: true) and detects the mark.
+WATERMARK_MODEL = "audioseal"
 
 
 @dataclass(frozen=True)
