@@ -221,3 +221,20 @@ def test_message_bits_round_trip():
     assert watermark.bits_value(watermark.message_bits(12345, 16)) == 12345
     with pytest.raises(ValueError):
         watermark.message_bits(2**16, 16)
+
+
+def test_downloads_and_imports_take_the_published_files(snapshot, tmp_path):
+    from server.hub import download
+    from server.hub.importer import ImportFailed, import_model
+
+    listing = ["README.md", ".gitattributes", GENERATOR_FILE, DETECTOR_FILE, CONFIG_FILE, "extra.ckpt"]
+    assert download.needed_files(listing, "audioseal") == sorted([CONFIG_FILE, DETECTOR_FILE, GENERATOR_FILE])
+    assert download.needed_files([GENERATOR_FILE, DETECTOR_FILE], "audioseal") == [DETECTOR_FILE, GENERATOR_FILE]
+    hub = tmp_path / "hub"
+    (installed,) = import_model(snapshot, hub, name="audioseal")
+    assert set(installed.files) == {GENERATOR_FILE, DETECTOR_FILE, CONFIG_FILE}
+    assert store.is_installed(SPEC, hub)
+    assert load_audioseal(SPEC, store.snapshot_dir(SPEC, hub), CPU, "float32").detector.nbits == 16
+    (snapshot / DETECTOR_FILE).unlink()
+    with pytest.raises(ImportFailed, match="does not hold a complete facebook/audioseal"):
+        import_model(snapshot, tmp_path / "other", name="audioseal")

@@ -85,12 +85,15 @@ class BatchRunner:
         self._close_if_empty()
 
     def _marker(self, sample_rate: int):
-        """What watermarks a job's audio: AudioSeal with the server's message. It must be installed
-        now (ModelNotInstalled, a 409, fails the job otherwise); it is leased for each use only."""
+        """What watermarks a job's audio: AudioSeal with the server's message. It is loaded now, so
+        that a model not installed (409) or not loading fails this job as it joins, not the batch
+        later; it is leased for each use only. The marking runs in the batch's thread, as EnCodec's
+        decoding does (docs/benchmarks.md has its cost)."""
         from server.engine.watermark import embed
 
         registry, message = self.registry, self.registry.settings.watermark_message
-        registry.spec(WATERMARK_MODEL)
+        registry.acquire(WATERMARK_MODEL)
+        registry.release(WATERMARK_MODEL)
 
         def mark(audio):
             model = registry.acquire(WATERMARK_MODEL)
