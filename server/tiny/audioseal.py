@@ -34,34 +34,14 @@ from server.models.convert.audioseal import (
     seanet_config,
     transposed_layers,
 )
-from server.tiny.audiocraft_export import as_transposed
+from server.tiny.audiocraft_export import COMPRESSION_CFG, as_transposed
 
 NBITS = 16
 OUTPUT_DIM = 32  # AudioSeal's detector width (audioseal's builder fixes it)
-# audiocraft's config/model/watermark/default.yaml `seanet`, with tiny widths (dimension, n_filters).
-SEANET: dict[str, Any] = {
-    "dimension": 16,
-    "channels": 1,
-    "causal": False,
-    "n_filters": 4,
-    "n_residual_layers": 1,
-    "ratios": [8, 5, 4, 2],
-    "activation": "ELU",
-    "activation_params": {"alpha": 1.0},
-    "norm": "weight_norm",
-    "norm_params": {},
-    "kernel_size": 7,
-    "residual_kernel_size": 3,
-    "last_kernel_size": 7,
-    "dilation_base": 2,
-    "pad_mode": "constant",
-    "true_skip": True,
-    "compress": 2,
-    "lstm": 2,
-    "disable_norm_outer_blocks": 0,
-    "decoder": {"trim_right_ratio": 1.0, "final_activation": None, "final_activation_params": None},
-    "encoder": {},
-}
+# audiocraft's config/model/watermark/default.yaml `seanet` is the SEANet of AudioGen's 16 kHz compression
+# model (ratios 8 5 4 2, two LSTM layers, true skips): the tiny AudioGen's, with its widths (dimension 16,
+# 4 filters), and AudioSeal's literal channels and causality where that one refers to its encodec section.
+SEANET: dict[str, Any] = {**copy.deepcopy(COMPRESSION_CFG["seanet"]), "channels": 1, "causal": False}
 MARK_RMS_RATIO = 0.1  # the calibrated mark's RMS against the audio's (-20 dB)
 _CALIBRATION_S = 2.0
 

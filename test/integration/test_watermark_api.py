@@ -161,3 +161,18 @@ def test_bad_detect_requests_are_4xx(client, kwargs, status, says):
     r = client.post("/api/watermark/detect", **kwargs)
     assert r.status_code == status, r.text
     assert says in r.json()["error"]["message"]
+
+
+def test_watermark_and_detect_on_the_redis_queue(tiny_hub, tmp_path, redis_url, seal):
+    """The same answers when the queue is Redis: a watermarked generation, then a detect job of its audio."""
+    with make_client(tiny_hub, tmp_path, queue_url=redis_url, watermark_message=7) as c:
+        body = {"prompt": "rain", "duration": 1, "seed": 2, **RAW}
+        plain, rate = audio_of(c.post("/api/generate/sound", json=body))
+        r = c.post("/api/generate/sound", json={**body, "watermark": True})
+        marked, _ = audio_of(r)
+        np.testing.assert_allclose(marked, watermark.embed(seal.generator, plain, rate, 7), atol=1e-6)
+        verdict = c.post("/api/watermark/detect", json={"audio_job": r.headers["x-job-id"]})
+        assert verdict.status_code == 200, verdict.text
+        assert verdict.json()["score"] == pytest.approx(_direct(seal, marked, rate)[0].score, abs=1e-6)
+        listed = c.get("/api/jobs").json()["jobs"]
+        assert [j["kind"] for j in listed][:1] == ["detect"]
