@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from cli import ui
-from cli.commands.codec import JSON_OUT, _check_input, _timeout
+from cli.commands.codec import JSON_OUT, check_input, processing_timeout
 from cli.context import state
 from cli.options import SERVER
 from lib.schemas import WatermarkDetection
@@ -25,14 +25,14 @@ def detect_command(
     json_out: bool = JSON_OUT,
 ) -> None:
     """Is this audio watermarked? AudioSeal's detection score and, when it finds the mark, its 16-bit message."""
-    source = _check_input(input_file)
+    source = check_input(input_file)
     with state(ctx).client(server) as client, open(source, "rb") as f:
         resp = client.request(
             "POST",
             "/api/watermark/detect",
             data={"model": model} if model else {},
             files={"audio": (source.name, f, "application/octet-stream")},
-            timeout=_timeout(),
+            timeout=processing_timeout(),
         )
     verdict = WatermarkDetection.model_validate(resp.json())
     if json_out:

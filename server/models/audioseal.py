@@ -10,30 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from lib.catalogue import ModelSpec
-from server.models.loaded import _Described, storage_bytes
+from server.models.loaded import WatermarkModel
 
 # Bump when the conversion's output changes.
 CONVERTER_VERSION = 1
-
-
-@dataclass(kw_only=True)
-class WatermarkModel(_Described):
-    """AudioSeal's generator and detector (server/engine/watermark.py), float32 whatever the settings'
-    precision: the watermark is a small signal under the audio, and the model is small."""
-
-    generator: Any
-    detector: Any
-    precision: str = "float32"
-
-    def memory_bytes(self) -> int:
-        return storage_bytes([*self.generator.parameters(), *self.detector.parameters()])
 
 
 def converted_dir(snapshot: Path) -> Path:
