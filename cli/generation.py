@@ -63,6 +63,7 @@ def build_request(
     melody_start: float | None = None,
     melody_end: float | None = None,
     include_prompt: bool | None = None,
+    watermark: bool | None = None,
     formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
     """The request body from flags, checked locally so a typo costs no round trip. Unset flags are
@@ -110,6 +111,7 @@ def build_request(
         "melody_start": melody_start,
         "melody_end": melody_end,
         "include_prompt": include_prompt,
+        "watermark": watermark,
     }
     return {k: v for k, v in body.items() if v is not None}
 

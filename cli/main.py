@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from cli import ui
-from cli.commands import codec, content, finetune, generate, jobs, lifecycle, manage, mix, models, serve
+from cli.commands import codec, content, finetune, generate, jobs, lifecycle, manage, mix, models, serve, watermark
 from cli.context import state
 from cli.errors import FAILURE, SKIPPED, CliError
 
@@ -95,6 +95,7 @@ app.command("serve")(serve.serve_command)
 app.command("encode")(codec.encode_command)
 app.command("decode")(codec.decode_command)
 app.command("mix")(mix.mix_command)
+app.add_typer(watermark.app, name="watermark")
 
 
 # Global options that take a value / that are flags. They may also follow the subcommand

@@ -10,10 +10,12 @@ from typing import Literal
 
 from lib.errors import NotFound
 
-Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec"]
-Capability = Literal["music", "sound", "melody", "continuation", "codec"]
+Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec", "audioseal"]
+Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
+# The model that watermarks generated audio (watermark: true) and detects the mark.
+WATERMARK_MODEL = "audioseal"
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class ModelSpec:
     name: str
     repo: str
     kind: Kind
-    hub_format: Literal["transformers", "audiocraft", "adapter"]
+    hub_format: Literal["transformers", "audiocraft", "adapter", "audioseal"]
     sample_rate: int
     channels: int
     codebooks: int
@@ -145,6 +147,20 @@ CATALOGUE: dict[str, ModelSpec] = {
             approx_size_gb=0.24,
             bandwidths_kbps=(2.2,),
         ),
+        ModelSpec(  # AudioSeal's watermark generator and detector (16 kHz, 16-bit messages)
+            name="audioseal",
+            repo="facebook/audioseal",
+            kind="audioseal",
+            hub_format="audioseal",
+            sample_rate=16000,
+            channels=1,
+            codebooks=0,
+            codebook_size=0,
+            frame_rate_hz=50.0,
+            capabilities=("watermark",),
+            approx_size_gb=0.09,
+            licence="MIT",
+        ),
     ]
 }
 
@@ -156,7 +172,10 @@ assert not set(ALIASES) & set(CATALOGUE), "an alias may not be another model's n
 
 def close_matches(name: str, limit: int = 3) -> list[str]:
     """The models closest to a misspelt `name`: catalogue names, or `alias (name)` when the alias is closer."""
-    found = difflib.get_close_matches(name.strip().lower(), [*CATALOGUE, *ALIASES], n=2 * limit, cutoff=0.6)
+    key = name.strip().lower()
+    found = difflib.get_close_matches(key, [*CATALOGUE, *ALIASES], n=2 * limit, cutoff=0.6)
+    # A name the typed one begins (audiogen -> audiogen-medium) comes before one that merely looks alike.
+    found.sort(key=lambda n: not n.startswith(key))
     shown: dict[str, str] = {}
     for n in found:
         target = ALIASES.get(n, n)

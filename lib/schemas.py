@@ -197,6 +197,11 @@ class GenerateRequest(OutputOptions, SamplingOptions):
         description="Send the audio as it is made (chunked; wav with an open length, pcm, mp3, or ogg as Opus), "
         "unnormalised; with async, answer 202 and play GET /api/jobs/{id}/stream",
     )
+    watermark: StrictBool = Field(
+        False,
+        description="Embed AudioSeal's watermark (with the server's 16-bit message) in the audio; a server with "
+        "AUDIOCRAFT_WATERMARK=always marks every generation, one with never refuses this",
+    )
 
     @model_validator(mode="after")
     def _streamable(self) -> GenerateRequest:
@@ -348,6 +353,51 @@ class ContinuationRequest(GenerateRequest):
     def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
         super().document(schema, context)
         _one_source(schema, INPUT_FIELDS["continuation"])
+
+
+# -- Watermark detection: POST /api/watermark/detect -----------------------------------------------
+
+
+class WatermarkDetectRequest(RequestSchema):
+    """Is this audio watermarked? The audio comes as the multipart file field `audio`, or base64 in
+    `audio`, or as `audio_job` (an earlier job's audio) or `audio_content` (an audio content item):
+    exactly one. Any rate and channel count: each channel is read at 16 kHz on its own."""
+
+    model_config = ConfigDict(**REQUEST_CONFIG, populate_by_name=True)
+
+    audio: str | None = Field(None, description=f"The audio: {AUDIO_INPUT}, base64-encoded")
+    audio_job: str | None = Field(None, description="The audio of this earlier job (its id)")
+    audio_content: str | None = Field(None, description="This audio content item (its name)")
+    model: str | None = Field(None, description="The watermark model: audioseal (the default and only one)")
+    async_: StrictBool = Field(False, alias="async", description="Answer 202 with the job instead of the verdict")
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        _one_source(schema, "audio")
+        schema["properties"]["model"]["enum"] = [*_models_for("watermark"), None]
+
+
+class ChannelDetection(BaseModel):
+    score: float = Field(description="The share of the channel's samples that carry the mark (0 to 1)")
+    detected: bool = Field(description="score above the threshold")
+    message: int | None = Field(None, description="The 16-bit message read from the mark (when detected)")
+    message_bits: str | None = Field(None, description="The message as bits, first bit first (when detected)")
+
+
+class WatermarkDetection(BaseModel):
+    """POST /api/watermark/detect: AudioSeal's verdict. A channel carries the mark when more than
+    `threshold` of its samples do (AudioSeal's detection probability); the audio does when any
+    channel does, and its message is that of the channel with the highest score."""
+
+    model: str
+    detected: bool
+    score: float = Field(description="The highest channel score (0 to 1)")
+    threshold: float
+    message: int | None = Field(None, description="The 16-bit message (when detected)")
+    message_bits: str | None = Field(None, description="The message as bits, first bit first (when detected)")
+    channels: list[ChannelDetection]
+    sample_rate: int = Field(description="The audio's own rate (it is read at 16 kHz)")
+    duration_s: float
 
 
 # -- Mixing: POST /api/mix ---------------------------------------------------------------------------
@@ -629,7 +679,9 @@ class JobResult(BaseModel):
     size_bytes: int
     file: str | None = Field(None, description="The answer's artifact (audio.wav, audio.ecdc, ...)")
     info: dict[str, str] = Field(
-        default_factory=dict, description="Facts of a codec job's answer (its X- headers), see ENCODE_INFO"
+        default_factory=dict,
+        description="Facts of the answer: a codec job's (its X- headers, see ENCODE_INFO); a watermarked "
+        "generation's watermark (audioseal) and watermark_message; a watermark detection's verdict",
     )
 
 

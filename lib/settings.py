@@ -116,6 +116,18 @@ class Settings(BaseSettings):
     default_melody_model: str = Field("musicgen-melody", description="Melody requests that name no model")
     default_codec_model: str = Field("encodec-24khz", description="Encode requests that name no model")
 
+    # AudioSeal's watermark on generated audio (server/engine/watermark.py).
+    watermark: Literal["never", "request", "always"] = Field(
+        "request",
+        description=(
+            "Watermark generated audio with AudioSeal: request (when a request says watermark: true), always "
+            "(every generation; a request cannot turn it off), never (watermark: true is refused with 422)"
+        ),
+    )
+    watermark_message: int = Field(
+        0, ge=0, le=65535, description="The 16-bit message AudioSeal embeds in watermarked audio (0 to 65535)"
+    )
+
     max_duration_s: float = Field(300.0, gt=0, description="Longest audio one request may ask for")
     musicgen_stride_s: float = Field(
         18.0,

@@ -45,6 +45,7 @@ def build_services(settings: Settings) -> Services:
     from server.jobs.lanes.download import DownloadLane
     from server.jobs.lanes.finetune import FinetuneLane
     from server.jobs.lanes.mix import MixLane
+    from server.jobs.lanes.watermark import WatermarkLane
     from server.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
@@ -55,6 +56,7 @@ def build_services(settings: Settings) -> Services:
         MixLane(artifacts),
         DatasetLane(registry, artifacts, settings),
         FinetuneLane(settings),
+        WatermarkLane(registry, artifacts),
     ]
     return Services(settings=settings, registry=registry, scheduler=build_queue(settings, lanes, artifacts, registry))
 

@@ -27,7 +27,7 @@ CHUNK = 1 << 16
 _PROCESSING_TIMEOUT_S = 6 * 3600.0
 
 
-def _check_input(path: Path) -> Path:
+def check_input(path: Path) -> Path:
     path = path.expanduser()
     if not path.is_file():
         raise CliError(f"{path} is not a file", "give the path of an existing file")
@@ -97,7 +97,7 @@ def _transfer(
         params = {k: str(v) for k, v in params.items() if v is not None}
         try:
             with client.stream(
-                "POST", path, params=params, content=body(), headers=headers, timeout=_timeout()
+                "POST", path, params=params, content=body(), headers=headers, timeout=processing_timeout()
             ) as resp:
                 bar.update(work, visible=False)
                 total = resp.headers.get("content-length")
@@ -113,7 +113,7 @@ def _transfer(
     return answer
 
 
-def _timeout():
+def processing_timeout():
     import httpx
 
     return httpx.Timeout(30.0, read=_PROCESSING_TIMEOUT_S, write=_PROCESSING_TIMEOUT_S)
@@ -143,7 +143,7 @@ def encode_command(
     no_progress: bool = NO_PROGRESS,
 ) -> None:
     """Compress audio with EnCodec into an .ecdc file (the encodec package's format)."""
-    source = _check_input(input_file)
+    source = check_input(input_file)
     if bandwidth is not None and bandwidth <= 0:
         raise CliError(f"invalid --bandwidth {bandwidth:g}: must be more than 0 kbps")
     suffix = ".json" if codes_json else ".ecdc"
@@ -193,7 +193,7 @@ def decode_command(
     no_progress: bool = NO_PROGRESS,
 ) -> None:
     """Turn an .ecdc file back into audio, exactly as long as it was encoded."""
-    source = _check_input(input_file)
+    source = check_input(input_file)
     if fmt is None:
         ext = (output.suffix.lower().lstrip(".") if output else "") or "wav"
         fmt = ext if ext in AUDIO_FORMATS else "wav"

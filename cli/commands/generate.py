@@ -43,6 +43,7 @@ STREAM = typer.Option(
     False, "--stream", help="Write the audio as it is made (-o - : to stdout); formats wav, pcm, mp3, ogg (Opus)"
 )
 PLAY = typer.Option(False, "--play", help="With --stream: play it as it arrives (ffplay, or aplay for wav/pcm)")
+WATERMARK = typer.Option(False, "--watermark", help="Embed AudioSeal's watermark (check it: `watermark detect`)")
 
 
 def run(
@@ -100,11 +101,13 @@ def music(
     no_progress: bool = NO_PROGRESS,
     stream: bool = STREAM,
     play: bool = PLAY,
+    watermark: bool = WATERMARK,
 ) -> None:
     """Text to music (MusicGen)."""
     run(ctx, "music", server, output, json_out, no_progress, stream, play, prompt=prompt, duration=duration,
         model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
-        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
+        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize,
+        watermark=watermark or None)  # fmt: skip
 
 
 @app.command("sound")
@@ -128,11 +131,13 @@ def sound(
     no_progress: bool = NO_PROGRESS,
     stream: bool = STREAM,
     play: bool = PLAY,
+    watermark: bool = WATERMARK,
 ) -> None:
     """Text to sound effect (AudioGen)."""
     run(ctx, "sound", server, output, json_out, no_progress, stream, play, prompt=prompt, duration=duration,
         model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
-        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
+        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize,
+        watermark=watermark or None)  # fmt: skip
 
 
 @app.command("melody")
@@ -159,12 +164,14 @@ def melody(
     no_progress: bool = NO_PROGRESS,
     stream: bool = STREAM,
     play: bool = PLAY,
+    watermark: bool = WATERMARK,
 ) -> None:
     """Music guided by a melody (MusicGen-melody), with an optional text prompt."""
     run(ctx, "melody", server, output, json_out, no_progress, stream, play, input_value=melody_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize, melody_start=melody_start, melody_end=melody_end)  # fmt: skip
+        normalize=normalize, melody_start=melody_start, melody_end=melody_end,
+        watermark=watermark or None)  # fmt: skip
 
 
 @app.command("continue")
@@ -194,9 +201,11 @@ def continue_(
     no_progress: bool = NO_PROGRESS,
     stream: bool = STREAM,
     play: bool = PLAY,
+    watermark: bool = WATERMARK,
 ) -> None:
     """Continue an audio prompt, optionally steered by text."""
     run(ctx, "continuation", server, output, json_out, no_progress, stream, play, input_value=audio_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize, include_prompt=include_prompt)  # fmt: skip
+        normalize=normalize, include_prompt=include_prompt, watermark=watermark or None,
+    )  # fmt: skip

@@ -14,6 +14,7 @@ continuous batch as every other request, window after window.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,9 @@ class LongForm:
         self.live: LiveAudio | None = None
         self._live_audio: list[np.ndarray] = []
         self._untaken = 0
+        # What marks the answer's audio (a watermark), if anything: the whole answer at once, or each
+        # streamed chunk as it is decoded, so that what is streamed is what is kept.
+        self.mark: Callable[[np.ndarray], np.ndarray] | None = None
 
     def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:
         if audio is None:
@@ -198,7 +202,7 @@ class LongForm:
             return
         self._feed(self.codes[:, self.live.frames : self.have])
         if self.have >= self.total_frames:
-            self._live_audio.append(self.live.finish())
+            self._live_audio.append(self._marked(self.live.finish()))
             self._untaken += 1
 
     # -- streaming ----------------------------------------------------------------------------
@@ -226,8 +230,11 @@ class LongForm:
         assert self.live is not None
         audio = self.live.push(codes)
         if audio.shape[-1]:
-            self._live_audio.append(audio)
+            self._live_audio.append(self._marked(audio))
             self._untaken += 1
+
+    def _marked(self, audio: np.ndarray) -> np.ndarray:
+        return self.mark(audio) if self.mark is not None and audio.shape[-1] else audio
 
     def take_audio(self) -> np.ndarray | None:
         """The streamed samples decoded since the last call [channels, n], or None."""
@@ -262,7 +269,7 @@ class LongForm:
         self._decode_ready()
         audio = torch.cat(self._audio, dim=-1).numpy()
         first, end = self._answer_span()
-        return Waveform(np.ascontiguousarray(audio[:, first:end]), lm.sample_rate, item.seed)
+        return Waveform(self._marked(np.ascontiguousarray(audio[:, first:end])), lm.sample_rate, item.seed)
 
     def _answer_span(self) -> tuple[int, int]:
         """The samples of the timeline the answer holds: [first, end)."""

@@ -42,6 +42,8 @@ from lib.schemas import (
     OutputOptions,
     SoundRequest,
     StreamOptions,
+    WatermarkDetection,
+    WatermarkDetectRequest,
     info_header,
 )
 from server.audio.encode import MEDIA_TYPES
@@ -51,7 +53,7 @@ from server.http.auth import PROTECTED_PREFIX, ApiKeyMiddleware
 from server.http.guard import RequestGuard
 from server.http.openapi import MULTIPART, Answer, Endpoint, Upload, build_document, ref
 from server.http.payload import FORM_TYPES
-from server.http.routes import codec, finetune, generate, health, jobs, mix, models, stream, studio
+from server.http.routes import codec, finetune, generate, health, jobs, mix, models, stream, studio, watermark
 from server.http.routes.generate import AUDIO_HEADERS
 from server.http.routes.stream import STREAM_HEADERS
 
@@ -74,6 +76,7 @@ EXPOSED_HEADERS = [
     "X-Generation-Time-S",
     "X-Channels",
     "X-Sample-Format",
+    "X-Watermark",
     *sorted({info_header(key) for key in (*ENCODE_INFO, *DECODE_INFO)}),
 ]
 
@@ -205,6 +208,18 @@ ENDPOINTS = [
         body=MixRequest,
         forms=(MULTIPART,),
         any_uploads=mix.UPLOADS,
+    ),
+    Endpoint(
+        "POST",
+        "/api/watermark/detect",
+        watermark.detect,
+        "Is this audio watermarked? AudioSeal's detection score and, when it finds the mark, its 16-bit message: "
+        "a multipart upload (field audio), or JSON (audio as base64, audio_job or audio_content)",
+        answers=(Answer(model=WatermarkDetection, headers={"X-Job-Id": "The detection job"}), ACCEPTED),
+        errors=JOB_ERRORS,
+        body=WatermarkDetectRequest,
+        forms=(MULTIPART,),
+        uploads=(Upload("audio", watermark.UPLOAD),),
     ),
     Endpoint(
         "POST",

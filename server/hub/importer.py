@@ -170,7 +170,7 @@ def _check_file(path: Path, name: str, repo: str) -> None:
             )
     elif name.endswith(".safetensors"):
         _check_safetensors(path)
-    elif name.endswith(".bin") and not (zipfile.is_zipfile(path) or path.read_bytes()[:1] == b"\x80"):
+    elif name.endswith((".bin", ".pth")) and not (zipfile.is_zipfile(path) or path.read_bytes()[:1] == b"\x80"):
         raise ImportFailed(f"{repo}: {name} is not a torch checkpoint")
 
 
@@ -183,6 +183,8 @@ def _needed(repo: str, files_dir: Path) -> list[str]:
         complete = len(names) == 2
     elif hub_format == "adapter":
         complete = set(store.ADAPTER_FILES) <= set(names)
+    elif hub_format == "audioseal":
+        complete = set(store.AUDIOSEAL_FILES) <= set(names)
     else:
         complete = "config.json" in names and any(n.endswith((".safetensors", ".bin")) for n in names)
     if not complete:

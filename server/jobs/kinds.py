@@ -16,6 +16,7 @@ from lib.schemas import (
     MixRequest,
     MusicRequest,
     SoundRequest,
+    WatermarkDetectRequest,
 )
 
 if TYPE_CHECKING:
@@ -27,8 +28,9 @@ DOWNLOAD = {"download": DownloadRequest}
 MIX = {"mix": MixRequest}
 DATASET = {"dataset": DatasetJob}
 FINETUNE = {"finetune": FinetuneJob}
+WATERMARK = {"detect": WatermarkDetectRequest}
 
-# lane name -> its kinds: server/jobs/lanes/{decode,codec,download,mix,dataset,finetune}.py
+# lane name -> its kinds: server/jobs/lanes/{decode,codec,download,mix,dataset,finetune,watermark}.py
 LANES = {
     "decode": DECODE,
     "codec": CODEC,
@@ -36,6 +38,7 @@ LANES = {
     "mix": MIX,
     "dataset": DATASET,
     "finetune": FINETUNE,
+    "watermark": WATERMARK,
 }
 
 

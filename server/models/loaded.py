@@ -6,6 +6,7 @@ its own type beside it:
 - `TextToAudioLM`: MusicGen, MusicGen-Melody and AudioGen (all in the transformers MusicGen classes):
   a text encoder, the decoder the engine steps (packed, server/engine/fastlm.py), and EnCodec.
 - `CodecModel`: EnCodec alone, for the codec routes (server/engine/codec/).
+- `WatermarkModel`: AudioSeal's generator and detector (server/engine/watermark.py).
 
 What HTTP shows of a model is a plain string here (`device_type`, `precision`), so describing one
 needs no torch.
@@ -153,3 +154,16 @@ class CodecModel(_Described):
 
     def memory_bytes(self) -> int:
         return storage_bytes(self.model.parameters())
+
+
+@dataclass(kw_only=True)
+class WatermarkModel(_Described):
+    """AudioSeal's generator and detector (server/engine/watermark.py), float32 whatever the settings'
+    precision: the watermark is a small signal under the audio, and the model is small."""
+
+    generator: Any
+    detector: Any
+    precision: str = "float32"
+
+    def memory_bytes(self) -> int:
+        return storage_bytes([*self.generator.parameters(), *self.detector.parameters()])

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from lib.catalogue import get_spec
+from lib.catalogue import WATERMARK_MODEL, get_spec
 from lib.errors import Invalid
 from lib.schemas import INPUT_FIELDS, MAX_SEED, OutputOptions
 from server.engine.errors import UnsupportedRequest
@@ -37,10 +37,31 @@ def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
     spec = get_spec(request.model or default_model(svc, kind))
     if kind not in spec.capabilities:
         raise UnsupportedRequest(f"{spec.name} cannot make {kind}", field="model")
+    request = with_watermark(svc, request)
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
     job = Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
-    job.run_after(downloads.require(svc, spec))
+    after = downloads.require(svc, spec)
+    # The watermark model downloads too when it is missing; when both do, the job waits for its own
+    # model, and the batch fails it (409) if AudioSeal is still not there when it starts.
+    marker = downloads.require(svc, get_spec(WATERMARK_MODEL)) if request.watermark else None
+    job.run_after(after or marker)
     return job
+
+
+def with_watermark(svc: Services, request: BaseModel) -> BaseModel:
+    """The request as the server's AUDIOCRAFT_WATERMARK setting has it: marked whatever it says
+    (always), as it says (request), or refused when it asks for the mark (never). The stored request
+    then says whether the audio is watermarked."""
+    mode = svc.settings.watermark
+    if mode == "never" and request.watermark:
+        raise Invalid(
+            "this server does not watermark audio (AUDIOCRAFT_WATERMARK=never)",
+            field="watermark",
+            hint="leave watermark out, or ask the server's operator to set AUDIOCRAFT_WATERMARK=request",
+        )
+    if mode == "always" and not request.watermark:
+        return request.model_copy(update={"watermark": True})
+    return request
 
 
 async def prepare(svc: Services, kind: str, request: BaseModel, files: dict[str, UploadFile], priority: int) -> Job:

@@ -1,4 +1,4 @@
-"""The input audio of melody and continuation requests: a multipart upload, base64 in JSON, an
+"""The input audio of melody, continuation and watermark-detection requests: a multipart upload, base64 in JSON, an
 earlier job's audio or an audio content item. It is decoded and checked before the job exists (a bad
 file is a 4xx, never a failed job), then kept with the job (artifacts INPUT)."""
 
@@ -17,7 +17,9 @@ from lib.catalogue import ModelSpec
 from lib.content import ContentStore
 from lib.errors import Conflict, Invalid
 from lib.schemas import input_sources
+from server.audio.decode import read_audio
 from server.audio.encode import encode_audio
+from server.audio.errors import AudioInputError
 from server.audio.input import load_input
 from server.jobs.artifacts import INPUT, MASTER
 from server.jobs.job import UNFINISHED_STATES, Job
@@ -113,6 +115,21 @@ async def input_audio(
         getattr(request, "melody_end", None) if melody else None,
         field,
     )
+
+
+async def source_audio(
+    svc: Services, request: BaseModel, files: dict[str, UploadFile], field: str
+) -> tuple[np.ndarray, int]:
+    """The request's input audio as it is: (float32 [channels, samples], its own sample rate)."""
+    data, filename = await _source(svc, request, files, field)
+
+    def read() -> tuple[np.ndarray, int]:
+        try:
+            return read_audio(data, filename, max_duration_s=svc.settings.max_duration_s)
+        except AudioInputError as exc:
+            raise AudioInputError(exc.message, field=field) from None
+
+    return await run_in_threadpool(read)
 
 
 def keep_input(svc: Services, job: Job, audio: np.ndarray, sample_rate: int) -> None:

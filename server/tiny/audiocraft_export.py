@@ -169,7 +169,7 @@ def save_export(
         {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, keys.LM_RULES, keys.IN_PROJ_RULES
     )
     codec_state = keys.unmap_state(state, keys.CODEC_RULES, prefix="audio_encoder.")
-    codec_state = {_as_transposed(k, transposed): v for k, v in codec_state.items()}
+    codec_state = {as_transposed(k, transposed): v for k, v in codec_state.items()}
     # Separate storage per tensor (audiocraft's state dicts hold no views of each other).
     lm_state = {k: v.detach().clone().contiguous() for k, v in lm_state.items()}
     codec_state = {k: v.detach().clone().contiguous() for k, v in codec_state.items()}
@@ -177,7 +177,7 @@ def save_export(
     torch.save({"best_state": codec_state, "xp.cfg": yaml.safe_dump(codec_cfg, sort_keys=True)}, out / COMPRESSION_FILE)
 
 
-def _as_transposed(name: str, transposed: set[int]) -> str:
+def as_transposed(name: str, transposed: set[int]) -> str:
     parts = name.split(".")  # decoder.model.<i>.conv.conv.<param>
     if parts[:2] == ["decoder", "model"] and int(parts[2]) in transposed and parts[3:5] == ["conv", "conv"]:
         return ".".join(parts[:3] + ["convtr", "convtr"] + parts[5:])

@@ -256,3 +256,26 @@ def test_the_mix_document_states_its_rules_and_answers(served):
     accepted = client.post("/api/mix", json={"tracks": [track], "async": True})
     assert accepted.status_code == 202
     _conforms(doc, "/api/mix", "post", accepted)
+
+
+def test_the_watermark_detection_document_states_its_rules_and_answers(served):
+    client, doc = served
+    schema = _body_schema(doc, "/api/watermark/detect", "application/json")
+    wav = io.BytesIO()
+    sf.write(wav, 0.1 * np.ones(1600, dtype=np.float32), 16000, format="WAV")
+    audio = base64.b64encode(wav.getvalue()).decode()
+    assert _valid(schema, {"audio": audio}) and _valid(schema, {"audio_job": "abc", "model": "audioseal"})
+    assert not _valid(schema, {}) and not _valid(schema, {"audio": audio, "audio_job": "abc"})
+    assert not _valid(schema, {"audio_job": "abc", "model": "musicgen-small"})
+    form = _body_schema(doc, "/api/watermark/detect", "multipart/form-data")
+    assert _valid(form, {"audio": "<the file>"})
+    for body in ({}, {"audio": "@@"}, {"audio": audio, "audio_job": "abc"}):
+        r = client.post("/api/watermark/detect", json=body)
+        assert r.status_code == 422
+        _conforms(doc, "/api/watermark/detect", "post", r)
+    r = client.post("/api/watermark/detect", json={"audio": audio})
+    assert r.status_code == 200 and r.headers["x-job-id"]
+    _conforms(doc, "/api/watermark/detect", "post", r)
+    accepted = client.post("/api/watermark/detect", json={"audio": audio, "async": True})
+    assert accepted.status_code == 202
+    _conforms(doc, "/api/watermark/detect", "post", accepted)

@@ -30,6 +30,7 @@ AUDIO_HEADERS: dict[str, str] = {
     "X-Duration-S": "Seconds of audio",
     "X-Sample-Rate": "Sample rate of the answer",
     "X-Generation-Time-S": "Seconds the generation took",
+    "X-Watermark": "The watermark the audio carries: audioseal, or none",
 }
 
 
@@ -57,6 +58,7 @@ def audio_response(svc: Services, job: Job, rendered: RenderedAudio | None = Non
         f"{job.result.duration_s:.6g}",
         str(rendered.sample_rate if rendered else job.result.sample_rate),
         f"{job.generation_time_s or 0.0:.3f}",
+        job.result.info.get("watermark", "none"),
     )
     headers = dict(zip(AUDIO_HEADERS, facts, strict=True))
     headers["Content-Disposition"] = f'attachment; filename="{job.id}{extension}"'

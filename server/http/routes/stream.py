@@ -11,6 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from lib.catalogue import WATERMARK_MODEL
 from lib.errors import ServiceError
 from lib.schemas import StreamOptions
 from server.audio.outstream import StreamedAudio
@@ -33,6 +34,7 @@ STREAM_HEADERS: dict[str, str] = {
     "X-Sample-Rate": "Sample rate of the stream",
     "X-Channels": "Channels of the stream",
     "X-Sample-Format": "wav and pcm: s16le, s24le or f32le (interleaved)",
+    "X-Watermark": "The watermark the audio carries: audioseal, or none",
 }
 
 
@@ -88,6 +90,7 @@ def headers(job: Job, out: StreamedAudio) -> dict[str, str]:
     answer = dict(zip(STREAM_HEADERS, facts, strict=False))
     if out.sample_format is not None:
         answer["X-Sample-Format"] = out.sample_format
+    answer["X-Watermark"] = WATERMARK_MODEL if getattr(job.request, "watermark", False) else "none"
     answer["Cache-Control"] = "no-cache"
     return answer
 

@@ -13,11 +13,14 @@ from server.jobs.artifacts import MASTER, ArtifactStore, answer_name
 from server.jobs.job import Job
 
 
-def keep_audio(artifacts: ArtifactStore, job: Job, audio: np.ndarray, sample_rate: int) -> None:
+def keep_audio(
+    artifacts: ArtifactStore, job: Job, audio: np.ndarray, sample_rate: int, info: dict[str, str] | None = None
+) -> None:
     """Render `audio` as the job's request asks (its OutputOptions), keep it with the master and end the job:
     succeeded, or failed when the request's format cannot hold it (render_failed). A full disk raises
     InsufficientStorage (507) and leaves no half answer. A stream's job keeps the file its format
-    stands for (`file_format`: a pcm stream keeps a wav)."""
+    stands for (`file_format`: a pcm stream keeps a wav). `info`: facts of the answer for its result
+    (a watermark's)."""
     options = job.request.model_copy(update={"format": job.request.file_format})
     try:
         rendered = render(audio, sample_rate, options)
@@ -38,5 +41,6 @@ def keep_audio(artifacts: ArtifactStore, job: Job, audio: np.ndarray, sample_rat
         channels=rendered.channels,
         duration_s=round(rendered.duration_s, 6),
         size_bytes=len(rendered.data),
+        info=info or {},
     )
     job.finish("succeeded")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+from lib.catalogue import WATERMARK_MODEL
 from lib.errors import Invalid, ServiceError
 from lib.files import reason
 from server.engine.decode import DecodeBatch
@@ -72,6 +73,8 @@ class BatchRunner:
                 self._open()
             lm = self._batch.lm
             plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
+            if getattr(job.request, "watermark", False):
+                plan.mark = self._marker(lm.sample_rate)
             if job.feed is not None:
                 plan.stream()
             self._next_window(job, plan)
@@ -80,6 +83,26 @@ class BatchRunner:
         except (OSError, ValueError) as exc:  # the stored input audio is gone or unreadable
             job.finish("failed", Invalid(f"the job's input audio: {reason(exc)}", code="invalid_input"))
         self._close_if_empty()
+
+    def _marker(self, sample_rate: int):
+        """What watermarks a job's audio: AudioSeal with the server's message. It is loaded now, so
+        that a model not installed (409) or not loading fails this job as it joins, not the batch
+        later; it is leased for each use only. The marking runs in the batch's thread, as EnCodec's
+        decoding does (docs/benchmarks.md has its cost)."""
+        from server.engine.watermark import embed
+
+        registry, message = self.registry, self.registry.settings.watermark_message
+        registry.acquire(WATERMARK_MODEL)
+        registry.release(WATERMARK_MODEL)
+
+        def mark(audio):
+            model = registry.acquire(WATERMARK_MODEL)
+            try:
+                return embed(model.generator, audio, sample_rate, message)
+            finally:
+                registry.release(WATERMARK_MODEL)
+
+        return mark
 
     def _next_window(self, job: Job, plan: LongForm) -> None:
         """Start the plan's next window in the batch, or store the answer when there is none. A
@@ -161,4 +184,7 @@ class BatchRunner:
         self._close_if_empty()
 
     def _store(self, job: Job, wave: Waveform) -> None:
-        keep_audio(self.artifacts, job, wave.audio, wave.sample_rate)
+        info = None
+        if getattr(job.request, "watermark", False):
+            info = {"watermark": WATERMARK_MODEL, "watermark_message": str(self.registry.settings.watermark_message)}
+        keep_audio(self.artifacts, job, wave.audio, wave.sample_rate, info)

@@ -36,6 +36,11 @@ def parse(text: str) -> dict[str, Any]:
     cfg = yaml.safe_load(text)
     if not isinstance(cfg, dict):
         raise ConversionError("xp.cfg is not a YAML mapping")
+    return resolve_references(cfg)
+
+
+def resolve_references(cfg: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with OmegaConf's `${a.b}` references replaced by the values they point to."""
 
     def resolve(value: Any, depth: int = 0) -> Any:
         if isinstance(value, dict):
@@ -172,6 +177,30 @@ def encodec_config_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     _require(cfg, "compression_model", "encodec")
     _require(cfg, "encodec.autoencoder", "seanet")
     _require(cfg, "encodec.quantizer", "rvq")
+    seanet = seanet_config_kwargs(cfg)
+    sample_rate = int(lookup(cfg, "encodec.sample_rate", lookup(cfg, "sample_rate", 0)))
+    frame_rate = sample_rate / math.prod(seanet["upsampling_ratios"])
+    n_q, bins = int(lookup(cfg, "rvq.n_q")), int(lookup(cfg, "rvq.bins"))
+    # EncodecModel keeps as many codebooks as its largest bandwidth needs: exactly n_q at this one.
+    bandwidth_kbps = n_q * frame_rate * math.log2(bins) / 1000
+    return seanet | {
+        "sampling_rate": sample_rate,
+        "audio_channels": int(lookup(cfg, "encodec.channels", lookup(cfg, "channels", 1))),
+        "normalize": bool(lookup(cfg, "encodec.renormalize", False)),
+        "target_bandwidths": [bandwidth_kbps],
+        "codebook_size": bins,
+        "codebook_dim": int(lookup(cfg, "seanet.dimension")),
+        "chunk_length_s": None,
+        "overlap": None,
+    }
+
+
+def seanet_config_kwargs(cfg: dict[str, Any], norms: tuple[str, ...] = ("weight_norm",)) -> dict[str, Any]:
+    """The EncodecConfig arguments of the SEANet encoder and decoder in an xp.cfg's `seanet` section,
+    after checking what transformers' EncodecEncoder and EncodecDecoder hard-code. `norms`: the
+    convolution norms accepted (weight norm only reparametrises the weights, so a converter that
+    folds it may take "none" too); the arguments always say weight_norm, the one transformers has
+    without a GroupNorm."""
     seanet = lookup(cfg, "seanet")
     # Encoder- or decoder-only overrides would make the two halves differ: EncodecModel has one config.
     if lookup(cfg, "seanet.encoder", {}) not in ({}, None):
@@ -185,23 +214,17 @@ def encodec_config_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConversionError(f"xp.cfg seanet.decoder overrides {sorted(decoder_over)}: they do not convert")
     _require(cfg, "seanet.activation", "ELU")
     _require(cfg, "seanet.activation_params", {"alpha": 1.0}, {"alpha": 1.0})
-    _require(cfg, "seanet.norm", "weight_norm")
+    norm = lookup(cfg, "seanet.norm")
+    if norm not in norms:
+        raise ConversionError(f"xp.cfg seanet.norm = {norm!r}: only {' or '.join(norms)} converts")
     _require(cfg, "seanet.disable_norm_outer_blocks", 0, 0)
-    sample_rate = int(lookup(cfg, "encodec.sample_rate", lookup(cfg, "sample_rate", 0)))
-    ratios = [int(r) for r in seanet["ratios"]]
-    frame_rate = sample_rate / math.prod(ratios)
-    n_q, bins = int(lookup(cfg, "rvq.n_q")), int(lookup(cfg, "rvq.bins"))
-    # EncodecModel keeps as many codebooks as its largest bandwidth needs: exactly n_q at this one.
-    bandwidth_kbps = n_q * frame_rate * math.log2(bins) / 1000
+    if int(seanet["lstm"]) < 1:  # EncodecEncoder and EncodecDecoder always have their LSTM
+        raise ConversionError(f"xp.cfg seanet.lstm = {seanet['lstm']!r}: only a SEANet with its LSTM converts")
     return {
-        "sampling_rate": sample_rate,
-        "audio_channels": int(lookup(cfg, "encodec.channels", lookup(cfg, "channels", 1))),
-        "normalize": bool(lookup(cfg, "encodec.renormalize", False)),
-        "target_bandwidths": [bandwidth_kbps],
         "hidden_size": int(seanet["dimension"]),
         "num_filters": int(seanet["n_filters"]),
         "num_residual_layers": int(seanet["n_residual_layers"]),
-        "upsampling_ratios": ratios,
+        "upsampling_ratios": [int(r) for r in seanet["ratios"]],
         "norm_type": "weight_norm",
         "kernel_size": int(seanet["kernel_size"]),
         "last_kernel_size": int(seanet["last_kernel_size"]),
@@ -212,9 +235,5 @@ def encodec_config_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         "compress": int(seanet["compress"]),
         "num_lstm_layers": int(seanet["lstm"]),
         "trim_right_ratio": trim,
-        "codebook_size": bins,
-        "codebook_dim": int(seanet["dimension"]),
         "use_conv_shortcut": not bool(seanet["true_skip"]),
-        "chunk_length_s": None,
-        "overlap": None,
     }
