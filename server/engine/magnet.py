@@ -73,6 +73,16 @@ def frames_made(n_frames: int, span_len: int, span_arrangement: str) -> int:
     return n_frames
 
 
+def frames_for(lm, duration_s: float, span_arrangement: str) -> int:
+    """The frames to ask for `duration_s` of a MAGNeT model: whole spans that cover it, at most its
+    training segment (whose last partial span audiocraft drops: 10 s makes 498 frames, 9.96 s)."""
+    span = lm.masking.span_len
+    want = math.ceil(duration_s * lm.frame_rate_hz - 1e-9)
+    if span > 1 and span_arrangement == "nonoverlap":
+        want = span * math.ceil(want / span)
+    return min(want, lm.segment_frames)
+
+
 def sample_top_p(probs: torch.Tensor, p: float, noise: Noise) -> torch.Tensor:
     """audiocraft.utils.utils.sample_top_p: [..., V] -> [..., 1]; probs is left alone."""
     probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
