@@ -1,11 +1,10 @@
-"""The decode lane's runner for MAGNeT models: one batch of MagnetBatch per model, which jobs join at
-any iteration boundary and leave when their last codebook is decoded (or when cancelled). The lane
-(server/jobs/lanes/decode.py) decides when; this brings the engine (torch): only the composition root
-imports it."""
+"""The decode lane's runner for MAGNeT models: one MagnetBatch per model, which jobs join at any
+iteration boundary and leave when their last codebook is decoded (or when cancelled). Membership,
+the model's lease, interruption and failure are BatchRunner's; what differs is the batch type, the
+request it gets and the answer. It brings the engine (torch): only the composition root imports it."""
 
 from __future__ import annotations
 
-import logging
 import time
 
 from lib.catalogue import get_spec
@@ -18,8 +17,6 @@ from server.jobs.lane import failure
 from server.jobs.lanes.answer import keep_audio
 from server.jobs.lanes.batch import BatchRunner
 from server.models.registry import ModelRegistry
-
-log = logging.getLogger("audiocraft.jobs")
 
 
 def magnet_request(job: Job, lm) -> MagnetRequest:
@@ -40,48 +37,20 @@ def magnet_request(job: Job, lm) -> MagnetRequest:
     return MagnetRequest(prompt=req.prompt or "", n_frames=n_frames, seed=job.seed, params=params)
 
 
-class MagnetRunner:
-    """The running MAGNeT batch of one (kind, model), with what the decode lane needs of a runner.
-    Used by the lane's thread only."""
+class MagnetRunner(BatchRunner):
+    """The running MAGNeT batch of one (kind, model); its members are (job, None): no windows."""
 
-    def __init__(self, registry: ModelRegistry, artifacts: ArtifactStore, kind: str, model: str):
-        self.registry = registry
-        self.artifacts = artifacts
-        self.kind, self.model = kind, model
-        self._batch: MagnetBatch | None = None
-        self._members: dict[int, Job] = {}
-        self._step_s: float | None = None  # moving average of one iteration's wall time
-
-    def accepts(self, job: Job) -> bool:
-        return job.kind == self.kind and job.model == self.model
-
-    @property
-    def jobs(self) -> list[Job]:
-        return list(self._members.values())
-
-    def __len__(self) -> int:
-        return len(self._members)
+    batch_type = MagnetBatch
 
     def admit(self, job: Job) -> None:
         """Join the batch at the next iteration. A job that can't start fails alone."""
         try:
             if self._batch is None:
-                lm = self.registry.acquire(self.model)  # the lease keeps it loaded while the batch runs
-                try:
-                    self._batch = MagnetBatch(lm)
-                except BaseException:
-                    self.registry.release(self.model)
-                    raise
-            handle = self._batch.add(magnet_request(job, self._batch.lm))
-            self._members[handle] = job
+                self._open()
+            self._members[self._batch.add(magnet_request(job, self._batch.lm))] = (job, None)
         except ServiceError as exc:
             job.finish("failed", exc)
         self._close_if_empty()
-
-    def _close_if_empty(self) -> None:
-        if self._batch is not None and not self._members:
-            self._batch = None
-            self.registry.release(self.model)
 
     def step(self) -> None:
         batch = self._batch
@@ -91,12 +60,12 @@ class MagnetRunner:
         took = time.perf_counter() - started
         self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
         for handle in finished:
-            job = self._members.pop(handle)
+            job, _ = self._members.pop(handle)
             try:  # out of the batch now: whatever happens, the job ends here
-                self._store(job, batch.lm, batch.pop(handle))
+                self._answer(job, batch.lm, batch.pop(handle))
             except Exception as exc:  # the disk full as its answer is written (507)...
                 job.finish("failed", failure(job, exc))
-        for handle, job in list(self._members.items()):
+        for handle, (job, _) in list(self._members.items()):
             done, total = batch.progress(handle)
             job.progress = min(0.99, done / total)
             job.eta_s = (total - done) * self._step_s
@@ -106,32 +75,17 @@ class MagnetRunner:
                 job.finish("cancelled")
         self._close_if_empty()
 
-    def _store(self, job: Job, lm, codes) -> None:
-        """The answer: the codes decoded, cut to the asked duration (MAGNeT makes whole spans, so a
-        request for its whole segment comes back up to two frames shorter, as in audiocraft). A
-        streamed job gets its audio in one piece: MAGNeT has no final frame before its last iteration."""
+    def _answer(self, job: Job, lm, codes) -> None:
+        """The codes decoded, cut to the asked duration (MAGNeT makes whole spans, so a request for
+        its whole segment comes back up to two frames shorter, as in audiocraft). A streamed job gets
+        its audio in one piece: no frame is final before MAGNeT's last iteration."""
         audio = codes_to_audio(lm, codes).numpy()[:, : round(job.request.duration * lm.sample_rate)]
         if job.feed is not None:
             job.feed.write(audio)
         keep_audio(self.artifacts, job, audio, lm.sample_rate)
 
-    def interrupt(self) -> list[Job]:
-        """Drop every member without finishing it (server stopping): they run again at the next start."""
-        jobs = self.jobs
-        for handle in list(self._members):
-            self._batch.remove(handle)
-        self._members.clear()
-        self._close_if_empty()
-        return jobs
 
-    def fail_all(self, error: ServiceError) -> None:
-        for job in self.jobs:
-            job.finish("failed", error)
-        self._members.clear()
-        self._close_if_empty()
-
-
-def runner_for(registry: ModelRegistry, artifacts: ArtifactStore, kind: str, model: str) -> BatchRunner | MagnetRunner:
+def runner_for(registry: ModelRegistry, artifacts: ArtifactStore, kind: str, model: str) -> BatchRunner:
     """The decode lane's runner for a (kind, model): MAGNeT's iterative batch, or the autoregressive one."""
     cls = MagnetRunner if get_spec(model).kind == "magnet" else BatchRunner
     return cls(registry, artifacts, kind, model)
