@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from server.engine.decode import encode_text
 from server.engine.errors import UnsupportedRequest
-from server.engine.fastlm import FastLM
+from server.engine.fastlm import FastLM, PackedLinear
 
 DONT_REMASK_ME_SCORE = -1e4  # audiocraft's score for tokens that stay as they are
 
@@ -292,8 +292,16 @@ def forward(fast: FastLM, members: list[_Member]) -> list[torch.Tensor]:
     def heads_of(x: torch.Tensor, rows: int, length: int) -> torch.Tensor:  # [rows * L, hidden] -> [rows, H, L, d]
         return x.reshape(rows, length, heads, head_dim).transpose(1, 2)
 
+    def linear(packed: PackedLinear, x: torch.Tensor, row_spans: list[tuple[int, int]]) -> torch.Tensor:
+        """One call over every member's rows; the dynamic int8 kernel once per member instead (its
+        single-request path quantizes differently from its batched one, so a member would not get
+        the bits it gets alone). The calls are compute-bound here: splitting them costs nothing."""
+        if packed.kind != "qdynamic":
+            return packed(x, row_spans, blocked=False)
+        return torch.cat([packed(x[a:b], None, blocked=False) for a, b in row_spans])
+
     for li, layer in enumerate(fast.layers):
-        qkv = layer.qkv(layer.norm_self(h).to(act), spans, blocked=False)
+        qkv = linear(layer.qkv, layer.norm_self(h).to(act), spans)
         att = torch.empty(h.shape[0], hidden, device=h.device, dtype=qkv.dtype)
         for m, (r0, r1) in zip(members, spans, strict=True):
             q, k, v = (heads_of(t, 2, m.T) for t in qkv[r0:r1].split(hidden, dim=-1))
@@ -301,22 +309,22 @@ def forward(fast: FastLM, members: list[_Member]) -> list[torch.Tensor]:
             mask = None if mask is None else mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=fast.scaling)
             att[r0:r1] = out.transpose(1, 2).reshape(2 * m.T, hidden)
-        h = h + layer.out(att.to(act), spans, blocked=False).float()
+        h = h + linear(layer.out, att.to(act), spans).float()
 
         if layer.cross_q is not None:
-            cq = layer.cross_q(layer.norm_cross(h.index_select(0, cond_rows)).to(act), cond_spans, blocked=False)
+            cq = linear(layer.cross_q, layer.norm_cross(h.index_select(0, cond_rows)).to(act), cond_spans)
             catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=act)
             for m, (r0, r1) in zip(members, cond_spans, strict=True):
                 out = F.scaled_dot_product_attention(
                     heads_of(cq[r0:r1].to(act), 1, m.T), m.cross_k[li], m.cross_v[li], scale=fast.scaling
                 )
                 catt[r0:r1] = out.transpose(1, 2).reshape(m.T, hidden)
-            cross = layer.cross_out(catt, cond_spans, blocked=False).float()
+            cross = linear(layer.cross_out, catt, cond_spans).float()
             for (r0, _), (c0, c1) in zip(spans, cond_spans, strict=True):
                 h[r0 : r0 + c1 - c0] += cross[c0:c1]  # h is this layer's own tensor: in place is safe
 
-        f = layer.activation(layer.fc1(layer.norm_ffn(h).to(act), spans, blocked=False))
-        h = h + layer.fc2(f, spans, blocked=False).float()
+        f = layer.activation(linear(layer.fc1, layer.norm_ffn(h).to(act), spans))
+        h = h + linear(layer.fc2, f, spans).float()
 
     out = fast.final_norm(h).to(act)
     logits = []

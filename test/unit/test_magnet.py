@@ -122,7 +122,16 @@ def _run(lm, requests: list[MagnetRequest], late: int | None = None) -> list[tor
     return [done[h] for h in handles]
 
 
-def test_a_request_keeps_its_tokens_alone_batched_or_joining_late(lm):
+@pytest.fixture(scope="module", params=["float32", "int8-dynamic"])
+def any_lm(request, hub, lm) -> MagnetLM:
+    """The model at float32, and at the CPU default precision (whose kernel depends on the call)."""
+    if request.param == "float32":
+        return lm
+    return load_magnet(SPEC, store.snapshot_dir(SPEC, hub), torch.device("cpu"), request.param)
+
+
+def test_a_request_keeps_its_tokens_alone_batched_or_joining_late(any_lm):
+    lm = any_lm
     requests = [
         MagnetRequest("calm piano", 30, seed=1, params=QUICK),
         MagnetRequest("drums", 24, seed=2, params=MagnetParams(decoding_steps=(2, 1, 1, 1), top_p=0.0, top_k=20)),
