@@ -381,13 +381,6 @@ class MagnetBatch:
         """The codes [K, frames] of a finished request; forgets it."""
         return self._done.pop(handle)
 
-    def finished(self) -> list[int]:
-        return list(self._done)
-
-    @property
-    def active(self) -> list[int]:
-        return [m.handle for m in self._members]
-
     def __len__(self) -> int:
         return len(self._members)
 
