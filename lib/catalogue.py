@@ -10,7 +10,7 @@ from typing import Literal
 
 from lib.errors import NotFound
 
-Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec", "audioseal"]
+Kind = Literal["musicgen", "musicgen-melody", "audiogen", "magnet", "encodec", "audioseal"]
 Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
@@ -42,6 +42,8 @@ class ModelSpec:
     aliases: tuple[str, ...] = field(default=())
     # A fine-tuned model: the catalogue model its adapter is for (server/hub/finetuned.py).
     base: str | None = None
+    # MAGNeT: the one length it generates (its training segment); requests ask for at most this.
+    segment_s: float | None = None
 
     @property
     def window_s(self) -> float | None:
@@ -49,7 +51,7 @@ class ModelSpec:
             return 30.0
         if self.kind == "audiogen":
             return 10.0
-        return None
+        return self.segment_s
 
 
 def _musicgen(name: str, lm_shape: tuple[int, int, int], size_gb: float, stereo: bool, melody: bool) -> ModelSpec:
@@ -75,6 +77,28 @@ def _musicgen(name: str, lm_shape: tuple[int, int, int], size_gb: float, stereo:
 
 
 SMALL, MEDIUM, LARGE = (1024, 16, 24), (1536, 24, 48), (2048, 32, 48)
+
+
+def _magnet(name: str, lm_shape: tuple[int, int, int], size_gb: float, segment_s: float, audio: bool) -> ModelSpec:
+    """MAGNeT (non-autoregressive masked decoding) in audiocraft's export format: text to music at
+    32 kHz (T5-base), or text to sound at 16 kHz (T5-large, AudioGen's codec)."""
+    return ModelSpec(
+        name=name,
+        repo=f"facebook/{name}",
+        kind="magnet",
+        hub_format="audiocraft",
+        sample_rate=16000 if audio else 32000,
+        channels=1,
+        codebooks=4,
+        codebook_size=2048,
+        frame_rate_hz=50.0,
+        capabilities=("sound",) if audio else ("music",),
+        approx_size_gb=size_gb,
+        text_encoder="t5-large" if audio else "t5-base",
+        lm_shape=lm_shape,
+        extra_repos=("google-t5/t5-large",) if audio else ("google-t5/t5-base",),
+        segment_s=segment_s,
+    )
 
 CATALOGUE: dict[str, ModelSpec] = {
     spec.name: spec
@@ -105,6 +129,12 @@ CATALOGUE: dict[str, ModelSpec] = {
             lm_shape=MEDIUM,
             extra_repos=("google-t5/t5-large",),
         ),
+        _magnet("magnet-small-10secs", SMALL, 1.9, 10.0, audio=False),
+        _magnet("magnet-medium-10secs", MEDIUM, 6.7, 10.0, audio=False),
+        _magnet("magnet-small-30secs", SMALL, 1.9, 30.0, audio=False),
+        _magnet("magnet-medium-30secs", MEDIUM, 6.7, 30.0, audio=False),
+        _magnet("audio-magnet-small", SMALL, 2.9, 10.0, audio=True),
+        _magnet("audio-magnet-medium", MEDIUM, 7.7, 10.0, audio=True),
         ModelSpec(
             name="encodec-24khz",
             repo="facebook/encodec_24khz",

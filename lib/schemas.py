@@ -266,14 +266,46 @@ class GenerateRequest(OutputOptions, SamplingOptions):
             props["model"]["enum"] = [*_models_for(cls.capability), None]
 
 
-class MusicRequest(GenerateRequest):
+# audiocraft's MAGNeT.set_generation_params() defaults: what a MAGNeT request gets for what it leaves out.
+MAGNET_DEFAULTS: dict[str, Any] = {
+    "temperature": 3.0,
+    "top_k": 0,
+    "top_p": 0.9,
+    "max_cfg_coef": 10.0,
+    "min_cfg_coef": 1.0,
+    "decoding_steps": [20, 10, 10, 10],
+    "span_arrangement": "nonoverlap",
+}
+MAGNET_FIELDS = ("decoding_steps", "max_cfg_coef", "min_cfg_coef", "span_arrangement")
+
+
+class MagnetOptions(RequestSchema):
+    """The masked-decoding schedule of MAGNeT models (magnet-*, audio-magnet-*); other models refuse
+    them. Left out: audiocraft's defaults (MAGNET_DEFAULTS, also for temperature, top_k and top_p)."""
+
+    decoding_steps: list[Annotated[int, Field(ge=1, le=200)]] | None = Field(
+        None, min_length=1, max_length=8,
+        description="MAGNeT: decoding iterations for each codebook, one count per codebook (default 20, 10, 10, 10)",
+    )  # fmt: skip
+    max_cfg_coef: float | None = Field(
+        None, ge=0.0, le=30.0, description="MAGNeT: guidance while everything is masked (default 10), annealed to"
+    )
+    min_cfg_coef: float | None = Field(
+        None, ge=0.0, le=30.0, description="MAGNeT: guidance once nothing is masked (default 1)"
+    )
+    span_arrangement: Literal["nonoverlap", "stride1"] | None = Field(
+        None, description="MAGNeT: mask whole spans of 3 frames (nonoverlap, the default) or overlapping ones"
+    )
+
+
+class MusicRequest(MagnetOptions, GenerateRequest):
     capability: ClassVar[str | None] = "music"
 
     duration: float = Field(10.0, gt=0, description="Seconds of audio (default 10)")
 
 
-class SoundRequest(GenerateRequest):
-    """Text to sound effect (AudioGen)."""
+class SoundRequest(MagnetOptions, GenerateRequest):
+    """Text to sound effect (AudioGen, audio-magnet)."""
 
     capability: ClassVar[str | None] = "sound"
 

@@ -38,19 +38,19 @@ def build_services(settings: Settings) -> Services:
         registry = ModelsElsewhere(settings, queue.workers)
         return Services(settings=settings, registry=registry, scheduler=queue, runs_models=False)
 
-    from server.jobs.lanes.batch import BatchRunner
     from server.jobs.lanes.codec import CodecLane
     from server.jobs.lanes.dataset import DatasetLane
     from server.jobs.lanes.decode import DecodeLane
     from server.jobs.lanes.download import DownloadLane
     from server.jobs.lanes.finetune import FinetuneLane
+    from server.jobs.lanes.magnet import runner_for
     from server.jobs.lanes.mix import MixLane
     from server.jobs.lanes.watermark import WatermarkLane
     from server.models.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
     lanes = [
-        DecodeLane(lambda kind, model: BatchRunner(registry, artifacts, kind, model), settings.max_batch),
+        DecodeLane(lambda kind, model: runner_for(registry, artifacts, kind, model), settings.max_batch),
         CodecLane(registry, artifacts, settings),
         DownloadLane(settings),
         MixLane(artifacts),

@@ -134,6 +134,8 @@ class DecodeBatch:
     def __init__(self, lm: TextToAudioLM):
         if not isinstance(lm, TextToAudioLM):
             raise UnsupportedRequest(f"{lm.spec.name} is a codec: it does not generate", field="model")
+        if lm.spec.kind == "magnet":  # non-causal: it decodes by masking (server/engine/magnet.py)
+            raise UnsupportedRequest(f"{lm.spec.name} is a MAGNeT model: it decodes by masking", field="model")
         self.lm = lm
         self.fast: FastLM = lm.fast_lm()
         self.device = lm.device

@@ -10,6 +10,7 @@ from server.models.audiogen import load_audiogen
 from server.models.audioseal import load_audioseal
 from server.models.encodec import load_encodec
 from server.models.loaded import ResidentModel
+from server.models.magnet import load_magnet
 from server.models.musicgen import load_musicgen
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ LOADERS: dict[str, Loader] = {
     "musicgen": load_musicgen,
     "musicgen-melody": load_musicgen,
     "audiogen": load_audiogen,
+    "magnet": load_magnet,
     "encodec": load_encodec,
     "audioseal": load_audioseal,
 }

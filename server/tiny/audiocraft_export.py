@@ -138,6 +138,26 @@ COMPRESSION_CFG: dict[str, Any] = {
 }
 
 
+def magnet_cfgs(segment_s: float, audio: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(LM, compression) xp.cfg of a tiny MAGNeT: the LM part of audiocraft's magnet solver configs
+    (lm_model transformer_lm_magnet, non-causal, spans of 3, codebooks > 0 attending 5 frames either
+    way) over AudioGen's tiny shape; text to music at 32 kHz on T5-base, text to sound at 16 kHz on
+    T5-large."""
+    lm = copy.deepcopy(LM_CFG)
+    codec = copy.deepcopy(COMPRESSION_CFG)
+    rate = 16000 if audio else 32000
+    lm |= {"solver": "magnet", "lm_model": "transformer_lm_magnet", "sample_rate": rate}
+    lm["dataset"] = {"segment_duration": segment_s}
+    lm["masking"] = {"span_len": 3}
+    lm["codebooks_pattern"] = {"modeling": "parallel", "parallel": {}}
+    lm["transformer_lm"] |= {"causal": False, "subcodes_context": 5}
+    lm["conditioners"]["description"]["t5"]["name"] = "t5-large" if audio else "t5-base"
+    codec["sample_rate"] = rate
+    if not audio:
+        codec["seanet"]["ratios"] = [8, 5, 4, 4]
+    return lm, codec
+
+
 def _random_target_state(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text_width: int, seed: int):
     """Random weights for the decoder, the text projection and EnCodec, under their transformers names."""
     from transformers import EncodecConfig, EncodecModel, MusicgenDecoderConfig, MusicgenForCausalLM

@@ -37,10 +37,13 @@ def _readme(spec: ModelSpec) -> str:
 
 def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
     """The files of one catalogue entry's repo, by kind (the README comes from write_repo)."""
-    if spec.kind == "audiogen":  # audiocraft's export format, as it is on the hub
-        from server.tiny.audiocraft_export import save_export
+    if spec.kind in ("audiogen", "magnet"):  # audiocraft's export format, as it is on the hub
+        from server.tiny.audiocraft_export import magnet_cfgs, save_export
 
-        save_export(out, model_seed(spec.name, seed), text_width=TINY["text_encoder"]["d_model"])
+        cfgs = (None, None)  # AudioGen's
+        if spec.kind == "magnet":
+            cfgs = magnet_cfgs(spec.segment_s, audio="sound" in spec.capabilities)
+        save_export(out, model_seed(spec.name, seed), TINY["text_encoder"]["d_model"], *cfgs)
     elif spec.kind == "audioseal":  # its published checkpoints
         from server.tiny import audioseal
 

@@ -13,8 +13,6 @@ wrong after that fails.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from server.engine.decode import DecodeRequest, codes_to_audio
 from server.models.convert.audiocraft_export import COMPRESSION_FILE, LM_FILE, convert_export
 from server.models.musicgen import load_folder
 
-HERE = Path(__file__).resolve().parent
 # Audio from identical tokens: the same convolutions in another torch build; float32 rounding only.
 AUDIO_TOLERANCE = 1e-5
 SPECS = {"musicgen": "musicgen-small", "audiogen": "audiogen-medium"}
@@ -36,33 +33,14 @@ RUNS = [(name, i) for name in SPECS for i in range(2)]
 
 
 @pytest.fixture(scope="session")
-def oracle(tmp_path_factory) -> dict:
+def oracle(oracle_venv, tmp_path_factory) -> dict:
     started = time.monotonic()
-    setup = subprocess.run(
-        ["bash", str(HERE / "setup-env.sh")], capture_output=True, text=True, timeout=3600, env=_env()
-    )
-    if setup.returncode != 0:
-        tail = "\n".join(setup.stderr.strip().splitlines()[-15:])
-        pytest.skip(
-            f"the audiocraft oracle environment could not be created (setup-env.sh exit {setup.returncode}):\n{tail}"
-        )
-    python = setup.stdout.strip().splitlines()[-1]
-    env_s = time.monotonic() - started
     out = tmp_path_factory.mktemp("oracle")
-    run = subprocess.run(
-        [python, str(HERE / "oracle.py"), str(out)], capture_output=True, text=True, timeout=1800, env=_env()
-    )
-    assert run.returncode == 0, f"oracle.py failed:\n{run.stderr[-4000:]}"
+    oracle_venv.run("oracle.py", out)
     results = json.loads((out / "results.json").read_text())
     results["root"] = out
-    results["env_s"], results["oracle_s"] = env_s, time.monotonic() - started - env_s
+    results["env_s"], results["oracle_s"] = oracle_venv.setup_s, time.monotonic() - started
     return results
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,9 @@ async def submit_jobs(request: Request) -> JSONResponse:
         raise _named_items(exc, many) from None
     items = items if many else [items]
     types = svc.scheduler.request_types
-    requests = [(i.kind, types[i.kind].model_validate(i.model_dump(by_alias=True, exclude={"kind"}))) for i in items]
+    # exclude_unset: the request keeps what its item left out (a MAGNeT model's defaults differ)
+    dumped = [(i.kind, i.model_dump(by_alias=True, exclude={"kind"}, exclude_unset=True)) for i in items]
+    requests = [(kind, types[kind].model_validate(item, context=svc.context)) for kind, item in dumped]
     jobs = await generation.generate_many(svc, requests, PRIORITY_BATCH)
     body = JobsSubmitted(ids=[j.id for j in jobs], jobs=[j.view(svc.scheduler.position(j)) for j in jobs])
     return JSONResponse(body.model_dump(), status_code=202)

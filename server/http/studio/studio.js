@@ -340,6 +340,9 @@ function formRequest() {
   const seed = $("seed").value.trim();
   if (seed !== "") body.seed = seed; // a string: exact to 2^63 - 1 (api.stringify sends it as a number)
   if (state.kind === "continuation") body.include_prompt = $("include-prompt").checked;
+  // MAGNeT models (magnet-*, audio-magnet-*) anneal their own temperature and guidance: the form's
+  // MusicGen sampling fields are left to the server's MAGNeT defaults (it refuses cfg_coef).
+  if (/magnet/.test(body.model || "")) for (const k of ["top_k", "top_p", "temperature", "cfg_coef"]) delete body[k];
   return body;
 }
 

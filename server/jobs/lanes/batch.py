@@ -47,6 +47,8 @@ def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
 class BatchRunner:
     """The running decode batch of one (kind, model). Used by the scheduler's worker thread only."""
 
+    batch_type = DecodeBatch  # MAGNeT's runner has its own (server/jobs/lanes/magnet.py)
+
     def __init__(self, registry: ModelRegistry, artifacts: ArtifactStore, kind: str, model: str):
         self.registry = registry
         self.artifacts = artifacts
@@ -130,7 +132,7 @@ class BatchRunner:
         """The batch holds a lease on its model: the registry never unloads it under running jobs."""
         lm = self.registry.acquire(self.model)
         try:
-            self._batch = DecodeBatch(lm)
+            self._batch = self.batch_type(lm)
         except BaseException:
             self.registry.release(self.model)
             raise

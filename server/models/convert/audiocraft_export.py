@@ -6,11 +6,13 @@ the export: audiocraft's T5 conditioner loads it by name, so it comes from a T5 
 
 The conversion is strict: every tensor of the target model is filled from the export or the T5 repo,
 every key of the export is used, every shape matches; anything else raises ConversionError naming the
-key. The result holds the config, the weights, the T5 tokenizer and a generation config.
+key. The result holds the config, the weights, the T5 tokenizer and a generation config; a MAGNeT
+export (lm_model transformer_lm_magnet: the same transformer, non-causal) also its masking settings.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from server.models.convert.xpcfg import ConversionError
 
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
+MAGNET_FILE = "magnet.json"  # in the converted folder of a MAGNeT export: its masking settings
 
 
 def read_package(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -147,3 +150,6 @@ def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(t5_dir, local_files_only=True).save_pretrained(out_dir)
+    if xpcfg.is_magnet(lm_cfg):  # the transformer is MusicGen's; how MAGNeT decodes with it goes beside
+        settings = xpcfg.magnet_settings(lm_cfg)
+        (out_dir / MAGNET_FILE).write_text(json.dumps(settings.as_dict(), indent=1) + "\n")

@@ -23,6 +23,9 @@ class ConversionError(Invalid, ValueError):
     code = "conversion_failed"
 
 
+LM_MODELS = ("transformer_lm", "transformer_lm_magnet")
+MAGNET_LM = "transformer_lm_magnet"
+
 # T5Conditioner takes the text encoder's width from its name.
 T5_WIDTHS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
 T5_WIDTHS |= {"google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024}
@@ -95,8 +98,10 @@ class LMSettings:
 def lm_settings(cfg: dict[str, Any]) -> LMSettings:
     """The LM's shape, after checking every setting that the transformers decoder hard-codes."""
     lm = lookup(cfg, "transformer_lm")
-    if cfg.get("lm_model", "transformer_lm") != "transformer_lm":
-        raise ConversionError(f"xp.cfg lm_model = {cfg.get('lm_model')!r}: only transformer_lm converts")
+    lm_model = cfg.get("lm_model", "transformer_lm")
+    if lm_model not in LM_MODELS:
+        raise ConversionError(f"xp.cfg lm_model = {lm_model!r}: only {' and '.join(LM_MODELS)} convert")
+    magnet = lm_model == MAGNET_LM
     for key, expected, default in [
         ("norm_first", True, ...),
         ("bias_ff", False, ...),
@@ -109,16 +114,18 @@ def lm_settings(cfg: dict[str, Any]) -> LMSettings:
         ("qk_layer_norm", False, False),
         ("qk_layer_norm_cross", False, False),
         ("kv_repeat", 1, 1),
-        ("causal", True, True),
+        # MAGNeT attends both ways (its own masks, server/engine/magnet.py); MusicGen is causal.
+        ("causal", not magnet, True),
         ("past_context", None, None),
         ("positional_scale", 1.0, 1.0),
     ]:
         _require(cfg, f"transformer_lm.{key}", expected, default)
     n_q = int(lm["n_q"])
-    _require(cfg, "codebooks_pattern.modeling", "delay")
-    _require(cfg, "codebooks_pattern.delay.delays", list(range(n_q)))
-    _require(cfg, "codebooks_pattern.delay.flatten_first", 0, 0)
-    _require(cfg, "codebooks_pattern.delay.empty_initial", 0, 0)
+    if not magnet:  # MAGNeT's decoding never reads the pattern: it fills one codebook at a time
+        _require(cfg, "codebooks_pattern.modeling", "delay")
+        _require(cfg, "codebooks_pattern.delay.delays", list(range(n_q)))
+        _require(cfg, "codebooks_pattern.delay.flatten_first", 0, 0)
+        _require(cfg, "codebooks_pattern.delay.empty_initial", 0, 0)
     # Text on cross-attention only (melody's prepended chroma is a different class).
     _require(cfg, "fuser.cross", ["description"])
     for key in ("prepend", "sum", "input_interpolate"):
@@ -147,6 +154,38 @@ def lm_settings(cfg: dict[str, Any]) -> LMSettings:
         channels=int(lookup(cfg, "channels", 1)),
         positional_max_period=float(lm.get("max_period", 10000.0)),
     )
+
+
+@dataclass(frozen=True)
+class MagnetSettings:
+    """What MAGNeT's decoding reads beyond the transformer's shape (audiocraft's MagnetLMModel)."""
+
+    span_len: int  # masked spans are whole runs of this many frames
+    subcodes_context: int  # codebooks > 0 attend to frames at most this far away; -1: all
+    segment_duration_s: float  # the length it was trained on, the most it generates
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"span_len": self.span_len, "subcodes_context": self.subcodes_context,
+                "segment_duration_s": self.segment_duration_s}  # fmt: skip
+
+
+def is_magnet(cfg: dict[str, Any]) -> bool:
+    return cfg.get("lm_model") == MAGNET_LM
+
+
+def magnet_settings(cfg: dict[str, Any]) -> MagnetSettings:
+    """MAGNeT's masking settings, as audiocraft's loader passes them to the model: the span length
+    from masking.span_len, the segment from dataset.segment_duration."""
+    span_len = int(lookup(cfg, "masking.span_len"))
+    context = int(lookup(cfg, "transformer_lm.subcodes_context", 5))
+    segment = float(lookup(cfg, "dataset.segment_duration"))
+    if span_len < 1:
+        raise ConversionError(f"xp.cfg masking.span_len = {span_len}: it must be at least 1")
+    if context < -1:
+        raise ConversionError(f"xp.cfg transformer_lm.subcodes_context = {context}: -1 (all) or a frame count")
+    if segment <= 0 or segment != int(segment):
+        raise ConversionError(f"xp.cfg dataset.segment_duration = {segment}: MAGNeT needs whole seconds")
+    return MagnetSettings(span_len=span_len, subcodes_context=context, segment_duration_s=segment)
 
 
 def decoder_config_kwargs(s: LMSettings) -> dict[str, Any]:
