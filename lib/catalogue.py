@@ -10,8 +10,8 @@ from typing import Literal
 
 from lib.errors import NotFound
 
-Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec"]
-Capability = Literal["music", "sound", "melody", "continuation", "codec"]
+Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec", "mbd"]
+Capability = Literal["music", "sound", "melody", "continuation", "codec", "decoder"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
 
@@ -21,7 +21,7 @@ class ModelSpec:
     name: str
     repo: str
     kind: Kind
-    hub_format: Literal["transformers", "audiocraft", "adapter"]
+    hub_format: Literal["transformers", "audiocraft", "adapter", "mbd"]
     sample_rate: int
     channels: int
     codebooks: int
@@ -144,6 +144,23 @@ CATALOGUE: dict[str, ModelSpec] = {
             capabilities=("codec",),
             approx_size_gb=0.24,
             bandwidths_kbps=(2.2,),
+        ),
+        # Multi-Band Diffusion: a decoder from MusicGen's 32 kHz EnCodec tokens (`decoder: "mbd"`).
+        # The repo's other checkpoints (mbd_comp_*.pt) are for the 24 kHz EnCodec; there is no 16 kHz
+        # MBD, so AudioGen has none.
+        ModelSpec(
+            name="mbd-musicgen-32khz",
+            repo="facebook/multiband-diffusion",
+            kind="mbd",
+            hub_format="mbd",
+            sample_rate=32000,
+            channels=1,
+            codebooks=4,
+            codebook_size=2048,
+            frame_rate_hz=50.0,
+            capabilities=("decoder",),
+            approx_size_gb=1.6,
+            aliases=("mbd",),
         ),
     ]
 }

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from server.models.convert.audiocraft_export import convert_export
@@ -35,17 +36,22 @@ def converted_dir(snapshot: Path, t5_snapshot: Path) -> Path:
 def ensure_converted(snapshot: Path, t5_snapshot: Path) -> Path:
     """The converted copy's folder, converting first when there is none."""
     target = converted_dir(snapshot, t5_snapshot)
-    if (target / "config.json").is_file():
+    return convert_once(target, "config.json", lambda out: convert_export(snapshot, t5_snapshot, out), snapshot)
+
+
+def convert_once(target: Path, done_file: str, convert: Callable[[Path], None], source: Path) -> Path:
+    """`target`, made by convert(staging folder) unless it already holds `done_file`."""
+    if (target / done_file).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
     try:
-        log.info("converting %s (audiocraft format) into %s", snapshot, target)
-        convert_export(snapshot, t5_snapshot, staging)
+        log.info("converting %s (audiocraft format) into %s", source, target)
+        convert(staging)
         try:
             os.rename(staging, target)
         except OSError:
-            if not (target / "config.json").is_file():  # not another process's finished copy: a real error
+            if not (target / done_file).is_file():  # not another process's finished copy: a real error
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
