@@ -14,6 +14,8 @@ Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec", "mbd"]
 Capability = Literal["music", "sound", "melody", "continuation", "codec", "decoder"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
+# Multi-Band Diffusion: the most denoising steps a request or the settings may ask for (AudioCraft: 20).
+MBD_MAX_STEPS = 100
 
 
 @dataclass(frozen=True)

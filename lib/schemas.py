@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from lib.catalogue import MBD_MAX_STEPS
 from lib.errors import Invalid, ServiceError
 
 AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
@@ -197,6 +198,26 @@ class GenerateRequest(OutputOptions, SamplingOptions):
         description="Send the audio as it is made (chunked; wav with an open length, pcm, mp3, or ogg as Opus), "
         "unnormalised; with async, answer 202 and play GET /api/jobs/{id}/stream",
     )
+    decoder: Literal["encodec", "mbd"] = Field(
+        "encodec",
+        description="Tokens to audio: encodec (fast), or mbd, Multi-Band Diffusion (fewer artefacts, far slower; "
+        "MusicGen models only, needs mbd-musicgen-32khz installed, not with stream)",
+    )
+    mbd_steps: int | None = Field(
+        None, ge=1, le=MBD_MAX_STEPS, description="With decoder mbd: denoising steps per band; default from settings"
+    )
+
+    @model_validator(mode="after")
+    def _decoder_fits(self) -> GenerateRequest:
+        """A 422 naming `decoder`: MBD decodes a whole piece at once, after the last token."""
+        if self.decoder == "mbd" and self.stream:
+            raise Invalid(
+                "decoder mbd cannot stream: Multi-Band Diffusion decodes each piece only once all its tokens exist",
+                field="decoder", hint='leave stream out, or use "decoder": "encodec" to stream',
+            )  # fmt: skip
+        if self.mbd_steps is not None and self.decoder != "mbd":
+            raise Invalid("mbd_steps applies only with decoder mbd", field="mbd_steps", hint='add "decoder": "mbd"')
+        return self
 
     @model_validator(mode="after")
     def _streamable(self) -> GenerateRequest:
@@ -273,6 +294,18 @@ class SoundRequest(GenerateRequest):
     capability: ClassVar[str | None] = "sound"
 
     duration: float = Field(5.0, gt=0, description="Seconds of audio (default 5)")
+    decoder: Literal["encodec", "mbd"] = Field("encodec", description="Tokens to audio: only encodec for AudioGen")
+
+    @field_validator("decoder")
+    @classmethod
+    def _no_mbd(cls, v: str) -> str:
+        if v == "mbd":
+            raise Invalid(
+                "AudioGen has no Multi-Band Diffusion decoder: AudioCraft publishes MBD for MusicGen's 32 kHz "
+                "EnCodec and the 24 kHz EnCodec, none for AudioGen's 16 kHz one",
+                field="decoder", hint='leave decoder out (or "encodec")',
+            )  # fmt: skip
+        return v
 
 
 # The field naming each generation kind's input audio: the multipart file field, and the base64 JSON

@@ -29,6 +29,8 @@ _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TRANSFORMERS_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # Extra repos (AudioGen's T5) are plain transformers repos; a T5 snapshot also needs its tokenizer.
 _AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
+# Multi-Band Diffusion (facebook/multiband-diffusion): the checkpoint for MusicGen's 32 kHz EnCodec.
+MBD_FILES = ("mbd_musicgen_32khz.th",)
 # A fine-tuned model (server/hub/finetuned.py): a PEFT adapter and its facts.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "finetune.json")
 
@@ -99,6 +101,8 @@ def _complete(snapshot: Path, hub_format: str) -> bool:
         return all((snapshot / name).is_file() for name in _AUDIOCRAFT_FILES)
     if hub_format == "adapter":
         return all((snapshot / name).is_file() for name in ADAPTER_FILES)
+    if hub_format == "mbd":
+        return all((snapshot / name).is_file() for name in MBD_FILES)
     raise ValueError(f"unknown hub format: {hub_format!r}")
 
 

@@ -9,6 +9,7 @@ from lib.catalogue import ModelSpec
 from server.models.audiogen import load_audiogen
 from server.models.encodec import load_encodec
 from server.models.loaded import ResidentModel
+from server.models.mbd import load_mbd
 from server.models.musicgen import load_musicgen
 
 if TYPE_CHECKING:
@@ -27,4 +28,5 @@ LOADERS: dict[str, Loader] = {
     "musicgen-melody": load_musicgen,
     "audiogen": load_audiogen,
     "encodec": load_encodec,
+    "mbd": load_mbd,
 }

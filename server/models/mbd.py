@@ -53,7 +53,9 @@ def converted_dir(snapshot: Path) -> Path:
 
 def ensure_converted(snapshot: Path) -> Path:
     checkpoint = snapshot / MUSICGEN_FILE
-    return convert_once(converted_dir(snapshot), CONFIG_FILE, lambda out: convert_checkpoint(checkpoint, out), checkpoint)
+    return convert_once(
+        converted_dir(snapshot), CONFIG_FILE, lambda out: convert_checkpoint(checkpoint, out), checkpoint
+    )
 
 
 def load_folder(spec: ModelSpec, folder: Path, source: Path, device: torch.device) -> DiffusionDecoder:

@@ -41,6 +41,10 @@ def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
         from server.tiny.audiocraft_export import save_export
 
         save_export(out, model_seed(spec.name, seed), text_width=TINY["text_encoder"]["d_model"])
+    elif spec.kind == "mbd":  # the published checkpoint layout (server/tiny/mbd.py)
+        from server.tiny import mbd
+
+        mbd.save_files(out, model_seed(spec.name, seed))
     elif spec.kind == "encodec":
         from server.tiny import encodec
 

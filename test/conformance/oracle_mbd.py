@@ -84,7 +84,7 @@ def load(checkpoint: Path, codec):
     models, processors, cfgs = load_diffusion_models(str(checkpoint.parent), filename=checkpoint.name, device="cpu")
     dps = [
         DiffusionProcess(model=m, noise_schedule=NoiseSchedule(**c.schedule, sample_processor=p, device="cpu"))
-        for m, p, c in zip(models, processors, cfgs)
+        for m, p, c in zip(models, processors, cfgs, strict=True)
     ]
     return MultiBandDiffusion(DPs=dps, codec_model=codec)
 
@@ -104,7 +104,9 @@ def main() -> None:
 
     codec = builders.get_compression_model(ccfg)
     oracle.randomise(codec, 303)
-    torch.save({"best_state": codec.state_dict(), "xp.cfg": OmegaConf.to_yaml(ccfg)}, export / "compression_state_dict.bin")
+    torch.save(
+        {"best_state": codec.state_dict(), "xp.cfg": OmegaConf.to_yaml(ccfg)}, export / "compression_state_dict.bin"
+    )
     codec = load_compression_model(str(export), device="cpu")
     checkpoint = root / "checkpoint" / "mbd_musicgen_32khz.th"
     build_mbd(checkpoint, 404)
@@ -137,8 +139,10 @@ def main() -> None:
             wav = mbd.generate(emb=mbd.get_emb(rows), size=ref.size(), step_list=step_list)
             wav = mbd.re_eq(wav=wav, ref=ref, n_bands=32)
         np.save(root / f"{who}-steps.npy", wav.numpy())
-        results["runs"][f"{who}-steps"] = {"tokens": "tokens-mono.npy", "audio": f"{who}-steps.npy",
-                                           "seed": SEEDS["steps"], "steps": SHORT_STEPS, "step_list": step_list}  # fmt: skip
+        results["runs"][f"{who}-steps"] = {
+            "tokens": "tokens-mono.npy", "audio": f"{who}-steps.npy", "seed": SEEDS["steps"], "steps": SHORT_STEPS,
+            "step_list": step_list,
+        }  # fmt: skip
     (root / "results.json").write_text(json.dumps(results, indent=1))
 
 

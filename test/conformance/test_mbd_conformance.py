@@ -54,10 +54,14 @@ def project_tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory, project_tiny) -> dict:
-    setup = subprocess.run(["bash", str(HERE / "setup-env.sh")], capture_output=True, text=True, timeout=3600, env=_env())
+    setup = subprocess.run(
+        ["bash", str(HERE / "setup-env.sh")], capture_output=True, text=True, timeout=3600, env=_env()
+    )
     if setup.returncode != 0:
         tail = "\n".join(setup.stderr.strip().splitlines()[-15:])
-        pytest.skip(f"the audiocraft oracle environment could not be created (setup-env.sh exit {setup.returncode}):\n{tail}")
+        pytest.skip(
+            f"the audiocraft oracle environment could not be created (setup-env.sh exit {setup.returncode}):\n{tail}"
+        )
     python = setup.stdout.strip().splitlines()[-1]
     out = tmp_path_factory.mktemp("oracle-mbd")
     run = subprocess.run(

@@ -132,7 +132,9 @@ class DiffusionUNet(nn.Module):
                 raise ValueError("this denoiser is conditioned on EnCodec's latent; none was given")
             cond = self.conv_codec(condition)
             if cond.shape[-1] > 2 * z.shape[-1]:
-                raise ValueError(f"the condition ({cond.shape[-1]} frames) is too long for the bottleneck ({z.shape[-1]})")
+                raise ValueError(
+                    f"the condition ({cond.shape[-1]} frames) is too long for the bottleneck ({z.shape[-1]})"
+                )
             skips[-1] = z = z + F.interpolate(cond, z.shape[-1])  # nearest, onto the bottleneck's frames
         z = self.bilstm(z) if self.shape.bilstm else torch.zeros_like(z)
         for decoder in self.decoders:

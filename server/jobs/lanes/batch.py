@@ -10,7 +10,7 @@ import time
 from lib.errors import Invalid, ServiceError
 from lib.files import reason
 from server.engine.decode import DecodeBatch
-from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
+from server.engine.text_to_audio import AudioRequest, LongForm, PieceDecoder, Waveform
 from server.jobs.artifacts import INPUT, ArtifactStore
 from server.jobs.job import Job
 from server.jobs.lane import failure
@@ -39,8 +39,30 @@ def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
         top_p=req.top_p,
         cfg_coef=req.cfg_coef,
         include_prompt=getattr(req, "include_prompt", True),
+        decoder=req.decoder,
+        mbd_steps=req.mbd_steps,
         **inputs,
     )
+
+
+def mbd_pieces(registry: ModelRegistry, lm, item: AudioRequest) -> PieceDecoder:
+    """The timeline's pieces decoded by Multi-Band Diffusion. The MBD model is checked now (installed,
+    the model's rate) and held only while a piece decodes, so an idle one can be unloaded."""
+    from server.engine.mbd.decode import check_pair, decode_piece, piece_seed, spec_for
+
+    name = spec_for(lm).name
+    check_pair(lm, registry.acquire(name))
+    registry.release(name)
+    steps = item.mbd_steps or registry.settings.mbd_steps
+
+    def piece(codes, start: int, end: int, index: int):
+        mbd = registry.acquire(name)
+        try:
+            return decode_piece(lm, mbd, codes, start, end, steps, piece_seed(item.seed, index))
+        finally:
+            registry.release(name)
+
+    return piece
 
 
 class BatchRunner:
@@ -71,7 +93,9 @@ class BatchRunner:
             if self._batch is None:
                 self._open()
             lm = self._batch.lm
-            plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
+            item = _item(job, self.artifacts)
+            pieces = mbd_pieces(self.registry, lm, item) if item.decoder == "mbd" else None
+            plan = LongForm(lm, item, self.registry.settings.stride_s(lm.spec.kind), pieces)
             if job.feed is not None:
                 plan.stream()
             self._next_window(job, plan)

@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
+from server.hub.store import MBD_FILES
 from server.models.convert.xpcfg import ConversionError
 
-MUSICGEN_FILE = "mbd_musicgen_32khz.th"
+MUSICGEN_FILE = MBD_FILES[0]
 CONFIG_FILE = "mbd_config.json"
 WEIGHTS_FILE = "mbd.safetensors"
 
@@ -64,7 +65,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         if isinstance(cfg, DictConfig):
             # Only the sections the engine reads are resolved: the rest of a training config may
             # reference things (the run's folder, the cluster) that do not exist here.
-            cfg = {k: _plain(OmegaConf, cfg, k) for k in ("channels", "schedule", "diffusion_unet", "processor") if k in cfg}
+            cfg = {
+                k: _plain(OmegaConf, cfg, k)
+                for k in ("channels", "schedule", "diffusion_unet", "processor")
+                if k in cfg
+            }
         band["cfg"] = cfg
     return pkg
 
@@ -90,7 +95,9 @@ def band_config(cfg: dict[str, Any], band: int) -> dict[str, Any]:
     if unknown:
         raise ConversionError(f"band {band}: diffusion_unet.{sorted(unknown)[0]} is not a setting the engine knows")
     if unet.pop("transformer", False):
-        raise ConversionError(f"band {band}: diffusion_unet.transformer = true (a transformer bottleneck) is not supported")
+        raise ConversionError(
+            f"band {band}: diffusion_unet.transformer = true (a transformer bottleneck) is not supported"
+        )
     unet.pop("cross_attention", None)
     unet.pop("dropout", None)  # training only
     schedule = dict(_lookup(cfg, "schedule", band))
@@ -150,7 +157,9 @@ def convert_checkpoint(path: Path, out_dir: Path) -> None:
             )
     missing = [k for k in expected if k not in tensors]
     if missing:
-        raise ConversionError(f"missing key: the checkpoint has no {_origin(missing[0])!r} ({len(missing)} missing in all)")
+        raise ConversionError(
+            f"missing key: the checkpoint has no {_origin(missing[0])!r} ({len(missing)} missing in all)"
+        )
     if not all(math.isfinite(float(t.abs().max())) for t in tensors.values() if t.numel()):
         raise ConversionError("the checkpoint holds non-finite weights")
     out_dir.mkdir(parents=True, exist_ok=True)
