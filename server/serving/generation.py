@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from lib.catalogue import get_spec
+from lib.catalogue import get_spec, mbd_for
 from lib.errors import Invalid
 from lib.schemas import INPUT_FIELDS, MAX_SEED, OutputOptions
 from server.engine.errors import UnsupportedRequest
@@ -39,7 +39,18 @@ def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
         raise UnsupportedRequest(f"{spec.name} cannot make {kind}", field="model")
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
     job = Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
-    job.run_after(downloads.require(svc, spec))
+    download = downloads.require(svc, spec)
+    if getattr(request, "decoder", "encodec") == "mbd":
+        # Its decoder too (installed, or downloaded first). When both are missing the job waits for the
+        # model's download, the longer one, while the decoder's runs beside it.
+        decoder = mbd_for(spec)
+        if decoder is None:
+            raise UnsupportedRequest(
+                f"{spec.name} has no Multi-Band Diffusion decoder", field="decoder", hint='use "decoder": "encodec"'
+            )
+        decoder_download = downloads.require(svc, decoder)
+        download = download or decoder_download
+    job.run_after(download)
     return job
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lib.catalogue import CATALOGUE, ModelSpec
+from lib.catalogue import ModelSpec, mbd_for
 from server.engine.decode import DECODE_CONTEXT_FRAMES
 from server.engine.errors import UnsupportedRequest
 from server.models.loaded import TextToAudioLM
@@ -20,15 +20,15 @@ from server.models.mbd import DiffusionDecoder
 _PIECE_SEED_STEP = 0x2545F4914F6CDD1D  # piece i > 0 draws from seed + i * this (mod 2^63)
 
 
-def spec_for(lm: TextToAudioLM) -> ModelSpec:
-    """The catalogue's MBD for this model's EnCodec (its sample rate); UnsupportedRequest if none."""
-    for spec in CATALOGUE.values():
-        if spec.kind == "mbd" and spec.sample_rate == lm.sample_rate:
-            return spec
-    raise UnsupportedRequest(
-        f"there is no Multi-Band Diffusion decoder for {lm.spec.name} ({lm.sample_rate} Hz EnCodec)",
-        field="decoder", hint='use "decoder": "encodec"',
-    )  # fmt: skip
+def spec_for(model: ModelSpec) -> ModelSpec:
+    """The catalogue's MBD for this model's tokens; UnsupportedRequest (422) if there is none."""
+    found = mbd_for(model)
+    if found is None:
+        raise UnsupportedRequest(
+            f"there is no Multi-Band Diffusion decoder for {model.name} ({model.sample_rate} Hz EnCodec)",
+            field="decoder", hint='use "decoder": "encodec"',
+        )  # fmt: skip
+    return found
 
 
 def check_pair(lm: TextToAudioLM, mbd: DiffusionDecoder) -> None:

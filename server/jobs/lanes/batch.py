@@ -50,7 +50,7 @@ def mbd_pieces(registry: ModelRegistry, lm, item: AudioRequest) -> PieceDecoder:
     the model's rate) and held only while a piece decodes, so an idle one can be unloaded."""
     from server.engine.mbd.decode import check_pair, decode_piece, piece_seed, spec_for
 
-    name = spec_for(lm).name
+    name = spec_for(lm.spec).name
     check_pair(lm, registry.acquire(name))
     registry.release(name)
     steps = item.mbd_steps or registry.settings.mbd_steps

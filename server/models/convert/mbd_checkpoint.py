@@ -149,16 +149,16 @@ def convert_checkpoint(path: Path, out_dir: Path) -> None:
     expected = {k: v.shape for k, v in modules.state_dict().items()}
     for name, tensor in tensors.items():
         if name not in expected:
-            raise ConversionError(f"unmapped key in the checkpoint: {_origin(name)!r} (the engine has no such tensor)")
+            raise ConversionError(f"unmapped key in the checkpoint: {_origin(name)} (the engine has no such tensor)")
         if tuple(tensor.shape) != tuple(expected[name]):
             raise ConversionError(
-                f"shape mismatch for {_origin(name)!r}: the checkpoint has {tuple(tensor.shape)}, "
+                f"shape mismatch for {_origin(name)}: the checkpoint has {tuple(tensor.shape)}, "
                 f"the engine needs {tuple(expected[name])}"
             )
     missing = [k for k in expected if k not in tensors]
     if missing:
         raise ConversionError(
-            f"missing key: the checkpoint has no {_origin(missing[0])!r} ({len(missing)} missing in all)"
+            f"missing key: the checkpoint has no {_origin(missing[0])} ({len(missing)} missing in all)"
         )
     if not all(math.isfinite(float(t.abs().max())) for t in tensors.values() if t.numel()):
         raise ConversionError("the checkpoint holds non-finite weights")
