@@ -55,9 +55,9 @@ def _tampered(checkpoint, tmp_path, change):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda p: p[0]["model_state"].pop("embedding.weight"), "has no [0]['model_state']['embedding.weight']"),
-        (lambda p: p[1]["model_state"].update(extra=torch.zeros(1)), "unmapped key in the checkpoint: [1]"),
-        (lambda p: p[2]["model_state"].update({"conv_codec.weight": torch.zeros(3, 3, 1)}), "mismatch for [2]"),
+        (lambda p: p[0]["model_state"].pop("embedding.weight"), "has no \"[0]['model_state']['embedding.weight']\""),
+        (lambda p: p[1]["model_state"].update(extra=torch.zeros(1)), "unmapped key in the export: \"[1]"),
+        (lambda p: p[2]["model_state"].update({"conv_codec.weight": torch.zeros(3, 3, 1)}), "mismatch for \"[2]"),
         (lambda p: p[3]["cfg"].diffusion_unet.update(transformer=True), "transformer bottleneck"),
         (lambda p: p[0]["cfg"].diffusion_unet.update(attention=True), "diffusion_unet.attention is not a setting"),
         (lambda p: p[0]["cfg"].schedule.update(repartition="sigmoid"), "only power converts"),

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from server.hub.store import MBD_FILES
+from server.models.convert.audiocraft_export import check_against
 from server.models.convert.xpcfg import ConversionError
 
 MUSICGEN_FILE = MBD_FILES[0]
@@ -146,20 +147,7 @@ def convert_checkpoint(path: Path, out_dir: Path) -> None:
                     raise ConversionError(f"band {i}: {part} entry {name!r} is not a tensor")
                 tensors[f"bands.{i}.{part}.{name}"] = tensor.detach().to(torch.float32).contiguous().clone()
     modules = build_bands(config, meta=True)
-    expected = {k: v.shape for k, v in modules.state_dict().items()}
-    for name, tensor in tensors.items():
-        if name not in expected:
-            raise ConversionError(f"unmapped key in the checkpoint: {_origin(name)} (the engine has no such tensor)")
-        if tuple(tensor.shape) != tuple(expected[name]):
-            raise ConversionError(
-                f"shape mismatch for {_origin(name)}: the checkpoint has {tuple(tensor.shape)}, "
-                f"the engine needs {tuple(expected[name])}"
-            )
-    missing = [k for k in expected if k not in tensors]
-    if missing:
-        raise ConversionError(
-            f"missing key: the checkpoint has no {_origin(missing[0])} ({len(missing)} missing in all)"
-        )
+    check_against(modules, tensors, {n: _origin(n) for n in tensors}, name_of=_origin)
     if not all(math.isfinite(float(t.abs().max())) for t in tensors.values() if t.numel()):
         raise ConversionError("the checkpoint holds non-finite weights")
     out_dir.mkdir(parents=True, exist_ok=True)
