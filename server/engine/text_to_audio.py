@@ -205,7 +205,8 @@ class LongForm:
         self.index += 1
         self.have = w.start_frame + w.n_frames
         if self.live is None:
-            self._decode_ready()
+            if self._decode_piece is None:  # EnCodec's pieces as they are ready; another decoder's at the end
+                self._decode_ready()
             return
         self._feed(self.codes[:, self.live.frames : self.have])
         if self.have >= self.total_frames:
@@ -258,6 +259,11 @@ class LongForm:
                 self._audio.append(decode.decode_piece(self.lm, self.codes, start, end))
             else:
                 self._audio.append(self._decode_piece(self.codes, start, end, len(self._audio)))
+
+    @property
+    def decodes_at_the_end(self) -> bool:
+        """Its audio is decoded only by waveform(), and slowly (MBD): worth doing off the decode batch."""
+        return self._decode_piece is not None
 
     def progress(self, steps_done: int = 0) -> tuple[int, int]:
         """(steps done, steps in all) over every window; steps_done: the current window's

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from lib.errors import Invalid, ServiceError
 from lib.files import reason
@@ -18,6 +19,10 @@ from server.jobs.lanes.answer import keep_audio
 from server.models.registry import ModelRegistry
 
 log = logging.getLogger("audiocraft.jobs")
+
+# Multi-Band Diffusion runs for minutes on a CPU: its decoding happens here, off the decode batch's
+# thread, so the batch keeps stepping; one at a time, as its activations are large.
+_SLOW_DECODES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audiocraft-mbd")
 
 INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}  # kind -> AudioRequest's field
 
@@ -117,7 +122,24 @@ class BatchRunner:
             plan.accept(batch.pop(handle))
             self._publish(job, plan)
         self._publish(job, plan)
-        self._store(job, plan.waveform())
+        if plan.decodes_at_the_end:
+            self._store_later(job, plan)
+        else:
+            self._store(job, plan.waveform())
+
+    def _store_later(self, job: Job, plan: LongForm) -> None:
+        """Decode and store the answer on _SLOW_DECODES, under a lease on the model (its EnCodec)."""
+        self.registry.acquire(self.model)
+
+        def work() -> None:
+            try:
+                self._store(job, plan.waveform())
+            except Exception as exc:  # the job ends here whatever happens
+                job.finish("failed", failure(job, exc))
+            finally:
+                self.registry.release(self.model)
+
+        _SLOW_DECODES.submit(work)
 
     @staticmethod
     def _publish(job: Job, plan: LongForm) -> None:
