@@ -30,10 +30,10 @@ from server.models.mbd import ensure_converted, load_folder
 
 HERE = Path(__file__).resolve().parent
 # The same float32 arithmetic in another torch build, through 4 bands x 20 denoising steps with
-# clipping and two band-split equalisers: rounding differences (~1e-7 per op) grow a little with each
-# step; measured ~1e-6 on this machine. Far below any real difference: a wrong step, a swapped tensor
-# or noise drawn out of order changes the audio by ~1e-1.
-AUDIO_TOLERANCE = 1e-4
+# clipping and two band-split equalisers: rounding only. Measured at most 3.0e-7 (peaks ~0.24) over
+# the six runs on AMD Zen 4; a wrong step, a swapped tensor or noise drawn out of order moves the
+# audio by ~1e-1.
+AUDIO_TOLERANCE = 1e-5
 
 
 def _env() -> dict[str, str]:
@@ -104,4 +104,4 @@ def test_mbd_audio_is_audiocrafts(oracle, project_tiny, tmp_path, who, run):
     assert got.shape == want.shape == (tokens.shape[0], oracle["frames"] * 640)
     assert np.abs(want).std() > 1e-3  # real signal, not silence
     error = float(np.abs(got - want).max())
-    assert error < AUDIO_TOLERANCE * max(1.0, float(np.abs(want).max())), f"max abs error {error:.3g}"
+    assert error < AUDIO_TOLERANCE, f"max abs error {error:.3g}"
