@@ -79,3 +79,21 @@ def test_a_checkpoint_that_would_run_code_is_not_unpickled(tmp_path):
     torch.save({"sample_rate": 32000, "n_bands": 0, "x": Evil()}, path)
     with pytest.raises(ConversionError, match="not a readable MBD checkpoint"):
         read_checkpoint(path)
+
+
+def test_a_copied_checkpoint_imports_and_needs_only_its_file(checkpoint, tmp_path):
+    """`models import DIR` of the repo's files (any of its four checkpoints beside): the MusicGen one only."""
+    import shutil
+
+    from server.hub import download, importer, store
+
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copy(checkpoint, files / MUSICGEN_FILE)
+    (files / "mbd_comp_4.pt").write_bytes(b"\x80not needed")
+    hub = tmp_path / "hub"
+    [imported] = importer.import_model(files, hub)
+    assert imported.files == (MUSICGEN_FILE,)
+    assert store.is_installed(get_spec("mbd"), hub)
+    listing = ["README.md", "mbd_comp_2.pt", "mbd_comp_4.pt", "mbd_comp_8.pt", MUSICGEN_FILE]
+    assert download.needed_files(listing, "mbd") == [MUSICGEN_FILE]
