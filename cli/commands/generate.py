@@ -43,6 +43,10 @@ STREAM = typer.Option(
     False, "--stream", help="Write the audio as it is made (-o - : to stdout); formats wav, pcm, mp3, ogg (Opus)"
 )
 PLAY = typer.Option(False, "--play", help="With --stream: play it as it arrives (ffplay, or aplay for wav/pcm)")
+DECODER = typer.Option(
+    None, "--decoder", help="encodec (default) or mbd: Multi-Band Diffusion (fewer artefacts, far slower; no --stream)"
+)
+MBD_STEPS = typer.Option(None, "--mbd-steps", help="With --decoder mbd: denoising steps per band (service default 20)")
 
 
 def run(
@@ -100,11 +104,14 @@ def music(
     no_progress: bool = NO_PROGRESS,
     stream: bool = STREAM,
     play: bool = PLAY,
+    decoder: str | None = DECODER,
+    mbd_steps: int | None = MBD_STEPS,
 ) -> None:
     """Text to music (MusicGen)."""
     run(ctx, "music", server, output, json_out, no_progress, stream, play, prompt=prompt, duration=duration,
         model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
-        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize)  # fmt: skip
+        fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize, decoder=decoder,
+        mbd_steps=mbd_steps)  # fmt: skip
 
 
 @app.command("sound")
@@ -159,12 +166,15 @@ def melody(
     no_progress: bool = NO_PROGRESS,
     stream: bool = STREAM,
     play: bool = PLAY,
+    decoder: str | None = DECODER,
+    mbd_steps: int | None = MBD_STEPS,
 ) -> None:
     """Music guided by a melody (MusicGen-melody), with an optional text prompt."""
     run(ctx, "melody", server, output, json_out, no_progress, stream, play, input_value=melody_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize, melody_start=melody_start, melody_end=melody_end)  # fmt: skip
+        normalize=normalize, melody_start=melody_start, melody_end=melody_end, decoder=decoder,
+        mbd_steps=mbd_steps)  # fmt: skip
 
 
 @app.command("continue")
@@ -194,9 +204,11 @@ def continue_(
     no_progress: bool = NO_PROGRESS,
     stream: bool = STREAM,
     play: bool = PLAY,
+    decoder: str | None = DECODER,
+    mbd_steps: int | None = MBD_STEPS,
 ) -> None:
     """Continue an audio prompt, optionally steered by text."""
     run(ctx, "continuation", server, output, json_out, no_progress, stream, play, input_value=audio_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize, include_prompt=include_prompt)  # fmt: skip
+        normalize=normalize, include_prompt=include_prompt, decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip

@@ -97,3 +97,12 @@ def test_a_copied_checkpoint_imports_and_needs_only_its_file(checkpoint, tmp_pat
     assert store.is_installed(get_spec("mbd"), hub)
     listing = ["README.md", "mbd_comp_2.pt", "mbd_comp_4.pt", "mbd_comp_8.pt", MUSICGEN_FILE]
     assert download.needed_files(listing, "mbd") == [MUSICGEN_FILE]
+
+
+def test_the_cli_sends_the_decoder_and_checks_it_first():
+    from cli.errors import CliError
+    from cli.generation import build_request
+
+    assert build_request("x", decoder="mbd", mbd_steps=4) == {"prompt": "x", "decoder": "mbd", "mbd_steps": 4}
+    with pytest.raises(CliError, match="--decoder"):
+        build_request("x", decoder="diffusion")
