@@ -5,8 +5,10 @@ audio is stored on disk. It brings the engine (torch): only the composition root
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 from lib.errors import Invalid, ServiceError
 from lib.files import reason
@@ -20,9 +22,35 @@ from server.models.registry import ModelRegistry
 
 log = logging.getLogger("audiocraft.jobs")
 
-# Multi-Band Diffusion runs for minutes on a CPU: its decoding happens here, off the decode batch's
-# thread, so the batch keeps stepping; one at a time, as its activations are large.
-_SLOW_DECODES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audiocraft-mbd")
+
+class _SlowDecodes:
+    """Multi-Band Diffusion runs for minutes on a CPU: its decoding happens on this thread, off the
+    decode batch's, so the batch keeps stepping; one at a time, as its activations are large. A daemon:
+    a server that stops does not wait for it, and the job, still 'running' in the store, runs again at
+    the next start as an interrupted one does."""
+
+    def __init__(self):
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audiocraft-mbd", daemon=True)
+                self._thread.start()
+        self._work.put(work)
+
+    def _run(self) -> None:
+        while True:
+            work = self._work.get()
+            try:
+                work()  # it ends its job itself, whatever happens
+            except Exception:  # ending it failed too (the store closed as the server stopped): keep serving
+                log.exception("a Multi-Band Diffusion decode could not end its job")
+
+
+_SLOW_DECODES = _SlowDecodes()
 
 INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}  # kind -> AudioRequest's field
 
