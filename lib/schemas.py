@@ -175,6 +175,10 @@ class SamplingOptions(RequestSchema):
     cfg_coef: float = Field(3.0, ge=0.0, le=30.0, description="Classifier-free guidance strength")
 
 
+# mbd_steps only beside "decoder": "mbd", named (the default decoder is encodec).
+_NAMES_MBD = {"required": ["decoder"], "properties": {"decoder": {"const": "mbd"}}}
+
+
 class GenerateRequest(OutputOptions, SamplingOptions):
     """Text to audio. Limits that depend on the server's settings come in the validation context."""
 
@@ -276,6 +280,8 @@ class GenerateRequest(OutputOptions, SamplingOptions):
             [
                 _unless("stream", [False], {"format": {"enum": list(get_args(StreamFormat))}}),
                 _unless("format", _other(GenerationFormat, "pcm"), {"stream": {"const": True}}),
+                _unless("decoder", ["encodec"], {"stream": {"const": False}}),
+                {"anyOf": [{"properties": {"mbd_steps": {"type": "null"}}}, _NAMES_MBD]},
             ]
         )
         if cls.capability is not None:
@@ -295,6 +301,11 @@ class SoundRequest(GenerateRequest):
 
     duration: float = Field(5.0, gt=0, description="Seconds of audio (default 5)")
     decoder: Literal["encodec", "mbd"] = Field("encodec", description="Tokens to audio: only encodec for AudioGen")
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        super().document(schema, context)
+        schema["properties"]["decoder"]["enum"] = ["encodec"]
 
     @field_validator("decoder")
     @classmethod
