@@ -28,7 +28,7 @@ def real_shape_mbd():
     from server.engine.mbd.build import build_bands, multiband
     from server.models.convert.mbd_checkpoint import band_config
     from server.models.mbd import DiffusionDecoder
-    from server.tiny.mbd import SAMPLE_RATE, _fitted, band_cfgs
+    from server.tiny.mbd import SAMPLE_RATE, band_cfgs, fitted_state
 
     config = {"sample_rate": SAMPLE_RATE, "bands": [band_config(c, i) for i, c in enumerate(band_cfgs(REAL_UNET))]}
     with torch.random.fork_rng(devices=[]):
@@ -37,7 +37,7 @@ def real_shape_mbd():
     gen = torch.Generator().manual_seed(1)
     for band in modules.bands:
         if hasattr(band, "processor"):
-            _fitted(band.processor, gen)
+            fitted_state(band.processor, gen)
     return DiffusionDecoder(
         spec=get_spec("mbd-musicgen-32khz"), device=torch.device("cpu"), precision="float32", source=None,
         modules=modules, multiband=multiband(config, modules),

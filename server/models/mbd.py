@@ -22,7 +22,7 @@ import torch
 from lib.catalogue import ModelSpec
 from server.models.convert.cache import convert_once
 from server.models.convert.mbd_checkpoint import CONFIG_FILE, MUSICGEN_FILE, WEIGHTS_FILE, convert_checkpoint
-from server.models.loaded import _Described, storage_bytes
+from server.models.loaded import Described, storage_bytes
 
 if TYPE_CHECKING:
     from server.engine.mbd.build import Bands
@@ -33,7 +33,7 @@ CONVERTER_VERSION = 1
 
 
 @dataclass(kw_only=True)
-class DiffusionDecoder(_Described):
+class DiffusionDecoder(Described):
     """An MBD checkpoint in memory: its bands' modules and the sampler over them (always float32)."""
 
     modules: Bands = field(repr=False)

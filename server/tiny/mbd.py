@@ -55,7 +55,7 @@ def band_cfgs(unet: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def _fitted(processor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def fitted_state(processor, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Processor buffers as training leaves them: band statistics of audio and of noise."""
     audio = 0.3 * torch.randn(4, 1, 4000, generator=gen) * torch.linspace(0.2, 1.0, 4000)
     bands, noise = processor.split_bands(audio), processor.split_bands(torch.randn(4, 1, 4000, generator=gen))
@@ -85,7 +85,7 @@ def save_files(out: Path, seed: int, unet: dict[str, Any] | None = None) -> None
                 if ".norm" in name:
                     p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=gen))
         processor = getattr(band, "processor", None)
-        state = {} if processor is None else _fitted(processor, gen)
+        state = {} if processor is None else fitted_state(processor, gen)
         pkg[i] = {
             "cfg": OmegaConf.create(cfg),
             "model_state": {k: v.detach().clone() for k, v in band.unet.state_dict().items()},
