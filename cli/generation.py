@@ -64,6 +64,8 @@ def build_request(
     melody_end: float | None = None,
     include_prompt: bool | None = None,
     watermark: bool | None = None,
+    decoder: str | None = None,
+    mbd_steps: int | None = None,
     formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
     """The request body from flags, checked locally so a typo costs no round trip. Unset flags are
@@ -95,6 +97,8 @@ def build_request(
         raise CliError(f"invalid --melody-end {melody_end:g}: must come after --melody-start")
     if normalize is not None and normalize not in NORMALIZE:
         raise CliError(f"invalid --normalize {normalize!r}", f"use one of: {', '.join(NORMALIZE)}")
+    if decoder is not None and decoder not in ("encodec", "mbd"):
+        raise CliError(f"invalid --decoder {decoder!r}", "use encodec or mbd (Multi-Band Diffusion)")
     body = {
         "prompt": prompt,
         "duration": duration,
@@ -112,6 +116,8 @@ def build_request(
         "melody_end": melody_end,
         "include_prompt": include_prompt,
         "watermark": watermark,
+        "decoder": decoder,
+        "mbd_steps": mbd_steps,
     }
     return {k: v for k, v in body.items() if v is not None}
 

@@ -10,12 +10,14 @@ from typing import Literal
 
 from lib.errors import NotFound
 
-Kind = Literal["musicgen", "musicgen-melody", "audiogen", "magnet", "encodec", "audioseal"]
-Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark"]
+Kind = Literal["musicgen", "musicgen-melody", "audiogen", "magnet", "encodec", "audioseal", "mbd"]
+Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark", "decoder"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
 # The model that watermarks generated audio (watermark: true) and detects the mark.
 WATERMARK_MODEL = "audioseal"
+# Multi-Band Diffusion: the most denoising steps a request or the settings may ask for (AudioCraft: 20).
+MBD_MAX_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class ModelSpec:
     name: str
     repo: str
     kind: Kind
-    hub_format: Literal["transformers", "audiocraft", "adapter", "audioseal"]
+    hub_format: Literal["transformers", "audiocraft", "adapter", "audioseal", "mbd"]
     sample_rate: int
     channels: int
     codebooks: int
@@ -191,6 +193,23 @@ CATALOGUE: dict[str, ModelSpec] = {
             approx_size_gb=0.09,
             licence="MIT",
         ),
+        # Multi-Band Diffusion: a decoder from MusicGen's 32 kHz EnCodec tokens (`decoder: "mbd"`).
+        # The repo's other checkpoints (mbd_comp_*.pt) are for the 24 kHz EnCodec; there is no 16 kHz
+        # MBD, so AudioGen has none.
+        ModelSpec(
+            name="mbd-musicgen-32khz",
+            repo="facebook/multiband-diffusion",
+            kind="mbd",
+            hub_format="mbd",
+            sample_rate=32000,
+            channels=1,
+            codebooks=4,
+            codebook_size=2048,
+            frame_rate_hz=50.0,
+            capabilities=("decoder",),
+            approx_size_gb=2.7,  # 662 M float32 parameters at the shape AudioCraft's configs give it
+            aliases=("mbd",),
+        ),
     ]
 }
 
@@ -261,6 +280,14 @@ def finetuned_spec(name: str, base: ModelSpec, size_gb: float) -> ModelSpec:
         base, name=name, repo=finetuned_repo(name), hub_format="adapter", aliases=(), base=base.name,
         approx_size_gb=size_gb,
     )  # fmt: skip
+
+
+def mbd_for(spec: ModelSpec) -> ModelSpec | None:
+    """The Multi-Band Diffusion decoder for a generation model's tokens (one per EnCodec sample rate),
+    if there is one: MusicGen's 32 kHz has one, AudioGen's 16 kHz none."""
+    if spec.kind not in ("musicgen", "musicgen-melody"):
+        return None
+    return next((s for s in CATALOGUE.values() if s.kind == "mbd" and s.sample_rate == spec.sample_rate), None)
 
 
 def all_specs() -> list[ModelSpec]:

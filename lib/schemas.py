@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from lib.catalogue import MBD_MAX_STEPS
 from lib.errors import Invalid, ServiceError
 
 AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
@@ -174,6 +175,10 @@ class SamplingOptions(RequestSchema):
     cfg_coef: float = Field(3.0, ge=0.0, le=30.0, description="Classifier-free guidance strength")
 
 
+# mbd_steps only beside "decoder": "mbd", named (the default decoder is encodec).
+_NAMES_MBD = {"required": ["decoder"], "properties": {"decoder": {"const": "mbd"}}}
+
+
 class GenerateRequest(OutputOptions, SamplingOptions):
     """Text to audio. Limits that depend on the server's settings come in the validation context."""
 
@@ -202,6 +207,26 @@ class GenerateRequest(OutputOptions, SamplingOptions):
         description="Embed AudioSeal's watermark (with the server's 16-bit message) in the audio; a server with "
         "AUDIOCRAFT_WATERMARK=always marks every generation, one with never refuses this",
     )
+    decoder: Literal["encodec", "mbd"] = Field(
+        "encodec",
+        description="Tokens to audio: encodec (fast), or mbd, Multi-Band Diffusion (fewer artefacts, far slower; "
+        "MusicGen models only, needs mbd-musicgen-32khz installed, not with stream)",
+    )
+    mbd_steps: int | None = Field(
+        None, ge=1, le=MBD_MAX_STEPS, description="With decoder mbd: denoising steps per band; default from settings"
+    )
+
+    @model_validator(mode="after")
+    def _decoder_fits(self) -> GenerateRequest:
+        """A 422 naming `decoder`: MBD decodes a whole piece at once, after the last token."""
+        if self.decoder == "mbd" and self.stream:
+            raise Invalid(
+                "decoder mbd cannot stream: Multi-Band Diffusion decodes each piece only once all its tokens exist",
+                field="decoder", hint='leave stream out, or use "decoder": "encodec" to stream',
+            )  # fmt: skip
+        if self.mbd_steps is not None and self.decoder != "mbd":
+            raise Invalid("mbd_steps applies only with decoder mbd", field="mbd_steps", hint='add "decoder": "mbd"')
+        return self
 
     @model_validator(mode="after")
     def _streamable(self) -> GenerateRequest:
@@ -260,6 +285,8 @@ class GenerateRequest(OutputOptions, SamplingOptions):
             [
                 _unless("stream", [False], {"format": {"enum": list(get_args(StreamFormat))}}),
                 _unless("format", _other(GenerationFormat, "pcm"), {"stream": {"const": True}}),
+                _unless("decoder", ["encodec"], {"stream": {"const": False}}),
+                {"anyOf": [{"properties": {"mbd_steps": {"type": "null"}}}, _NAMES_MBD]},
             ]
         )
         if cls.capability is not None:
@@ -310,6 +337,23 @@ class SoundRequest(MagnetOptions, GenerateRequest):
     capability: ClassVar[str | None] = "sound"
 
     duration: float = Field(5.0, gt=0, description="Seconds of audio (default 5)")
+    decoder: Literal["encodec", "mbd"] = Field("encodec", description="Tokens to audio: only encodec for AudioGen")
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        super().document(schema, context)
+        schema["properties"]["decoder"]["enum"] = ["encodec"]
+
+    @field_validator("decoder")
+    @classmethod
+    def _no_mbd(cls, v: str) -> str:
+        if v == "mbd":
+            raise Invalid(
+                "AudioGen has no Multi-Band Diffusion decoder: AudioCraft publishes MBD for MusicGen's 32 kHz "
+                "EnCodec and the 24 kHz EnCodec, none for AudioGen's 16 kHz one",
+                field="decoder", hint='leave decoder out (or "encodec")',
+            )  # fmt: skip
+        return v
 
 
 # The field naming each generation kind's input audio: the multipart file field, and the base64 JSON

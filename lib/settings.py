@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lib.catalogue import MBD_MAX_STEPS
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -141,6 +143,13 @@ class Settings(BaseSettings):
         gt=0,
         le=10,
         description="Long-form AudioGen (past its 10 s window): new seconds per window (the rest: 4 s of context)",
+    )
+    mbd_steps: int = Field(
+        20,
+        ge=1,
+        le=MBD_MAX_STEPS,
+        description='Multi-Band Diffusion (`decoder: "mbd"`): denoising steps of each band when a request '
+        "names none (AudioCraft's default: 20; fewer is faster and noisier)",
     )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest text prompt")
     max_upload_mb: float = Field(

@@ -44,6 +44,10 @@ STREAM = typer.Option(
 )
 PLAY = typer.Option(False, "--play", help="With --stream: play it as it arrives (ffplay, or aplay for wav/pcm)")
 WATERMARK = typer.Option(False, "--watermark", help="Embed AudioSeal's watermark (check it: `watermark detect`)")
+DECODER = typer.Option(
+    None, "--decoder", help="encodec (default) or mbd: Multi-Band Diffusion (fewer artefacts, far slower; no --stream)"
+)
+MBD_STEPS = typer.Option(None, "--mbd-steps", help="With --decoder mbd: denoising steps per band (service default 20)")
 
 
 def run(
@@ -102,12 +106,14 @@ def music(
     stream: bool = STREAM,
     play: bool = PLAY,
     watermark: bool = WATERMARK,
+    decoder: str | None = DECODER,
+    mbd_steps: int | None = MBD_STEPS,
 ) -> None:
     """Text to music (MusicGen)."""
     run(ctx, "music", server, output, json_out, no_progress, stream, play, prompt=prompt, duration=duration,
         model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature, cfg_coef=cfg_coef,
         fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth, normalize=normalize,
-        watermark=watermark or None)  # fmt: skip
+        watermark=watermark or None, decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip
 
 
 @app.command("sound")
@@ -165,13 +171,15 @@ def melody(
     stream: bool = STREAM,
     play: bool = PLAY,
     watermark: bool = WATERMARK,
+    decoder: str | None = DECODER,
+    mbd_steps: int | None = MBD_STEPS,
 ) -> None:
     """Music guided by a melody (MusicGen-melody), with an optional text prompt."""
     run(ctx, "melody", server, output, json_out, no_progress, stream, play, input_value=melody_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
         normalize=normalize, melody_start=melody_start, melody_end=melody_end,
-        watermark=watermark or None)  # fmt: skip
+        watermark=watermark or None, decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip
 
 
 @app.command("continue")
@@ -202,10 +210,12 @@ def continue_(
     stream: bool = STREAM,
     play: bool = PLAY,
     watermark: bool = WATERMARK,
+    decoder: str | None = DECODER,
+    mbd_steps: int | None = MBD_STEPS,
 ) -> None:
     """Continue an audio prompt, optionally steered by text."""
     run(ctx, "continuation", server, output, json_out, no_progress, stream, play, input_value=audio_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
         normalize=normalize, include_prompt=include_prompt, watermark=watermark or None,
-    )  # fmt: skip
+        decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip

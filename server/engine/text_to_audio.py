@@ -83,6 +83,8 @@ class AudioRequest:
     melody: np.ndarray | None = None  # mono float32 [samples] at the model's rate
     prompt_audio: np.ndarray | None = None  # float32 [channels, samples] at the model's rate and channels
     include_prompt: bool = True  # the answer starts with the (re-decoded) audio prompt
+    decoder: str = "encodec"  # or "mbd": Multi-Band Diffusion (LongForm's decode_piece)
+    mbd_steps: int | None = None  # with mbd: denoising steps per band (None: the settings')
 
 
 @dataclass
@@ -96,11 +98,18 @@ class Waveform:
         return self.audio.shape[-1] / self.sample_rate
 
 
+# (codes [K, n_frames], first frame, end frame, piece index) -> the audio [channels, samples] of those frames.
+PieceDecoder = Callable[[torch.Tensor, int, int, int], torch.Tensor]
+
+
 class LongForm:
     """One request's windows: hands out each window's DecodeRequest, collects its codes, and in the
-    end decodes the whole timeline once (so there are no seams from separate codec passes)."""
+    end decodes the whole timeline once (so there are no seams from separate codec passes).
+    decode_piece: how a piece of the timeline becomes audio (default EnCodec; MBD: server/engine/mbd/)."""
 
-    def __init__(self, lm: TextToAudioLM, item: AudioRequest, stride_s: float):
+    def __init__(
+        self, lm: TextToAudioLM, item: AudioRequest, stride_s: float, decode_piece: PieceDecoder | None = None
+    ):
         window_s = lm.spec.window_s
         if window_s is None:
             raise UnsupportedRequest(f"{lm.spec.name} does not generate audio", field="model")
@@ -138,6 +147,7 @@ class LongForm:
         # The codec passes (decode.piece_bounds), decoded as soon as their frames and context are final,
         # so a long request's audio comes piece by piece between windows, not all at the end.
         self._pieces = decode.piece_bounds(self.total_frames)
+        self._decode_piece = decode_piece
         self._audio: list[torch.Tensor] = []
         # Streamed (live()): the audio as it is decoded, and what take_audio() has not handed out yet.
         self.live: LiveAudio | None = None
@@ -198,7 +208,8 @@ class LongForm:
         self.index += 1
         self.have = w.start_frame + w.n_frames
         if self.live is None:
-            self._decode_ready()
+            if self._decode_piece is None:  # EnCodec's pieces as they are ready; another decoder's at the end
+                self._decode_ready()
             return
         self._feed(self.codes[:, self.live.frames : self.have])
         if self.have >= self.total_frames:
@@ -211,6 +222,8 @@ class LongForm:
         """Decode the audio as its frames become final (server/engine/live.py) rather than at the end:
         an audio prompt's frames at once, each window's as stream_window hands them over. The answer
         (waveform) is then the streamed audio itself."""
+        if self._decode_piece is not None:
+            raise UnsupportedRequest(f"decoder {self.item.decoder} cannot stream", field="decoder")
         first, end = self._answer_span()
         self.live = LiveAudio(self.lm, first, end)
         self._feed(self.codes[:, : self.have])
@@ -248,7 +261,15 @@ class LongForm:
             start, end = self._pieces[len(self._audio)]
             if self.have < self.total_frames and end + decode.DECODE_CONTEXT_FRAMES > self.have:
                 return
-            self._audio.append(decode.decode_piece(self.lm, self.codes, start, end))
+            if self._decode_piece is None:
+                self._audio.append(decode.decode_piece(self.lm, self.codes, start, end))
+            else:
+                self._audio.append(self._decode_piece(self.codes, start, end, len(self._audio)))
+
+    @property
+    def decodes_at_the_end(self) -> bool:
+        """Its audio is decoded only by waveform(), and slowly (MBD): worth doing off the decode batch."""
+        return self._decode_piece is not None
 
     def progress(self, steps_done: int = 0) -> tuple[int, int]:
         """(steps done, steps in all) over every window; steps_done: the current window's

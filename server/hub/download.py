@@ -80,6 +80,8 @@ def needed_files(filenames: list[str], hub_format: str) -> list[str]:
         return sorted(n for n in ("state_dict.bin", "compression_state_dict.bin") if n in names)
     if hub_format == "audioseal":
         return sorted(n for n in (*store.AUDIOSEAL_FILES, store.AUDIOSEAL_CONFIG) if n in names)
+    if hub_format == "mbd":  # only the MusicGen checkpoint of the repo's four
+        return sorted(n for n in store.MBD_FILES if n in names)
     if hub_format == "adapter":  # a fine-tuned model (server/hub/finetuned.py)
         return sorted(n for n in (*store.ADAPTER_FILES, "README.md") if n in names)
     if hub_format != "transformers":

@@ -170,7 +170,7 @@ def _check_file(path: Path, name: str, repo: str) -> None:
             )
     elif name.endswith(".safetensors"):
         _check_safetensors(path)
-    elif name.endswith((".bin", ".pth")) and not (zipfile.is_zipfile(path) or path.read_bytes()[:1] == b"\x80"):
+    elif name.endswith((".bin", ".pth", ".th")) and not (zipfile.is_zipfile(path) or path.read_bytes()[:1] == b"\x80"):
         raise ImportFailed(f"{repo}: {name} is not a torch checkpoint")
 
 
@@ -185,6 +185,8 @@ def _needed(repo: str, files_dir: Path) -> list[str]:
         complete = set(store.ADAPTER_FILES) <= set(names)
     elif hub_format == "audioseal":
         complete = set(store.AUDIOSEAL_FILES) <= set(names)
+    elif hub_format == "mbd":
+        complete = set(store.MBD_FILES) <= set(names)
     else:
         complete = "config.json" in names and any(n.endswith((".safetensors", ".bin")) for n in names)
     if not complete:
@@ -232,6 +234,9 @@ def _sources(root: Path, name: str | None) -> list[tuple[str, Path, str | None]]
                 f"copy the hub snapshot of {spec.repo} instead"
             )
         return [(spec.repo, root, None)]
+    mbd = next(s for s in CATALOGUE.values() if s.hub_format == "mbd")
+    if all((root / f).is_file() for f in store.MBD_FILES) and name in (None, mbd.name, *mbd.aliases):
+        return [(mbd.repo, root, None)]  # the files of facebook/multiband-diffusion
     if name is None:
         raise ImportFailed(f"{root} is a plain folder of files: say which model it is with --name")
     if (root / "finetune.json").is_file():  # an adapter's files: the name says which model it becomes

@@ -32,6 +32,8 @@ _AUDIOCRAFT_FILES = ("state_dict.bin", "compression_state_dict.bin")
 # AudioSeal's checkpoints (facebook/audioseal); its base.yaml, when the repo has one, comes too.
 AUDIOSEAL_FILES = ("generator_base.pth", "detector_base.pth")
 AUDIOSEAL_CONFIG = "base.yaml"
+# Multi-Band Diffusion (facebook/multiband-diffusion): the checkpoint for MusicGen's 32 kHz EnCodec.
+MBD_FILES = ("mbd_musicgen_32khz.th",)
 # A fine-tuned model (server/hub/finetuned.py): a PEFT adapter and its facts.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "finetune.json")
 
@@ -104,6 +106,8 @@ def _complete(snapshot: Path, hub_format: str) -> bool:
         return all((snapshot / name).is_file() for name in ADAPTER_FILES)
     if hub_format == "audioseal":
         return all((snapshot / name).is_file() for name in AUDIOSEAL_FILES)
+    if hub_format == "mbd":
+        return all((snapshot / name).is_file() for name in MBD_FILES)
     raise ValueError(f"unknown hub format: {hub_format!r}")
 
 

@@ -77,6 +77,10 @@ class _Described:
         return self.device.type
 
 
+# For a loaded type defined beside its loader (server/models/mbd.py).
+Described = _Described
+
+
 @dataclass(kw_only=True)
 class TextToAudioLM(_Described):
     """A MusicGen-class model (MusicGen, MusicGen-Melody, AudioGen) ready for the decode loop."""

@@ -11,6 +11,7 @@ from server.models.audioseal import load_audioseal
 from server.models.encodec import load_encodec
 from server.models.loaded import ResidentModel
 from server.models.magnet import load_magnet
+from server.models.mbd import load_mbd
 from server.models.musicgen import load_musicgen
 
 if TYPE_CHECKING:
@@ -31,4 +32,5 @@ LOADERS: dict[str, Loader] = {
     "magnet": load_magnet,
     "encodec": load_encodec,
     "audioseal": load_audioseal,
+    "mbd": load_mbd,
 }

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from lib.catalogue import WATERMARK_MODEL, get_spec
+from lib.catalogue import WATERMARK_MODEL, get_spec, mbd_for
 from lib.errors import Invalid
 from lib.schemas import INPUT_FIELDS, MAX_SEED, OutputOptions
 from server.engine.errors import UnsupportedRequest
@@ -41,11 +41,21 @@ def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
     request = with_watermark(svc, request)
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
     job = Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
-    after = downloads.require(svc, spec)
+    download = downloads.require(svc, spec)
+    if getattr(request, "decoder", "encodec") == "mbd":
+        # Its decoder too (installed, or downloaded first). When both are missing the job waits for the
+        # model's download, the longer one, while the decoder's runs beside it.
+        decoder = mbd_for(spec)
+        if decoder is None:
+            raise UnsupportedRequest(
+                f"{spec.name} has no Multi-Band Diffusion decoder", field="decoder", hint='use "decoder": "encodec"'
+            )
+        decoder_download = downloads.require(svc, decoder)
+        download = download or decoder_download
     # The watermark model downloads too when it is missing; when both do, the job waits for its own
     # model, and the batch fails it (409) if AudioSeal is still not there when it starts.
     marker = downloads.require(svc, get_spec(WATERMARK_MODEL)) if request.watermark else None
-    job.run_after(after or marker)
+    job.run_after(download or marker)
     return job
 
 

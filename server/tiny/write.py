@@ -48,6 +48,10 @@ def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
         from server.tiny import audioseal
 
         audioseal.save_files(out, model_seed(spec.name, seed))
+    elif spec.kind == "mbd":  # the published checkpoint layout (server/tiny/mbd.py)
+        from server.tiny import mbd
+
+        mbd.save_files(out, model_seed(spec.name, seed))
     elif spec.kind == "encodec":
         from server.tiny import encodec
 

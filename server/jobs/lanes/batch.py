@@ -5,13 +5,16 @@ audio is stored on disk. It brings the engine (torch): only the composition root
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
+from collections.abc import Callable
 
 from lib.catalogue import WATERMARK_MODEL
 from lib.errors import Invalid, ServiceError
 from lib.files import reason
 from server.engine.decode import DecodeBatch
-from server.engine.text_to_audio import AudioRequest, LongForm, Waveform
+from server.engine.text_to_audio import AudioRequest, LongForm, PieceDecoder, Waveform
 from server.jobs.artifacts import INPUT, ArtifactStore
 from server.jobs.job import Job
 from server.jobs.lane import failure
@@ -19,6 +22,36 @@ from server.jobs.lanes.answer import keep_audio
 from server.models.registry import ModelRegistry
 
 log = logging.getLogger("audiocraft.jobs")
+
+
+class _SlowDecodes:
+    """Multi-Band Diffusion runs for minutes on a CPU: its decoding happens on this thread, off the
+    decode batch's, so the batch keeps stepping; one at a time, as its activations are large. A daemon:
+    a server that stops does not wait for it, and the job, still 'running' in the store, runs again at
+    the next start as an interrupted one does."""
+
+    def __init__(self):
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audiocraft-mbd", daemon=True)
+                self._thread.start()
+        self._work.put(work)
+
+    def _run(self) -> None:
+        while True:
+            work = self._work.get()
+            try:
+                work()  # it ends its job itself, whatever happens
+            except Exception:  # ending it failed too (the store closed as the server stopped): keep serving
+                log.exception("a Multi-Band Diffusion decode could not end its job")
+
+
+_SLOW_DECODES = _SlowDecodes()
 
 INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}  # kind -> AudioRequest's field
 
@@ -40,8 +73,30 @@ def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
         top_p=req.top_p,
         cfg_coef=req.cfg_coef,
         include_prompt=getattr(req, "include_prompt", True),
+        decoder=req.decoder,
+        mbd_steps=req.mbd_steps,
         **inputs,
     )
+
+
+def mbd_pieces(registry: ModelRegistry, lm, item: AudioRequest) -> PieceDecoder:
+    """The timeline's pieces decoded by Multi-Band Diffusion. The MBD model is checked now (installed,
+    the model's rate) and held only while a piece decodes, so an idle one can be unloaded."""
+    from server.engine.mbd.decode import check_pair, decode_piece, piece_seed, spec_for
+
+    name = spec_for(lm.spec).name
+    check_pair(lm, registry.acquire(name))
+    registry.release(name)
+    steps = item.mbd_steps or registry.settings.mbd_steps
+
+    def piece(codes, start: int, end: int, index: int):
+        mbd = registry.acquire(name)
+        try:
+            return decode_piece(lm, mbd, codes, start, end, steps, piece_seed(item.seed, index))
+        finally:
+            registry.release(name)
+
+    return piece
 
 
 class BatchRunner:
@@ -74,7 +129,9 @@ class BatchRunner:
             if self._batch is None:
                 self._open()
             lm = self._batch.lm
-            plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
+            item = _item(job, self.artifacts)
+            pieces = mbd_pieces(self.registry, lm, item) if item.decoder == "mbd" else None
+            plan = LongForm(lm, item, self.registry.settings.stride_s(lm.spec.kind), pieces)
             if getattr(job.request, "watermark", False):
                 plan.mark = self._marker(lm.sample_rate)
             if job.feed is not None:
@@ -118,7 +175,24 @@ class BatchRunner:
             plan.accept(batch.pop(handle))
             self._publish(job, plan)
         self._publish(job, plan)
-        self._store(job, plan.waveform())
+        if plan.decodes_at_the_end:
+            self._store_later(job, plan)
+        else:
+            self._store(job, plan.waveform())
+
+    def _store_later(self, job: Job, plan: LongForm) -> None:
+        """Decode and store the answer on _SLOW_DECODES, under a lease on the model (its EnCodec)."""
+        self.registry.acquire(self.model)
+
+        def work() -> None:
+            try:
+                self._store(job, plan.waveform())
+            except Exception as exc:  # the job ends here whatever happens
+                job.finish("failed", failure(job, exc))
+            finally:
+                self.registry.release(self.model)
+
+        _SLOW_DECODES.submit(work)
 
     @staticmethod
     def _publish(job: Job, plan: LongForm) -> None:

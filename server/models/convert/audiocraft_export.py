@@ -75,8 +75,12 @@ def _text_encoder_state(t5_dir: Path) -> dict[str, torch.Tensor]:
     return {f"text_encoder.{k}": v for k, v in t5.state_dict().items()}
 
 
-def check_against(model: torch.nn.Module, mapped: dict[str, torch.Tensor], origin: dict[str, str]) -> None:
-    """Every tensor of `model` is provided with its exact shape, and nothing else is."""
+def check_against(
+    model: torch.nn.Module, mapped: dict[str, torch.Tensor], origin: dict[str, str], name_of=None
+) -> None:
+    """Every tensor of `model` is provided with its exact shape, and nothing else is. origin: the
+    export's name of each mapped tensor; name_of: the export's name of a tensor of `model`."""
+    name_of = name_of or _audiocraft_name
     expected = model.state_dict()
     for name, tensor in mapped.items():
         if name not in expected:
@@ -92,7 +96,7 @@ def check_against(model: torch.nn.Module, mapped: dict[str, torch.Tensor], origi
     missing = [name for name in expected if name not in mapped]
     if missing:
         raise ConversionError(
-            f"missing key: the export has no {_audiocraft_name(missing[0])!r} (for {missing[0]!r}; "
+            f"missing key: the export has no {name_of(missing[0])!r} (for {missing[0]!r}; "
             f"{len(missing)} missing in all)"
         )
 
