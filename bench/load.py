@@ -28,13 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _LEGACY_NAMES = {".parametrizations.weight.original0": ".weight_g", ".parametrizations.weight.original1": ".weight_v"}
-_ST_DTYPES = {"torch.float32": "F32", "torch.int64": "I64", "torch.float16": "F16", "torch.bfloat16": "BF16"}
 
 
 def _stream_safetensors(model, path: Path, seed: int) -> int:
     """Write random N(0, 0.02) values for every tensor of a meta-device model as one safetensors
-    file, a tensor at a time; returns its size."""
+    file, a tensor at a time (server/models/tensorfile.py); returns its size."""
     import torch
+
+    from server.models import tensorfile
 
     tensors, seen = [], set()
     for name, t in model.state_dict(keep_vars=True).items():
@@ -45,25 +46,15 @@ def _stream_safetensors(model, path: Path, seed: int) -> int:
             if name.endswith(old):
                 name = name[: -len(old)] + new
         tensors.append((name, t))
-    header, offset = {}, 0
-    for name, t in tensors:
-        nbytes = t.numel() * t.element_size()
-        dtype = _ST_DTYPES[str(t.dtype)]
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
     gen = torch.Generator().manual_seed(seed)
+
+    def values(_name: str, t):
+        if t.dtype.is_floating_point:
+            return torch.randn(t.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(t.dtype)
+        return torch.zeros(t.shape, dtype=t.dtype)
+
     with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for _name, t in tensors:
-            if t.dtype.is_floating_point:
-                values = torch.randn(t.shape, generator=gen, dtype=torch.float32).mul_(0.02).to(t.dtype)
-            else:
-                values = torch.zeros(t.shape, dtype=t.dtype)
-            f.write(values.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        tensorfile.write(f, tensors, {"format": "pt"}, values=values)
     return path.stat().st_size
 
 
