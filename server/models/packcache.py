@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from server.engine.fastlm import QUANT_VERSION, quantize_int8
+from server.engine import fastlm
 from server.models import tensorfile
 
 log = logging.getLogger("audiocraft.engine")
@@ -78,7 +78,7 @@ def expected_metadata(folder: Path, form: str) -> dict[str, str]:
     return {
         "format": "audiocraft-packed-decoder",
         "format_version": str(FORMAT_VERSION),
-        "quant_version": str(QUANT_VERSION),
+        "quant_version": str(fastlm.QUANT_VERSION),
         "form": form,
         "source": Path(folder).name,
         "source_files": json.dumps(source_identity(folder), sort_keys=True),
@@ -92,7 +92,7 @@ def quantize_decoder(model, form: str) -> None:
             continue
         weight = module.weight.detach()
         if form == "int8":
-            codes, scale = quantize_int8(weight.float())
+            codes, scale = fastlm.quantize_int8(weight.float())
             module.weight = torch.nn.Parameter(codes, requires_grad=False)
             module.register_buffer("weight_scale", scale)
         else:
