@@ -9,7 +9,7 @@ import torch
 
 from lib.catalogue import ModelSpec
 from server.models import packcache
-from server.models.heap import return_freed_memory
+from server.models.heap import map_load_blocks, return_freed_memory
 from server.models.loaded import TextToAudioLM
 from server.models.weights import bake_weight_norm, pack_decoder
 
@@ -43,12 +43,13 @@ def load_folder(
         return model
 
     form = packcache.form_of(precision)
-    if form is None:  # float32: the checkpoint is what the engine runs on
-        model = build()
-    else:  # the decoder in the form the engine packs from: from the cache beside the snapshot
-        model = packcache.load(folder, form, lambda: skeleton(cls, folder), build)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    lm = prepare(model, spec, tokenizer, device, precision, source)
+    with map_load_blocks():
+        if form is None:  # float32: the checkpoint is what the engine runs on
+            model = build()
+        else:  # the decoder in the form the engine packs from: from the cache beside the snapshot
+            model = packcache.load(folder, form, lambda: skeleton(cls, folder), build)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        lm = prepare(model, spec, tokenizer, device, precision, source)
     lm.load_time_s = time.perf_counter() - started
     return lm
 
