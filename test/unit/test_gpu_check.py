@@ -35,8 +35,7 @@ def test_the_dry_run_prints_every_check_in_one_table():
 
 
 def test_it_names_what_is_missing():
-    """A check that cannot run says which package is missing (here: no GPU, without --dry-run, on
-    this CPU-only torch)."""
+    """Where a package it imports is missing, it says which and how to install it, and runs nothing."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     code = (
         "import sys; sys.argv = ['gpu_check']; import bench.gpu_check as g; "
