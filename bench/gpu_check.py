@@ -35,8 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path[:0] = [p for p in (str(ROOT), str(ROOT / "test")) if p not in sys.path]  # test/: the transformers oracle
 
 PROMPT = "upbeat electronic music with a groovy bassline and punchy drums, 120 bpm"
 FRAME_RATE = 50
@@ -129,28 +128,16 @@ def sync(device) -> None:
 
 
 def transformers_greedy(lm, n_frames: int):
-    """transformers' greedy codes [K, frames], read where generate() hands them to EnCodec."""
+    """transformers' greedy codes [K, frames] (the test suite's oracle, test/transformers_reference.py)."""
     import torch
+    from transformers_reference import reference_generate
 
     from server.engine import delay
 
-    seen: list[torch.Tensor] = []
-    codec = lm.model.audio_encoder
-    original = codec.decode
-
-    def spy(codes, *args, **kwargs):
-        seen.append(codes.clone())
-        return original(codes, *args, **kwargs)
-
     steps = delay.num_steps(n_frames, delay.codebook_delays(lm.num_codebooks, lm.stereo))
     inputs = lm.tokenizer([PROMPT], return_tensors="pt").to(lm.device)
-    codec.decode = spy
-    try:
-        with torch.inference_mode():
-            lm.model.generate(**inputs, do_sample=False, guidance_scale=3.0, max_new_tokens=steps)
-    finally:
-        del codec.decode
-    return seen[0][0, 0]
+    with torch.inference_mode():
+        return reference_generate(lm, **inputs, guidance_scale=3.0, max_new_tokens=steps)[0]
 
 
 def engine_codes(lm, n_frames: int, batch: int = 1, temperature: float = 0.0) -> list:
