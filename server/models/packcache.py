@@ -134,15 +134,18 @@ def load(folder: Path, form: str, skeleton: Callable[[], object], build: Callabl
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[bool]:
     """An exclusive lock on the cache file's lock file; False when the folder cannot be written."""
+    fd = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:  # a read-only models dir (a container's read-only mount), a full disk
         log.warning("the packed-decoder cache %s cannot be written (%s): loading without it", path, exc)
+        if fd is not None:
+            os.close(fd)
         yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield True
     finally:
         os.close(fd)  # releases the lock

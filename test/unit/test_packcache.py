@@ -222,3 +222,19 @@ def test_a_cache_whose_source_folder_is_gone_is_removed(hub):
     current.unlink()
     load(hub, "musicgen-small")
     assert not stale.exists()
+
+
+def test_a_read_only_models_dir_loads_without_it(hub, caplog, monkeypatch):
+    """As in a container whose models mount is read-only: not even the lock file can be made."""
+
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(packcache.os, "open", read_only)
+    caplog.set_level(logging.INFO, logger="audiocraft.engine")
+    assert len(tokens(load(hub, "musicgen-small"))) > 0
+    assert any("cannot be written" in r.getMessage() for r in caplog.records) and written(caplog) == 0
