@@ -62,10 +62,31 @@ THREAD_INVARIANT = frozenset({"int8", "int8-dynamic"})
 Spans = list[tuple[int, int]]
 
 
+# Bump when quantize_int8 gives other codes or scales: the packed-decoder cache stores its output.
+QUANT_VERSION = 1
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 weight [out, in] -> (int8 codes [out, in], fp32 scale [out]): one symmetric scale per
+    output row, codes in -127..127. Each row is its own, so the codes of stacked weights are the
+    stacked codes (the fused q/k/v projection)."""
+    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
 class PackedLinear:
     """y = x @ W.T (+ b) for x [rows, in], in one of the precisions above."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str, device: torch.device):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        precision: str,
+        device: torch.device,
+        scale: torch.Tensor | None = None,
+    ):
+        """scale: `weight` is already int8 codes with these per-row scales (`quantize_int8`), as the
+        packed-decoder cache stores them (server/models/packcache.py); else it is quantized here."""
         cdt = compute_dtype(precision)
         weight = weight.detach()
         self.precision = precision
@@ -80,9 +101,11 @@ class PackedLinear:
             # No copy when the dtype and device already match (fp32 shares the transformers weights).
             self.weight = weight.to(device=device, dtype=cdt).contiguous()
             return
-        w = weight.to(device=device, dtype=torch.float32)
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        if scale is None:
+            codes, scale = quantize_int8(weight.to(device=device, dtype=torch.float32))
+        else:
+            codes, scale = weight.to(device), scale.to(device=device, dtype=torch.float32)
+        self.weight = codes.contiguous()
         if self.kind == "int8pack":
             self.scales = scale.to(cdt)
         else:  # qdynamic: the codes prepacked for fbgemm at unit scale; the channel scales applied after
@@ -218,14 +241,19 @@ class FastLM:
         self.positions = decoder.embed_positions.weights.detach().to(device, torch.float32)
 
         def lin(module: torch.nn.Linear) -> PackedLinear:
-            return PackedLinear(module.weight, module.bias, precision, device)
+            scale = getattr(module, "weight_scale", None)
+            return PackedLinear(module.weight, module.bias, precision, device, scale=scale)
 
         def fused(*modules: torch.nn.Linear) -> PackedLinear:
             weight = torch.cat([m.weight.detach() for m in modules])
             biases = [m.bias for m in modules]
             bias = None if all(b is None for b in biases) else torch.cat([b.detach() for b in biases])
-            packed = PackedLinear(weight, bias, precision, device)
-            if packed.weight.dtype == modules[0].weight.dtype and packed.weight.device == modules[0].weight.device:
+            # Weights the cache stored as int8 codes carry their row scales (server/models/packcache.py).
+            scales = [getattr(m, "weight_scale", None) for m in modules]
+            scale = None if scales[0] is None else torch.cat(scales)
+            packed = PackedLinear(weight, bias, precision, device, scale=scale)
+            same = packed.weight.dtype == modules[0].weight.dtype and packed.weight.device == modules[0].weight.device
+            if packed.kind == "dense" and same:
                 # Same dtype and device (float32): the transformers modules take views of the fused
                 # weight, so memory holds the weights once.
                 start = 0

@@ -137,13 +137,14 @@ def is_installed(spec: ModelSpec, hub_cache: Path) -> bool:
 
 
 def size_on_disk_bytes(spec: ModelSpec, hub_cache: Path) -> int:
-    """Bytes held in the repo folder's blobs/ (all revisions) and converted/ (AudioGen's converted
-    copy, server/models/convert/cache.py); 0 when absent.
+    """Bytes held in the repo folder's blobs/ (all revisions), converted/ (AudioGen's converted
+    copy, server/models/convert/cache.py) and packed/ (the packed-decoder cache,
+    server/models/packcache.py); 0 when absent. Deleting the model deletes all three.
 
     Only the spec's own repo: extra repos (AudioGen's T5) may be shared with other models.
     """
     folder = repo_folder(spec.repo, hub_cache)
-    return _tree_bytes(folder / "blobs") + _tree_bytes(folder / "converted")
+    return sum(_tree_bytes(folder / part) for part in ("blobs", "converted", "packed"))
 
 
 def remove_model(spec: ModelSpec, hub_cache: Path) -> int:

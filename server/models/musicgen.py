@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from lib.catalogue import ModelSpec
-from server.models.heap import return_freed_memory
+from server.models import packcache
+from server.models.heap import map_load_blocks, return_freed_memory
 from server.models.loaded import TextToAudioLM
 from server.models.weights import bake_weight_norm, pack_decoder
 
@@ -32,14 +33,39 @@ def load_folder(
 
     started = time.perf_counter()
     cls = MusicgenMelodyForConditionalGeneration if spec.kind == "musicgen-melody" else MusicgenForConditionalGeneration
-    model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-    if audiocraft:
-        embed = model.decoder.model.decoder.embed_positions
-        embed.weights = audiocraft_positions(embed.weights.shape[0], embed.weights.shape[1])
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    lm = prepare(model, spec, tokenizer, device, precision, source)
+
+    def build():
+        model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+        if audiocraft:
+            embed = model.decoder.model.decoder.embed_positions
+            embed.weights = audiocraft_positions(embed.weights.shape[0], embed.weights.shape[1])
+        bake_weight_norm(model.audio_encoder)
+        return model
+
+    form = packcache.form_of(precision)
+    with map_load_blocks():
+        if form is None:  # float32: the checkpoint is what the engine runs on
+            model = build()
+        else:  # the decoder in the form the engine packs from: from the cache beside the snapshot
+            model = packcache.load(folder, form, lambda: skeleton(cls, folder), build)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        lm = prepare(model, spec, tokenizer, device, precision, source)
     lm.load_time_s = time.perf_counter() - started
     return lm
+
+
+def skeleton(cls, folder: Path):
+    """The model's structure from its config, on the meta device (no weights), weight norm removed as
+    `bake_weight_norm` leaves it: what the packed-decoder cache fills (server/models/packcache.py)."""
+    from transformers import GenerationConfig
+
+    config = cls.config_class.from_pretrained(folder, local_files_only=True)
+    with torch.device("meta"):
+        model = cls(config)
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+    bake_weight_norm(model.audio_encoder)
+    return model
 
 
 def prepare(model, spec: ModelSpec, tokenizer, device: torch.device, precision: str, source: Path) -> TextToAudioLM:

@@ -1,0 +1,157 @@
+"""Safetensors files written and read one tensor at a time.
+
+The format is safetensors' own (an 8-byte header length, a JSON header of names, dtypes, shapes and
+byte offsets, then the raw bytes), so any safetensors tool reads these files. The library itself is
+not used for two reasons of memory, both measured on multi-GB checkpoints:
+
+- `safetensors.torch.save_file` turns every tensor into bytes before writing the first one: a copy
+  of the whole model in memory at once. `write` streams one tensor after another, and the values
+  may be produced as they are written (bench/load.py makes random checkpoints that way).
+- `safe_open` maps the whole file; every page a load touches stays in the process's RSS until the
+  file is closed, so loading all of a file's tensors holds it twice over (the mapping and whatever
+  the caller builds from it). `read` copies each tensor into its own storage with plain reads: once
+  the caller drops a tensor (the packed decoder drops each layer's int8 codes after packing them),
+  its memory is gone, and the page cache is not the process's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import torch
+
+_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_DTYPES = {name: dtype for dtype, name in _NAMES.items()}
+# A header larger than this is not one we wrote (safetensors' own limit is 100 MB).
+_MAX_HEADER_BYTES = 100 * 2**20
+_CHUNK_BYTES = 1 << 30  # one read() returns at most ~2 GB on Linux
+
+
+class TensorFileError(ValueError):
+    """The file is not a whole, well-formed safetensors file."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # byte offsets into the data section
+    end: int
+
+
+def _nbytes(dtype: torch.dtype, shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def _as_bytes(t: torch.Tensor) -> memoryview:
+    flat = t.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def write(
+    out: BinaryIO,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    metadata: dict[str, str] | None = None,
+    values: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> int:
+    """Write `tensors` (name, tensor) to `out`, one after another; returns the bytes written.
+
+    values: gives each tensor's values as it is written (then `tensors` only need the right shape
+    and dtype, e.g. on the meta device)."""
+    tensors = list(tensors)
+    header: dict[str, object] = {}
+    offset = 0
+    for name, t in tensors:
+        if t.dtype not in _NAMES:
+            raise TypeError(f"{name}: dtype {t.dtype} has no safetensors name")
+        nbytes = _nbytes(t.dtype, t.shape)
+        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
+    out.write(len(raw).to_bytes(8, "little"))
+    out.write(raw)
+    for name, t in tensors:
+        value = values(name, t) if values is not None else t
+        if value.dtype != t.dtype or tuple(value.shape) != tuple(t.shape):
+            got, want = f"{value.dtype} {tuple(value.shape)}", f"{t.dtype} {tuple(t.shape)}"
+            raise ValueError(f"{name}: the values are {got}, not {want}")
+        out.write(_as_bytes(value))
+    return 8 + len(raw) + offset
+
+
+def read_header(f: BinaryIO) -> tuple[dict[str, Entry], dict[str, str], int]:
+    """(entries by name, metadata, where the data section starts) of an open file; TensorFileError
+    unless the header is well formed and its tensors fill the file exactly."""
+    f.seek(0, 2)
+    size = f.tell()
+    f.seek(0)
+    first = f.read(8)
+    if len(first) < 8:
+        raise TensorFileError("shorter than a header")
+    length = int.from_bytes(first, "little")
+    if length > min(_MAX_HEADER_BYTES, size - 8):
+        raise TensorFileError(f"header length {length} does not fit a {size}-byte file")
+    try:
+        header = json.loads(f.read(length))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TensorFileError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise TensorFileError("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise TensorFileError("metadata is not a map of strings")
+    entries: dict[str, Entry] = {}
+    for name, raw in header.items():
+        try:
+            dtype = _DTYPES[raw["dtype"]]
+            shape = tuple(int(d) for d in raw["shape"])
+            start, end = (int(x) for x in raw["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise TensorFileError(f"{name}: malformed entry") from None
+        if min(shape, default=0) < 0 or end - start != _nbytes(dtype, shape):
+            raise TensorFileError(f"{name}: its offsets do not match its shape")
+        entries[name] = Entry(dtype, shape, start, end)
+    # The tensors tile the data section with no gap or overlap, and it ends where the file does.
+    position = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.start, e.end)):
+        if entry.start != position:
+            raise TensorFileError("the tensors' byte ranges have gaps or overlap")
+        position = entry.end
+    if 8 + length + position != size:
+        raise TensorFileError(f"the header describes {8 + length + position} bytes, the file has {size}")
+    return entries, {str(k): v for k, v in metadata.items()}, 8 + length
+
+
+def read(f: BinaryIO, entries: dict[str, Entry], data_start: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of `entries` in file order, each in its own new storage."""
+    for name, entry in sorted(entries.items(), key=lambda item: item[1].start):
+        t = torch.empty(entry.shape, dtype=entry.dtype)
+        view = _as_bytes(t)
+        f.seek(data_start + entry.start)
+        filled = 0
+        while filled < len(view):
+            n = f.readinto(view[filled : filled + _CHUNK_BYTES])
+            if not n:
+                raise TensorFileError(f"{name}: the file ends inside it")
+            filled += n
+        yield name, t
