@@ -23,6 +23,8 @@ from typing import BinaryIO
 
 import torch
 
+from lib.errors import Internal
+
 _NAMES = {
     torch.float64: "F64",
     torch.float32: "F32",
@@ -41,8 +43,9 @@ _MAX_HEADER_BYTES = 100 * 2**20
 _CHUNK_BYTES = 1 << 30  # one read() returns at most ~2 GB on Linux
 
 
-class TensorFileError(ValueError):
-    """The file is not a whole, well-formed safetensors file."""
+class TensorFileError(Internal, ValueError):
+    """The file is not a whole, well-formed safetensors file (the pack cache rebuilds it; anywhere else
+    it is a fault of ours, not the user's)."""
 
 
 @dataclass(frozen=True)
