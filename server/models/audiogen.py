@@ -14,6 +14,12 @@ from server.models.musicgen import load_folder
 def load_audiogen(spec: ModelSpec, snapshot: Path, device: torch.device, precision: str) -> TextToAudioLM:
     """Converted on first load (server/models/convert/), with the T5 repo the export names; then the
     converted copy beside it in the hub cache is what loads."""
+    return load_folder(spec, converted_folder(spec, snapshot), snapshot, device, precision, audiocraft=True)
+
+
+def converted_folder(spec: ModelSpec, snapshot: Path) -> Path:
+    """The MusicGen-class folder converted from the export at `snapshot` (converting it first when
+    there is none), with the T5 repo the export names."""
     from server.hub import store
     from server.models.convert.cache import ensure_converted
 
@@ -21,5 +27,4 @@ def load_audiogen(spec: ModelSpec, snapshot: Path, device: torch.device, precisi
     t5_snapshots = [store.transformers_snapshot(repo, hub_cache) for repo in spec.extra_repos]
     if not t5_snapshots or t5_snapshots[0] is None:
         raise store.ModelNotInstalled(spec, hub_cache)
-    folder = ensure_converted(snapshot, t5_snapshots[0])
-    return load_folder(spec, folder, snapshot, device, precision, audiocraft=True)
+    return ensure_converted(snapshot, t5_snapshots[0])
