@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
-import numpy as np
 import pytest
 import soundfile as sf
 from api_client import make_client, wait_job
+from test_finetune_api import wav
 
 from server.tiny.write import write_tiny_models
-
-
-def wav(seconds: float, freq: float, rate: int) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    buf = io.BytesIO()
-    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, format="WAV")
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -113,11 +107,9 @@ def test_an_adapter_for_another_base_is_refused(client, hub, tmp_path):
 
     make_dataset(client, "sounds", "audiogen-medium", 16000)
     finetune(client, "audiogen-medium", "sounds", "fx", steps=1)
-    snap = next((hub / "models--finetuned--audiogen-medium.fx" / "snapshots").iterdir())
-    loose = tmp_path / "loose"
-    loose.mkdir()
-    for item in snap.iterdir():
-        (loose / item.name).write_bytes(item.read_bytes())
+    loose = shutil.copytree(
+        next((hub / "models--finetuned--audiogen-medium.fx" / "snapshots").iterdir()), tmp_path / "x"
+    )
     with pytest.raises(importer.ImportFailed, match="trained on audiogen-medium, not musicgen-small"):
         importer.import_model(loose, hub, name="musicgen-small+fx")
     assert not (hub / "models--finetuned--musicgen-small.fx").exists()
