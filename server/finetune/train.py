@@ -306,21 +306,21 @@ class Trainer:
         as long go through together; the prefix is never padded, because padded positions would move
         the audio's positions away from where generation puts them."""
         b, k, t = inputs.shape
-        num_chroma = int(self.model.config.num_chroma)
-        onehots = []
-        for i, keep in zip(idx, keep_melody, strict=True):
-            bins = self.chroma[i].long() if keep else torch.tensor([NULL_CHROMA_BIN])
-            onehots.append(F.one_hot(bins, num_chroma).float().to(self.device))
         out: list[torch.Tensor | None] = [None] * b
         for width in sorted({int(s.shape[0]) for s in text}):
             rows = [r for r in range(b) if int(text[r].shape[0]) == width]
-            prefix = torch.cat(
-                [torch.cat([chroma_states(self.model, onehots[r][None]), text[r][None]], dim=1) for r in rows]
-            )
+            prefix = torch.cat([self.melody_prefix(idx[r], keep_melody[r], text[r]) for r in rows])
             logits = self.decoder(input_ids=inputs[rows].reshape(len(rows) * k, t), encoder_hidden_states=prefix).logits
             for n, r in enumerate(logits[:, -t:].reshape(len(rows), k, t, -1)):
                 out[rows[n]] = r
         return torch.stack(out)
+
+    def melody_prefix(self, window: int, keep_melody: bool, text: torch.Tensor) -> torch.Tensor:
+        """[1, chroma_length + text length, hidden]: window `window`'s chroma (or the null melody),
+        then its text states (`text`: the caption's, or zeros where the text is dropped)."""
+        bins = self.chroma[window].long() if keep_melody else torch.tensor([NULL_CHROMA_BIN])
+        onehot = F.one_hot(bins, int(self.model.config.num_chroma)).float().to(self.device)
+        return torch.cat([chroma_states(self.model, onehot[None]), text[None]], dim=1)
 
     def step(self, step: int) -> float:
         for group in self.optimizer.param_groups:
