@@ -7,7 +7,10 @@ AdamW, gradient clipping), on random codes of `--frames` frames per window (1500
 MusicGen trains on). The first `--warmup` steps are not timed (allocation, thread start).
 
     OMP_NUM_THREADS=2 .venv/bin/python -m bench.finetune [--frames 1500] [--steps 3] [--warmup 1]
-        [--batches 1 4] [--ranks 8 16] [--threads 2]
+        [--batches 1 4] [--ranks 8 16] [--threads 2] [--precisions float32 bfloat16]
+
+`--precisions` is the job's autocast (lib/finetune.py FinetuneRequest.precision): bfloat16 on a CPU
+with AMX or AVX512-BF16 is where CPU autocast can pay; elsewhere it is emulated and slower.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def one(batch: int, rank: int, frames: int, steps: int, warmup: int, threads: int) -> dict:
+def one(batch: int, rank: int, frames: int, steps: int, warmup: int, threads: int, precision: str) -> dict:
     """Runs in the child: build, train `warmup + steps` steps, report."""
     import torch
 
@@ -51,7 +54,7 @@ def one(batch: int, rank: int, frames: int, steps: int, warmup: int, threads: in
     total = warmup + steps
     job = FinetuneJob(
         base_model="musicgen-small", dataset="bench", name="bench", rank=rank, alpha=2 * rank,
-        steps=total, total_steps=total, batch_size=batch, checkpoint_every=100_000,
+        steps=total, total_steps=total, batch_size=batch, checkpoint_every=100_000, precision=precision,
     )  # fmt: skip
     trainer = Trainer(model, build_tokenizer(), codes, captions, job)
     trainable = sum(p.numel() for p in trainer.params)
@@ -65,6 +68,7 @@ def one(batch: int, rank: int, frames: int, steps: int, warmup: int, threads: in
         "batch": batch,
         "rank": rank,
         "frames": frames,
+        "precision": precision,
         "s_per_step": sum(timed) / len(timed),
         "steps_timed": len(timed),
         "peak_rss_mb": peak_rss_mb(),
@@ -81,27 +85,30 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--precisions", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        batch, rank = (int(x) for x in args.child.split(","))
-        print(json.dumps(one(batch, rank, args.frames, args.steps, args.warmup, args.threads)))
+        batch, rank, precision = args.child.split(",")
+        print(json.dumps(one(int(batch), int(rank), args.frames, args.steps, args.warmup, args.threads, precision)))
         return
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; load average {os.getloadavg()[0]:.1f}")
-    print("| batch | rank | frames | s / step | peak RSS | trainable params |")
-    print("|---|---|---|---|---|---|")
-    for batch in args.batches:
-        for rank in args.ranks:
-            sizes = ["--frames", str(args.frames), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            cmd = [sys.executable, "-m", "bench.finetune", "--child", f"{batch},{rank}", *sizes]
-            cmd += ["--threads", str(args.threads)]
-            out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
-            print(
-                f"| {batch} | {rank} | {r['frames']} | {r['s_per_step']:.1f} s | {r['peak_rss_mb'] / 1024:.2f} GB "
-                f"| {r['trainable_params'] / 1e6:.2f} M |",
-                flush=True,
-            )
+    print("| batch | rank | frames | autocast | s / step | peak RSS | trainable params |")
+    print("|---|---|---|---|---|---|---|")
+    for precision in args.precisions:
+        for batch in args.batches:
+            for rank in args.ranks:
+                sizes = ["--frames", str(args.frames), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                cmd = [sys.executable, "-m", "bench.finetune", "--child", f"{batch},{rank},{precision}", *sizes]
+                cmd += ["--threads", str(args.threads)]
+                out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                print(
+                    f"| {batch} | {rank} | {r['frames']} | {precision} | {r['s_per_step']:.1f} s "
+                    f"| {r['peak_rss_mb'] / 1024:.2f} GB | {r['trainable_params'] / 1e6:.2f} M |",
+                    flush=True,
+                )
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,15 @@ DEFAULT_ALPHA = 32
 DEFAULT_LEARNING_RATE = 2e-4
 DEFAULT_BATCH_SIZE = 2
 DEFAULT_EPOCHS = 4
-# audiocraft's classifier-free guidance training dropout: config/conditioner/text2music.yaml (0.3,
-# MusicGen) and text2sound.yaml (0.1, AudioGen).
-CFG_DROPOUT = {"musicgen": 0.3, "musicgen-melody": 0.3, "audiogen": 0.1}
+# The model kinds a fine-tune can start from (the decoder is a MusicGen-class transformers module).
+TRAINABLE_KINDS = ("musicgen", "musicgen-melody", "audiogen")
+# audiocraft's classifier-free guidance training dropout (every condition at once, per row here):
+# config/conditioner/text2music.yaml (0.3, MusicGen), chroma2music.yaml (0.2, MusicGen-Melody) and
+# text2sound.yaml (0.1, AudioGen).
+CFG_DROPOUT = {"musicgen": 0.3, "musicgen-melody": 0.2, "audiogen": 0.1}
+# chroma2music.yaml's attribute dropout of the melody alone (self_wav: 0.5): half the rows learn to
+# follow the text without a melody, so the model also generates from text alone.
+MELODY_DROPOUT = 0.5
 
 
 def check_label(value: str, what: str) -> str:
@@ -94,6 +100,9 @@ class DatasetInfo(BaseModel):
     created_at: float
     files: list[DatasetFile]
     job: str | None = Field(None, description="The dataset job that built it")
+    chroma: bool = Field(
+        False, description="Each window's chroma is stored too (32 kHz codecs): MusicGen-Melody can train on it"
+    )
 
 
 class DatasetList(BaseModel):
@@ -122,6 +131,11 @@ class FinetuneRequest(RequestSchema):
     heads: bool = Field(False, description="Adapt the codebook embeddings and heads (embed_tokens, lm_heads) too")
     checkpoint_every: int = Field(50, ge=1, le=100_000, description="Steps between checkpoints")
     warmup_steps: int = Field(0, ge=0, le=100_000)
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Autocast dtype of the forward pass; auto: fp32 on a CPU, on CUDA bf16 where the card has it, "
+        "else fp16 (with a gradient scaler). The adapters and optimizer stay fp32",
+    )
     async_: bool = Field(True, alias="async", description="Answer 202 at once (the default); false waits")
 
     @model_validator(mode="after")

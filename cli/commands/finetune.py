@@ -152,6 +152,9 @@ def start(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Default 2"),
     seed: int | None = typer.Option(None, "--seed"),
     ffn: bool = typer.Option(False, "--ffn", help="Adapt the feed-forward projections too"),
+    precision: str | None = typer.Option(
+        None, "--precision", help="Autocast: auto (default), float32, bfloat16 or float16"
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow it with a progress bar (the default)"),
     server: str | None = SERVER,
     fmt: str = typer.Option("text", "--format", "-f", help="text or json"),
@@ -160,7 +163,7 @@ def start(
     fmt = ui.check_format(fmt, ("text", "json"))
     body = {"base_model": base_model, "dataset": dataset, "name": name, "ffn": ffn}
     optional = {"rank": rank, "alpha": alpha, "learning_rate": learning_rate, "steps": steps, "epochs": epochs,
-                "batch_size": batch_size, "seed": seed}  # fmt: skip
+                "batch_size": batch_size, "seed": seed, "precision": precision}  # fmt: skip
     body |= {k: v for k, v in optional.items() if v is not None}
     with state(ctx).client(server) as c:
         job = Job.model_validate(c.request("POST", "/api/finetune", json=body).json()["job"])
@@ -176,8 +179,9 @@ def start(
     if job.state != "succeeded":
         raise generation.job_failure(job)
     if fmt == "text":
-        ui.success(f"model {job.request.get('name')} is ready: resource-audiocraft generate music --model "
-                   f"{job.request.get('name')} ...")  # fmt: skip
+        made = job.request.get("name") or ""
+        kind = "sound" if made.startswith("audiogen") else "melody" if "melody" in made.split("+")[0] else "music"
+        ui.success(f"model {made} is ready: resource-audiocraft generate {kind} --model {made} ...")
 
 
 @app.command("list")

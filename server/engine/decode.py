@@ -75,21 +75,30 @@ def melody_prefix(lm: TextToAudioLM, prompt: str, chroma: torch.Tensor | None, w
     built as MusicgenMelodyForConditionalGeneration.generate() builds it. The chroma is projected,
     repeated (wrapping around) or cut to the model's chroma length, then the text states follow. The
     null row's melody is one-hot on bin 0; without a melody the conditional row gets that too."""
-    model = lm.model
-    config = model.config
+    config = lm.model.config
     text = encode_text(lm, prompt, with_null)
     length = 1 if chroma is None else chroma.shape[0]
     null = torch.zeros((1, length, config.num_chroma), device=lm.device, dtype=text.dtype)
-    null[:, :, 0] = 1
+    null[:, :, NULL_CHROMA_BIN] = 1
     audio = null if chroma is None else chroma.to(lm.device, text.dtype)[None]
     if with_null:
         audio = torch.cat([audio, null], dim=0)
-    if config.num_chroma != lm.decoder_config.hidden_size:
-        audio = model.audio_enc_to_dec_proj(audio)
-    if audio.shape[1] < config.chroma_length:
-        audio = audio.repeat(1, -(-config.chroma_length // audio.shape[1]), 1)
-    audio = audio[:, : config.chroma_length]
-    return torch.cat([audio, text], dim=1)
+    return torch.cat([chroma_states(lm.model, audio), text], dim=1)
+
+
+NULL_CHROMA_BIN = 0  # the null melody: one-hot on this bin (transformers' generate())
+
+
+def chroma_states(model, chroma: torch.Tensor) -> torch.Tensor:
+    """[rows, chroma_length, hidden]: one-hot chroma [rows, frames, num_chroma] as a melody model's
+    decoder prefix takes it: projected, repeated (wrapping around) or cut to its chroma length
+    (generation here, and fine-tuning: server/finetune/train.py)."""
+    config = model.config
+    if config.num_chroma != config.decoder.hidden_size:
+        chroma = model.audio_enc_to_dec_proj(chroma)
+    if chroma.shape[1] < config.chroma_length:
+        chroma = chroma.repeat(1, -(-config.chroma_length // chroma.shape[1]), 1)
+    return chroma[:, : config.chroma_length]
 
 
 @dataclass

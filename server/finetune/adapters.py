@@ -59,7 +59,8 @@ def load(spec: ModelSpec, snapshot: Path, hub_cache: Path, device: torch.device,
     base_snapshot = store.snapshot_dir(base, hub_cache)
     if base_snapshot is None:
         raise store.ModelNotInstalled(base)
-    model = train.load_base(base_snapshot, base.kind)
+    folder, audiocraft = train.base_folder(base, base_snapshot)
+    model = train.load_base(folder, base.kind, audiocraft)
     shape = train.decoder_shape(model)
     if shape != facts.base_shape:
         differs = ", ".join(
@@ -71,7 +72,7 @@ def load(spec: ModelSpec, snapshot: Path, hub_cache: Path, device: torch.device,
         )
     merged = PeftModel.from_pretrained(model.decoder, snapshot).merge_and_unload()
     model.decoder = merged.eval()
-    tokenizer = AutoTokenizer.from_pretrained(base_snapshot, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     lm = prepare(model, spec, tokenizer, device, precision, snapshot)
     lm.load_time_s = time.perf_counter() - started
     return lm

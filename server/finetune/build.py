@@ -30,6 +30,8 @@ from lib.finetune import AUDIO_SUFFIXES, MAX_FILE_S, MIN_FILE_S, CodecShape, Dat
 from server.audio.decode import read_audio, to_channels
 from server.audio.errors import AudioInputError
 from server.audio.resample import resample
+from server.engine.chroma import SAMPLE_RATE as CHROMA_RATE
+from server.engine.chroma import chroma
 from server.engine.decode import audio_to_codes
 from server.finetune import store
 from server.models.loaded import TextToAudioLM
@@ -150,6 +152,12 @@ def _windows(n_samples: int, rate: int, window_s: float) -> list[tuple[int, int]
     return out
 
 
+def window_chroma(piece: torch.Tensor) -> torch.Tensor:
+    """The window's pitch class per chroma frame (int8 [frames]), of its mono mix, as the engine takes
+    a melody's (server/engine/chroma.py): a melody model learns from it what it is later given."""
+    return chroma(piece.float().mean(dim=0)).argmax(dim=-1).to(torch.int8)
+
+
 def build(
     lm: TextToAudioLM,
     job: DatasetJob,
@@ -166,6 +174,9 @@ def build(
     model_window = spec.window_s or 30.0
     window_s = min(job.window_s or model_window, model_window)
     rate, channels, hop = lm.sample_rate, lm.channels, round(lm.sample_rate / lm.frame_rate_hz)
+    # A 32 kHz codec's dataset keeps each window's chroma too: a MusicGen-Melody base trains on it
+    # (MusicGen and Melody share the codec, so one dataset serves both).
+    with_chroma = rate == CHROMA_RATE
     found = sources(folder, job.caption)
     if not found:
         raise NoUsableFile(
@@ -200,6 +211,8 @@ def build(
             length = (length // hop) * hop  # whole codec frames
             piece = torch.from_numpy(np.ascontiguousarray(audio[:, start : start + length]))
             codes = audio_to_codes(lm, piece).to(torch.int16).cpu()
+            if with_chroma:
+                tensors[f"c{len(windows)}"] = window_chroma(piece)
             tensors[f"w{len(windows)}"] = codes.contiguous()
             windows.append(
                 {
@@ -230,6 +243,7 @@ def build(
         created_at=time.time(),
         files=report,
         job=job_id,
+        chroma=with_chroma,
     )
     with space_errors(DATA_DIR):
         built = store.staging(data_dir)

@@ -1,5 +1,6 @@
 """Where datasets live: <data_dir>/datasets/<name>/ with manifest.json (lib.finetune.DatasetInfo)
-and codes.safetensors (one int16 tensor [codebooks, frames] per window, named w0, w1, ...).
+and codes.safetensors (one int16 tensor [codebooks, frames] per window, named w0, w1, ...; for a
+32 kHz codec also each window's pitch class per chroma frame, int8 [chroma frames], named c0, c1, ...).
 
 A dataset is built in a temporary folder beside the others and renamed into place, so a crash never
 leaves half a dataset under its name, and a name holds a complete dataset or nothing. Torch-free:

@@ -4,17 +4,24 @@ positions the pattern fills (the special positions are masked out), averaged ove
 the text condition dropped (zero states, zero mask: the engine's null row) for a share of the batch,
 audiocraft's classifier-free guidance training dropout.
 
+**Bases.** MusicGen; AudioGen, from the engine's converted copy of its audiocraft export (with
+audiocraft's positional table, as generation loads it); MusicGen-Melody, whose decoder input is
+prefixed with the window's chroma and the text as generation prefixes it, the melody dropped alone
+for half the rows (audiocraft's chroma2music attribute dropout) besides the guidance dropout.
+
 Training runs on the transformers module (the engine's packed decoder cannot be differentiated);
 the adapter (PEFT, on the decoder's attention q/k/v/out projections, self- and cross-attention, and
 optionally fc1/fc2) is what is saved, merged into the base at load (server/finetune/adapters.py).
 
 **Resuming reaches the same weights.** Everything random in step s (which windows, which rows lose
-their text) comes from a generator seeded with (seed, s), and the LoRA A matrices are initialised
-from one seeded with the seed; the model runs with dropout off (audiocraft's MusicGen LM trains with
-dropout 0) and never touches torch's global generator. A checkpoint holds the adapter, the optimizer
-(AdamW's moments and step counts), the losses so far and the step, so the random state of what
-follows is the step number itself: a run resumed from step s computes exactly what an uninterrupted
-run computes after step s, bit for bit at the same thread count.
+their text or melody) comes from a generator seeded with (seed, s); the adapters are initialised
+under torch's global generator forked, seeded with the seed and restored after (PEFT draws from it);
+the model runs with dropout off (audiocraft's MusicGen LM trains with dropout 0). So a run is a
+function of its job and its data (and the thread count): never of what the process did before. A
+checkpoint holds the adapter, the optimizer (AdamW's moments and step counts, and fp16's gradient
+scale), the losses so far and the step, so the random state of what follows is the step number
+itself: a run resumed from step s computes exactly what an uninterrupted run computes after step s,
+bit for bit at the same thread count.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from lib.catalogue import ModelSpec
 from lib.files import write_atomic
-from lib.finetune import CFG_DROPOUT, FinetuneJob
+from lib.finetune import CFG_DROPOUT, MELODY_DROPOUT, TRAINABLE_KINDS, FinetuneJob
+from server.engine.decode import NULL_CHROMA_BIN, chroma_states
 from server.engine.delay import codebook_delays
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -78,14 +87,50 @@ def targets(ffn: bool, heads: bool = False, num_codebooks: int = 0) -> list[str]
     return ATTENTION + (FFN if ffn else []) + (codebook if heads else [])
 
 
-def load_base(folder: Path, kind: str):
-    """The base model, fp32, from its snapshot (no network)."""
-    from transformers import MusicgenForConditionalGeneration
+def base_folder(spec: ModelSpec, snapshot: Path) -> tuple[Path, bool]:
+    """The MusicGen-class folder a base trains from, and whether it came from audiocraft's export
+    format (AudioGen: the engine's converted copy, server/models/convert/, whose positional table is
+    audiocraft's)."""
+    if spec.hub_format == "audiocraft":
+        from server.models.audiogen import converted_folder
 
-    if kind != "musicgen":
-        raise ValueError(f"fine-tuning supports MusicGen models (not {kind}) in this build")
-    model = MusicgenForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+        return converted_folder(spec, snapshot), True
+    return snapshot, False
+
+
+def load_base(folder: Path, kind: str, audiocraft: bool = False):
+    """The base model, fp32, from its MusicGen-class folder (no network), as the engine loads it
+    (server/models/musicgen.py load_folder), so training sees the numbers generation sees."""
+    from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
+
+    from server.models.musicgen import audiocraft_positions
+
+    if kind not in TRAINABLE_KINDS:
+        raise ValueError(f"fine-tuning supports {', '.join(TRAINABLE_KINDS)} (not {kind})")
+    cls = MusicgenMelodyForConditionalGeneration if kind == "musicgen-melody" else MusicgenForConditionalGeneration
+    # transformers initialises the modules (from torch's global generator) before the weights are
+    # read over them: forked and seeded, the process's generator is untouched and nothing the
+    # checkpoint lacks could differ from run to run.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    if audiocraft:
+        embed = model.decoder.model.decoder.embed_positions
+        embed.weights = audiocraft_positions(embed.weights.shape[0], embed.weights.shape[1])
     return model.eval()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (None: plain fp32). "auto" is fp32 on a CPU (the engine's packed
+    fp32 is what it serves, and CPU bf16 autocast is only faster with AMX) and, on CUDA, bf16 where
+    the card has it, else fp16 (with a gradient scaler: fp16 gradients underflow)."""
+    if precision == "float32":
+        return None
+    if precision in ("bfloat16", "float16"):
+        return getattr(torch, precision)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def decoder_shape(model) -> dict[str, int]:
@@ -114,7 +159,8 @@ def _generator(seed: int, step: int = -1) -> torch.Generator:
 
 
 class Trainer:
-    """One fine-tune run over the dataset's windows (`codes`: [K, frames] int each, `captions` beside)."""
+    """One fine-tune run over the dataset's windows (`codes`: [K, frames] int each, `captions` beside;
+    for a melody model, `chroma`: each window's pitch class per chroma frame, int [frames])."""
 
     def __init__(
         self,
@@ -125,11 +171,19 @@ class Trainer:
         job: FinetuneJob,
         kind: str = "musicgen",
         device: torch.device | None = None,
+        chroma: list[torch.Tensor] | None = None,
     ):
         from peft import get_peft_model
 
         self.job = job
         self.device = device or torch.device("cpu")
+        self.melody = getattr(model.config, "chroma_length", None) is not None
+        if self.melody and chroma is None:
+            raise ValueError("a melody model trains on each window's chroma: pass chroma")
+        self.chroma = chroma if self.melody else None
+        self.autocast = autocast_dtype(job.precision, self.device)
+        # fp16 only: its gradients are scaled up so they do not underflow (a no-op otherwise).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast is torch.float16)
         self.model = model.to(self.device).eval()  # eval: no dropout (see the module's doc)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -143,8 +197,7 @@ class Trainer:
         self.captions = captions
         self.cfg_dropout = CFG_DROPOUT.get(kind, 0.3)
         self.text = self._encode_captions(tokenizer)
-        self.decoder = get_peft_model(self.model.decoder, lora_config(job, self.num_codebooks))
-        self._init_lora(job.seed)
+        self.decoder = self._peft_model(get_peft_model, job)
         self.params = [p for p in self.decoder.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=job.learning_rate, betas=ADAM_BETAS, weight_decay=0.0)
         self._perms: dict[int, torch.Tensor] = {}
@@ -166,13 +219,15 @@ class Trainer:
             out[caption] = ((hidden * mask[..., None])[0], mask[0])
         return out
 
-    def _init_lora(self, seed: int) -> None:
-        """PEFT draws A from torch's global generator; draw it from the seed instead (same init, same run)."""
-        g = _generator(seed)
-        for name, param in sorted(self.decoder.named_parameters()):
-            if "lora_A" in name:
-                with torch.no_grad():
-                    torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5), generator=g)
+    def _peft_model(self, get_peft_model, job: FinetuneJob):
+        """The decoder with its adapters, every random number of their initialisation drawn from the
+        seed. PEFT draws from torch's global generator (LoRA A of linear layers, and B of embeddings:
+        normal_), whose state is whatever the process did before; it is forked here, seeded, and left
+        as it was, so the run is a function of the job and the data alone."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(job.seed)
+            return get_peft_model(self.model.decoder, lora_config(job, self.num_codebooks))
 
     # -- one step -----------------------------------------------------------------------------
 
@@ -221,29 +276,62 @@ class Trainer:
             hidden, mask = self.text[self.captions[i]]
             states.append(torch.zeros_like(hidden) if drop else hidden)
             masks.append(torch.zeros_like(mask) if drop else mask)
-        width = max(int(m.shape[0]) for m in masks)
-        hidden = torch.stack([F.pad(s, (0, 0, 0, width - s.shape[0])) for s in states])
-        mask = torch.stack([F.pad(m, (0, width - m.shape[0])) for m in masks])
         inputs = seq[:, :, :-1]
         b, k, t = inputs.shape
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        autocast = torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=bool(self.autocast))
         with autocast:
-            logits = self.decoder(
-                input_ids=inputs.reshape(b * k, t), encoder_hidden_states=hidden, encoder_attention_mask=mask
-            ).logits
+            if self.melody:
+                # Drawn after the text's, so a MusicGen run's numbers are what they were before melody.
+                melody_dropped = torch.rand(len(idx), generator=g) < MELODY_DROPOUT
+                keep = [not (d or m) for d, m in zip(dropped.tolist(), melody_dropped.tolist(), strict=True)]
+                logits = self._melody_logits(inputs, idx, keep, states)
+            else:
+                width = max(int(m.shape[0]) for m in masks)
+                hidden = torch.stack([F.pad(s, (0, 0, 0, width - s.shape[0])) for s in states])
+                mask = torch.stack([F.pad(m, (0, width - m.shape[0])) for m in masks])
+                logits = self.decoder(
+                    input_ids=inputs.reshape(b * k, t), encoder_hidden_states=hidden, encoder_attention_mask=mask
+                ).logits
         logits = logits.float().reshape(b, k, t, -1)
         labels = seq[:, :, 1:].masked_fill(~real[:, :, 1:], -100)
         per_codebook = [F.cross_entropy(logits[:, q].reshape(b * t, -1), labels[:, q].reshape(-1)) for q in range(k)]
         return torch.stack(per_codebook).mean()
+
+    def _melody_logits(
+        self, inputs: torch.Tensor, idx: list[int], keep_melody: list[bool], text: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """[B * K, T, vocab] of a melody model: its decoder input is prefixed with the conditioning
+        (the window's chroma, or the null melody where it is dropped, then the text states), as the
+        engine's generation prefixes it (server/engine/decode.py melody_prefix). Rows whose text is
+        as long go through together; the prefix is never padded, because padded positions would move
+        the audio's positions away from where generation puts them."""
+        b, k, t = inputs.shape
+        out: list[torch.Tensor | None] = [None] * b
+        for width in sorted({int(s.shape[0]) for s in text}):
+            rows = [r for r in range(b) if int(text[r].shape[0]) == width]
+            prefix = torch.cat([self.melody_prefix(idx[r], keep_melody[r], text[r]) for r in rows])
+            logits = self.decoder(input_ids=inputs[rows].reshape(len(rows) * k, t), encoder_hidden_states=prefix).logits
+            for n, r in enumerate(logits[:, -t:].reshape(len(rows), k, t, -1)):
+                out[rows[n]] = r
+        return torch.stack(out)
+
+    def melody_prefix(self, window: int, keep_melody: bool, text: torch.Tensor) -> torch.Tensor:
+        """[1, chroma_length + text length, hidden]: window `window`'s chroma (or the null melody),
+        then its text states (`text`: the caption's, or zeros where the text is dropped)."""
+        bins = self.chroma[window].long() if keep_melody else torch.tensor([NULL_CHROMA_BIN])
+        onehot = F.one_hot(bins, int(self.model.config.num_chroma)).float().to(self.device)
+        return torch.cat([chroma_states(self.model, onehot[None]), text[None]], dim=1)
 
     def step(self, step: int) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(step)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)  # audiocraft's max_norm
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return float(loss.detach())
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -261,6 +349,7 @@ class Trainer:
                 "step": step,
                 "adapter": self.adapter_state(),
                 "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "losses": losses,
                 # The random state of every later step is (seed, step): see the module's doc.
                 "rng": {"seed": self.job.seed, "scheme": "generator(seed, step)"},
@@ -282,6 +371,8 @@ class Trainer:
             return None
         set_peft_model_state_dict(self.decoder, state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         return int(state["step"]), list(state["losses"])
 
     # -- the run ------------------------------------------------------------------------------
@@ -311,7 +402,10 @@ class Trainer:
         return outcome
 
 
-def dataset_codes(folder: Path, windows: list[dict]) -> tuple[list[torch.Tensor], list[str]]:
-    """A dataset's windows as tensors [K, frames] and their captions (server/finetune/store.py)."""
+def dataset_codes(folder: Path, windows: list[dict]) -> tuple[list[torch.Tensor], list[str], list[torch.Tensor] | None]:
+    """A dataset's windows as tensors [K, frames], their captions, and (a dataset with chroma) each
+    window's pitch classes [chroma frames] (server/finetune/store.py)."""
     tensors = load_file(str(folder / "codes.safetensors"))
-    return [tensors[f"w{i}"] for i in range(len(windows))], [w["caption"] for w in windows]
+    codes = [tensors[f"w{i}"] for i in range(len(windows))]
+    chroma = [tensors[f"c{i}"] for i in range(len(windows))] if "c0" in tensors else None
+    return codes, [w["caption"] for w in windows], chroma

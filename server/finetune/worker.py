@@ -50,16 +50,17 @@ def main(plan_path: str) -> int:
     torch.set_num_threads(int(plan["threads"]))
     from transformers import AutoTokenizer
 
+    from lib.catalogue import get_spec
     from lib.finetune import FinetuneJob
     from server.finetune import adapters, train
 
     job = FinetuneJob.model_validate(plan["job"])
-    folder = Path(plan["base_snapshot"])
-    model = train.load_base(folder, plan["kind"])
+    folder, audiocraft = train.base_folder(get_spec(job.base_model), Path(plan["base_snapshot"]))
+    model = train.load_base(folder, plan["kind"], audiocraft)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    codes, captions = train.dataset_codes(Path(plan["dataset_dir"]), plan["windows"])
+    codes, captions, chroma = train.dataset_codes(Path(plan["dataset_dir"]), plan["windows"])
     device = torch.device(plan.get("device", "cpu"))
-    trainer = train.Trainer(model, tokenizer, codes, captions, job, kind=plan["kind"], device=device)
+    trainer = train.Trainer(model, tokenizer, codes, captions, job, kind=plan["kind"], device=device, chroma=chroma)
 
     def on_step(p: train.Progress) -> None:
         _say(

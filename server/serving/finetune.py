@@ -6,9 +6,18 @@ import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, BinaryIO
 
-from lib.catalogue import UnknownModel, get_spec
+from lib.catalogue import ModelSpec, UnknownModel, get_spec
 from lib.errors import Conflict, Invalid
-from lib.finetune import DEFAULT_EPOCHS, DatasetForm, DatasetJob, FinetuneJob, FinetuneRequest, model_name
+from lib.finetune import (
+    DEFAULT_EPOCHS,
+    TRAINABLE_KINDS,
+    DatasetForm,
+    DatasetInfo,
+    DatasetJob,
+    FinetuneJob,
+    FinetuneRequest,
+    model_name,
+)
 from server.finetune import store as datasets
 from server.jobs.job import PRIORITY_BATCH, Job
 from server.serving import downloads
@@ -17,7 +26,6 @@ from server.serving.generation import default_model
 if TYPE_CHECKING:
     from server.services import Services
 
-TRAINABLE_KINDS = ("musicgen",)
 MAX_DATASET_FILES = 2000
 
 
@@ -32,8 +40,11 @@ def create_dataset(svc: Services, form: DatasetForm, files: Iterable[tuple[str |
     if datasets.exists(svc.settings.data_dir, form.name):
         raise datasets.DatasetExists(form.name)
     spec = get_spec(form.model or default_model(svc, "music"))
-    if spec.kind not in TRAINABLE_KINDS:
-        raise Invalid(f"{spec.name} cannot be fine-tuned in this build: datasets are for MusicGen", field="model")
+    if spec.kind not in TRAINABLE_KINDS or spec.base is not None:
+        raise Invalid(
+            f"{spec.name} cannot be fine-tuned: datasets are for MusicGen, MusicGen-Melody and AudioGen models",
+            field="model",
+        )
     after = downloads.require(svc, spec)
     svc.scheduler.check_space()
     request = DatasetJob(**form.model_dump(exclude={"async_"}) | {"model": spec.name})
@@ -69,7 +80,8 @@ def start_finetune(svc: Services, req: FinetuneRequest) -> Job:
         raise Invalid(
             f"{base.name} cannot be fine-tuned in this build",
             field="base_model",
-            hint="fine-tune a MusicGen text-to-music model (musicgen-small, musicgen-medium, ...)",
+            hint="fine-tune a MusicGen, MusicGen-Melody or AudioGen model (musicgen-small, musicgen-melody, "
+            "audiogen-medium, ...)",
         )
     try:
         name = model_name(base.name, req.name)
@@ -84,17 +96,7 @@ def start_finetune(svc: Services, req: FinetuneRequest) -> Job:
     if any(j.request.name == name for j in active_finetunes(svc)):
         raise Conflict(f"a fine-tune job is already making {name}", field="name")
     info = datasets.read(svc.settings.data_dir, req.dataset)
-    if (info.codec.sample_rate, info.codec.codebooks, info.codec.channels) != (
-        base.sample_rate,
-        base.codebooks,
-        base.channels,
-    ):
-        raise Invalid(
-            f"dataset {info.name} was encoded for {info.model} ({info.codec.codebooks} codebooks at "
-            f"{info.codec.sample_rate} Hz); {base.name} needs {base.codebooks} at {base.sample_rate} Hz",
-            field="dataset",
-            hint=f"make a dataset for {base.name} (POST /api/datasets with model={base.name})",
-        )
+    check_dataset_fits(info, base)
     after = downloads.require(svc, base)
     if req.steps is not None:
         steps = req.steps
@@ -105,6 +107,33 @@ def start_finetune(svc: Services, req: FinetuneRequest) -> Job:
     job = Job(kind="finetune", model=base.name, request=job_request, seed=req.seed, priority=PRIORITY_BATCH)
     job.run_after(after)
     return svc.scheduler.submit(job)
+
+
+class DatasetMismatch(Invalid):
+    code = "dataset_mismatch"
+
+
+def check_dataset_fits(info: DatasetInfo, base: ModelSpec) -> None:
+    """A dataset's codes are its codec's: a base trains only on codes of its own codec (AudioGen's
+    16 kHz EnCodec is not MusicGen's 32 kHz one), and a melody base needs each window's chroma."""
+    codec = info.codec
+    mine = (base.sample_rate, base.channels, base.codebooks, base.codebook_size, base.frame_rate_hz)
+    if (codec.sample_rate, codec.channels, codec.codebooks, codec.codebook_size, codec.frame_rate_hz) != mine:
+        raise DatasetMismatch(
+            f"dataset {info.name} holds the codes of {info.model}'s codec ({codec.codebooks} codebooks, "
+            f"{codec.channels} channel(s) at {codec.sample_rate} Hz); {base.name} reads its own codec's "
+            f"({base.codebooks} codebooks, {base.channels} channel(s) at {base.sample_rate} Hz)",
+            field="dataset",
+            hint=f"build a dataset for {base.name} from the same files (POST /api/datasets with model={base.name}, "
+            f"or `resource-audiocraft datasets add DIR --model {base.name}`)",
+        )
+    if base.kind == "musicgen-melody" and not info.chroma:
+        raise DatasetMismatch(
+            f"dataset {info.name} has no chroma of its windows (it was built before melody fine-tuning); "
+            f"{base.name} trains on each window's melody",
+            field="dataset",
+            hint=f"build it again from the same files (POST /api/datasets with model={base.name})",
+        )
 
 
 def finetune_jobs(svc: Services, state: str | None = None, limit: int = 50) -> list[Job]:

@@ -24,8 +24,8 @@ from waiting import QUICK_HANG_GUARD_S, STALL_S, running_signature, wait_for_pro
 CHROMIUM = Path("/usr/bin/chromium")
 VIEWPORT = {"width": 1440, "height": 1000}
 # What the page shows of its work in progress: a change in any of these is progress.
-PAGE_SIGNATURE_JS = """() => ['job-status', 'mix-status', 'download-text', 'history-list', 'player-meta', 'melody-note']
-    .map((id) => document.getElementById(id)?.textContent || '').join('|')"""
+PAGE_SIGNATURE_JS = """() => ['job-status', 'mix-status', 'download-text', 'history-list', 'player-meta', 'melody-note',
+    'ft-list'].map((id) => document.getElementById(id)?.textContent || '').join('|')"""
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 

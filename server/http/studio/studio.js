@@ -2,6 +2,7 @@
 // Everything goes through the public API (api.js), with the same key and rules as any client.
 import * as api from "./api.js";
 import { Recorder, decode, drawWaveform, playStream } from "./audio.js";
+import { Finetunes } from "./finetune.js";
 import { DRAG_TYPE, Timeline } from "./timeline.js";
 
 const $ = (id) => document.getElementById(id);
@@ -57,6 +58,7 @@ async function readFeatures() {
   const music = schemas.MusicRequest?.properties || {};
   state.features = {
     mix: paths.includes("/api/mix"),
+    finetune: paths.includes("/api/finetune"),
     stream: "stream" in music && paths.some((p) => /^\/api\/jobs\/\{[^}]+\}\/stream$/.test(p)),
     keyRequired: Object.values(doc.paths["/api/models"] || {}).some((op) => op.responses && "401" in op.responses),
     maxDuration: music.duration?.maximum || 300,
@@ -65,7 +67,8 @@ async function readFeatures() {
 }
 
 function showFeatures() {
-  const { stream, mix, maxDuration } = state.features;
+  const { stream, mix, finetune, maxDuration } = state.features;
+  $("finetune").hidden = !finetune;
   $("stream").disabled = !stream;
   $("stream-note").textContent = stream ? "" : "(this server does not stream)";
   $("mix-notice").hidden = mix;
@@ -180,6 +183,7 @@ const CAPABILITY = { music: "music", sound: "sound", melody: "melody", continuat
 async function refreshModels() {
   state.models = (await api.getJson("/api/models")).models;
   renderModels();
+  finetunes.renderBases();
   for (const m of state.models) if (m.download_job) followDownload(m.name, m.download_job);
 }
 
@@ -741,12 +745,29 @@ $("mix").addEventListener("click", async () => {
   }
 });
 
+// -- fine-tuning (finetune.js) ----------------------------------------------------------------------
+
+// A fine-tuned model in the Create form: on a tab it generates for (the current one if it can).
+function useModel(name) {
+  const m = state.models.find((x) => x.name === name);
+  if (!m) return;
+  if (!m.capabilities.includes(CAPABILITY[state.kind])) {
+    setKind(Object.keys(CAPABILITY).find((kind) => m.capabilities.includes(CAPABILITY[kind])));
+  }
+  $("model").value = name;
+  showModel();
+  $("create").scrollIntoView({ block: "start" });
+}
+
+const finetunes = new Finetunes({ models: () => state.models, modelsChanged: refreshModels, useModel, problem });
+
 // -- start ------------------------------------------------------------------------------------------
 
 $("banner-close").addEventListener("click", () => banner(""));
 
 async function refreshAll() {
   await Promise.all([refreshModels(), refreshHistory()]);
+  if (state.features.finetune) await finetunes.refresh();
   await refreshHealth();
 }
 
@@ -768,6 +789,7 @@ async function start() {
     if ($("key-dialog").open || document.hidden) return;
     refreshModels().catch(problem);
     refreshHistory().catch(problem);
+    if (state.features.finetune) finetunes.refresh().catch(problem);
   }, REFRESH_EVERY_MS);
   document.body.dataset.ready = "true";
 }
