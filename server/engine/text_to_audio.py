@@ -186,15 +186,18 @@ class LongForm:
             return chroma(melody[:n], self.lm.sample_rate)  # one window: the melody as given (the model repeats it)
         return chroma(window_samples(melody, w.start_frame * self.hop, n), self.lm.sample_rate)
 
-    def accept(self, codes: torch.Tensor) -> None:
-        """The current window's codes [K, n_frames]; moves to the next window."""
+    def accept(self, codes: torch.Tensor, decode_now: bool = True) -> None:
+        """The current window's codes [K, n_frames]; moves to the next window. decode_now=False
+        leaves the codec passes it made ready to the caller (pending_pieces), who may decode them
+        batched with other requests'."""
         w = self.windows[self.index]
         first = w.start_frame + w.context_frames
         self.codes[:, first : w.start_frame + w.n_frames] = codes[:, w.context_frames :].cpu()
         self.index += 1
         self.have = w.start_frame + w.n_frames
         if self.live is None:
-            self._decode_ready()
+            if decode_now:
+                self._decode_ready()
             return
         self._feed(self.codes[:, self.live.frames : self.have])
         if self.have >= self.total_frames:
@@ -236,12 +239,22 @@ class LongForm:
         parts, self._untaken = self._live_audio[-self._untaken :], 0
         return np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
-    def _decode_ready(self) -> None:
-        while len(self._audio) < len(self._pieces):
-            start, end = self._pieces[len(self._audio)]
+    def pending_pieces(self) -> list[decode.Piece]:
+        """The codec passes whose frames (and context) are final and that were not decoded yet, in
+        order; their audio goes to add_audio()."""
+        ready = []
+        for start, end in self._pieces[len(self._audio) :]:
             if self.have < self.total_frames and end + decode.DECODE_CONTEXT_FRAMES > self.have:
-                return
-            self._audio.append(decode.decode_piece(self.lm, self.codes, start, end))
+                break
+            ready.append(decode.Piece(self.codes, start, end))
+        return ready
+
+    def add_audio(self, pieces: list[torch.Tensor]) -> None:
+        """The audio of the first pending_pieces(), in their order."""
+        self._audio += pieces
+
+    def _decode_ready(self) -> None:
+        self.add_audio(decode.decode_pieces(self.lm, self.pending_pieces()))
 
     def progress(self, steps_done: int = 0) -> tuple[int, int]:
         """(steps done, steps in all) over every window; steps_done: the current window's
