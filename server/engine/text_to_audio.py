@@ -241,7 +241,9 @@ class LongForm:
 
     def pending_pieces(self) -> list[decode.Piece]:
         """The codec passes whose frames (and context) are final and that were not decoded yet, in
-        order; their audio goes to add_audio()."""
+        order; their audio goes to add_audio(). None when streamed: the live decoder made the audio."""
+        if self.live is not None:
+            return []
         ready = []
         for start, end in self._pieces[len(self._audio) :]:
             if self.have < self.total_frames and end + decode.DECODE_CONTEXT_FRAMES > self.have:

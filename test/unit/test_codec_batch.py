@@ -92,3 +92,21 @@ def test_requests_that_finish_together_decode_in_one_pass(registry, tmp_path, mo
         runner.step()
     assert [job.state for job in jobs] == ["succeeded"] * 4
     assert calls.batches == [3, 1]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_finished_request_leaves_its_codec_pass_to_the_caller_unless_streamed(registry, streamed):
+    """The runner decodes what pending_pieces() gives; a streamed request's audio was made by its
+    live decoder as it went, so it gives nothing to decode twice."""
+    from server.engine.text_to_audio import AudioRequest, LongForm
+
+    lm = registry.get("musicgen-small")
+    plan = LongForm(lm, AudioRequest("beat", duration_s=1.0, seed=0), stride_s=18.0)
+    if streamed:
+        plan.stream()
+    plan.accept(random_codes(lm, plan.windows[0].n_frames, 0), decode_now=False)
+    assert plan.done
+    pending = plan.pending_pieces()
+    assert [(p.start, p.end) for p in pending] == ([] if streamed else [(0, plan.total_frames)])
+    plan.add_audio(decode.decode_pieces(lm, pending))
+    assert plan.waveform().audio.shape == (1, lm.sample_rate)
