@@ -6,12 +6,17 @@ requests with batching (max_batch 10); the same 10 with batching off (max_batch 
 server's peak memory and /health latency (p50/p99, polled every 50 ms) while each load runs.
 
     .venv/bin/python bench/concurrency.py [--hub /tmp/audiocraft-bench-hub] [--requests 10] [--duration 5]
-        [--model musicgen-medium] [--batching-only]
+        [--model musicgen-medium] [--batching-only] [--against DIR]
+
+--against DIR also times, in the same run and just before this tree, the server of another source
+tree (e.g. `git archive main | tar -x -C /tmp/base`): a before/after under the same load. The header
+names the CPU; each row gives the load average before and after it (the machine may be shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -105,15 +110,21 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--model", default="musicgen-small", help="a MusicGen catalogue name (real shape)")
     parser.add_argument("--batching-only", action="store_true", help="skip the run with batching off")
+    parser.add_argument("--against", type=Path, help="another source tree to time first, batching on")
     args = parser.parse_args()
     install_real_shape(args.hub, args.model)
+    from server.engine import cpu
 
-    modes = [("batching on", args.requests)] + ([] if args.batching_only else [("batching off", 1)])
+    this = ("this tree", ROOT)
+    modes = [("batching on", args.requests, this)] + ([] if args.batching_only else [("batching off", 1, this)])
+    if args.against:
+        modes.insert(0, ("batching on", args.requests, (str(args.against), args.against.resolve())))
     rows = []
-    for label, max_batch in modes:
-        server = ServerProcess(
-            args.hub, args.data / label.replace(" ", "-"), max_batch=max_batch, queue_depth=max(64, args.requests)
-        ).start()
+    for label, max_batch, (tree, root) in modes:
+        load_before = os.getloadavg()[0]
+        data = args.data / f"{label.replace(' ', '-')}-{len(rows)}"
+        server = ServerProcess(args.hub, data, root=root, max_batch=max_batch, queue_depth=max(64, args.requests))
+        server.start()
         try:
             run_load(server.base, 1, 1.0, args.model)  # load the model and warm up
             with HealthProbe(server.base) as probe_one:
@@ -124,6 +135,8 @@ def main() -> None:
             rows.append(
                 {
                     "mode": label,
+                    "tree": tree,
+                    "load": (load_before, os.getloadavg()[0]),
                     "single_s": single_s,
                     "total_s": total_s,
                     "ratio": total_s / single_s,
@@ -138,16 +151,18 @@ def main() -> None:
             server.terminate()
 
     n = args.requests
-    print(f"\n{n} concurrent {args.duration:g} s requests, real-shape {args.model}, default precision\n")
+    print(f"\n# {cpu.label()}, {os.cpu_count()} cpus")
+    print(f"{n} concurrent {args.duration:g} s requests, real-shape {args.model}, default precision\n")
     print(
-        f"| mode | one request (s) | {n} concurrent (s) | ratio | succeeded | server peak RSS (GB) "
-        "| /health p50 (ms) | /health p99 (ms) |"
+        f"| tree | mode | one request (s) | {n} concurrent (s) | ratio | succeeded | server peak RSS (GB) "
+        "| /health p50 (ms) | /health p99 (ms) | load average (before → after) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['mode']} | {r['single_s']:.1f} | {r['total_s']:.1f} | {r['ratio']:.2f}x | {r['ok']}/{n + 1} "
-            f"| {r['peak_gb']:.2f} | {r['health_p50_ms']:.1f} | {r['health_p99_ms']:.1f} |"
+            f"| {r['tree']} | {r['mode']} | {r['single_s']:.1f} | {r['total_s']:.1f} | {r['ratio']:.2f}x "
+            f"| {r['ok']}/{n + 1} | {r['peak_gb']:.2f} | {r['health_p50_ms']:.1f} | {r['health_p99_ms']:.1f} "
+            f"| {r['load'][0]:.1f} → {r['load'][1]:.1f} |"
         )
 
 

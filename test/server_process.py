@@ -28,9 +28,12 @@ class ServerProcess:
         data_dir: Path,
         port: int | None = None,
         env: dict[str, str | None] | None = None,
+        root: Path = ROOT,
         **settings: object,
     ):
-        """`settings` become AUDIOCRAFT_* variables; `env` sets other variables (None removes one)."""
+        """`settings` become AUDIOCRAFT_* variables; `env` sets other variables (None removes one);
+        `root`: the source tree the server runs from (a benchmark may time another one)."""
+        self.root = root
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
@@ -56,7 +59,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "server"], cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
 

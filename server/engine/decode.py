@@ -355,22 +355,77 @@ DECODE_CHUNK_FRAMES = 1500
 DECODE_CONTEXT_FRAMES = 50
 
 
+# A batched codec pass (decode_pieces) holds at most this many frames in all, so it never needs
+# more activation memory than one single pass of the longest piece.
+DECODE_BATCH_FRAMES = DECODE_CHUNK_FRAMES
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Frames [start, end) of a timeline's codes [K, n_frames], to decode in one codec pass."""
+
+    codes: torch.Tensor
+    start: int
+    end: int
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The frames the pass runs over: the piece plus up to DECODE_CONTEXT_FRAMES each side."""
+        return max(0, self.start - DECODE_CONTEXT_FRAMES), min(self.codes.shape[-1], self.end + DECODE_CONTEXT_FRAMES)
+
+    def shape_key(self) -> tuple[int, int, int]:
+        """Pieces with the same key decode in one batched pass: same frames in, same cut out."""
+        first, last = self.span
+        return last - first, self.start - first, self.end - self.start
+
+
 @torch.inference_mode()
 def decode_piece(lm: TextToAudioLM, codes: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """The audio [channels, (end - start) * hop] of frames [start, end) of the codes [K, n_frames]:
     one codec pass over them plus up to DECODE_CONTEXT_FRAMES on each side, which are dropped.
     Stereo models interleave L/R codebooks; each channel is decoded on its own, as transformers does."""
+    return decode_pieces(lm, [Piece(codes, start, end)])[0]
+
+
+@torch.inference_mode()
+def decode_pieces(lm: TextToAudioLM, pieces: list[Piece]) -> list[torch.Tensor]:
+    """decode_piece for each piece, in as few codec passes as memory allows: pieces of the same
+    shape (Piece.shape_key, e.g. requests of one length that finish together) run as one batch of
+    the codec, up to DECODE_BATCH_FRAMES frames a pass. The codec has no state across the batch, so a
+    piece's audio is the one it gets alone, to float rounding (test/unit/test_codec_batch.py).
+    Batching shares the weight reads: the LSTM at EnCodec's bottleneck reads its weights once per
+    frame for the whole batch."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, piece in enumerate(pieces):
+        groups.setdefault(piece.shape_key(), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(pieces)
+    for (frames, skip_frames, n_frames), members in groups.items():
+        per_pass = max(1, DECODE_BATCH_FRAMES // frames)
+        for at in range(0, len(members), per_pass):
+            chunk = members[at : at + per_pass]
+            audio = _codec_pass(lm, [pieces[i] for i in chunk])  # [B, channels, samples]
+            hop = round(lm.sample_rate / lm.frame_rate_hz)
+            cut = audio[:, :, skip_frames * hop : (skip_frames + n_frames) * hop].float().cpu()
+            for j, i in enumerate(chunk):
+                out[i] = cut[j]
+    return out  # type: ignore[return-value]
+
+
+def _codec_pass(lm: TextToAudioLM, pieces: list[Piece]) -> torch.Tensor:
+    """One batched EnCodec decode of pieces of one shape: [B, channels, samples]."""
     codec = lm.model.audio_encoder
-    hop = round(lm.sample_rate / lm.frame_rate_hz)
-    first, last = max(0, start - DECODE_CONTEXT_FRAMES), min(codes.shape[-1], end + DECODE_CONTEXT_FRAMES)
-    frames = codes[:, first:last].to(lm.device)[None, None]  # [chunks=1, batch=1, K, T]
+    frames = torch.stack([p.codes[:, slice(*p.span)] for p in pieces]).to(lm.device)  # [B, K, T]
 
-    def decode(channel: torch.Tensor) -> torch.Tensor:
-        return codec.decode(channel, audio_scales=[None]).audio_values[0]  # [1, samples]
+    def decode(rows: torch.Tensor) -> torch.Tensor:  # [rows, K', T] -> [rows, 1, samples]
+        return codec.decode(rows[None], audio_scales=[None]).audio_values
 
-    audio = torch.cat([decode(frames[:, :, ::2]), decode(frames[:, :, 1::2])]) if lm.stereo else decode(frames)
-    skip = (start - first) * hop
-    return audio[:, skip : skip + (end - start) * hop].float().cpu()
+    if not lm.stereo:
+        return decode(frames)
+    left, right = frames[:, ::2], frames[:, 1::2]  # interleaved L/R codebooks
+    if len(pieces) == 1:  # as transformers decodes a stereo answer: one call per channel
+        return torch.cat([decode(left), decode(right)], dim=1)
+    both = decode(torch.stack([left, right], dim=1).flatten(0, 1))  # [2B, 1, samples]: L, R, L, R...
+    return both.view(len(pieces), 2, -1)
 
 
 def piece_bounds(n_frames: int) -> list[tuple[int, int]]:

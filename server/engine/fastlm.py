@@ -55,6 +55,13 @@ ACT_DTYPE = {
     "int8-dynamic": torch.float32,
 }
 CACHE_DTYPE = {p: torch.bfloat16 for p in KERNELS} | {"float32": torch.float32, "float16": torch.float16}
+# What a decode step's self-attention computes in. The int8 precisions keep a bf16 cache (half the
+# memory) but attend in fp32 over an fp32 copy of the prefix: torch's bf16 attention kernel is 3-7x
+# slower than its fp32 one where bf16 has no AMX (AMD EPYC Zen 4, one core, 2 rows x 16 heads, 150
+# positions: 727 us against 175 us with the copy, caches warm; 874 against 629 us with them evicted,
+# as between a step's layers), and a batched step runs it once per request and layer
+# (docs/benchmarks.md, concurrent requests).
+ATTEND_DTYPE = CACHE_DTYPE | {"int8": torch.float32, "int8-dynamic": torch.float32}
 # Precisions whose step gives the same bits at any torch thread count (integer sums; measured on the
 # real shape at 1 and 2 threads): the decode loop may change its thread count for these only.
 THREAD_INVARIANT = frozenset({"int8", "int8-dynamic"})
@@ -223,6 +230,7 @@ class FastLM:
         self.device = device
         self.act_dtype = ACT_DTYPE[precision]
         self.cache_dtype = CACHE_DTYPE[precision]
+        self.attend_dtype = ATTEND_DTYPE[precision]
         self.num_codebooks = int(config.num_codebooks)
         self.vocab_size = int(config.vocab_size)
         self.hidden = int(config.hidden_size)
@@ -463,7 +471,7 @@ class FastLM:
         x = self._embed(tokens)
         pos = torch.cat([self.positions[c.pos : c.pos + 1].expand(c.rows, -1) for c in caches])
         h = x + pos
-        act, kv = self.act_dtype, self.cache_dtype
+        act, attend = self.act_dtype, self.attend_dtype
         hidden, heads, head_dim = self.hidden, self.heads, self.head_dim
         spans = []
         start = 0
@@ -477,8 +485,8 @@ class FastLM:
             # self-attention
             qkv = layer.qkv(layer.norm_self(h).to(act), spans)
             q, k, v = qkv.split(hidden, dim=-1)
-            q = q.to(kv)  # k and v convert as they are written into the cache
-            att = torch.empty(h.shape[0], hidden, device=h.device, dtype=kv) if single is None else None
+            q = q.to(attend)  # k and v convert as they are written into the cache
+            att = torch.empty(h.shape[0], hidden, device=h.device, dtype=attend) if single is None else None
             for c, (r0, r1) in zip(caches, spans, strict=True):
                 rows, p = c.rows, c.pos
                 kc, vc = c.self_k[li], c.self_v[li]
@@ -486,8 +494,8 @@ class FastLM:
                 vc[:, :, p] = v[r0:r1].view(rows, heads, head_dim)
                 out = F.scaled_dot_product_attention(
                     q[r0:r1].view(rows, heads, 1, head_dim),
-                    kc[:, :, : p + 1],
-                    vc[:, :, : p + 1],
+                    kc[:, :, : p + 1].to(attend),
+                    vc[:, :, : p + 1].to(attend),
                     scale=self.scaling,
                 )
                 if att is None:

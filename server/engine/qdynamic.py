@@ -65,7 +65,9 @@ def linear(x: torch.Tensor, spans: Spans | None, packed, code_sums: torch.Tensor
         scale, zero_point = _qparams(lo.item(), hi.item(), levels)
         return _FIXED_QLINEAR(x, scale, zero_point, packed)
     shared_zero = (levels + 1) // 2  # the fixed zero point of a call that carries several requests
-    bounds = torch.stack(torch.aminmax(x, dim=1), dim=1).tolist()  # [rows][lo, hi]
+    # amin and amax, not aminmax(dim=1): torch's row-wise aminmax is ~16x slower on [20 x 4096]
+    # (195 us against 12 us on one core), and it ran on every matmul of a batched step.
+    bounds = torch.stack((x.amin(dim=1), x.amax(dim=1)), dim=1).tolist()  # [rows][lo, hi]
     row_scale, row_shift = [], []
     for a, b in spans:
         rows = bounds[a:b]

@@ -200,15 +200,17 @@ class LongForm:
             return chroma(melody[:n], self.lm.sample_rate)  # one window: the melody as given (the model repeats it)
         return chroma(window_samples(melody, w.start_frame * self.hop, n), self.lm.sample_rate)
 
-    def accept(self, codes: torch.Tensor) -> None:
-        """The current window's codes [K, n_frames]; moves to the next window."""
+    def accept(self, codes: torch.Tensor, decode_now: bool = True) -> None:
+        """The current window's codes [K, n_frames]; moves to the next window. decode_now=False
+        leaves the codec passes it made ready to the caller (pending_pieces), who may decode them
+        batched with other requests'."""
         w = self.windows[self.index]
         first = w.start_frame + w.context_frames
         self.codes[:, first : w.start_frame + w.n_frames] = codes[:, w.context_frames :].cpu()
         self.index += 1
         self.have = w.start_frame + w.n_frames
         if self.live is None:
-            if self._decode_piece is None:  # EnCodec's pieces as they are ready; another decoder's at the end
+            if decode_now and self._decode_piece is None:  # EnCodec as it is ready; MBD at the end
                 self._decode_ready()
             return
         self._feed(self.codes[:, self.live.frames : self.have])
@@ -256,15 +258,32 @@ class LongForm:
         parts, self._untaken = self._live_audio[-self._untaken :], 0
         return np.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
-    def _decode_ready(self) -> None:
-        while len(self._audio) < len(self._pieces):
-            start, end = self._pieces[len(self._audio)]
+    def pending_pieces(self) -> list[decode.Piece]:
+        """The codec passes whose frames (and context) are final and that were not decoded yet, in
+        order; their audio goes to add_audio(). None when streamed (the live decoder made the audio) or
+        when another decoder (MBD) makes it, at the end (waveform)."""
+        if self.live is not None or self._decode_piece is not None:
+            return []
+        return self._ready_pieces()
+
+    def _ready_pieces(self) -> list[decode.Piece]:
+        ready = []
+        for start, end in self._pieces[len(self._audio) :]:
             if self.have < self.total_frames and end + decode.DECODE_CONTEXT_FRAMES > self.have:
-                return
-            if self._decode_piece is None:
-                self._audio.append(decode.decode_piece(self.lm, self.codes, start, end))
-            else:
-                self._audio.append(self._decode_piece(self.codes, start, end, len(self._audio)))
+                break
+            ready.append(decode.Piece(self.codes, start, end))
+        return ready
+
+    def add_audio(self, pieces: list[torch.Tensor]) -> None:
+        """The audio of the first pending_pieces(), in their order."""
+        self._audio += pieces
+
+    def _decode_ready(self) -> None:
+        if self._decode_piece is None:
+            self.add_audio(decode.decode_pieces(self.lm, self.pending_pieces()))
+            return
+        for piece in self._ready_pieces():
+            self._audio.append(self._decode_piece(piece.codes, piece.start, piece.end, len(self._audio)))
 
     @property
     def decodes_at_the_end(self) -> bool:

@@ -41,11 +41,29 @@ def test_greedy_is_token_identical_to_transformers(registry, name, prompt):
     assert torch.equal(audio, want_audio)
 
 
-def test_greedy_matches_without_guidance(registry):
-    lm = registry.get("musicgen-small")
+@pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small", "audiogen-medium"])
+def test_greedy_matches_without_guidance(registry, name):
+    lm = registry.get(name)
     want_codes, _ = transformers_greedy(lm, "rock", N_FRAMES, cfg_coef=1.0)
     got = generate_codes(lm, [DecodeRequest("rock", N_FRAMES, seed=0, temperature=0.0, cfg_coef=1.0)])[0]
     assert torch.equal(got, want_codes)
+
+
+def test_guidance_off_runs_one_row_per_request(registry, monkeypatch):
+    """cfg_coef 1 has no null condition to run: its request takes one row of the decoder, a guided
+    one two, alone or batched together."""
+    from server.engine.decode import DecodeBatch
+
+    lm = registry.get("musicgen-small")
+    batch = DecodeBatch(lm)
+    rows = []
+    real = batch.fast.step
+    monkeypatch.setattr(batch.fast, "step", lambda tokens, *a: rows.append(tokens.shape[0]) or real(tokens, *a))
+    batch.add(DecodeRequest("rock", 8, seed=0, cfg_coef=1.0))
+    batch.step()
+    batch.add(DecodeRequest("jazz", 8, seed=1, cfg_coef=3.0))
+    batch.step()
+    assert rows == [1, 3]
 
 
 def test_batching_does_not_change_a_request(registry):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from lib.catalogue import WATERMARK_MODEL
 from lib.errors import Invalid, ServiceError
 from lib.files import reason
-from server.engine.decode import DecodeBatch
+from server.engine.decode import DecodeBatch, decode_pieces
 from server.engine.text_to_audio import AudioRequest, LongForm, PieceDecoder, Waveform
 from server.jobs.artifacts import INPUT, ArtifactStore
 from server.jobs.job import Job
@@ -223,13 +223,7 @@ class BatchRunner:
         finished = batch.step()
         took = time.perf_counter() - started
         self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
-        for handle in finished:
-            job, plan = self._members.pop(handle)
-            try:  # out of the batch now: whatever happens, the job ends here (fail_all no longer sees it)
-                plan.accept(batch.pop(handle))
-                self._next_window(job, plan)
-            except Exception as exc:  # the disk full as its answer is written (507), a bad window...
-                job.finish("failed", failure(job, exc))
+        self._finish_windows(finished)
         for handle, (job, plan) in list(self._members.items()):
             if plan.live is not None:
                 plan.stream_window(batch.final_codes(handle, plan.stream_from()))
@@ -242,6 +236,35 @@ class BatchRunner:
                 del self._members[handle]
                 job.finish("cancelled")
         self._close_if_empty()
+
+    def _finish_windows(self, handles: list[int]) -> None:
+        """The windows that finished on this step: their codec passes run together (requests of one
+        length that finish together decode as one batch, decode.decode_pieces), then each job moves
+        to its next window or stores its answer. Out of the batch now: whatever happens, each job ends
+        here (fail_all no longer sees it)."""
+        batch = self._batch
+        ended: list[tuple[Job, LongForm]] = []
+        for handle in handles:
+            job, plan = self._members.pop(handle)
+            try:
+                plan.accept(batch.pop(handle), decode_now=False)
+                ended.append((job, plan))
+            except Exception as exc:  # a bad window
+                job.finish("failed", failure(job, exc))
+        pending = [plan.pending_pieces() for _, plan in ended]
+        try:
+            audio = decode_pieces(batch.lm, [piece for pieces in pending for piece in pieces])
+        except Exception as exc:  # the codec failed: every job of the pass fails, none is left running
+            for job, _ in ended:
+                job.finish("failed", failure(job, exc))
+            return
+        for (job, plan), pieces in zip(ended, pending, strict=True):
+            try:
+                plan.add_audio(audio[: len(pieces)])
+                audio = audio[len(pieces) :]
+                self._next_window(job, plan)
+            except Exception as exc:  # the disk full as its answer is written (507), a bad window...
+                job.finish("failed", failure(job, exc))
 
     def interrupt(self) -> list[Job]:
         """Drop every member without finishing it (server stopping): the store still says
