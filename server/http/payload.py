@@ -231,9 +231,10 @@ def json_fields(schema: type[BaseModel]) -> frozenset[str]:
 def _parsed(value: str) -> Any:
     """JSON text as its value; text that is not JSON stays, for the schema to refuse naming its field."""
     try:
-        return from_json(value)
+        parsed = from_json(value)
     except ValueError:
         return value
+    return value if parsed is None else parsed  # null is not a form value (absence is): the schema refuses it
 
 
 def _spelled(table: dict[str, Any], value: str) -> Any:
