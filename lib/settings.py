@@ -151,6 +151,12 @@ class Settings(BaseSettings):
         description='Multi-Band Diffusion (`decoder: "mbd"`): denoising steps of each band when a request '
         "names none (AudioCraft's default: 20; fewer is faster and noisier)",
     )
+    codec_batch: bool = Field(
+        False,
+        description="Decode the EnCodec audio of requests that finish on the same step as one batch (faster under "
+        "load; a request's audio then equals its solo decode to float rounding, not bit for bit, so the same seed "
+        "can give audio that differs in the last bit with what finished beside it)",
+    )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest text prompt")
     max_upload_mb: float = Field(
         100.0,

@@ -76,10 +76,13 @@ def test_a_pass_holds_at_most_one_longest_piece_of_frames(registry, monkeypatch)
         torch.testing.assert_close(got, decode.decode_piece(lm, piece.codes, 0, 100), rtol=0, atol=1e-6)
 
 
-def test_requests_that_finish_together_decode_in_one_pass(registry, tmp_path, monkeypatch):
+@pytest.mark.parametrize(("codec_batch", "passes"), [(True, [3, 1]), (False, [1, 1, 1, 1])])
+def test_requests_that_finish_together_decode_in_one_pass(registry, tmp_path, monkeypatch, codec_batch, passes):
     """The decode lane's runner: three 1 s requests admitted together finish on the same step and
-    share one codec pass; a 2 s request in the same batch finishes later, in its own."""
+    share one codec pass; a 2 s request in the same batch finishes later, in its own. With
+    codec_batch off (the default) each decodes alone, so its audio is its own bit for bit."""
     lm = registry.get("musicgen-small")
+    monkeypatch.setattr(registry.settings, "codec_batch", codec_batch)
     runner = BatchRunner(registry, ArtifactStore(tmp_path), "music", "musicgen-small")
     jobs = [
         Job(kind="music", model="musicgen-small", request=MusicRequest(prompt=f"beat {i}", duration=d), seed=i)
@@ -91,7 +94,7 @@ def test_requests_that_finish_together_decode_in_one_pass(registry, tmp_path, mo
     while len(runner):
         runner.step()
     assert [job.state for job in jobs] == ["succeeded"] * 4
-    assert calls.batches == [3, 1]
+    assert calls.batches == passes
 
 
 @pytest.mark.parametrize("streamed", [False, True])

@@ -253,7 +253,10 @@ class BatchRunner:
                 job.finish("failed", failure(job, exc))
         pending = [plan.pending_pieces() for _, plan in ended]
         try:
-            audio = decode_pieces(batch.lm, [piece for pieces in pending for piece in pieces])
+            if self.registry.settings.codec_batch:
+                audio = decode_pieces(batch.lm, [piece for pieces in pending for piece in pieces])
+            else:  # each request's alone: its audio, bit for bit, whatever finished beside it
+                audio = [wave for pieces in pending for wave in decode_pieces(batch.lm, pieces)]
         except Exception as exc:  # the codec failed: every job of the pass fails, none is left running
             for job, _ in ended:
                 job.finish("failed", failure(job, exc))
