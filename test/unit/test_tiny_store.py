@@ -250,7 +250,10 @@ def test_write_all_writes_exactly_the_supported_entries(tiny_hub: Path):
         if s.kind in dims.SUPPORTED_KINDS
         for repo in (s.repo, *s.extra_repos)  # AudioGen's T5 repo comes with it
     }
-    assert {p.name for p in tiny_hub.iterdir()} == expected
+    # A fine-tune test in the same session may leave its result (models--finetuned--*) in the shared
+    # hub: not a tiny checkpoint, and not this test's business.
+    written = {p.name for p in tiny_hub.iterdir() if not p.name.startswith("models--finetuned--")}
+    assert written == expected
     for name in UNSUPPORTED_NAMES:
         assert not store.is_installed(get_spec(name), tiny_hub)
 
