@@ -219,23 +219,31 @@ class BatchRunner:
     def step(self) -> None:
         batch = self._batch
         assert batch is not None
-        started = time.perf_counter()
-        finished = batch.step()
-        took = time.perf_counter() - started
-        self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
-        self._finish_windows(finished)
+        self._finish_windows(self._timed_step(batch))
         for handle, (job, plan) in list(self._members.items()):
             if plan.live is not None:
                 plan.stream_window(batch.final_codes(handle, plan.stream_from()))
                 self._publish(job, plan)
             done, total = plan.progress(batch.progress(handle)[0] - plan.windows[plan.index].context_frames)
-            job.progress = min(0.99, done / total)
-            job.eta_s = (total - done) * self._step_s
-            if job.cancel_requested.is_set():
-                batch.remove(handle)
-                del self._members[handle]
-                job.finish("cancelled")
+            self._report(handle, job, done, total)
         self._close_if_empty()
+
+    def _timed_step(self, batch) -> list[int]:
+        """One step of the batch (the handles that finished), timed into the moving average."""
+        started = time.perf_counter()
+        finished = batch.step()
+        took = time.perf_counter() - started
+        self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
+        return finished
+
+    def _report(self, handle: int, job: Job, done: int, total: int) -> None:
+        """A member's progress and ETA after a step; a member whose job was cancelled leaves now."""
+        job.progress = min(0.99, done / total)
+        job.eta_s = (total - done) * self._step_s
+        if job.cancel_requested.is_set():
+            self._batch.remove(handle)
+            del self._members[handle]
+            job.finish("cancelled")
 
     def _finish_windows(self, handles: list[int]) -> None:
         """The windows that finished on this step: their codec passes run together (requests of one

@@ -5,8 +5,6 @@ request it gets and the answer. It brings the engine (torch): only the compositi
 
 from __future__ import annotations
 
-import time
-
 from lib.catalogue import get_spec
 from lib.errors import ServiceError
 from server.engine.decode import codes_to_audio
@@ -55,24 +53,14 @@ class MagnetRunner(BatchRunner):
     def step(self) -> None:
         batch = self._batch
         assert batch is not None
-        started = time.perf_counter()
-        finished = batch.step()
-        took = time.perf_counter() - started
-        self._step_s = took if self._step_s is None else 0.9 * self._step_s + 0.1 * took
-        for handle in finished:
+        for handle in self._timed_step(batch):
             job, _ = self._members.pop(handle)
             try:  # out of the batch now: whatever happens, the job ends here
                 self._answer(job, batch.lm, batch.pop(handle))
             except Exception as exc:  # the disk full as its answer is written (507)...
                 job.finish("failed", failure(job, exc))
         for handle, (job, _) in list(self._members.items()):
-            done, total = batch.progress(handle)
-            job.progress = min(0.99, done / total)
-            job.eta_s = (total - done) * self._step_s
-            if job.cancel_requested.is_set():
-                batch.remove(handle)
-                del self._members[handle]
-                job.finish("cancelled")
+            self._report(handle, job, *batch.progress(handle))
         self._close_if_empty()
 
     def _answer(self, job: Job, lm, codes) -> None:
