@@ -49,7 +49,14 @@ def wav(audio: np.ndarray, rate: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize(("path", "body"), [("music", {"prompt": "calm piano"}), ("sound", {"prompt": "rain"})])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("music", {"prompt": "calm piano"}),
+        ("sound", {"prompt": "rain"}),
+        ("music", {"prompt": "calm piano", "model": "magnet-small-10secs"}),  # MAGNeT's own runner
+    ],
+)
 def test_a_watermarked_generation_is_the_plain_one_plus_the_mark(client, seal, path, body):
     body = {**body, "duration": 1, "seed": 11, **RAW}
     plain, rate = audio_of(client.post(f"/api/generate/{path}", json=body))

@@ -9,10 +9,10 @@ from lib.catalogue import get_spec
 from lib.errors import ServiceError
 from server.engine.decode import codes_to_audio
 from server.engine.magnet import MagnetBatch, MagnetParams, MagnetRequest, frames_for
+from server.engine.text_to_audio import Waveform
 from server.jobs.artifacts import ArtifactStore
 from server.jobs.job import Job
 from server.jobs.lane import failure
-from server.jobs.lanes.answer import keep_audio
 from server.jobs.lanes.batch import BatchRunner
 from server.models.registry import ModelRegistry
 
@@ -68,9 +68,11 @@ class MagnetRunner(BatchRunner):
         its whole segment comes back up to two frames shorter, as in audiocraft). A streamed job gets
         its audio in one piece: no frame is final before MAGNeT's last iteration."""
         audio = codes_to_audio(lm, codes).numpy()[:, : round(job.request.duration * lm.sample_rate)]
+        if getattr(job.request, "watermark", False):
+            audio = self._marker(lm.sample_rate)(audio)
         if job.feed is not None:
             job.feed.write(audio)
-        keep_audio(self.artifacts, job, audio, lm.sample_rate)
+        self._store(job, Waveform(audio, lm.sample_rate, job.seed))
 
 
 def runner_for(registry: ModelRegistry, artifacts: ArtifactStore, kind: str, model: str) -> BatchRunner:
