@@ -24,13 +24,14 @@ GEMV for one row differs from its GEMM for two). So dense matmuls always run on 
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from server.engine import qdynamic
+from server.engine import dense, qdynamic
 from server.models.device import compute_dtype
 
 # Rows per dense matmul call (see the module docstring). fp32: pairs, the shape of transformers' own
@@ -76,9 +77,13 @@ class PackedLinear:
         self.scales = None
         self.packed = None
         self.weight_sums = None
+        self.dense = None
         if self.kind == "dense":
             # No copy when the dtype and device already match (fp32 shares the transformers weights).
             self.weight = weight.to(device=device, dtype=cdt).contiguous()
+            if device.type == "cpu":  # the CPU's kernel for this shape (server/engine/dense.py)
+                self.dense = dense.DenseMatmul(self.weight, precision, self.block, exact=precision == "float32")
+                self.weight = self.dense.weight
             return
         w = weight.to(device=device, dtype=torch.float32)
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
@@ -95,7 +100,9 @@ class PackedLinear:
         return [t for t in (self.weight, self.scales, self.bias, self.weight_sums) if t is not None]
 
     def packed_bytes(self) -> int:
-        """Bytes held by the quantized engine's own packed copy (not a torch tensor)."""
+        """Bytes held by the quantized engine's or oneDNN's own packed copy (not a torch tensor)."""
+        if self.dense is not None:
+            return self.dense.packed_bytes()
         return self.out_features * self.in_features if self.packed is not None else 0
 
     def nbytes(self) -> int:
@@ -109,8 +116,10 @@ class PackedLinear:
         call (qdynamic); None: x is one request's. blocked=False: one dense matmul over all rows, for
         inputs that belong to a single request."""
         kind = self.kind
-        if kind == "dense":
-            out = _blocked_linear(x, self.weight, self.block) if blocked else F.linear(x, self.weight)
+        if kind == "dense" and self.dense is not None:
+            out = _blocked(x, self.dense, self.block) if blocked else self.dense.full(x)
+        elif kind == "dense":
+            out = _blocked(x, functools.partial(F.linear, weight=self.weight), self.block) if blocked else F.linear(x, self.weight)
         elif kind == "int8pack":
             out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
         else:  # qdynamic: fp32 in, fp32 out
@@ -120,16 +129,17 @@ class PackedLinear:
         return out
 
 
-def _blocked_linear(x: torch.Tensor, weight: torch.Tensor, block: int) -> torch.Tensor:
+def _blocked(x: torch.Tensor, matmul, block: int) -> torch.Tensor:  # noqa: ANN001
+    """matmul(x) in calls of exactly `block` rows (the last zero-padded)."""
     rows = x.shape[0]
     if rows == block:
-        return F.linear(x, weight)
+        return matmul(x)
     pieces = []
     for start in range(0, rows, block):
         chunk = x[start : start + block]
         if chunk.shape[0] < block:
             chunk = F.pad(chunk, (0, 0, 0, block - chunk.shape[0]))
-        pieces.append(F.linear(chunk, weight))
+        pieces.append(matmul(chunk))
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     return out[:rows]
 
