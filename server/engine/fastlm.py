@@ -118,8 +118,9 @@ class PackedLinear:
         kind = self.kind
         if kind == "dense" and self.dense is not None:
             out = _blocked(x, self.dense, self.block) if blocked else self.dense.full(x)
-        elif kind == "dense":
-            out = _blocked(x, functools.partial(F.linear, weight=self.weight), self.block) if blocked else F.linear(x, self.weight)
+        elif kind == "dense":  # CUDA: F.linear
+            matmul = functools.partial(F.linear, weight=self.weight)
+            out = _blocked(x, matmul, self.block) if blocked else matmul(x)
         elif kind == "int8pack":
             out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
         else:  # qdynamic: fp32 in, fp32 out
@@ -302,6 +303,11 @@ class FastLM:
 
     def cache_bytes(self, rows: int, steps: int) -> int:
         return 2 * len(self.layers) * rows * steps * self.hidden * torch.finfo(self.cache_dtype).bits // 8
+
+    def step_bytes(self, rows: int, steps: int) -> int:
+        """Bytes one step reads on average over a request of `steps` steps: the weights, and the
+        self-attention keys and values filled so far (half the cache on average)."""
+        return self.weight_bytes() + self.cache_bytes(rows, steps) // 2
 
     # -- per request --------------------------------------------------------------------------
 
