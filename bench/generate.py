@@ -4,6 +4,7 @@
     .venv/bin/python bench/generate.py --models small --rounds 2
     .venv/bin/python bench/generate.py --device cuda        # the same on a GPU (float32/float16/bfloat16)
     .venv/bin/python bench/generate.py --precisions int8,int8@4,int8-dynamic@4   # batching: 4 requests at once
+    .venv/bin/python bench/generate.py --precisions float32/aten,float32   # a dense kernel against the CPU's choice
 
 Each configuration runs in a subprocess of its own (so its peak RSS is its own), on a random-weight
 model of the real shape built from the same seed (the compute is the real one; nothing is
@@ -142,6 +143,13 @@ def run_config(args: argparse.Namespace) -> dict:
             return total, total - codec_time[0]
     else:
         precision, _, batch_size = args.config.partition("@")
+        precision, _, kernel = precision.partition("/")
+        if kernel:  # precision/kernel: every dense weight takes that kernel (server/engine/dense.py)
+            from server.engine import dense
+
+            if kernel not in dense.KERNELS:
+                raise SystemExit(f"unknown kernel {kernel!r}; choose one of {', '.join(dense.KERNELS)}")
+            dense.forced = kernel
         n_requests = int(batch_size or 1)
         result["requests"] = n_requests
         lm = prepare(model, get_spec(name), tokenizer, device, pick_precision(precision, device), Path("/dev/null"))
@@ -280,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precisions",
         default=None,
-        help="engine precisions (default: all for the device); precision@N runs N requests in one batch",
+        help="engine precisions (default: all for the device); precision@N runs N requests in one batch; "
+        "precision/kernel forces a dense kernel (aten, column-split, onednn-packed)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=5.0)

@@ -40,6 +40,11 @@ import torch.nn.functional as F
 ATEN = "aten"  # F.linear as torch dispatches it (MKL for fp32)
 COLUMN_SPLIT = "column-split"  # one bmm over equal blocks of output columns, one block per thread
 ONEDNN = "onednn-packed"  # oneDNN with the weight reordered once at load
+KERNELS = (ATEN, COLUMN_SPLIT, ONEDNN)
+
+# A kernel every dense weight takes instead of the CPU's choice: how bench/generate.py runs kernel A
+# against kernel B in one run (`--precisions float32/aten,float32`). None: the choice below.
+forced: str | None = None
 
 
 def onednn_bf16() -> bool:
@@ -80,6 +85,8 @@ def _split_matmul(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 
 def choose(precision: str, out_features: int, in_features: int, rows: int, exact: bool) -> str:
     """The kernel for a dense weight: exact=True only accepts kernels with F.linear's bits."""
+    if forced is not None:
+        return forced
     if precision == "bfloat16" and not exact and onednn_bf16():
         return ONEDNN
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
@@ -124,9 +131,10 @@ class DenseMatmul:
 
 
 def report() -> dict[str, str]:
-    """Which kernel each dense precision takes on this CPU for the decoder's common shape (4096 x 1024
-    at the precision's row block): what /health and the benchmarks print."""
-    rows = {"float32": 2, "bfloat16": 8, "float16": 8}
+    """Which kernel each dense CPU precision takes here for the decoder's common shape (4096 x 1024 at
+    the precision's row block): what /health and the benchmarks print. (float16 is not a CPU precision:
+    no faster than bfloat16, above.)"""
+    rows = {"float32": 2, "bfloat16": 8}
     out = {}
     for precision, n in rows.items():
         kernel = choose(precision, 4096, 1024, n, exact=precision == "float32")

@@ -100,7 +100,7 @@ def test_split_parts_divide_the_rows():
 
 def test_the_report_names_a_kernel_this_cpu_has():
     report = dense.report()
-    assert set(report) == set(DTYPES)
+    assert set(report) == {"float32", "bfloat16"}  # the CPU's dense precisions
     for precision, kernel in report.items():
         assert kernel.split()[0] in kernels_here(precision)
     assert report["float32"].split()[0] != dense.ONEDNN  # float32 keeps transformers' bits
