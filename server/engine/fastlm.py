@@ -14,6 +14,11 @@ What it does differently from calling the transformers decoder once per step:
 - **Precision:** the weights are fp32, bf16, fp16, or int8 with one scale per output channel
   (weight-only: `torch._weight_int8pack_mm` with bf16 activations). The residual stream, layer norms
   and logits stay fp32 in every precision.
+- **Dense kernels per CPU** (server/engine/dense.py, chosen when the decoder is packed): MKL runs a
+  2-row fp32 matmul on one thread, so fp32 splits each weight's output columns over the threads in one
+  `bmm` (bitwise `F.linear`'s, checked per shape: float32 stays token-identical to transformers); bf16
+  uses oneDNN's packed weights where oneDNN has native bf16. Prefill and the cross-attention keys
+  (one request's many rows) keep `F.linear`.
 
 **Batch independence, bit for bit.** A request's numbers must not depend on what it is batched with.
 Row-wise ops (norms, attention per request, the int8 kernel) are independent of the other rows by
