@@ -2,8 +2,8 @@
 
 A decode step multiplies 2 rows (one guided request) by every weight: it is bound by reading the
 weights, so a kernel is as good as the bandwidth it streams at. Measured on a 2-core AMD EPYC Zen 4
-(min of 40 interleaved calls, [2 x 1024] by the decoder's weights, /tmp-free numbers in
-docs/benchmarks.md §Dense kernels on AMD Zen 4):
+(the fastest of 40 interleaved calls on the decoder's weight shapes, `bench/dense.py`, taken under
+load from other processes; the tables are in docs/benchmarks.md §Dense kernels, issue 20):
 
 - **MKL's fp32 `F.linear` on 2 rows runs on one thread**: 1.21 ms for 1024x3072 on one thread and
   1.23 ms on two (10 GB/s). The same holds with MKL held to AVX2. This is why float32 was slow on
@@ -16,8 +16,8 @@ docs/benchmarks.md §Dense kernels on AMD Zen 4):
   `column_split_is_exact` runs both on each weight shape at pack time, and a shape whose bits
   differ (another MKL, another CPU) keeps `F.linear`.
 - **bf16: oneDNN's packed weights** (`torch.ops.mkldnn._linear_pointwise` on a weight reordered
-  once at load) run at 27-38 GB/s on Zen 4 (AVX512-BF16), 1.5x `F.linear` in bf16 (which reorders
-  on every call). oneDNN has no native bf16 without AVX512-BF16 or AMX (the reorder refuses with its
+  once at load) run at 27-38 GB/s on Zen 4 (AVX512-BF16), 1.5x bf16 `F.linear` (which runs oneDNN
+  too, with the same bits, but without a weight packed ahead). oneDNN has no native bf16 without AVX512-BF16 or AMX (the reorder refuses with its
   ISA held to AVX2); there bf16 takes the column split like float32 (emulated bf16, 13-19 GB/s).
 - **fp16 is no faster than bf16 on CPU** (13-17 GB/s with the column split on Zen 4 and with AVX2;
   oneDNN's fp16 needs AVX512-FP16 or AVX-NE-CONVERT), so it gains no CPU tier.
