@@ -241,7 +241,8 @@ class FastLM:
             biases = [m.bias for m in modules]
             bias = None if all(b is None for b in biases) else torch.cat([b.detach() for b in biases])
             packed = PackedLinear(weight, bias, precision, device)
-            if packed.weight.dtype == modules[0].weight.dtype and packed.weight.device == modules[0].weight.device:
+            same = packed.weight.dtype == modules[0].weight.dtype and packed.weight.device == modules[0].weight.device
+            if same and packed.weight.shape == weight.shape:  # (not where a packed copy replaced it)
                 # Same dtype and device (float32): the transformers modules take views of the fused
                 # weight, so memory holds the weights once.
                 start = 0
