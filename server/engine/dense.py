@@ -17,8 +17,9 @@ load from other processes; the tables are in docs/benchmarks.md §Dense kernels,
   differ (another MKL, another CPU) keeps `F.linear`.
 - **bf16: oneDNN's packed weights** (`torch.ops.mkldnn._linear_pointwise` on a weight reordered
   once at load) run at 27-38 GB/s on Zen 4 (AVX512-BF16), 1.5x bf16 `F.linear` (which runs oneDNN
-  too, with the same bits, but without a weight packed ahead). oneDNN has no native bf16 without AVX512-BF16 or AMX (the reorder refuses with its
-  ISA held to AVX2); there bf16 takes the column split like float32 (emulated bf16, 13-19 GB/s).
+  too, with the same bits, but without a weight packed ahead). oneDNN has no native bf16 without
+  AVX512-BF16 or AMX (the reorder refuses with its ISA held to AVX2); there bf16 takes the column
+  split like float32 (emulated bf16, 13-19 GB/s).
 - **fp16 is no faster than bf16 on CPU** (13-17 GB/s with the column split on Zen 4 and with AVX2;
   oneDNN's fp16 needs AVX512-FP16 or AVX-NE-CONVERT), so it gains no CPU tier.
 - Not taken: the weight stored transposed ([in, out], MKL's NN kernel) reaches 21-23 GB/s on fp32
