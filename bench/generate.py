@@ -4,6 +4,7 @@
     .venv/bin/python bench/generate.py --models small --rounds 2
     .venv/bin/python bench/generate.py --device cuda        # the same on a GPU (float32/float16/bfloat16)
     .venv/bin/python bench/generate.py --precisions int8,int8@4,int8-dynamic@4   # batching: 4 requests at once
+    .venv/bin/python bench/generate.py --precisions float32/aten,float32   # a dense kernel against the CPU's choice
 
 Each configuration runs in a subprocess of its own (so its peak RSS is its own), on a random-weight
 model of the real shape built from the same seed (the compute is the real one; nothing is
@@ -13,6 +14,13 @@ every LM step, and EnCodec decoding to a waveform. transformers is timed with
 `MusicgenForConditionalGeneration.generate`, which does the same end to end. Rounds alternate the
 configurations, so load from other processes on the machine falls on all of them alike; the table
 keeps each configuration's fastest round and the ratios are to transformers' fastest round.
+
+**How close to the memory floor.** A decode step at batch 1 is bound by reading the weights, so each
+round also measures the machine's streaming bandwidth (`bandwidth`: a 1 GiB tensor copy, bytes read
+plus bytes written per second, the best of several), and each engine row reports the bytes a step
+reads (weights, plus the self-attention cache filled so far, on average) and the share of that
+bandwidth its steps use: bytes per step x steps/s / bandwidth. The header names the CPU and the
+kernel each precision takes on it (server/engine/dense.py, server/engine/qdynamic.py).
 """
 
 from __future__ import annotations
@@ -52,8 +60,30 @@ def _reset_peak_rss() -> bool:
 # One configuration (runs in a child process)
 
 
+def stream_bandwidth(size_bytes: int = 2**30, repeats: int = 6) -> float:
+    """The best rate of a large tensor copy, in bytes moved (read + written) per second."""
+    import torch
+
+    src = torch.ones(size_bytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size_bytes / best
+
+
 def run_config(args: argparse.Namespace) -> dict:
     import torch
+
+    if args.config == "bandwidth":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        from server.engine import cpu
+
+        return {"config": "bandwidth", "bytes_per_s": stream_bandwidth(), "kernels": cpu.report()["kernels"]}
 
     from bench.common import build_real_shape
     from lib.catalogue import get_spec
@@ -113,6 +143,13 @@ def run_config(args: argparse.Namespace) -> dict:
             return total, total - codec_time[0]
     else:
         precision, _, batch_size = args.config.partition("@")
+        precision, _, kernel = precision.partition("/")
+        if kernel:  # precision/kernel: every dense weight takes that kernel (server/engine/dense.py)
+            from server.engine import dense
+
+            if kernel not in dense.KERNELS:
+                raise SystemExit(f"unknown kernel {kernel!r}; choose one of {', '.join(dense.KERNELS)}")
+            dense.forced = kernel
         n_requests = int(batch_size or 1)
         result["requests"] = n_requests
         lm = prepare(model, get_spec(name), tokenizer, device, pick_precision(precision, device), Path("/dev/null"))
@@ -136,6 +173,9 @@ def run_config(args: argparse.Namespace) -> dict:
             return time.perf_counter() - started, loop
 
         result["weight_mb_per_step"] = lm.fast.weight_bytes() / 2**20
+        # Every request of the batch reads its own cache; the weights are read once.
+        rows = 2 * n_requests
+        result["read_mb_per_step"] = (lm.fast.step_bytes(rows, steps)) / 2**20
 
     result["build_s"] = time.perf_counter() - t0
     result["rss_loaded_mb"] = _status_kb("VmRSS") / 1024
@@ -162,7 +202,7 @@ def run_config(args: argparse.Namespace) -> dict:
 
 
 def default_precisions(device: str) -> list[str]:
-    return ["float32", "float16", "bfloat16"] if device == "cuda" else ["float32", "bfloat16", "int8"]
+    return ["float32", "float16", "bfloat16"] if device == "cuda" else ["int8-dynamic", "bfloat16", "float32"]
 
 
 def medium_fits() -> bool:
@@ -213,16 +253,21 @@ def child(args: argparse.Namespace, model: str, config: str, env: dict[str, str]
     return result
 
 
-def table(rows: list[dict], seconds: float) -> str:
+def table(rows: list[dict], seconds: float, bandwidth: float | None = None) -> str:
+    """bandwidth: the machine's streaming rate (bytes/s) measured in the same run, or None."""
     lines = [
         f"| model | configuration | steps/s (LM loop) | s per {seconds:g} s of audio | vs transformers "
-        "| weights read per step | RSS loaded | peak RSS while generating |",
-        "|---|---|---|---|---|---|---|---|",
+        "| weights read per step | bytes read per step | of bandwidth | RSS loaded | peak RSS while generating |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = {r["model"]: r["total_s"] for r in rows if r["config"] == "transformers"}
     for r in rows:
         ratio = base.get(r["model"], float("nan")) / r["total_s"]
         weights = f"{r['weight_mb_per_step']:.0f} MB" if "weight_mb_per_step" in r else "-"
+        read = f"{r['read_mb_per_step']:.0f} MB" if "read_mb_per_step" in r else "-"
+        share = "-"
+        if bandwidth and "read_mb_per_step" in r:
+            share = f"{r['read_mb_per_step'] * 2**20 * r['steps_per_s'] / bandwidth:.0%}"
         peak = r.get("peak_cuda_mb") or r.get("peak_rss_mb") or r["peak_rss_process_mb"]
         if r["config"] == "transformers":
             label = "transformers generate (fp32)"
@@ -232,7 +277,7 @@ def table(rows: list[dict], seconds: float) -> str:
             label = f"engine, {r['config']}"
         lines.append(
             f"| {r['model']} | {label} | {r['steps_per_s']:.1f} | {r['total_s']:.2f} | {ratio:.2f}x "
-            f"| {weights} | {r['rss_loaded_mb']:.0f} MB | {peak:.0f} MB |"
+            f"| {weights} | {read} | {share} | {r['rss_loaded_mb']:.0f} MB | {peak:.0f} MB |"
         )
     return "\n".join(lines)
 
@@ -243,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precisions",
         default=None,
-        help="engine precisions (default: all for the device); precision@N runs N requests in one batch",
+        help="engine precisions (default: all for the device); precision@N runs N requests in one batch; "
+        "precision/kernel forces a dense kernel (aten, column-split, onednn-packed)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -271,7 +317,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# {args.device}, {cpu.label()}, {os.cpu_count()} cpus, {args.seconds:g} s of audio, models {models}")
     best: dict[tuple[str, str], dict] = {}
+    bandwidth = None
     for rnd in range(args.rounds):
+        if args.device == "cpu":  # in every round: it is slowed by the same load as the round's runs
+            r = child(args, models[0], "bandwidth")
+            if bandwidth is None:
+                print("# kernels: " + ", ".join(f"{p} {k}" for p, k in r["kernels"].items()))
+            bandwidth = max(bandwidth or 0.0, r["bytes_per_s"])
+            print(
+                f"round {rnd + 1}: streaming bandwidth (1 GiB copy) {r['bytes_per_s'] / 1e9:.1f} GB/s  "
+                f"(load average {r['load'][0]:.1f} -> {r['load'][1]:.1f})",
+                flush=True,
+            )
         for model in models:
             for config in configs:
                 r = child(args, model, config)
@@ -285,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                     best[key] = r
     rows = [best[(f"musicgen-{m}", c)] for m in models for c in configs]
     print()
-    print(table(rows, args.seconds))
+    if bandwidth:
+        print(f"streaming bandwidth, best round: {bandwidth / 1e9:.1f} GB/s (bytes read + written per second)")
+    print(table(rows, args.seconds, bandwidth))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"bandwidth_bytes_per_s": bandwidth, "rows": rows}, indent=1))
     return 0
 
 

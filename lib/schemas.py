@@ -698,6 +698,14 @@ class WorkersReport(BaseModel):
         )
 
 
+class CpuReport(BaseModel):
+    model: str = Field(description="The CPU's model name, with its family and model numbers")
+    isa: list[str] = Field(description="The vector extensions present (AVX2, AVX-512, AVX512-VNNI, AVX512-BF16, AMX)")
+    kernels: dict[str, str] = Field(
+        description="The matmul kernel each precision takes on this CPU, chosen at start-up by asking the kernels"
+    )
+
+
 class Health(BaseModel):
     status: Literal["ok", "degraded", "starting"]
     version: str
@@ -707,6 +715,9 @@ class Health(BaseModel):
     queue: QueueState
     workers: WorkersReport | None = Field(
         None, description="The workers that share the queue (AUDIOCRAFT_QUEUE_URL); absent on the embedded queue"
+    )
+    cpu: CpuReport | None = Field(
+        None, description="The CPU the models run on and the kernels chosen for it; absent where no models run"
     )
 
 

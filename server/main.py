@@ -58,7 +58,14 @@ def build_services(settings: Settings) -> Services:
         FinetuneLane(settings),
         WatermarkLane(registry, artifacts),
     ]
-    return Services(settings=settings, registry=registry, scheduler=build_queue(settings, lanes, artifacts, registry))
+    cpu_report = None
+    if registry.device.type == "cpu":
+        from lib.schemas import CpuReport
+        from server.engine import cpu
+
+        cpu_report = CpuReport(**cpu.report())
+    queue = build_queue(settings, lanes, artifacts, registry)
+    return Services(settings=settings, registry=registry, scheduler=queue, cpu=cpu_report)
 
 
 def build_queue(settings: Settings, lanes: list, artifacts, registry=None, kinds=None) -> JobQueue:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lib.catalogue import ModelSpec
-from lib.schemas import CONTEXT_SETTINGS
+from lib.schemas import CONTEXT_SETTINGS, CpuReport
 from lib.settings import Settings
 from server.engine import threads
 from server.hub import store
@@ -33,6 +33,7 @@ class Services:
     registry: ModelRegistry  # ModelsElsewhere on an API node
     scheduler: JobQueue  # the embedded Scheduler (SQLite) or RedisScheduler
     runs_models: bool = True  # False on an API node (`serve --role api`): no torch here
+    cpu: CpuReport | None = None  # the CPU and its kernels, where models run on it (server/engine/cpu.py)
     started_at: float = field(default_factory=time.time)
     ready: bool = False
     _reaper: threading.Thread | None = None

@@ -3,7 +3,9 @@
 The same code runs on AVX2-only CPUs and on CPUs with AVX-512 and AMX, and torch, MKL, oneDNN and
 fbgemm pick other kernels on each, so every benchmark names the CPU (`label()`). The engine itself
 does not choose by these flags: where a kernel's behaviour matters it asks the kernel
-(`qdynamic.activation_levels()`), which also sees the libraries' own ISA settings (`AVX2_ONLY_ENV`).
+(`qdynamic.activation_levels()`, `dense.choose()`), which also sees the libraries' own ISA settings
+(`AVX2_ONLY_ENV`). `report()` is what /health and the benchmarks print: the CPU and the kernel each
+precision takes on it, asked once at start-up.
 """
 
 from __future__ import annotations
@@ -69,3 +71,11 @@ def label() -> str:
     text += f"; no {', no '.join(missing)}" if missing else ""
     held = [k for k, v in AVX2_ONLY_ENV.items() if os.environ.get(k, "").lower() == v.lower()]
     return text + (f" (kernels held to AVX2 by {', '.join(held)})" if held else "")
+
+
+def report() -> dict:
+    """The CPU and the matmul kernel each precision takes on it (imports torch: call it where models run)."""
+    from server.engine import dense, qdynamic
+
+    int8 = f"fbgemm-dynamic, {qdynamic.activation_levels() + 1} activation levels"
+    return {"model": model_name(), "isa": isa(), "kernels": dense.report() | {"int8-dynamic": int8}}

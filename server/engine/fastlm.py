@@ -14,6 +14,11 @@ What it does differently from calling the transformers decoder once per step:
 - **Precision:** the weights are fp32, bf16, fp16, or int8 with one scale per output channel
   (weight-only: `torch._weight_int8pack_mm` with bf16 activations). The residual stream, layer norms
   and logits stay fp32 in every precision.
+- **Dense kernels per CPU** (server/engine/dense.py, chosen when the decoder is packed): MKL runs a
+  2-row fp32 matmul on one thread, so fp32 splits each weight's output columns over the threads in one
+  `bmm` (bitwise `F.linear`'s, checked per shape: float32 stays token-identical to transformers); bf16
+  uses oneDNN's packed weights where oneDNN has native bf16. Prefill and the cross-attention keys
+  (one request's many rows) keep `F.linear`.
 
 **Batch independence, bit for bit.** A request's numbers must not depend on what it is batched with.
 Row-wise ops (norms, attention per request, the int8 kernel) are independent of the other rows by
@@ -24,13 +29,14 @@ GEMV for one row differs from its GEMM for two). So dense matmuls always run on 
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from server.engine import qdynamic
+from server.engine import dense, qdynamic
 from server.models.device import compute_dtype
 
 # Rows per dense matmul call (see the module docstring). fp32: pairs, the shape of transformers' own
@@ -104,9 +110,13 @@ class PackedLinear:
         self.scales = None
         self.packed = None
         self.weight_sums = None
+        self.dense = None
         if self.kind == "dense":
             # No copy when the dtype and device already match (fp32 shares the transformers weights).
             self.weight = weight.to(device=device, dtype=cdt).contiguous()
+            if device.type == "cpu":  # the CPU's kernel for this shape (server/engine/dense.py)
+                self.dense = dense.DenseMatmul(self.weight, precision, self.block, exact=precision == "float32")
+                self.weight = self.dense.weight
             return
         if scale is None:
             codes, scale = quantize_int8(weight.to(device=device, dtype=torch.float32))
@@ -125,7 +135,9 @@ class PackedLinear:
         return [t for t in (self.weight, self.scales, self.bias, self.weight_sums) if t is not None]
 
     def packed_bytes(self) -> int:
-        """Bytes held by the quantized engine's own packed copy (not a torch tensor)."""
+        """Bytes held by the quantized engine's or oneDNN's own packed copy (not a torch tensor)."""
+        if self.dense is not None:
+            return self.dense.packed_bytes()
         return self.out_features * self.in_features if self.packed is not None else 0
 
     def nbytes(self) -> int:
@@ -139,8 +151,11 @@ class PackedLinear:
         call (qdynamic); None: x is one request's. blocked=False: one dense matmul over all rows, for
         inputs that belong to a single request."""
         kind = self.kind
-        if kind == "dense":
-            out = _blocked_linear(x, self.weight, self.block) if blocked else F.linear(x, self.weight)
+        if kind == "dense" and self.dense is not None:
+            out = _blocked(x, self.dense, self.block) if blocked else self.dense.full(x)
+        elif kind == "dense":  # CUDA: F.linear
+            matmul = functools.partial(F.linear, weight=self.weight)
+            out = _blocked(x, matmul, self.block) if blocked else matmul(x)
         elif kind == "int8pack":
             out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
         else:  # qdynamic: fp32 in, fp32 out
@@ -150,16 +165,17 @@ class PackedLinear:
         return out
 
 
-def _blocked_linear(x: torch.Tensor, weight: torch.Tensor, block: int) -> torch.Tensor:
+def _blocked(x: torch.Tensor, matmul, block: int) -> torch.Tensor:  # noqa: ANN001
+    """matmul(x) in calls of exactly `block` rows (the last zero-padded)."""
     rows = x.shape[0]
     if rows == block:
-        return F.linear(x, weight)
+        return matmul(x)
     pieces = []
     for start in range(0, rows, block):
         chunk = x[start : start + block]
         if chunk.shape[0] < block:
             chunk = F.pad(chunk, (0, 0, 0, block - chunk.shape[0]))
-        pieces.append(F.linear(chunk, weight))
+        pieces.append(matmul(chunk))
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     return out[:rows]
 
@@ -261,7 +277,8 @@ class FastLM:
             scale = None if scales[0] is None else torch.cat(scales)
             packed = PackedLinear(weight, bias, precision, device, scale=scale)
             same = packed.weight.dtype == modules[0].weight.dtype and packed.weight.device == modules[0].weight.device
-            if packed.kind == "dense" and same:
+            # (not where a packed copy replaced it: the CPU's dense kernel may hold its own layout)
+            if packed.kind == "dense" and same and packed.weight.shape == weight.shape:
                 # Same dtype and device (float32): the transformers modules take views of the fused
                 # weight, so memory holds the weights once.
                 start = 0
@@ -328,6 +345,11 @@ class FastLM:
 
     def cache_bytes(self, rows: int, steps: int) -> int:
         return 2 * len(self.layers) * rows * steps * self.hidden * torch.finfo(self.cache_dtype).bits // 8
+
+    def step_bytes(self, rows: int, steps: int) -> int:
+        """Bytes one step reads on average over a request of `steps` steps: the weights, and the
+        self-attention keys and values filled so far (half the cache on average)."""
+        return self.weight_bytes() + self.cache_bytes(rows, steps) // 2
 
     # -- per request --------------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ PRECISIONS = ("float32", "bfloat16", "float16", "int8", "int8-dynamic")
 # The dtype the dense precisions store and multiply in; the int8 ones multiply in bfloat16 (weight-only)
 # or quantize fp32 activations themselves (server/engine/fastlm.py).
 _DENSE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Which precisions a device runs. float16 on CPU has no fast matmul; the int8 kernels are CPU ones.
+# Which precisions a device runs. float16 on CPU is no faster than bfloat16 (measured on AMD Zen 4 and
+# with AVX2 kernels: server/engine/dense.py), so it is no CPU precision; the int8 kernels are CPU ones.
 _SUPPORTED = {
     "cpu": ("float32", "bfloat16", "int8", "int8-dynamic"),
     "cuda": ("float32", "bfloat16", "float16"),

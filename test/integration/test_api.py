@@ -30,6 +30,9 @@ def test_health(client):
     assert body["device"] == "cpu"
     assert set(body["queue"]) == {"queued", "running", "capacity"}
     assert isinstance(body["uptime_s"], float)
+    # The CPU and the kernel each precision takes on it (which ones depends on the CPU).
+    assert body["cpu"]["model"] and isinstance(body["cpu"]["isa"], list)
+    assert set(body["cpu"]["kernels"]) >= {"float32", "bfloat16", "int8-dynamic"}
 
 
 def test_models_list(client):

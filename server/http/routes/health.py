@@ -32,6 +32,7 @@ async def health(request: Request) -> JSONResponse:
         ],
         queue=QueueState(queued=queued, running=running, capacity=svc.settings.queue_depth),
         workers=WorkersReport.of(workers) if workers is not None else None,
+        cpu=svc.cpu,
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if status != "degraded" else 503)
 
