@@ -10,8 +10,9 @@ from typing import Literal
 
 from lib.errors import NotFound
 
-Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec"]
-Capability = Literal["music", "sound", "melody", "continuation", "codec"]
+Kind = Literal["musicgen", "musicgen-melody", "audiogen", "encodec", "demucs"]
+# "stems": a source separator, used by melody conditioning (melody_stems), not a generation kind.
+Capability = Literal["music", "sound", "melody", "continuation", "codec", "stems"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
 
@@ -21,7 +22,7 @@ class ModelSpec:
     name: str
     repo: str
     kind: Kind
-    hub_format: Literal["transformers", "audiocraft", "adapter"]
+    hub_format: Literal["transformers", "audiocraft", "adapter", "demucs"]
     sample_rate: int
     channels: int
     codebooks: int
@@ -73,6 +74,24 @@ def _musicgen(name: str, lm_shape: tuple[int, int, int], size_gb: float, stereo:
 
 
 SMALL, MEDIUM, LARGE = (1024, 16, 24), (1536, 24, 48), (2048, 32, 48)
+
+# Demucs v4 (Hybrid Transformer Demucs): the separator AudioCraft's ChromaStemConditioner runs before
+# taking a melody's chroma. Its hub layout is demucs 4.1's: <name>.yaml (the bag) and one
+# <signature>.safetensors per model (server/models/demucs.py). Code and weights are MIT.
+HTDEMUCS = ModelSpec(
+    name="htdemucs",
+    repo="adefossez/HTDemucs",
+    kind="demucs",
+    hub_format="demucs",
+    sample_rate=44100,
+    channels=2,
+    codebooks=0,
+    codebook_size=0,
+    frame_rate_hz=0.0,
+    capabilities=("stems",),
+    approx_size_gb=0.17,
+    licence="MIT",
+)
 
 CATALOGUE: dict[str, ModelSpec] = {
     spec.name: spec
@@ -145,6 +164,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             approx_size_gb=0.24,
             bandwidths_kbps=(2.2,),
         ),
+        HTDEMUCS,
     ]
 }
 

@@ -315,6 +315,14 @@ class MelodyRequest(GenerateRequest):
     melody_end: float | None = Field(
         None, gt=0, description="Seconds into the melody where it ends (after melody_start, within the melody)"
     )
+    melody_stems: StrictBool | None = Field(
+        None,
+        description=(
+            "Take the chroma of the melody's vocals and other stems (htdemucs separates them first), as "
+            "AudioCraft does, so drums and bass do not pull it: true, false (the full mix), or unset (stems "
+            "when htdemucs is installed; the job's request shows which was used)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _trim_order(self) -> MelodyRequest:

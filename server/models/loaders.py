@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from lib.catalogue import ModelSpec
 from server.models.audiogen import load_audiogen
+from server.models.demucs import load_demucs
 from server.models.encodec import load_encodec
 from server.models.loaded import ResidentModel
 from server.models.musicgen import load_musicgen
@@ -27,4 +28,5 @@ LOADERS: dict[str, Loader] = {
     "musicgen-melody": load_musicgen,
     "audiogen": load_audiogen,
     "encodec": load_encodec,
+    "demucs": load_demucs,
 }

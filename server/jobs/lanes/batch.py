@@ -22,14 +22,16 @@ log = logging.getLogger("audiocraft.jobs")
 INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}  # kind -> AudioRequest's field
 
 
-def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
+def _item(job: Job, artifacts: ArtifactStore, registry: ModelRegistry) -> AudioRequest:
     from server.audio.decode import read_audio
 
     req = job.request
     inputs = {}
     if job.kind in INPUT_KINDS:
-        audio, _rate = read_audio(artifacts.read(job.id, INPUT))
+        audio, rate = read_audio(artifacts.read(job.id, INPUT))
         inputs[INPUT_KINDS[job.kind]] = audio[0] if job.kind == "melody" else audio
+        if job.kind == "melody" and getattr(req, "melody_stems", False):
+            inputs["melody"] = _melody_stems(registry, audio[0], rate, job.seed)
     return AudioRequest(
         prompt=req.prompt or "",
         duration_s=req.duration,
@@ -41,6 +43,19 @@ def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
         include_prompt=getattr(req, "include_prompt", True),
         **inputs,
     )
+
+
+def _melody_stems(registry: ModelRegistry, melody, sample_rate: int, seed: int):
+    """The melody's vocals + other stems (server/engine/stems.py), as the chroma's input. It runs as
+    the job joins the batch, so the batch's other jobs wait for it (seconds per 30 s of melody)."""
+    from lib.catalogue import HTDEMUCS
+    from server.engine.stems import melody_stems
+
+    separator = registry.acquire(HTDEMUCS.name)
+    try:
+        return melody_stems(separator.model, melody, sample_rate, seed).numpy()
+    finally:
+        registry.release(HTDEMUCS.name)
 
 
 class BatchRunner:
@@ -71,7 +86,8 @@ class BatchRunner:
             if self._batch is None:
                 self._open()
             lm = self._batch.lm
-            plan = LongForm(lm, _item(job, self.artifacts), self.registry.settings.stride_s(lm.spec.kind))
+            item = _item(job, self.artifacts, self.registry)
+            plan = LongForm(lm, item, self.registry.settings.stride_s(lm.spec.kind))
             if job.feed is not None:
                 plan.stream()
             self._next_window(job, plan)
