@@ -82,6 +82,7 @@ def save_th(out: Path, model: torch.nn.Module, kwargs: dict[str, Any]) -> Path:
     """The legacy pickle, named as demucs names it: `<sig>-<sha256[:8]>.th`."""
     from demucs.htdemucs import HTDemucs
 
+    out.mkdir(parents=True, exist_ok=True)
     package = {"klass": HTDemucs, "args": [], "kwargs": dict(kwargs), "state": _half_state(model), "training_args": {}}
     buf = io.BytesIO()
     torch.save(package, buf)
