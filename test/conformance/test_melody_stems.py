@@ -130,6 +130,80 @@ def test_stems_change_the_chroma(stems_oracle):
     assert (full.argmax(1) != stems.argmax(1)).any()
 
 
+@pytest.fixture(scope="module")
+def melody_lm(tmp_path_factory):
+    from lib.settings import Settings
+    from server.models.registry import ModelRegistry
+    from server.tiny.write import write_tiny_models
+
+    hub = tmp_path_factory.mktemp("melody-hub")
+    write_tiny_models(hub, names=["musicgen-melody"])
+    return ModelRegistry(Settings(models_dir=hub, device="cpu", dtype="float32")).get("musicgen-melody")
+
+
+def test_greedy_tokens_from_the_stems_are_those_of_the_conditioners_chroma(stems_oracle, bag, melody_lm):
+    """The engine's greedy tokens from its own stems chroma are transformers' MusicgenMelody
+    generate() given the conditioner's chroma (the melody model the project runs, as
+    test/unit/test_melody.py checks it for the full mix)."""
+    from engine_reference import generate_codes
+    from transformers_reference import reference_generate
+
+    from server.engine import delay
+    from server.engine.decode import DecodeRequest
+
+    n_frames = 40
+    ours = chroma(melody_stems(bag, melody(), SR, stems_oracle["shift_seed"]), SR)
+    theirs = torch.from_numpy(np.load(stems_oracle["out"] / "stem_chroma.npy"))
+    inputs = melody_lm.tokenizer(["jazz"], return_tensors="pt")
+    steps = delay.num_steps(n_frames, delay.codebook_delays(melody_lm.num_codebooks, melody_lm.stereo))
+    want, _ = reference_generate(
+        melody_lm, **inputs, input_features=theirs[None], guidance_scale=3.0, max_new_tokens=steps
+    )  # fmt: skip
+    got = generate_codes(melody_lm, [DecodeRequest("jazz", n_frames, seed=0, temperature=0.0, chroma=ours)])[0]
+    assert got.shape == want.shape == (4, n_frames)
+    assert torch.equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def audiocraft_melody_lm(stems_oracle, tmp_path_factory):
+    """The oracle's MusicGen-Melody export, converted and loaded by the engine's own code."""
+    from lib.catalogue import get_spec
+    from server.models.convert.audiocraft_export import convert_export
+    from server.models.musicgen import load_folder
+
+    entry = stems_oracle["melody_model"]
+    folder = tmp_path_factory.mktemp("converted-melody")
+    convert_export(Path(entry["export"]), Path(entry["t5"]), folder)
+    spec = get_spec("musicgen-melody")
+    return load_folder(spec, folder, folder, torch.device("cpu"), "float32", audiocraft=True)
+
+
+def test_the_melody_export_converts_to_musicgen_melody(stems_oracle, audiocraft_melody_lm):
+    entry = stems_oracle["melody_model"]
+    assert audiocraft_melody_lm.melody
+    assert audiocraft_melody_lm.model.config.chroma_length == 235
+    assert audiocraft_melody_lm.tokenizer([entry["prompt"]]).input_ids[0] == entry["input_ids"]
+
+
+def test_greedy_tokens_are_audiocrafts_melody_models(stems_oracle, bag, audiocraft_melody_lm):
+    """AudioCraft's MusicGen.generate_with_chroma (its ChromaStemConditioner running htdemucs) against
+    the service's path on the same files: melody -> stems -> chroma -> the engine's decode loop."""
+    from engine_reference import generate_codes
+
+    from server.engine.decode import DecodeRequest
+
+    entry = stems_oracle["melody_model"]
+    want = np.load(stems_oracle["out"] / entry["tokens"])
+    mix = melody_stems(bag, melody(), SR, stems_oracle["shift_seed"])
+    request = DecodeRequest(
+        entry["prompt"], want.shape[-1], seed=0, temperature=0.0, cfg_coef=entry["cfg_coef"], chroma=chroma(mix, SR)
+    )
+    got = generate_codes(audiocraft_melody_lm, [request])[0].numpy()
+    assert got.shape == want.shape == (4, round(entry["duration_s"] * 50))
+    mismatched = int((got != want).sum())
+    assert mismatched == 0, f"{mismatched} of {want.size} tokens differ; first at {np.argwhere(got != want)[0]}"
+
+
 def test_thirty_seconds_are_235_frames(stems_oracle):
     assert stems_oracle["chroma_len"] == 235
     assert chroma(np.zeros(30 * SR, dtype=np.float32), SR).shape == (235, 12)
