@@ -62,6 +62,7 @@ def build_request(
     normalize: str | None = None,
     melody_start: float | None = None,
     melody_end: float | None = None,
+    melody_stems: bool | None = None,
     include_prompt: bool | None = None,
     formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
@@ -109,6 +110,7 @@ def build_request(
         "normalize": normalize,
         "melody_start": melody_start,
         "melody_end": melody_end,
+        "melody_stems": melody_stems,
         "include_prompt": include_prompt,
     }
     return {k: v for k, v in body.items() if v is not None}
