@@ -11,7 +11,7 @@ A random-weight htdemucs of the released shape (server/tiny/demucs.py REAL_KWARG
 Random weights cost what real ones do (the same convolutions, FFTs and attention). The load average
 is printed before and after: on a shared machine the figures are loaded ones, the ratio is not.
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m bench.stems [--seconds 30] [--repeat 2] [--threads 2]
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.stems [--seconds 30] [--repeat 1] [--threads 2]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     args = parser.parse_args()
 
@@ -62,11 +63,13 @@ def main() -> None:
         started = time.perf_counter()
         mix = melody_stems(bag, melody, rate, seed=i)
         times["stems"].append(time.perf_counter() - started)
+        print(f"stems {i}: {times['stems'][-1]:.1f} s, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
         random.seed(i)
         started = time.perf_counter()
         with torch.no_grad():
             apply_model(bag, wav, device="cpu")
         times["apply_model"].append(time.perf_counter() - started)
+        print(f"apply_model {i}: {times['apply_model'][-1]:.1f} s", file=sys.stderr, flush=True)
         started = time.perf_counter()
         chroma(mix, rate)
         times["chroma"].append(time.perf_counter() - started)
