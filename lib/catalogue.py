@@ -10,8 +10,9 @@ from typing import Literal
 
 from lib.errors import NotFound
 
-Kind = Literal["musicgen", "musicgen-melody", "audiogen", "magnet", "encodec", "audioseal", "mbd"]
-Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark", "decoder"]
+Kind = Literal["musicgen", "musicgen-melody", "audiogen", "magnet", "encodec", "audioseal", "mbd", "demucs"]
+# "stems": a source separator, used by melody conditioning (melody_stems), not a generation kind.
+Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark", "decoder", "stems"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
 # The model that watermarks generated audio (watermark: true) and detects the mark.
@@ -25,7 +26,7 @@ class ModelSpec:
     name: str
     repo: str
     kind: Kind
-    hub_format: Literal["transformers", "audiocraft", "adapter", "audioseal", "mbd"]
+    hub_format: Literal["transformers", "audiocraft", "adapter", "audioseal", "mbd", "demucs"]
     sample_rate: int
     channels: int
     codebooks: int
@@ -101,6 +102,25 @@ def _magnet(name: str, lm_shape: tuple[int, int, int], size_gb: float, segment_s
         extra_repos=("google-t5/t5-large",) if audio else ("google-t5/t5-base",),
         segment_s=segment_s,
     )
+
+
+# Demucs v4 (Hybrid Transformer Demucs): the separator AudioCraft's ChromaStemConditioner runs before
+# taking a melody's chroma. Its hub layout is demucs 4.1's: <name>.yaml (the bag) and one
+# <signature>.safetensors per model (server/models/demucs.py). Code and weights are MIT.
+HTDEMUCS = ModelSpec(
+    name="htdemucs",
+    repo="adefossez/HTDemucs",
+    kind="demucs",
+    hub_format="demucs",
+    sample_rate=44100,
+    channels=2,
+    codebooks=0,
+    codebook_size=0,
+    frame_rate_hz=0.0,
+    capabilities=("stems",),
+    approx_size_gb=0.17,
+    licence="MIT",
+)
 
 CATALOGUE: dict[str, ModelSpec] = {
     spec.name: spec
@@ -210,6 +230,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             approx_size_gb=2.7,  # 662 M float32 parameters at the shape AudioCraft's configs give it
             aliases=("mbd",),
         ),
+        HTDEMUCS,
     ]
 }
 

@@ -69,7 +69,7 @@ class RequestSchema(BaseModel):
     @classmethod
     def _bool_is_not_a_number(cls, v: Any, info: ValidationInfo) -> Any:
         if isinstance(v, int | float) and info.field_name is not None:
-            wants_bool = bool in (cls.model_fields[info.field_name].annotation, bool | None)
+            wants_bool = cls.model_fields[info.field_name].annotation in (bool, bool | None)
             if wants_bool and not isinstance(v, bool):
                 raise ValueError("must be true or false")
             if isinstance(v, bool) and not wants_bool:
@@ -392,6 +392,15 @@ class MelodyRequest(GenerateRequest):
     melody_start: float | None = Field(None, ge=0, description="Seconds into the melody where it starts")
     melody_end: float | None = Field(
         None, gt=0, description="Seconds into the melody where it ends (after melody_start, within the melody)"
+    )
+    melody_stems: bool | None = Field(
+        None,
+        strict=True,
+        description=(
+            "Take the chroma of the melody's vocals and other stems (htdemucs separates them first), as "
+            "AudioCraft does, so drums and bass do not pull it: true, false (the full mix), or unset (stems "
+            "when htdemucs is installed; the job's request shows which was used)"
+        ),
     )
 
     @model_validator(mode="after")

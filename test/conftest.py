@@ -19,15 +19,19 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A hub-cache-layout directory holding every tiny model (written once per session).
+    """A hub-cache-layout directory holding every tiny model but htdemucs (written once per session).
 
     Shared by the whole session: treat it as read-only. A test that changes or deletes models
     writes its own copy with `server.tiny.write.write_tiny_models(tmp_path, names=[...])`.
     """
+    from lib.catalogue import CATALOGUE, HTDEMUCS
+    from server.tiny.dims import SUPPORTED_KINDS
     from server.tiny.write import write_tiny_models
 
     hub = tmp_path_factory.mktemp("hub")
-    write_tiny_models(hub)
+    # Not htdemucs: with it installed, melody requests take their chroma from stems by default, which
+    # costs seconds per request; the stems tests (test/integration/test_melody_stems.py) write their own.
+    write_tiny_models(hub, [s.name for s in CATALOGUE.values() if s.kind in SUPPORTED_KINDS and s is not HTDEMUCS])
     return hub
 
 

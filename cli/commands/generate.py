@@ -152,6 +152,10 @@ def melody(
     melody_in: str = typer.Option(..., "--melody", help="The melody: an audio file or an audio content name"),
     melody_start: float | None = typer.Option(None, "--melody-start", help="Seconds into the melody where it starts"),
     melody_end: float | None = typer.Option(None, "--melody-end", help="Seconds into the melody where it ends"),
+    stems: bool | None = typer.Option(
+        None, "--stems/--no-stems",
+        help="Chroma of the melody's vocals + other stems (htdemucs), as AudioCraft; default: if installed",
+    ),  # fmt: skip
     prompt: str | None = PROMPT,
     duration: float | None = DURATION,
     model: str | None = MODEL,
@@ -178,7 +182,7 @@ def melody(
     run(ctx, "melody", server, output, json_out, no_progress, stream, play, input_value=melody_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize, melody_start=melody_start, melody_end=melody_end,
+        normalize=normalize, melody_start=melody_start, melody_end=melody_end, melody_stems=stems,
         watermark=watermark or None, decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip
 
 

@@ -84,6 +84,10 @@ def needed_files(filenames: list[str], hub_format: str) -> list[str]:
         return sorted(n for n in store.MBD_FILES if n in names)
     if hub_format == "adapter":  # a fine-tuned model (server/hub/finetuned.py)
         return sorted(n for n in (*store.ADAPTER_FILES, "README.md") if n in names)
+    if hub_format == "demucs":
+        from server.hub import demucs_layout
+
+        return demucs_layout.needed_files(names)
     if hub_format != "transformers":
         raise ValueError(f"unknown hub format: {hub_format!r}")
     wanted = [n for n in _TRANSFORMERS_SIDE_FILES if n in names]

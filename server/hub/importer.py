@@ -3,7 +3,10 @@
 Accepted sources, as a folder or a .tar(.gz/.bz2/.xz)/.tgz/.zip archive of one:
 - a hub cache (folders models--org--name, each with refs/main and snapshots/), or one such folder;
 - a snapshot folder: the repo's files themselves (config.json, model.safetensors, tokenizer...);
-- an audiocraft export: state_dict.bin + compression_state_dict.bin (AudioGen's format).
+- an audiocraft export: state_dict.bin + compression_state_dict.bin (AudioGen's format);
+- a demucs model (htdemucs): a folder with its bag <name>.yaml and <sig>.safetensors or
+  <sig>-<sha>.th files, or the one legacy checkpoint file <sig>-<sha>.th itself
+  (server/hub/demucs_layout.py).
 
 Only the files the engine needs are taken (the same allow list as downloads). They are checked
 (config.json is JSON of the right model_type; safetensors headers parse; .bin files are torch
@@ -13,6 +16,7 @@ archives), hashed the way the hub names blobs, and installed by the hub cache's 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import struct
@@ -25,7 +29,7 @@ from pathlib import Path
 from lib.catalogue import CATALOGUE, ModelSpec, finetuned_repo, get_spec
 from lib.errors import Invalid
 from lib.finetune import FinetuneFacts, model_name
-from server.hub import download, finetuned, snapshot, store
+from server.hub import demucs_layout, download, finetuned, snapshot, store
 
 # model_type in config.json for each kind (and for the extra repos: T5).
 _MODEL_TYPES = {"musicgen": "musicgen", "musicgen-melody": "musicgen_melody", "encodec": "encodec"}
@@ -135,6 +139,30 @@ def _check_safetensors(path: Path) -> None:
         raise ImportFailed(f"{path.name} is truncated or damaged: {8 + n + end} bytes expected, {size} found")
 
 
+def _check_demucs_pickle(path: Path) -> None:
+    """demucs names its checkpoints <sig>-<first 8 hex digits of the file's sha256>: the name says
+    whether the copy is whole. (Loading checks the rest, strictly.)"""
+    sig = demucs_layout.th_signature(path.name)
+    if not zipfile.is_zipfile(path):
+        raise ImportFailed(f"{path.name} is not a torch checkpoint")
+    if sig is not None and sig[1] is not None:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        if digest != sig[1]:
+            raise ImportFailed(f"{path.name} is damaged: its sha256 starts {digest}, its name says {sig[1]}")
+
+
+def _demucs_checkpoint(path: Path, name: str | None, into: Path) -> Path:
+    """A lone legacy checkpoint (<sig>-<sha>.th) as a folder: the file and a bag of it alone."""
+    spec = get_spec(name) if name else next(s for s in CATALOGUE.values() if s.hub_format == "demucs")
+    if spec.hub_format != "demucs":
+        raise ImportFailed(f"{path.name} is a demucs checkpoint, not a {spec.name} model")
+    sig = demucs_layout.th_signature(path.name)
+    assert sig is not None
+    shutil.copyfile(path, into / path.name)
+    (into / f"{spec.name}.yaml").write_text(f"models: ['{sig[0]}']\n")
+    return into
+
+
 def _check_facts(path: Path, repo: str) -> None:
     """finetune.json: facts this service wrote, for the base its repo names."""
     base = _finetuned_base(repo)
@@ -170,6 +198,8 @@ def _check_file(path: Path, name: str, repo: str) -> None:
             )
     elif name.endswith(".safetensors"):
         _check_safetensors(path)
+    elif name.endswith(".th") and demucs_layout.th_signature(name) is not None:
+        _check_demucs_pickle(path)  # a legacy demucs checkpoint, named by its signature and checksum
     elif name.endswith((".bin", ".pth", ".th")) and not (zipfile.is_zipfile(path) or path.read_bytes()[:1] == b"\x80"):
         raise ImportFailed(f"{repo}: {name} is not a torch checkpoint")
 
@@ -181,6 +211,8 @@ def _needed(repo: str, files_dir: Path) -> list[str]:
     names = download.needed_files(listing, hub_format)
     if hub_format == "audiocraft":
         complete = len(names) == 2
+    elif hub_format == "demucs":
+        complete = demucs_layout.is_complete(files_dir)
     elif hub_format == "adapter":
         complete = set(store.ADAPTER_FILES) <= set(names)
     elif hub_format == "audioseal":
@@ -237,6 +269,11 @@ def _sources(root: Path, name: str | None) -> list[tuple[str, Path, str | None]]
     mbd = next(s for s in CATALOGUE.values() if s.hub_format == "mbd")
     if all((root / f).is_file() for f in store.MBD_FILES) and name in (None, mbd.name, *mbd.aliases):
         return [(mbd.repo, root, None)]  # the files of facebook/multiband-diffusion
+    if demucs_layout.bag_file(root) is not None:
+        spec = get_spec(name) if name else next(s for s in CATALOGUE.values() if s.hub_format == "demucs")
+        if spec.hub_format != "demucs":
+            raise ImportFailed(f"{root} holds a demucs model, not {spec.name}")
+        return [(spec.repo, root, None)]
     if name is None:
         raise ImportFailed(f"{root} is a plain folder of files: say which model it is with --name")
     if (root / "finetune.json").is_file():  # an adapter's files: the name says which model it becomes
@@ -261,6 +298,9 @@ def import_model(source: Path, hub_cache: Path, name: str | None = None, force: 
     try:
         if source.is_dir():
             root = source
+        elif demucs_layout.th_signature(source.name) is not None:
+            (work / "unpacked").mkdir()
+            root = _demucs_checkpoint(source, name, work / "unpacked")
         else:
             (work / "unpacked").mkdir()
             root = _extract(source, work / "unpacked")

@@ -108,6 +108,10 @@ def _complete(snapshot: Path, hub_format: str) -> bool:
         return all((snapshot / name).is_file() for name in AUDIOSEAL_FILES)
     if hub_format == "mbd":
         return all((snapshot / name).is_file() for name in MBD_FILES)
+    if hub_format == "demucs":
+        from server.hub import demucs_layout
+
+        return demucs_layout.is_complete(snapshot)
     raise ValueError(f"unknown hub format: {hub_format!r}")
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol
 from lib.catalogue import ModelSpec
 from server.models.audiogen import load_audiogen
 from server.models.audioseal import load_audioseal
+from server.models.demucs import load_demucs
 from server.models.encodec import load_encodec
 from server.models.loaded import ResidentModel
 from server.models.magnet import load_magnet
@@ -33,4 +34,5 @@ LOADERS: dict[str, Loader] = {
     "encodec": load_encodec,
     "audioseal": load_audioseal,
     "mbd": load_mbd,
+    "demucs": load_demucs,
 }

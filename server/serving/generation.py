@@ -15,7 +15,7 @@ from lib.schemas import INPUT_FIELDS, MAX_SEED, OutputOptions
 from server.engine.errors import UnsupportedRequest
 from server.jobs.artifacts import MASTER
 from server.jobs.job import Job
-from server.serving import downloads, magnet
+from server.serving import downloads, magnet, stems
 from server.serving.inputs import input_audio, keep_input
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
         raise UnsupportedRequest(f"{spec.name} cannot make {kind}", field="model")
     request = magnet.resolve(spec, request)
     request = with_watermark(svc, request)
+    if kind == "melody":
+        request = stems.resolve(svc, request)
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED)
     job = Job(kind=kind, model=spec.name, request=request, seed=seed, priority=priority)
     download = downloads.require(svc, spec)

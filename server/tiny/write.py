@@ -56,6 +56,10 @@ def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
         from server.tiny import encodec
 
         encodec.save_files(spec, out, seed)
+    elif spec.kind == "demucs":  # demucs 4.1's hub layout
+        from server.tiny import demucs
+
+        demucs.save_files(out, model_seed(spec.name, seed))
     else:
         from server.tiny import musicgen
 

@@ -104,6 +104,9 @@ def test_build_request_leaves_defaults_to_the_service():
     assert body == {"prompt": "x", "duration": 5, "model": "musicgen-small", "seed": 3, "format": "wav",
                     "sample_rate": "native", "bit_depth": 24}  # fmt: skip
     assert generation.build_request("x", sample_rate="22050")["sample_rate"] == 22050
+    # --stems / --no-stems: sent only when given (unset: the service decides, by whether htdemucs is there).
+    assert generation.build_request("x", melody_stems=False)["melody_stems"] is False
+    assert "melody_stems" not in generation.build_request("x")
     for kwargs in ({"duration": 0}, {"seed": -1}, {"fmt": "aiff"}, {"sample_rate": "fast"}, {"bit_depth": 12},
                    {"normalize": "loud"}):  # fmt: skip
         with pytest.raises(CliError):

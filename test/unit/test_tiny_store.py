@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib.catalogue import CATALOGUE, UnknownModel, get_spec
+from lib.catalogue import CATALOGUE, HTDEMUCS, UnknownModel, get_spec
 from server.hub import snapshot, store
 from server.tiny import dims, tokenizer, write
 from server.tiny.musicgen import build_tiny_model
@@ -247,7 +247,7 @@ def test_write_all_writes_exactly_the_supported_entries(tiny_hub: Path):
     expected = {
         store.repo_folder(repo, tiny_hub).name
         for s in CATALOGUE.values()
-        if s.kind in dims.SUPPORTED_KINDS
+        if s.kind in dims.SUPPORTED_KINDS and s is not HTDEMUCS  # the fixture leaves it out (test/conftest.py)
         for repo in (s.repo, *s.extra_repos)  # AudioGen's T5 repo comes with it
     }
     # A fine-tune test in the same session may leave its result (models--finetuned--*) in the shared
@@ -256,6 +256,15 @@ def test_write_all_writes_exactly_the_supported_entries(tiny_hub: Path):
     assert written == expected
     for name in UNSUPPORTED_NAMES:
         assert not store.is_installed(get_spec(name), tiny_hub)
+
+
+def test_write_all_includes_htdemucs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """make-tiny with no names writes every supported entry, htdemucs too (the fixture leaves it out)."""
+    written = []
+    monkeypatch.setattr(write, "write_tiny_model", lambda spec, hub, seed=0: written.append(spec.name))
+    write.write_tiny_models(tmp_path)
+    assert HTDEMUCS.name in written
+    assert written == [s.name for s in CATALOGUE.values() if s.kind in dims.SUPPORTED_KINDS]
 
 
 @pytest.mark.skipif(not UNSUPPORTED_NAMES, reason="every kind has tiny checkpoints")

@@ -56,14 +56,16 @@ _SLOW_DECODES = _SlowDecodes()
 INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}  # kind -> AudioRequest's field
 
 
-def _item(job: Job, artifacts: ArtifactStore) -> AudioRequest:
+def _item(job: Job, artifacts: ArtifactStore, registry: ModelRegistry) -> AudioRequest:
     from server.audio.decode import read_audio
 
     req = job.request
     inputs = {}
     if job.kind in INPUT_KINDS:
-        audio, _rate = read_audio(artifacts.read(job.id, INPUT))
+        audio, rate = read_audio(artifacts.read(job.id, INPUT))
         inputs[INPUT_KINDS[job.kind]] = audio[0] if job.kind == "melody" else audio
+        if job.kind == "melody" and getattr(req, "melody_stems", False):
+            inputs["melody"] = _melody_stems(registry, audio[0], rate, job.seed)
     return AudioRequest(
         prompt=req.prompt or "",
         duration_s=req.duration,
@@ -99,6 +101,19 @@ def mbd_pieces(registry: ModelRegistry, lm, item: AudioRequest) -> PieceDecoder:
     return piece
 
 
+def _melody_stems(registry: ModelRegistry, melody, sample_rate: int, seed: int):
+    """The melody's vocals + other stems (server/engine/stems.py), as the chroma's input. It runs as
+    the job joins the batch, so the batch's other jobs wait for it (seconds per 30 s of melody)."""
+    from lib.catalogue import HTDEMUCS
+    from server.engine.stems import melody_stems
+
+    separator = registry.acquire(HTDEMUCS.name)
+    try:
+        return melody_stems(separator.model, melody, sample_rate, seed).numpy()
+    finally:
+        registry.release(HTDEMUCS.name)
+
+
 class BatchRunner:
     """The running decode batch of one (kind, model). Used by the scheduler's worker thread only."""
 
@@ -129,7 +144,7 @@ class BatchRunner:
             if self._batch is None:
                 self._open()
             lm = self._batch.lm
-            item = _item(job, self.artifacts)
+            item = _item(job, self.artifacts, self.registry)
             pieces = mbd_pieces(self.registry, lm, item) if item.decoder == "mbd" else None
             plan = LongForm(lm, item, self.registry.settings.stride_s(lm.spec.kind), pieces)
             if getattr(job.request, "watermark", False):

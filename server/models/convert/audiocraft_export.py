@@ -64,6 +64,15 @@ def build_config(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], t5_dir: Path
             f"the LM's sample_rate ({settings.sample_rate}) differs from the compression model's "
             f"({audio.sampling_rate})"
         )
+    if settings.num_chroma is not None:  # MusicGen-Melody: the chroma and the text prepended
+        from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig
+
+        decoder = MusicgenMelodyDecoderConfig(**xpcfg.decoder_config_kwargs(settings))
+        config = MusicgenMelodyConfig(
+            text_encoder=text, audio_encoder=audio, decoder=decoder,
+            num_chroma=settings.num_chroma, chroma_length=settings.chroma_length,
+        )  # fmt: skip
+        return config, settings
     decoder = MusicgenDecoderConfig(**xpcfg.decoder_config_kwargs(settings))
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder), settings
 
@@ -73,6 +82,20 @@ def _text_encoder_state(t5_dir: Path) -> dict[str, torch.Tensor]:
 
     t5 = T5EncoderModel.from_pretrained(t5_dir, dtype=torch.float32, local_files_only=True)
     return {f"text_encoder.{k}": v for k, v in t5.state_dict().items()}
+
+
+# A melody model's chroma extractor keeps its STFT window in the state: a Hann window, which the
+# engine's chroma (server/engine/chroma.py) uses too. It is checked, then left out.
+_CHROMA_WINDOW = "condition_provider.conditioners.self_wav.chroma.spec.window"
+
+
+def _without_chroma_window(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    window = state.get(_CHROMA_WINDOW)
+    if window is None:
+        return state
+    if not torch.allclose(window.float(), torch.hann_window(window.numel()), atol=1e-6):
+        raise ConversionError(f"{_CHROMA_WINDOW} is not a Hann window: the chroma would differ")
+    return {k: v for k, v in state.items() if k != _CHROMA_WINDOW}
 
 
 def check_against(
@@ -117,10 +140,16 @@ def _origins(source: dict[str, torch.Tensor], rules, split_rules=(), prefix="") 
 
 def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path) -> None:
     """Write the converted model (config, safetensors, tokenizer, generation config) into out_dir."""
-    from transformers import AutoTokenizer, GenerationConfig, MusicgenForConditionalGeneration
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyForConditionalGeneration,
+    )
 
     export_dir, t5_dir = Path(export_dir), Path(t5_dir)
     lm_state, lm_cfg = read_package(export_dir / LM_FILE)
+    lm_state = _without_chroma_window(lm_state)
     codec_state, codec_cfg = read_package(export_dir / COMPRESSION_FILE)
     config, settings = build_config(lm_cfg, codec_cfg, t5_dir)
 
@@ -138,8 +167,10 @@ def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path) -> None:
             f"the T5 in {t5_dir} and the LM are both {settings.dim} wide: the MusicGen class has no "
             "place for 'condition_provider.conditioners.description.output_proj'"
         )
+    melody = settings.num_chroma is not None
+    cls = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
     with torch.device("meta"):
-        model = MusicgenForConditionalGeneration(config)
+        model = cls(config)
     check_against(model, mapped, origin)
     model.load_state_dict({k: v.to(torch.float32) for k, v in mapped.items()}, strict=True, assign=True)
     model.generation_config = GenerationConfig(

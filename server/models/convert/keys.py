@@ -31,6 +31,8 @@ LM_RULES: list[tuple[str, str]] = [
     ("out_norm.{p}", f"{_DEC}.layer_norm.{{p}}"),
     ("linears.{i}.weight", "decoder.lm_heads.{i}.weight"),
     ("condition_provider.conditioners.description.output_proj.{p}", "enc_to_dec_proj.{p}"),
+    # A melody model's chroma projection (ChromaStemConditioner).
+    ("condition_provider.conditioners.self_wav.output_proj.{p}", "audio_enc_to_dec_proj.{p}"),
 ]
 # audiocraft name -> the three transformers names its rows split into (q, k, v).
 IN_PROJ_RULES: list[tuple[str, str]] = [

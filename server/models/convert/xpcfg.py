@@ -93,6 +93,8 @@ class LMSettings:
     sample_rate: int
     channels: int
     positional_max_period: float
+    num_chroma: int | None = None  # a melody model's chroma bins; None: a text-only MusicGen
+    chroma_length: int | None = None  # its chroma prefix, in frames
 
 
 def lm_settings(cfg: dict[str, Any]) -> LMSettings:
@@ -126,14 +128,16 @@ def lm_settings(cfg: dict[str, Any]) -> LMSettings:
         _require(cfg, "codebooks_pattern.delay.delays", list(range(n_q)))
         _require(cfg, "codebooks_pattern.delay.flatten_first", 0, 0)
         _require(cfg, "codebooks_pattern.delay.empty_initial", 0, 0)
-    # Text on cross-attention only (melody's prepended chroma is a different class).
-    _require(cfg, "fuser.cross", ["description"])
-    for key in ("prepend", "sum", "input_interpolate"):
-        _require(cfg, f"fuser.{key}", [], [])
-    _require(cfg, "fuser.cross_attention_pos_emb", False, False)
     conditioners = lookup(cfg, "conditioners")
-    if not isinstance(conditioners, dict) or set(conditioners) != {"description"}:
-        raise ConversionError(f"xp.cfg conditioners = {sorted(conditioners or {})}: only [description] converts")
+    chroma = melody_settings(cfg) if isinstance(conditioners, dict) and "self_wav" in conditioners else None
+    if chroma is None:
+        # Text on cross-attention only (a melody model's prepended chroma and text: melody_settings).
+        _require(cfg, "fuser.cross", ["description"])
+        for key in ("prepend", "sum", "input_interpolate"):
+            _require(cfg, f"fuser.{key}", [], [])
+        if not isinstance(conditioners, dict) or set(conditioners) != {"description"}:
+            raise ConversionError(f"xp.cfg conditioners = {sorted(conditioners or {})}: only [description] converts")
+    _require(cfg, "fuser.cross_attention_pos_emb", False, False)
     _require(cfg, "conditioners.description.model", "t5")
     t5_name = str(lookup(cfg, "conditioners.description.t5.name"))
     if t5_name not in T5_WIDTHS:
@@ -153,6 +157,8 @@ def lm_settings(cfg: dict[str, Any]) -> LMSettings:
         sample_rate=int(lookup(cfg, "sample_rate")),
         channels=int(lookup(cfg, "channels", 1)),
         positional_max_period=float(lm.get("max_period", 10000.0)),
+        num_chroma=chroma[0] if chroma else None,
+        chroma_length=chroma[1] if chroma else None,
     )
 
 
@@ -186,6 +192,40 @@ def magnet_settings(cfg: dict[str, Any]) -> MagnetSettings:
     if segment <= 0 or segment != int(segment):
         raise ConversionError(f"xp.cfg dataset.segment_duration = {segment}: MAGNeT needs whole seconds")
     return MagnetSettings(span_len=span_len, subcodes_context=context, segment_duration_s=segment)
+
+
+# ChromaStemConditioner's settings that MusicgenMelody (and the engine's chroma) compute exactly.
+_CHROMA_STEM = {"radix2_exp": 14, "argmax": True, "match_len_on_eval": True, "eval_wavs": None}
+_CHROMA_STEM_FREE = {"n_chroma", "sample_rate", "n_eval_wavs", "cache_path"}  # no effect at inference, or read below
+
+
+def melody_settings(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(num_chroma, chroma_length) of a MusicGen-Melody export: audiocraft's chroma2music, the chroma
+    (self_wav, a ChromaStemConditioner) and the text both prepended, as MusicgenMelody has them
+    (audiocraft prepends the text first and the chroma before it: chroma, text, then the tokens)."""
+    prepend = lookup(cfg, "fuser.prepend", [])
+    if sorted(prepend) != ["description", "self_wav"]:
+        raise ConversionError(f"xp.cfg fuser.prepend = {prepend!r}: a melody model prepends [self_wav, description]")
+    for key in ("cross", "sum", "input_interpolate"):
+        _require(cfg, f"fuser.{key}", [], [])
+    conditioners = lookup(cfg, "conditioners")
+    if set(conditioners) != {"description", "self_wav"}:
+        raise ConversionError(
+            f"xp.cfg conditioners = {sorted(conditioners)}: a melody model has [description, self_wav]"
+        )
+    _require(cfg, "conditioners.self_wav.model", "chroma_stem")
+    stem = dict(lookup(cfg, "conditioners.self_wav.chroma_stem"))
+    for key, expected in _CHROMA_STEM.items():
+        _require(cfg, f"conditioners.self_wav.chroma_stem.{key}", expected, expected if key == "eval_wavs" else ...)
+    extra = set(stem) - set(_CHROMA_STEM) - _CHROMA_STEM_FREE
+    if extra:
+        raise ConversionError(f"xp.cfg conditioners.self_wav.chroma_stem.{sorted(extra)[0]}: does not convert")
+    sample_rate = int(lookup(cfg, "sample_rate"))
+    _require(cfg, "conditioners.self_wav.chroma_stem.sample_rate", sample_rate)
+    hop = 2 ** _CHROMA_STEM["radix2_exp"] // 4
+    # The prefix length: the chroma of one training segment (ChromaStemConditioner._get_chroma_len).
+    length = 1 + int(sample_rate * float(lookup(cfg, "dataset.segment_duration", 10.0))) // hop
+    return int(stem.get("n_chroma", 12)), length
 
 
 def decoder_config_kwargs(s: LMSettings) -> dict[str, Any]:
