@@ -21,12 +21,16 @@ from pathlib import Path
 
 import yaml
 
+from lib.errors import Invalid
+
 _SIGNATURE = re.compile(r"^[0-9a-f]{8}$")
 _TH_NAME = re.compile(r"^(?P<sig>[0-9a-f]{8})(-(?P<hash>[0-9a-f]{8}))?\.th$")
 
 
-class BadBag(ValueError):
-    pass
+class BadBag(Invalid, ValueError):
+    """The bag file is not one demucs reads; the message names the field."""
+
+    code = "bad_demucs_bag"
 
 
 @dataclass(frozen=True)

@@ -240,6 +240,18 @@ def _install(repo: str, files_dir: Path, commit: str | None, hub_cache: Path, st
     return Imported(repo, commit, installed, tuple(names), sum(f.size for f in files))
 
 
+def _holds_bag(root: Path) -> bool:
+    """A demucs bag file (other models' folders have a .yaml too: AudioSeal's base.yaml)."""
+    path = demucs_layout.bag_file(root)
+    if path is None:
+        return False
+    try:
+        demucs_layout.read_bag(path)
+    except demucs_layout.BadBag:
+        return False
+    return True
+
+
 def _sources(root: Path, name: str | None) -> list[tuple[str, Path, str | None]]:
     """(repo, files folder, commit or None) for each repo found under root."""
     known = _known_repos()
@@ -269,7 +281,7 @@ def _sources(root: Path, name: str | None) -> list[tuple[str, Path, str | None]]
     mbd = next(s for s in CATALOGUE.values() if s.hub_format == "mbd")
     if all((root / f).is_file() for f in store.MBD_FILES) and name in (None, mbd.name, *mbd.aliases):
         return [(mbd.repo, root, None)]  # the files of facebook/multiband-diffusion
-    if demucs_layout.bag_file(root) is not None:
+    if _holds_bag(root):
         spec = get_spec(name) if name else next(s for s in CATALOGUE.values() if s.hub_format == "demucs")
         if spec.hub_format != "demucs":
             raise ImportFailed(f"{root} holds a demucs model, not {spec.name}")

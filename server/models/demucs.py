@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from lib.catalogue import ModelSpec
+from lib.errors import Invalid
 from server.hub import demucs_layout
-from server.models.loaded import _Described, storage_bytes
+from server.models.loaded import Described, storage_bytes
 
 # The only model class a checkpoint may name (demucs' other classes, Demucs and HDemucs, are not
 # what AudioCraft's melody conditioning runs).
@@ -32,12 +33,14 @@ _PICKLE_KEYS = {"klass", "args", "kwargs", "state"}
 _PICKLE_OPTIONAL = {"training_args"}
 
 
-class BadCheckpoint(ValueError):
-    pass
+class BadCheckpoint(Invalid, ValueError):
+    """The htdemucs checkpoint does not load strictly; the message names the key or parameter."""
+
+    code = "bad_checkpoint"
 
 
 @dataclass(kw_only=True)
-class SeparatorModel(_Described):
+class SeparatorModel(Described):
     """A bag of HTDemucs models (demucs.apply.BagOfModels) in eval mode, float32."""
 
     model: Any

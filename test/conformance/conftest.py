@@ -24,11 +24,12 @@ class OracleVenv:
     python: str
     setup_s: float  # seconds setup-env.sh took (nothing when it was cached)
 
-    def run(self, script: str, out: Path) -> None:
+    def run(self, script: str, out: Path, *args: Path | str) -> None:
         """Run one oracle script (in the oracle's venv) writing into `out`; anything wrong fails the test."""
         run = subprocess.run(
-            [self.python, str(HERE / script), str(out)], capture_output=True, text=True, timeout=1800, env=oracle_env()
-        )
+            [self.python, str(HERE / script), str(out), *map(str, args)],
+            capture_output=True, text=True, timeout=1800, env=oracle_env(),
+        )  # fmt: skip
         assert run.returncode == 0, f"{script} failed:\n{run.stderr[-4000:]}"
 
 

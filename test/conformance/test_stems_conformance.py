@@ -14,7 +14,6 @@ here); the one-hot chroma identical. Skips only when the oracle environment cann
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ from server.engine.stems import melody_stems, separate
 from server.models.demucs import load_demucs
 from server.tiny import demucs as tiny
 
-HERE = Path(__file__).resolve().parent
 SR = 32000
 STEM_TOLERANCE = 1e-5
 
@@ -41,9 +39,7 @@ def melody(seconds: float = 2.5) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def stems_oracle(tmp_path_factory) -> dict:
-    from test_conformance import _env
-
+def stems_oracle(tmp_path_factory, oracle_venv) -> dict:
     root = tmp_path_factory.mktemp("stems")
     model = tiny.build(tiny.TINY_KWARGS, seed=7)
     tiny.save_hub_files(root / "model" / "hub", model, tiny.TINY_KWARGS)
@@ -55,18 +51,7 @@ def stems_oracle(tmp_path_factory) -> dict:
     out.mkdir()
     np.save(out / "melody.npy", melody())
 
-    setup = subprocess.run(
-        ["bash", str(HERE / "setup-env.sh")], capture_output=True, text=True, timeout=3600, env=_env()
-    )
-    if setup.returncode != 0:
-        tail = "\n".join(setup.stderr.strip().splitlines()[-15:])
-        pytest.skip(f"the audiocraft oracle environment could not be created (exit {setup.returncode}):\n{tail}")
-    python = setup.stdout.strip().splitlines()[-1]
-    run = subprocess.run(
-        [python, str(HERE / "oracle_stems.py"), str(out), str(root / "model")],
-        capture_output=True, text=True, timeout=1800, env=_env(),
-    )  # fmt: skip
-    assert run.returncode == 0, f"oracle_stems.py failed:\n{run.stderr[-4000:]}"
+    oracle_venv.run("oracle_stems.py", out, root / "model")
     results = json.loads((out / "stems.json").read_text())
     results["out"], results["model"] = out, root / "model"
     return results
