@@ -40,6 +40,9 @@ class DecodeRequest:
     # Melody models: the melody's one-hot chroma [frames, num_chroma]; None: no melody (transformers'
     # null melody).
     chroma: torch.Tensor | None = field(default=None, compare=False)
+    # MusicGen-Style models: the style tokens [tokens, hidden] (server/engine/style.py); None: no style
+    # audio (AudioCraft's empty condition, one zero token).
+    style: torch.Tensor | None = field(default=None, compare=False)
 
     @property
     def guided(self) -> bool:
@@ -84,6 +87,18 @@ def melody_prefix(lm: TextToAudioLM, prompt: str, chroma: torch.Tensor | None, w
     if with_null:
         audio = torch.cat([audio, null], dim=0)
     return torch.cat([chroma_states(lm.model, audio), text], dim=1)
+
+
+def style_prefix(lm: TextToAudioLM, prompt: str, style: torch.Tensor | None, with_null: bool) -> torch.Tensor:
+    """[rows, style_tokens + text_len, hidden]: what a MusicGen-Style model prepends, as AudioCraft's
+    fuser does (style2music: the text prepended, then the style tokens before it). The null row is
+    zeros of the same length (both conditions' masks are 0 there)."""
+    text = encode_text(lm, prompt, with_null)
+    tokens = torch.zeros((1, text.shape[-1]), device=lm.device) if style is None else style.to(lm.device)
+    rows = tokens.to(text.dtype)[None]
+    if with_null:
+        rows = torch.cat([rows, torch.zeros_like(rows)], dim=0)
+    return torch.cat([rows, text], dim=1)
 
 
 NULL_CHROMA_BIN = 0  # the null melody: one-hot on this bin (transformers' generate())
@@ -170,6 +185,8 @@ class DecodeBatch:
         n_steps = delay.num_steps(request.n_frames, self.delays)
         if lm.melody:
             prefix, states = melody_prefix(lm, request.prompt, request.chroma, request.guided), None
+        elif lm.spec.kind == "musicgen-style":
+            prefix, states = style_prefix(lm, request.prompt, request.style, request.guided), None
         else:
             prefix, states = None, encode_text(lm, request.prompt, with_null=request.guided)
         rows = 2 if request.guided else 1

@@ -85,6 +85,9 @@ class AudioRequest:
     include_prompt: bool = True  # the answer starts with the (re-decoded) audio prompt
     decoder: str = "encodec"  # or "mbd": Multi-Band Diffusion (LongForm's decode_piece)
     mbd_steps: int | None = None  # with mbd: denoising steps per band (None: the settings')
+    style: np.ndarray | None = None  # MusicGen-Style: mono float32 [samples] at the model's rate
+    style_excerpt_s: float | None = None  # the excerpt's length (None: the model's)
+    style_eval_q: int | None = None  # codebooks of its bottleneck (None: the model's)
 
 
 @dataclass
@@ -124,9 +127,11 @@ class LongForm:
         stride = max(1, round(stride_s * fr))
         delays = delay.codebook_delays(lm.num_codebooks, lm.stereo)
         self.delays = delays
-        if lm.melody:
-            # A melody model's conditioning takes decoder positions too: the window gives way to it.
-            prefix = lm.model.config.chroma_length + len(lm.tokenizer(item.prompt).input_ids)
+        self.style = self._style() if lm.spec.kind == "musicgen-style" else None
+        if lm.melody or self.style is not None:
+            # A melody or style model's conditioning takes decoder positions too: the window gives way to it.
+            audio = lm.model.config.chroma_length if lm.melody else self.style.states.shape[0]
+            prefix = audio + len(lm.tokenizer(item.prompt).input_ids)
             room = lm.fast_lm().max_positions - prefix - int(delays.max())
             if room < 2:
                 raise UnsupportedRequest(
@@ -156,6 +161,22 @@ class LongForm:
         # What marks the answer's audio (a watermark), if anything: the whole answer at once, or each
         # streamed chunk as it is decoded, so that what is streamed is what is kept.
         self.mark: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def _style(self):
+        """The request's style condition, once for all its windows (AudioCraft conditions every
+        window of a long generation on the same style audio)."""
+        from server.engine.style import condition
+
+        settings = self.lm.style_settings
+        item = self.item
+        return condition(
+            self.lm.style,
+            self.lm.model.audio_enc_to_dec_proj,
+            item.style,
+            item.style_excerpt_s or settings.excerpt_s,
+            item.style_eval_q or settings.eval_q,
+            item.seed,
+        )
 
     def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:
         if audio is None:
@@ -189,6 +210,7 @@ class LongForm:
             cfg_coef=item.cfg_coef,
             prompt_codes=context,
             chroma=self._chroma(w),
+            style=None if self.style is None else self.style.states,
         )
 
     def _chroma(self, w: Window) -> torch.Tensor | None:
