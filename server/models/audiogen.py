@@ -17,7 +17,8 @@ def load_audiogen(spec: ModelSpec, snapshot: Path, device: torch.device, precisi
 
 def converted_folder(spec: ModelSpec, snapshot: Path) -> Path:
     """The MusicGen-class copy of an audiocraft export: converted on first load (server/models/convert/),
-    with the T5 repo the export names (and MusicGen-Style's MERT repo); then the converted copy beside it in the hub cache is what loads."""
+    with the T5 repo the export names (and MusicGen-Style's MERT repo); then the converted copy beside
+    it in the hub cache is what loads."""
     from server.hub import store
     from server.models.convert.cache import ensure_converted
 

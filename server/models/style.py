@@ -37,7 +37,8 @@ class StyleLM(TextToAudioLM):
 def load_style(spec: ModelSpec, snapshot: Path, device: torch.device, precision: str) -> StyleLM:
     from transformers import HubertModel
 
-    from server.models.convert.style import MERT_DIR, load_style as load_conditioner
+    from server.models.convert.style import MERT_DIR
+    from server.models.convert.style import load_style as load_conditioner
 
     folder = converted_folder(spec, snapshot)
     lm = load_folder(spec, folder, snapshot, device, precision, audiocraft=True)

@@ -90,8 +90,8 @@ def random_style_state(lm_cfg: dict[str, Any], lm_dim: int, mert_width: int, see
         if name == "codebooks":
             for i, book in enumerate(tensor):
                 layer = f"{PREFIX}rvq.vq.layers.{i}._codebook."
-                state |= {layer + "embed": book, layer + "embed_avg": book.clone(),
-                          layer + "inited": torch.ones(1), layer + "cluster_size": torch.ones(book.shape[0])}  # fmt: skip
+                state |= {layer + "embed": book, layer + "embed_avg": book.clone(), layer + "inited": torch.ones(1)}
+                state[layer + "cluster_size"] = torch.ones(book.shape[0])
         elif name in ("running_mean", "running_var"):
             state[f"{PREFIX}batch_norm.{name}"] = tensor
         else:

@@ -92,7 +92,8 @@ def load_mert(snapshot: Path):
             raise ConversionError(f"unmapped key in the MERT weights: {name!r} (not in HubertModel)")
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise ConversionError(
-                f"shape mismatch for MERT's {name!r}: {tuple(tensor.shape)}, HubertModel needs {tuple(expected[name].shape)}"
+                f"shape mismatch for MERT's {name!r}: {tuple(tensor.shape)}, "
+                f"HubertModel needs {tuple(expected[name].shape)}"
             )
     missing = [n for n in expected if n not in state]
     if missing:
