@@ -35,15 +35,22 @@ class StyleLM(TextToAudioLM):
 
 
 def load_style(spec: ModelSpec, snapshot: Path, device: torch.device, precision: str) -> StyleLM:
+    return load_converted(spec, converted_folder(spec, snapshot), snapshot, device, precision)
+
+
+def load_converted(spec: ModelSpec, folder: Path, source: Path, device: torch.device, precision: str) -> StyleLM:
+    """A converted MusicGen-Style folder (server/models/convert/) as a StyleLM."""
     from transformers import HubertModel
 
-    from server.models.convert.style import MERT_DIR
+    from server.models.convert.style import MERT_DIR, STYLE_SETTINGS
     from server.models.convert.style import load_style as load_conditioner
+    from server.models.convert.xpcfg import ConversionError
 
-    folder = converted_folder(spec, snapshot)
-    lm = load_folder(spec, folder, snapshot, device, precision, audiocraft=True)
+    if not (folder / STYLE_SETTINGS).is_file():
+        raise ConversionError(f"{spec.name}: the export is not a MusicGen-Style model (no style conditioner)")
+    lm = load_folder(spec, folder, source, device, precision, audiocraft=True)
     conditioner = load_conditioner(folder)
-    conditioner.mert = HubertModel.from_pretrained(folder / MERT_DIR, dtype=torch.float32, local_files_only=True).eval()
-    conditioner.to(device)
+    conditioner.mert = HubertModel.from_pretrained(folder / MERT_DIR, dtype=torch.float32, local_files_only=True)
+    conditioner.to(device).eval()
     shared = {f.name: getattr(lm, f.name) for f in dataclasses.fields(lm) if f.init and not f.name.startswith("_")}
     return StyleLM(**shared, style=conditioner)

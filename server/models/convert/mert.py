@@ -5,7 +5,7 @@ is never run here. MERTModel is HubertModel with its own feature projection (an 
 which HubertConfig has as feat_proj_layer_norm) and three extensions: CQT features concatenated
 (feature_extractor_cqt), DeepNorm residual scaling (deepnorm) and relaxed attention (attention_relax).
 With none of them on (MERT-v1-95M) the two compute the same thing, so the config maps onto a
-HubertConfig; any of them on, or a config field neither knows, is refused by name. The weights map
+HubertConfig; any of them on is refused by name. The weights map
 one to one (the positional convolution's old weight-norm names renamed), strictly: every tensor of
 HubertModel present with its shape, nothing left over.
 """
@@ -22,8 +22,10 @@ from server.models.convert.xpcfg import ConversionError
 MODEL_TYPE = "mert_model"
 # MERT's own config fields, and the value each must have for HubertModel to compute the same thing.
 _MERT_ONLY = {"feature_extractor_cqt": False, "deepnorm": False}
+# Fields that change nothing HubertModel computes: bookkeeping, the CQT's size when it is off, and
+# older transformers' training switches.
 _IGNORED = {"feature_extractor_cqt_bins", "sample_rate", "auto_map", "architectures", "model_type",
-            "_name_or_path", "transformers_version", "torch_dtype", "dtype"}  # fmt: skip
+            "transformers_version", "torch_dtype", "dtype", "gradient_checkpointing", "tokenizer_class"}  # fmt: skip
 # Old weight norm (weight_g, weight_v) -> the parametrization HubertPositionalConvEmbedding has.
 _RENAMES = {".weight_g": ".parametrizations.weight.original0", ".weight_v": ".parametrizations.weight.original1"}
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -43,11 +45,10 @@ def hubert_config(config: dict):
         raise ConversionError(f"MERT config attention_relax = {relax}: relaxed attention does not convert")
     if config.get("do_stable_layer_norm"):
         raise ConversionError("MERT config do_stable_layer_norm = true: MERT's post-norm encoder only converts")
-    known = set(HubertConfig().to_dict())
-    unknown = sorted(set(config) - known - set(_MERT_ONLY) - _IGNORED - {"attention_relax"})
-    if unknown:
-        raise ConversionError(f"MERT config field {unknown[0]!r}: HubertModel has no such setting")
-    kwargs = {k: v for k, v in config.items() if k in known and k not in _IGNORED}
+    # Every setting HubertModel reads is a HubertConfig field; the rest of a config (MERT's own, checked
+    # above, and older transformers' generic fields such as add_cross_attention) changes nothing it computes.
+    known = set(HubertConfig().to_dict()) - _IGNORED
+    kwargs = {k: v for k, v in config.items() if k in known and not k.startswith("_")}
     return HubertConfig(**kwargs)
 
 
