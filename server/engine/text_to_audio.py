@@ -169,13 +169,15 @@ class LongForm:
 
         settings = self.lm.style_settings
         item = self.item
+        eval_q = item.style_eval_q or settings.eval_q
+        if eval_q > settings.n_q_out:
+            raise UnsupportedRequest(
+                f"{self.lm.spec.name}'s style bottleneck has {settings.n_q_out} codebooks; eval_q {eval_q} is more",
+                field="eval_q", hint=f"use eval_q 1 to {settings.n_q_out}",
+            )  # fmt: skip
+        excerpt_s = item.style_excerpt_s or settings.excerpt_s
         return condition(
-            self.lm.style,
-            self.lm.model.audio_enc_to_dec_proj,
-            item.style,
-            item.style_excerpt_s or settings.excerpt_s,
-            item.style_eval_q or settings.eval_q,
-            item.seed,
+            self.lm.style, self.lm.model.audio_enc_to_dec_proj, item.style, excerpt_s, eval_q, item.seed
         )
 
     def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:

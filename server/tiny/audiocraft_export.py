@@ -158,8 +158,12 @@ def magnet_cfgs(segment_s: float, audio: bool) -> tuple[dict[str, Any], dict[str
     return lm, codec
 
 
-def _random_target_state(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text_width: int, seed: int):
-    """Random weights for the decoder, the text projection and EnCodec, under their transformers names."""
+def _random_target_state(
+    lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text_width: int, seed: int, codebooks: bool = False
+):
+    """Random weights for the decoder, the text projection and EnCodec, under their transformers names.
+    codebooks: draw EnCodec's codebooks too (transformers starts them at zero, so every code decodes
+    to the same audio until they are drawn)."""
     from transformers import (
         EncodecConfig,
         EncodecModel,
@@ -180,6 +184,10 @@ def _random_target_state(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text
         decoder = decoder_cls(config_cls(**xpcfg.decoder_config_kwargs(settings)))
         proj = torch.nn.Linear(text_width, settings.dim)
         codec = EncodecModel(EncodecConfig(**codec_kwargs))
+        if codebooks:
+            with torch.no_grad():
+                for layer in codec.quantizer.layers:
+                    layer.codebook.embed.normal_()
     state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
     state |= {f"enc_to_dec_proj.{k}": v for k, v in proj.state_dict().items()}
     state |= {f"audio_encoder.{k}": v for k, v in codec.state_dict().items()}
@@ -196,12 +204,14 @@ def save_export(
     lm_cfg: dict[str, Any] | None = None,
     codec_cfg: dict[str, Any] | None = None,
     extra_lm_state: dict[str, torch.Tensor] | None = None,
+    codebooks: bool = False,
 ) -> None:
     """Write state_dict.bin and compression_state_dict.bin for a tiny model into `out`.
-    extra_lm_state: more LM tensors under audiocraft's names (a style model's conditioner)."""
+    extra_lm_state: more LM tensors under audiocraft's names (a style model's conditioner);
+    codebooks: EnCodec's codebooks drawn (_random_target_state)."""
     lm_cfg = copy.deepcopy(lm_cfg or LM_CFG)
     codec_cfg = copy.deepcopy(codec_cfg or COMPRESSION_CFG)
-    state, transposed = _random_target_state(lm_cfg, codec_cfg, text_width, seed)
+    state, transposed = _random_target_state(lm_cfg, codec_cfg, text_width, seed, codebooks)
     lm_state = keys.unmap_state(
         {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, keys.LM_RULES, keys.IN_PROJ_RULES
     )

@@ -104,7 +104,8 @@ def random_style_state(lm_cfg: dict[str, Any], lm_dim: int, mert_width: int, see
 def save_files(out: Path, seed: int, text_width: int) -> None:
     lm_cfg, codec_cfg = style_cfgs()
     extra = random_style_state(lm_cfg, lm_cfg["transformer_lm"]["dim"], TINY_MERT["hidden_size"], seed + 1)
-    save_export(out, seed, text_width, lm_cfg, codec_cfg, extra_lm_state=extra)
+    # Codebooks drawn: the API tests tell styles apart by the audio their tokens decode to.
+    save_export(out, seed, text_width, lm_cfg, codec_cfg, extra_lm_state=extra, codebooks=True)
 
 
 def mert_config() -> dict[str, Any]:
