@@ -134,3 +134,14 @@ def test_style_on_both_queues(tiny_hub, tmp_path, backend):
         assert audio.shape == (32000,)
         job = c.get(f"/api/jobs/{r.headers['x-job-id']}").json()
         assert job["kind"] == "style" and job["request"]["excerpt_length"] == 3.0
+
+
+def test_openapi_documents_the_style_endpoint(client):
+    doc = client.get("/openapi.json").json()
+    content = doc["paths"]["/api/generate/style"]["post"]["requestBody"]["content"]
+    assert content["application/json"]["schema"]["$ref"].endswith("/StyleRequest")
+    form = content["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert doc["components"]["schemas"][form]["properties"]["style"]["format"] == "binary"
+    props = doc["components"]["schemas"]["StyleRequest"]["properties"]
+    assert {"style", "style_job", "style_content", "excerpt_length", "eval_q", "cfg_coef_beta"} <= set(props)
+    assert (props["excerpt_length"]["minimum"], props["excerpt_length"]["maximum"]) == (1.5, 4.5)
