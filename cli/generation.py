@@ -69,6 +69,7 @@ def build_request(
     mbd_steps: int | None = None,
     excerpt_length: float | None = None,
     eval_q: int | None = None,
+    cfg_coef_beta: float | None = None,
     formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
     """The request body from flags, checked locally so a typo costs no round trip. Unset flags are
@@ -128,6 +129,7 @@ def build_request(
         "mbd_steps": mbd_steps,
         "excerpt_length": excerpt_length,
         "eval_q": eval_q,
+        "cfg_coef_beta": cfg_coef_beta,
     }
     return {k: v for k, v in body.items() if v is not None}
 

@@ -196,6 +196,9 @@ def style(
     eval_q: int | None = typer.Option(
         None, "--eval-q", help="Codebooks of the style bottleneck, 1-6 (fewer: looser style; default 3)"
     ),
+    cfg_coef_beta: float | None = typer.Option(
+        None, "--cfg-coef-beta", help="Double guidance: push the text over the style (AudioCraft suggests 5)"
+    ),
     prompt: str | None = PROMPT,
     duration: float | None = DURATION,
     model: str | None = MODEL,
@@ -222,7 +225,7 @@ def style(
     run(ctx, "style", server, output, json_out, no_progress, stream, play, input_value=style_in, prompt=prompt,
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
-        normalize=normalize, excerpt_length=excerpt_length, eval_q=eval_q,
+        normalize=normalize, excerpt_length=excerpt_length, eval_q=eval_q, cfg_coef_beta=cfg_coef_beta,
         watermark=watermark or None, decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip
 
 

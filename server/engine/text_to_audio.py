@@ -88,6 +88,7 @@ class AudioRequest:
     style: np.ndarray | None = None  # MusicGen-Style: mono float32 [samples] at the model's rate
     style_excerpt_s: float | None = None  # the excerpt's length (None: the model's)
     style_eval_q: int | None = None  # codebooks of its bottleneck (None: the model's)
+    cfg_coef_beta: float | None = None  # MusicGen-Style's double guidance (None: the usual kind)
 
 
 @dataclass
@@ -213,6 +214,7 @@ class LongForm:
             prompt_codes=context,
             chroma=self._chroma(w),
             style=None if self.style is None else self.style.states,
+            cfg_coef_beta=item.cfg_coef_beta,
         )
 
     def _chroma(self, w: Window) -> torch.Tensor | None:

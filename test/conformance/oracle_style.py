@@ -12,7 +12,8 @@ named self_wav inside the LMModel that 1.3.0's builders make for the style2music
 (prepend [self_wav, description]), so tokenizing, collating, the classifier-free-guidance null
 condition, the prepending and the generation loop are all 1.3.0's own. MERT is transformers' HubertModel
 (4.49 here) with a tiny MERTConfig-shaped config: MERT's own modeling code is HuggingFace remote
-code and not in any package.
+code and not in any package. Double classifier-free guidance (cfg_coef_beta), newer than 1.3.0 as well,
+is upstream's put into 1.3.0's generate (double_guidance below).
 
 It writes the export (state_dict.bin with the style2music xp.cfg, compression_state_dict.bin), a tiny
 MERT repo in MERT-v1-95M's layout (pytorch_model.bin with the old weight-norm names), the style audio,
@@ -48,13 +49,15 @@ MERT = {
     "conv_bias": False, "feat_extract_norm": "group", "feat_proj_layer_norm": True,
     "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "mask_time_prob": 0.05,
 }  # fmt: skip
-# (prompt, style audio or None, excerpt_length, eval_q)
+# (prompt, style audio or None, excerpt_length, eval_q, cfg_coef_beta)
 RUNS = [
-    ("calm piano music with soft strings", "style", 3.0, 3),
-    (None, "style", 3.0, 3),
-    ("upbeat electronic dance track", "style", 1.5, 1),
-    ("upbeat electronic dance track", "style", 4.5, 6),
-    ("calm piano music with soft strings", None, 3.0, 3),
+    ("calm piano music with soft strings", "style", 3.0, 3, None),
+    (None, "style", 3.0, 3, None),
+    ("upbeat electronic dance track", "style", 1.5, 1, None),
+    ("upbeat electronic dance track", "style", 4.5, 6, None),
+    ("calm piano music with soft strings", None, 3.0, 3, None),
+    ("calm piano music with soft strings", "style", 3.0, 3, 5.0),
+    ("upbeat electronic dance track", "style", 2.0, 2, 1.0),
 ]
 
 
@@ -172,6 +175,40 @@ def build(seed: int):
     return lm, export, mert_dir
 
 
+def double_guidance(lm, beta: float):
+    """Upstream's double classifier-free guidance (models/lm.py, cfg_coef_beta), which 1.3.0's
+    generate() lacks, put into it: the conditions with the text dropped (upstream's
+    _drop_description_condition, 1.3.0's AttributeDropout) go between the conditions and the null
+    ones, and the next token comes from uncond + cfg * (style + beta * (cond - style) - uncond).
+    Returns a function that undoes it."""
+    from audiocraft.modules.conditioners import AttributeDropout
+
+    provider = lm.condition_provider
+    tokenize = provider.tokenize
+
+    def three_rows(inputs):
+        n = len(inputs) // 2  # 1.3.0's generate hands [conditions, null conditions]
+        style_only = AttributeDropout(p={"text": {"description": 1.0}, "wav": {"self_wav": 0.0}})(inputs[:n])
+        return tokenize(inputs[:n] + style_only + inputs[n:])
+
+    def sample(sequence, cfg_conditions, unconditional_state, use_sampling=False, temp=1.0, top_k=0, top_p=0.0,
+               cfg_coef=None, two_step_cfg=None):  # fmt: skip
+        assert not use_sampling and isinstance(cfg_conditions, dict) and cfg_conditions
+        b = sequence.shape[0]
+        logits = lm(torch.cat([sequence] * 3, dim=0), conditions=[], condition_tensors=cfg_conditions)
+        cond, style, uncond = logits.split(b, dim=0)
+        logits = uncond + cfg_coef * (style + beta * (cond - style) - uncond)
+        return torch.argmax(logits.permute(0, 1, 3, 2)[..., -1], dim=-1, keepdim=True)
+
+    provider.tokenize = three_rows
+    lm._sample_next_token = sample
+
+    def undo():
+        del provider.tokenize, lm._sample_next_token
+
+    return undo
+
+
 def style_audio() -> np.ndarray:
     """5 s at 32 kHz: a chord that changes, with a little noise."""
     t = np.arange(5 * SAMPLE_RATE) / SAMPLE_RATE
@@ -192,7 +229,7 @@ def main() -> None:
     wav = style_audio()
     np.save(OUT / "style.npy", wav)
     runs = []
-    for i, (prompt, audio, excerpt, eval_q) in enumerate(RUNS):
+    for i, (prompt, audio, excerpt, eval_q, beta) in enumerate(RUNS):
         style.set_params(eval_q, excerpt)
         if audio is None:
             cond = WavCondition(torch.zeros(1, 1, 1), torch.tensor([0]), [SAMPLE_RATE], [None], [None])
@@ -200,14 +237,18 @@ def main() -> None:
             x = torch.from_numpy(wav)[None, None]
             cond = WavCondition(x, torch.tensor([x.shape[-1]]), [SAMPLE_RATE], [None], [None])
         attrs = [ConditioningAttributes(text={"description": prompt}, wav={"self_wav": cond})]
+        undo = double_guidance(lm, beta) if beta is not None else None
         with torch.no_grad():
             tokens = lm.generate(None, attrs, num_samples=1, max_gen_len=int(DURATION_S * 50),
                                  use_sampling=False, cfg_coef=CFG_COEF, two_step_cfg=False)  # fmt: skip
+        if undo is not None:
+            undo()
         np.save(OUT / f"tokens-{i}.npy", tokens[0].numpy())
         np.save(OUT / f"style-states-{i}.npy", style.embeds[0].numpy())  # the conditional row
         if audio is not None:
             np.save(OUT / f"style-codes-{i}.npy", style.codes[0].numpy())
         runs.append({"prompt": prompt, "style": audio is not None, "excerpt_s": excerpt, "eval_q": eval_q,
+                     "cfg_coef_beta": beta,
                      "tokens": f"tokens-{i}.npy", "states": f"style-states-{i}.npy",
                      "codes": f"style-codes-{i}.npy" if audio is not None else None})  # fmt: skip
     results = {"audiocraft": audiocraft.__version__, "torch": torch.__version__, "export": str(export),

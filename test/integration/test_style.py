@@ -54,12 +54,13 @@ def test_the_style_audio_steers_the_music(client):
     again, _ = _audio(_style(client, style_file(pitch_hz=220.0)))
     other, _ = _audio(_style(client, style_file(pitch_hz=880.0)))
     shorter, _ = _audio(_style(client, style_file(pitch_hz=220.0), excerpt_length=1.5, eval_q=1))
+    double, _ = _audio(_style(client, style_file(pitch_hz=220.0), cfg_coef_beta=5.0))
     text_only = client.post(
         "/api/generate/music", json={"prompt": "lofi", "duration": 1, "seed": 7, "model": "musicgen-style", **NATIVE}
     )
     plain, _ = _audio(text_only)
     np.testing.assert_array_equal(a, again)
-    for different in (other, shorter, plain):
+    for different in (other, shorter, plain, double):
         assert not np.array_equal(a, different)
 
 
@@ -105,7 +106,8 @@ def test_jobs_endpoint_takes_a_style_item(client):
         ({"excerpt_length": 1.0}, 4.0, "excerpt_length"),
         ({"excerpt_length": 5.0}, 6.0, "excerpt_length"),
         ({"eval_q": 7}, 4.0, "eval_q"),
-        ({"cfg_coef_beta": 5.0}, 4.0, "cfg_coef_beta"),
+        ({"cfg_coef_beta": 0}, 4.0, "cfg_coef_beta"),
+        ({"cfg_coef_beta": 25}, 4.0, "cfg_coef_beta"),
         ({}, 2.0, "style"),  # shorter than the 3 s excerpt
         ({"excerpt_length": 4.5}, 4.0, "style"),
     ],

@@ -144,3 +144,49 @@ def test_mert_weights_map_strictly(hub, tmp_path):
     torch.save(state, bad / "pytorch_model.bin")
     with pytest.raises(ConversionError, match=r"encoder\.layers\.0\.attention\.k_proj\.bias"):
         convert_export(export, t5, tmp_path / "out", bad)
+
+
+def _codes(lm, requests):
+    from server.engine.decode import DecodeBatch
+
+    batch = DecodeBatch(lm)
+    handles = [batch.add(r) for r in requests]
+    while batch.active:
+        batch.step()
+    return [batch.pop(h) for h in handles]
+
+
+def test_a_request_gives_the_same_tokens_alone_or_batched_with_double_guidance(hub):
+    """Rows of 1 (unguided), 2 and 3 (cfg_coef_beta) in one batch: each request's tokens are its own."""
+    import numpy as np
+
+    from server.engine.decode import DecodeRequest
+    from server.engine.text_to_audio import AudioRequest, LongForm
+    from server.models.style import load_style
+
+    lm = load_style(SPEC, store.snapshot_dir(SPEC, hub), torch.device("cpu"), "float32")
+    wav = np.sin(np.arange(4 * 32000) / 30.0).astype(np.float32) * 0.3
+    plan = LongForm(lm, AudioRequest(prompt="lofi", duration_s=0.4, seed=3, style=wav), stride_s=18.0)
+    style = plan.style.states
+    requests = [
+        DecodeRequest("lofi", 20, seed=1, style=style, cfg_coef_beta=5.0),
+        DecodeRequest("lofi", 25, seed=2, style=style),
+        DecodeRequest("", 15, seed=3, cfg_coef=1.0, style=style),
+        DecodeRequest("lofi", 20, seed=1, style=style, cfg_coef_beta=1.0, top_k=1),
+    ]
+    together = _codes(lm, requests)
+    for request, codes in zip(requests, together, strict=True):
+        assert torch.equal(codes, _codes(lm, [request])[0])
+    assert not torch.equal(together[0], _codes(lm, [DecodeRequest("lofi", 20, seed=1, style=style)])[0])
+
+
+def test_double_guidance_is_only_for_style_models(tmp_path):
+    from server.engine.decode import DecodeBatch, DecodeRequest
+    from server.engine.errors import UnsupportedRequest
+    from server.models.musicgen import load_musicgen
+
+    small = get_spec("musicgen-small")
+    write_tiny_models(tmp_path, [small.name])
+    lm = load_musicgen(small, store.snapshot_dir(small, tmp_path), torch.device("cpu"), "float32")
+    with pytest.raises(UnsupportedRequest, match="cfg_coef_beta"):
+        DecodeBatch(lm).add(DecodeRequest("x", 5, seed=0, cfg_coef_beta=2.0))
