@@ -84,20 +84,13 @@ def load_mert(snapshot: Path):
 
     snapshot = Path(snapshot)
     config = hubert_config(json.loads((snapshot / "config.json").read_text()))
-    state = {_renamed(k.removeprefix("mert_model.")): v for k, v in read_weights(snapshot).items()}
+    from server.models.convert.audiocraft_export import check_against  # (it imports this module)
+
+    original = {k.removeprefix("mert_model."): v for k, v in read_weights(snapshot).items()}
+    state = {_renamed(k): v for k, v in original.items()}
     with torch.device("meta"):
         model = HubertModel(config)
-    expected = model.state_dict()
-    for name, tensor in state.items():
-        if name not in expected:
-            raise ConversionError(f"unmapped key in the MERT weights: {name!r} (not in HubertModel)")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ConversionError(
-                f"shape mismatch for MERT's {name!r}: {tuple(tensor.shape)}, "
-                f"HubertModel needs {tuple(expected[name].shape)}"
-            )
-    missing = [n for n in expected if n not in state]
-    if missing:
-        raise ConversionError(f"missing key: the MERT weights have no {missing[0]!r} ({len(missing)} missing in all)")
+    # The names as the repo has them, in the errors.
+    check_against(model, state, {_renamed(k): k for k in original}, name_of=lambda n: n)
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=True)
     return model.eval()

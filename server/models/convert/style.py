@@ -125,7 +125,7 @@ def check_style(settings: StyleSettings, state: dict[str, torch.Tensor]) -> Styl
     (errors name the export's key)."""
     with torch.device("meta"):
         model = StyleConditioner(settings)
-    expected = {k: v for k, v in model.state_dict().items()}
+    from server.models.convert.audiocraft_export import check_against  # (it imports this module)
 
     def export_name(name: str) -> str:
         if name == "codebooks":
@@ -134,19 +134,7 @@ def check_style(settings: StyleSettings, state: dict[str, torch.Tensor]) -> Styl
             return f"{PREFIX}batch_norm.{name}"
         return PREFIX + name
 
-    for name, tensor in state.items():
-        if name not in expected:
-            raise ConversionError(f"unmapped key in the export: {export_name(name)!r} (not in the style conditioner)")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ConversionError(
-                f"shape mismatch for {export_name(name)!r}: the export has {tuple(tensor.shape)}, "
-                f"the style conditioner needs {tuple(expected[name].shape)}"
-            )
-    missing = [n for n in expected if n not in state]
-    if missing:
-        raise ConversionError(
-            f"missing key: the export has no {export_name(missing[0])!r} ({len(missing)} missing in all)"
-        )
+    check_against(model, state, {n: export_name(n) for n in state}, name_of=export_name)
     model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=True)
     return model
 
