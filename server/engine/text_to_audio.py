@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -96,6 +96,7 @@ class Waveform:
     audio: np.ndarray  # float32 [channels, samples]
     sample_rate: int
     seed: int
+    info: dict[str, str] = field(default_factory=dict)  # facts of how it was made (a style's excerpt)
 
     @property
     def duration_s(self) -> float:
@@ -331,11 +332,24 @@ class LongForm:
             raise RuntimeError("the timeline is not complete")
         if self.live is not None:
             audio = np.concatenate(self._live_audio, axis=-1) if self._live_audio else np.zeros((lm.channels, 0))
-            return Waveform(np.ascontiguousarray(audio, dtype=np.float32), lm.sample_rate, item.seed)
+            return Waveform(np.ascontiguousarray(audio, dtype=np.float32), lm.sample_rate, item.seed, self.facts())
         self._decode_ready()
         audio = torch.cat(self._audio, dim=-1).numpy()
         first, end = self._answer_span()
-        return Waveform(self._marked(np.ascontiguousarray(audio[:, first:end])), lm.sample_rate, item.seed)
+        marked = self._marked(np.ascontiguousarray(audio[:, first:end]))
+        return Waveform(marked, lm.sample_rate, item.seed, self.facts())
+
+    def facts(self) -> dict[str, str]:
+        """What the answer's result says of how it was made: a style's excerpt (where it started, how
+        long, the codebooks used), so the stored job shows what the model listened to."""
+        if self.style is None or self.style.codes is None:
+            return {}
+        settings, item = self.lm.style_settings, self.item
+        return {
+            "style_excerpt_start_s": f"{self.style.excerpt_start_s:.3f}",
+            "style_excerpt_s": f"{item.style_excerpt_s or settings.excerpt_s:g}",
+            "style_eval_q": str(item.style_eval_q or settings.eval_q),
+        }
 
     def _answer_span(self) -> tuple[int, int]:
         """The samples of the timeline the answer holds: [first, end)."""

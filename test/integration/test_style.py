@@ -74,6 +74,10 @@ def test_json_base64_async_stores_the_excerpt_settings_not_the_audio(client):
     assert job["kind"] == "style" and job["model"] == "musicgen-style"
     request = job["request"]
     assert "style" not in request and request["excerpt_length"] == 2.5 and request["eval_q"] == 2
+    # The result says what the model listened to: 2.5 s of the 4 s, from a start drawn from the seed.
+    info = job["result"]["info"]
+    assert (info["style_excerpt_s"], info["style_eval_q"]) == ("2.5", "2")
+    assert 0.0 <= float(info["style_excerpt_start_s"]) <= 1.5
     # An earlier job's audio as the style: one second of it is too short for the default 3 s excerpt.
     r = client.post("/api/generate/style", json={"duration": 1, "style_job": job["id"]})
     assert r.status_code == 422 and r.json()["error"]["field"] == "style", r.text

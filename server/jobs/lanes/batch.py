@@ -314,7 +314,7 @@ class BatchRunner:
         self._close_if_empty()
 
     def _store(self, job: Job, wave: Waveform) -> None:
-        info = None
+        info = dict(wave.info)
         if getattr(job.request, "watermark", False):
-            info = {"watermark": WATERMARK_MODEL, "watermark_message": str(self.registry.settings.watermark_message)}
-        keep_audio(self.artifacts, job, wave.audio, wave.sample_rate, info)
+            info |= {"watermark": WATERMARK_MODEL, "watermark_message": str(self.registry.settings.watermark_message)}
+        keep_audio(self.artifacts, job, wave.audio, wave.sample_rate, info or None)
