@@ -151,3 +151,14 @@ def test_openapi_documents_the_style_endpoint(client):
     props = doc["components"]["schemas"]["StyleRequest"]["properties"]
     assert {"style", "style_job", "style_content", "excerpt_length", "eval_q", "cfg_coef_beta"} <= set(props)
     assert (props["excerpt_length"]["minimum"], props["excerpt_length"]["maximum"]) == (1.5, 4.5)
+
+
+def test_a_streamed_style_answer_is_the_whole_one(client):
+    body = {"prompt": "lofi", "duration": 1, "seed": 5, "style": base64.b64encode(style_file()).decode(),
+            "bit_depth": 32, **NATIVE}  # fmt: skip
+    whole, _ = _audio(client.post("/api/generate/style", json=body))
+    r = client.post("/api/generate/style", json={**body, "stream": True})
+    assert r.status_code == 200, r.text
+    streamed, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+    assert rate == 32000 and streamed.shape == whole.shape
+    assert np.abs(streamed - whole).max() < 1e-4  # the streaming codec's float rounding
