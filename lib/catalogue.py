@@ -330,7 +330,7 @@ def finetuned_spec(name: str, base: ModelSpec, size_gb: float) -> ModelSpec:
 def mbd_for(spec: ModelSpec) -> ModelSpec | None:
     """The Multi-Band Diffusion decoder for a generation model's tokens (one per EnCodec sample rate),
     if there is one: MusicGen's 32 kHz has one, AudioGen's 16 kHz none."""
-    if spec.kind not in ("musicgen", "musicgen-melody"):
+    if spec.kind not in ("musicgen", "musicgen-melody", "musicgen-style"):
         return None
     return next((s for s in CATALOGUE.values() if s.kind == "mbd" and s.sample_rate == spec.sample_rate), None)
 

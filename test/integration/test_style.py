@@ -162,3 +162,9 @@ def test_a_streamed_style_answer_is_the_whole_one(client):
     streamed, rate = sf.read(io.BytesIO(r.content), dtype="float32")
     assert rate == 32000 and streamed.shape == whole.shape
     assert np.abs(streamed - whole).max() < 1e-4  # the streaming codec's float rounding
+
+
+def test_style_with_the_mbd_decoder_and_a_watermark(client):
+    r = _style(client, style_file(), decoder="mbd", mbd_steps=2, watermark="true")
+    audio, _ = _audio(r)
+    assert audio.shape == (32000,) and r.headers["x-watermark"] == "audioseal"
