@@ -19,6 +19,7 @@ GENERATE_PATHS = {
     "sound": "/api/generate/sound",
     "melody": "/api/generate/melody",
     "continuation": "/api/generate/continuation",
+    "style": "/api/generate/style",
     "mix": "/api/mix",
 }
 # Error codes meaning "no such route" rather than e.g. "no such model".

@@ -14,7 +14,7 @@ from typing import Any
 from cli import ui
 from cli.client import Client
 from cli.errors import CliError
-from lib.schemas import Job
+from lib.schemas import STYLE_EXCERPT_MAX_S, STYLE_EXCERPT_MIN_S, Job
 
 FORMATS = ("wav", "flac", "mp3", "ogg")
 STREAM_FORMATS = ("wav", "pcm", "mp3", "ogg")  # what --stream can carry (flac cannot stream; pcm only can)
@@ -22,7 +22,7 @@ NORMALIZE = ("loudness", "peak", "none")
 BIT_DEPTHS = (16, 24, 32)
 TERMINAL = ("succeeded", "failed", "cancelled")
 # Generation types as the API names them, and the client command aliases.
-KINDS = ("music", "sound", "melody", "continuation")
+KINDS = ("music", "sound", "melody", "continuation", "style")
 KIND_ALIASES = {"continue": "continuation"}
 
 
@@ -67,6 +67,9 @@ def build_request(
     watermark: bool | None = None,
     decoder: str | None = None,
     mbd_steps: int | None = None,
+    excerpt_length: float | None = None,
+    eval_q: int | None = None,
+    cfg_coef_beta: float | None = None,
     formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
     """The request body from flags, checked locally so a typo costs no round trip. Unset flags are
@@ -96,6 +99,10 @@ def build_request(
         raise CliError(f"invalid --melody-start {melody_start:g}: must be 0 or more")
     if melody_end is not None and melody_end <= (melody_start or 0.0):
         raise CliError(f"invalid --melody-end {melody_end:g}: must come after --melody-start")
+    if excerpt_length is not None and not STYLE_EXCERPT_MIN_S <= excerpt_length <= STYLE_EXCERPT_MAX_S:
+        raise CliError(
+            f"invalid --excerpt-length {excerpt_length:g}", f"use {STYLE_EXCERPT_MIN_S:g} to {STYLE_EXCERPT_MAX_S:g} s"
+        )
     if normalize is not None and normalize not in NORMALIZE:
         raise CliError(f"invalid --normalize {normalize!r}", f"use one of: {', '.join(NORMALIZE)}")
     if decoder is not None and decoder not in ("encodec", "mbd"):
@@ -120,6 +127,9 @@ def build_request(
         "watermark": watermark,
         "decoder": decoder,
         "mbd_steps": mbd_steps,
+        "excerpt_length": excerpt_length,
+        "eval_q": eval_q,
+        "cfg_coef_beta": cfg_coef_beta,
     }
     return {k: v for k, v in body.items() if v is not None}
 

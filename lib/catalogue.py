@@ -10,9 +10,11 @@ from typing import Literal
 
 from lib.errors import NotFound
 
-Kind = Literal["musicgen", "musicgen-melody", "audiogen", "magnet", "encodec", "audioseal", "mbd", "demucs"]
+Kind = Literal[
+    "musicgen", "musicgen-melody", "musicgen-style", "audiogen", "magnet", "encodec", "audioseal", "mbd", "demucs"
+]
 # "stems": a source separator, used by melody conditioning (melody_stems), not a generation kind.
-Capability = Literal["music", "sound", "melody", "continuation", "codec", "watermark", "decoder", "stems"]
+Capability = Literal["music", "sound", "melody", "style", "continuation", "codec", "watermark", "decoder", "stems"]
 
 WEIGHTS_LICENCE = "CC-BY-NC-4.0"
 # The model that watermarks generated audio (watermark: true) and detects the mark.
@@ -50,7 +52,7 @@ class ModelSpec:
 
     @property
     def window_s(self) -> float | None:
-        if self.kind in ("musicgen", "musicgen-melody"):
+        if self.kind in ("musicgen", "musicgen-melody", "musicgen-style"):
             return 30.0
         if self.kind == "audiogen":
             return 10.0
@@ -103,6 +105,27 @@ def _magnet(name: str, lm_shape: tuple[int, int, int], size_gb: float, segment_s
         segment_s=segment_s,
     )
 
+
+# MusicGen-Style (arXiv 2407.12563): text and a 1.5-4.5 s style excerpt to music. A medium MusicGen
+# in audiocraft's export format whose prefix is the style conditioner's tokens and the text; the
+# conditioner runs MERT-v1-95M (its own repo, CC-BY-NC 4.0 like the model's weights) and the T5-base.
+MUSICGEN_STYLE = ModelSpec(
+    name="musicgen-style",
+    repo="facebook/musicgen-style",
+    kind="musicgen-style",
+    hub_format="audiocraft",
+    sample_rate=32000,
+    channels=1,
+    codebooks=4,
+    codebook_size=2048,
+    frame_rate_hz=50.0,
+    capabilities=("style", "music"),
+    approx_size_gb=6.4,
+    text_encoder="t5-base",
+    lm_shape=MEDIUM,
+    extra_repos=("google-t5/t5-base", "m-a-p/MERT-v1-95M"),
+    aliases=("style",),
+)
 
 # Demucs v4 (Hybrid Transformer Demucs): the separator AudioCraft's ChromaStemConditioner runs before
 # taking a melody's chroma. Its hub layout is demucs 4.1's: <name>.yaml (the bag) and one
@@ -231,6 +254,7 @@ CATALOGUE: dict[str, ModelSpec] = {
             aliases=("mbd",),
         ),
         HTDEMUCS,
+        MUSICGEN_STYLE,
     ]
 }
 
@@ -306,7 +330,7 @@ def finetuned_spec(name: str, base: ModelSpec, size_gb: float) -> ModelSpec:
 def mbd_for(spec: ModelSpec) -> ModelSpec | None:
     """The Multi-Band Diffusion decoder for a generation model's tokens (one per EnCodec sample rate),
     if there is one: MusicGen's 32 kHz has one, AudioGen's 16 kHz none."""
-    if spec.kind not in ("musicgen", "musicgen-melody"):
+    if spec.kind not in ("musicgen", "musicgen-melody", "musicgen-style"):
         return None
     return next((s for s in CATALOGUE.values() if s.kind == "mbd" and s.sample_rate == spec.sample_rate), None)
 

@@ -355,7 +355,7 @@ class SoundRequest(MagnetOptions, GenerateRequest):
 
 # The field naming each generation kind's input audio: the multipart file field, and the base64 JSON
 # field (with `_job` and `_content` variants for references). The CLI sends these names.
-INPUT_FIELDS: dict[str, str] = {"melody": "melody", "continuation": "audio"}
+INPUT_FIELDS: dict[str, str] = {"melody": "melody", "continuation": "audio", "style": "style"}
 AUDIO_INPUT = "an audio file (wav, mp3, flac, ogg or m4a; any sample rate and channel count)"
 
 
@@ -413,6 +413,59 @@ class MelodyRequest(GenerateRequest):
     def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
         super().document(schema, context)
         _one_source(schema, INPUT_FIELDS["melody"])
+
+
+# MusicGen-Style's excerpt of the style audio, in seconds: what AudioCraft trained it on, and its default.
+STYLE_EXCERPT_MIN_S, STYLE_EXCERPT_MAX_S, STYLE_EXCERPT_DEFAULT_S = 1.5, 4.5, 3.0
+STYLE_MAX_EVAL_Q = 6  # the published model's codebooks (n_q_out); a model with fewer says so
+
+
+class StyleRequest(GenerateRequest):
+    """Music in the style of an audio excerpt (MusicGen-Style), with an optional text prompt. The style
+    audio comes as the multipart file field `style`, or base64 in `style`, or as `style_job` (an earlier
+    job's audio) or `style_content` (an audio content item): exactly one of them. It must be at least
+    `excerpt_length` long."""
+
+    capability: ClassVar[str | None] = "style"
+
+    prompt: str | None = Field(None, description="Text to go with the style (optional)")
+    duration: float = Field(10.0, gt=0, description="Seconds of audio (default 10)")
+    style: str | None = Field(None, description=f"The style audio: {AUDIO_INPUT}, base64-encoded")
+    style_job: str | None = Field(None, description="The style audio: the audio of this earlier job (its id)")
+    style_content: str | None = Field(None, description="The style audio: this audio content item (its name)")
+    excerpt_length: float = Field(
+        STYLE_EXCERPT_DEFAULT_S,
+        ge=STYLE_EXCERPT_MIN_S,
+        le=STYLE_EXCERPT_MAX_S,
+        description=(
+            f"Seconds of the style audio the model listens to ({STYLE_EXCERPT_MIN_S:g} to {STYLE_EXCERPT_MAX_S:g}, "
+            f"default {STYLE_EXCERPT_DEFAULT_S:g}), from the middle or a seeded start as the model was trained"
+        ),
+    )
+    eval_q: int | None = Field(
+        None,
+        ge=1,
+        le=STYLE_MAX_EVAL_Q,
+        description=(
+            "Codebooks of the style bottleneck (1 to 6; fewer follow the style less closely); default: the "
+            "model's (3). The job's request shows the one used"
+        ),
+    )
+    cfg_coef_beta: float | None = Field(
+        None,
+        gt=0,
+        le=20,
+        description=(
+            "Double classifier-free guidance for text and style together, as AudioCraft's MusicGen-Style: how "
+            "much the text is pushed over the style (1 is the usual guidance; AudioCraft suggests 1 to 9, 5 "
+            "with text and style). Unset: the usual guidance. It costs a third decoder row"
+        ),
+    )
+
+    @classmethod
+    def document(cls, schema: dict[str, Any], context: Mapping[str, Any]) -> None:
+        super().document(schema, context)
+        _one_source(schema, INPUT_FIELDS["style"])
 
 
 class ContinuationRequest(GenerateRequest):
@@ -864,6 +917,12 @@ class MelodyJob(MelodyRequest):
     kind: Literal["melody"]
 
 
+class StyleJob(StyleRequest):
+    """A style item of POST /api/jobs (the style audio as base64, style_job or style_content)."""
+
+    kind: Literal["style"]
+
+
 class ContinuationJob(ContinuationRequest):
     """A continuation item of POST /api/jobs (the prompt as base64, audio_job or audio_content)."""
 
@@ -887,10 +946,11 @@ JobItem = Annotated[
     Annotated[MusicJob, Tag("music")]
     | Annotated[SoundJob, Tag("sound")]
     | Annotated[MelodyJob, Tag("melody")]
-    | Annotated[ContinuationJob, Tag("continuation")],
+    | Annotated[ContinuationJob, Tag("continuation")]
+    | Annotated[StyleJob, Tag("style")],
     Discriminator(_job_kind),
 ]
-JOB_KINDS: tuple[str, ...] = ("music", "sound", "melody", "continuation")
+JOB_KINDS: tuple[str, ...] = ("music", "sound", "melody", "continuation", "style")
 
 
 class JobsRequest(RootModel[JobItem | Annotated[list[JobItem], Field(min_length=1)]]):

@@ -1,4 +1,4 @@
-"""`generate music|sound|melody|continue`: talk to the service, write the audio to a file."""
+"""`generate music|sound|melody|style|continue`: talk to the service, write the audio to a file."""
 
 from __future__ import annotations
 
@@ -183,6 +183,49 @@ def melody(
         duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
         cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
         normalize=normalize, melody_start=melody_start, melody_end=melody_end, melody_stems=stems,
+        watermark=watermark or None, decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip
+
+
+@app.command("style")
+def style(
+    ctx: typer.Context,
+    style_in: str = typer.Option(..., "--style", help="The style audio: a file or an audio content name"),
+    excerpt_length: float | None = typer.Option(
+        None, "--excerpt-length", help="Seconds of the style audio the model listens to, 1.5-4.5 (default 3)"
+    ),
+    eval_q: int | None = typer.Option(
+        None, "--eval-q", help="Codebooks of the style bottleneck, 1-6 (fewer: looser style; default 3)"
+    ),
+    cfg_coef_beta: float | None = typer.Option(
+        None, "--cfg-coef-beta", help="Double guidance: push the text over the style (AudioCraft suggests 5)"
+    ),
+    prompt: str | None = PROMPT,
+    duration: float | None = DURATION,
+    model: str | None = MODEL,
+    seed: int | None = SEED,
+    top_k: int | None = TOP_K,
+    top_p: float | None = TOP_P,
+    temperature: float | None = TEMPERATURE,
+    cfg_coef: float | None = CFG,
+    audio_format: str | None = FORMAT,
+    sample_rate: str | None = SAMPLE_RATE,
+    bit_depth: int | None = BIT_DEPTH,
+    normalize: str | None = NORMALIZE,
+    output: Path | None = OUTPUT,
+    server: str | None = SERVER,
+    json_out: bool = JSON_OUT,
+    no_progress: bool = NO_PROGRESS,
+    stream: bool = STREAM,
+    play: bool = PLAY,
+    watermark: bool = WATERMARK,
+    decoder: str | None = DECODER,
+    mbd_steps: int | None = MBD_STEPS,
+) -> None:
+    """Music in the style of an audio excerpt (MusicGen-Style), with an optional text prompt."""
+    run(ctx, "style", server, output, json_out, no_progress, stream, play, input_value=style_in, prompt=prompt,
+        duration=duration, model=model, seed=seed, top_k=top_k, top_p=top_p, temperature=temperature,
+        cfg_coef=cfg_coef, fmt=audio_format, sample_rate=sample_rate, bit_depth=bit_depth,
+        normalize=normalize, excerpt_length=excerpt_length, eval_q=eval_q, cfg_coef_beta=cfg_coef_beta,
         watermark=watermark or None, decoder=decoder, mbd_steps=mbd_steps)  # fmt: skip
 
 

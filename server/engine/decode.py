@@ -21,7 +21,7 @@ import torch
 from server.engine import delay, threads
 from server.engine.errors import UnsupportedRequest
 from server.engine.fastlm import THREAD_INVARIANT, FastLM, RequestCache
-from server.engine.sampling import SamplerBatch, SamplingParams, guide
+from server.engine.sampling import SamplerBatch, SamplingParams, guide, guide_double
 from server.models.loaded import TextToAudioLM
 
 
@@ -40,10 +40,25 @@ class DecodeRequest:
     # Melody models: the melody's one-hot chroma [frames, num_chroma]; None: no melody (transformers'
     # null melody).
     chroma: torch.Tensor | None = field(default=None, compare=False)
+    # MusicGen-Style models: the style tokens [tokens, hidden] (server/engine/style.py); None: no style
+    # audio (AudioCraft's empty condition, one zero token).
+    style: torch.Tensor | None = field(default=None, compare=False)
+    # MusicGen-Style's double classifier-free guidance (AudioCraft's cfg_coef_beta): a third row with the
+    # style and no text, and uncond + cfg * (style + beta * (cond - style) - uncond). None: the usual kind.
+    cfg_coef_beta: float | None = None
 
     @property
     def guided(self) -> bool:
-        return self.cfg_coef != 1.0
+        return self.cfg_coef != 1.0 or self.double_guided
+
+    @property
+    def double_guided(self) -> bool:
+        return self.cfg_coef_beta is not None
+
+    @property
+    def rows(self) -> int:
+        """Decoder rows: the conditional one, then (guided) the style-only one (double) and the null one."""
+        return 3 if self.double_guided else 2 if self.guided else 1
 
     @property
     def prompt_frames(self) -> int:
@@ -86,6 +101,21 @@ def melody_prefix(lm: TextToAudioLM, prompt: str, chroma: torch.Tensor | None, w
     return torch.cat([chroma_states(lm.model, audio), text], dim=1)
 
 
+def style_prefix(lm: TextToAudioLM, prompt: str, style: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """[rows, style_tokens + text_len, hidden]: what a MusicGen-Style model prepends, as AudioCraft's
+    fuser does (style2music: the text prepended, then the style tokens before it). The null row is
+    zeros of the same length (both conditions' masks are 0 there); double guidance's middle row
+    (rows=3) keeps the style and drops the text (AudioCraft's _drop_description_condition)."""
+    text = encode_text(lm, prompt, rows > 1)  # [cond, null] (or [cond])
+    tokens = torch.zeros((1, text.shape[-1]), device=lm.device) if style is None else style.to(lm.device)
+    audio = tokens.to(text.dtype)[None]
+    if rows > 1:
+        audio = torch.cat([audio] * (rows - 1) + [torch.zeros_like(audio)], dim=0)
+    if rows == 3:
+        text = torch.cat([text[:1], text[1:], text[1:]], dim=0)
+    return torch.cat([audio, text], dim=1)
+
+
 NULL_CHROMA_BIN = 0  # the null melody: one-hot on this bin (transformers' generate())
 
 
@@ -124,6 +154,10 @@ class _Layout:
     members: list[_Member]
     cond_rows: torch.Tensor  # [n] conditional row of each member
     null_rows: torch.Tensor  # [n] null row of each member (its conditional row when unguided)
+    style_rows: torch.Tensor  # [n] double guidance's style-only row (else the conditional row)
+    double: torch.Tensor  # [n, 1, 1] bool: double guidance
+    beta: torch.Tensor  # [n, 1, 1] its cfg_coef_beta (1 elsewhere)
+    any_double: bool
     guided: torch.Tensor  # [n, 1, 1] bool
     cfg: torch.Tensor  # [n, 1, 1]
     any_guided: bool
@@ -170,9 +204,15 @@ class DecodeBatch:
         n_steps = delay.num_steps(request.n_frames, self.delays)
         if lm.melody:
             prefix, states = melody_prefix(lm, request.prompt, request.chroma, request.guided), None
+        elif lm.spec.kind == "musicgen-style":
+            prefix, states = style_prefix(lm, request.prompt, request.style, request.rows), None
         else:
             prefix, states = None, encode_text(lm, request.prompt, with_null=request.guided)
-        rows = 2 if request.guided else 1
+        if request.double_guided and lm.spec.kind != "musicgen-style":
+            raise UnsupportedRequest(
+                "double classifier-free guidance (cfg_coef_beta) is MusicGen-Style's", field="cfg_coef_beta"
+            )
+        rows = request.rows
         n_prefix = 0 if prefix is None else prefix.shape[1]
         positions = n_prefix + n_steps
         if positions > self.fast.max_positions:
@@ -221,7 +261,11 @@ class DecodeBatch:
             inputs = torch.cat([prefix.float(), inputs], dim=1)
         logits = self.fast.prefill(m.cache, inputs)  # [rows, K, V]
         scores = logits[:1]
-        if request.guided:
+        if request.double_guided:
+            cfg = torch.tensor(request.cfg_coef, dtype=torch.float32, device=self.device)
+            beta = torch.tensor(request.cfg_coef_beta, dtype=torch.float32, device=self.device)
+            scores = guide_double(scores, logits[1:2], logits[2:3], cfg, beta)
+        elif request.guided:
             cfg = torch.tensor(request.cfg_coef, dtype=torch.float32, device=self.device)
             scores = guide(scores, logits[1:2], cfg)
         params = [SamplingParams(request.temperature, request.top_k, request.top_p)]
@@ -281,11 +325,12 @@ class DecodeBatch:
     def _build_layout(self) -> _Layout:
         dev = self.device
         members = list(self._members)
-        cond, null, row_member = [], [], []
+        cond, middle, null, row_member = [], [], [], []
         row = 0
         for i, m in enumerate(members):
             cond.append(row)
-            null.append(row + 1 if m.rows == 2 else row)
+            middle.append(row + 1 if m.rows == 3 else row)  # double guidance's style-only row
+            null.append(row + m.rows - 1)
             row_member += [i] * m.rows
             row += m.rows
         params = [SamplingParams(m.request.temperature, m.request.top_k, m.request.top_p) for m in members]
@@ -297,6 +342,10 @@ class DecodeBatch:
             members=members,
             cond_rows=t(cond),
             null_rows=t(null),
+            style_rows=t(middle),
+            double=t([m.request.double_guided for m in members], torch.bool).view(-1, 1, 1),
+            beta=t([m.request.cfg_coef_beta or 1.0 for m in members], torch.float32).view(-1, 1, 1),
+            any_double=any(m.request.double_guided for m in members),
             guided=t([m.request.guided for m in members], torch.bool).view(-1, 1, 1),
             cfg=t([m.request.cfg_coef for m in members], torch.float32).view(-1, 1, 1),
             any_guided=any(m.request.guided for m in members),
@@ -326,7 +375,11 @@ class DecodeBatch:
         cond = logits.index_select(0, lay.cond_rows)
         if lay.any_guided:
             uncond = logits.index_select(0, lay.null_rows)
-            scores = torch.where(lay.guided, guide(cond, uncond, lay.cfg), cond)
+            guided = guide(cond, uncond, lay.cfg)
+            if lay.any_double:
+                style = logits.index_select(0, lay.style_rows)
+                guided = torch.where(lay.double, guide_double(cond, style, uncond, lay.cfg, lay.beta), guided)
+            scores = torch.where(lay.guided, guided, cond)
         else:
             scores = cond
         chosen = lay.sampler(scores, lay.generators)  # [n, K]

@@ -23,6 +23,14 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, cfg_coef: torch.Tensor) -> t
     return uncond + (cond - uncond) * cfg_coef
 
 
+def guide_double(
+    cond: torch.Tensor, style: torch.Tensor, uncond: torch.Tensor, cfg_coef: torch.Tensor, beta: torch.Tensor
+) -> torch.Tensor:
+    """MusicGen-Style's double classifier-free guidance (arXiv 2407.12563, 4.3), in AudioCraft's
+    arithmetic order: the text pushed by beta over the style, the whole by cfg_coef over the null."""
+    return uncond + cfg_coef * (style + beta * (cond - style) - uncond)
+
+
 def keep_top_p(probs: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
     """probs with all but the top-p nucleus set to 0 (not renormalised)."""
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -85,6 +85,10 @@ class AudioRequest:
     include_prompt: bool = True  # the answer starts with the (re-decoded) audio prompt
     decoder: str = "encodec"  # or "mbd": Multi-Band Diffusion (LongForm's decode_piece)
     mbd_steps: int | None = None  # with mbd: denoising steps per band (None: the settings')
+    style: np.ndarray | None = None  # MusicGen-Style: mono float32 [samples] at the model's rate
+    style_excerpt_s: float | None = None  # the excerpt's length (None: the model's)
+    style_eval_q: int | None = None  # codebooks of its bottleneck (None: the model's)
+    cfg_coef_beta: float | None = None  # MusicGen-Style's double guidance (None: the usual kind)
 
 
 @dataclass
@@ -92,6 +96,7 @@ class Waveform:
     audio: np.ndarray  # float32 [channels, samples]
     sample_rate: int
     seed: int
+    info: dict[str, str] = field(default_factory=dict)  # facts of how it was made (a style's excerpt)
 
     @property
     def duration_s(self) -> float:
@@ -124,9 +129,11 @@ class LongForm:
         stride = max(1, round(stride_s * fr))
         delays = delay.codebook_delays(lm.num_codebooks, lm.stereo)
         self.delays = delays
-        if lm.melody:
-            # A melody model's conditioning takes decoder positions too: the window gives way to it.
-            prefix = lm.model.config.chroma_length + len(lm.tokenizer(item.prompt).input_ids)
+        self.style = self._style() if lm.spec.kind == "musicgen-style" else None
+        if lm.melody or self.style is not None:
+            # A melody or style model's conditioning takes decoder positions too: the window gives way to it.
+            audio = lm.model.config.chroma_length if lm.melody else self.style.states.shape[0]
+            prefix = audio + len(lm.tokenizer(item.prompt).input_ids)
             room = lm.fast_lm().max_positions - prefix - int(delays.max())
             if room < 2:
                 raise UnsupportedRequest(
@@ -156,6 +163,24 @@ class LongForm:
         # What marks the answer's audio (a watermark), if anything: the whole answer at once, or each
         # streamed chunk as it is decoded, so that what is streamed is what is kept.
         self.mark: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def _style(self):
+        """The request's style condition, once for all its windows (AudioCraft conditions every
+        window of a long generation on the same style audio)."""
+        from server.engine.style import condition
+
+        settings = self.lm.style_settings
+        item = self.item
+        eval_q = item.style_eval_q or settings.eval_q
+        if eval_q > settings.n_q_out:
+            raise UnsupportedRequest(
+                f"{self.lm.spec.name}'s style bottleneck has {settings.n_q_out} codebooks; eval_q {eval_q} is more",
+                field="eval_q", hint=f"use eval_q 1 to {settings.n_q_out}",
+            )  # fmt: skip
+        excerpt_s = item.style_excerpt_s or settings.excerpt_s
+        return condition(
+            self.lm.style, self.lm.model.audio_enc_to_dec_proj, item.style, excerpt_s, eval_q, item.seed
+        )
 
     def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:
         if audio is None:
@@ -189,6 +214,8 @@ class LongForm:
             cfg_coef=item.cfg_coef,
             prompt_codes=context,
             chroma=self._chroma(w),
+            style=None if self.style is None else self.style.states,
+            cfg_coef_beta=item.cfg_coef_beta,
         )
 
     def _chroma(self, w: Window) -> torch.Tensor | None:
@@ -305,11 +332,24 @@ class LongForm:
             raise RuntimeError("the timeline is not complete")
         if self.live is not None:
             audio = np.concatenate(self._live_audio, axis=-1) if self._live_audio else np.zeros((lm.channels, 0))
-            return Waveform(np.ascontiguousarray(audio, dtype=np.float32), lm.sample_rate, item.seed)
+            return Waveform(np.ascontiguousarray(audio, dtype=np.float32), lm.sample_rate, item.seed, self.facts())
         self._decode_ready()
         audio = torch.cat(self._audio, dim=-1).numpy()
         first, end = self._answer_span()
-        return Waveform(self._marked(np.ascontiguousarray(audio[:, first:end])), lm.sample_rate, item.seed)
+        marked = self._marked(np.ascontiguousarray(audio[:, first:end]))
+        return Waveform(marked, lm.sample_rate, item.seed, self.facts())
+
+    def facts(self) -> dict[str, str]:
+        """What the answer's result says of how it was made: a style's excerpt (where it started, how
+        long, the codebooks used), so the stored job shows what the model listened to."""
+        if self.style is None or self.style.codes is None:
+            return {}
+        settings, item = self.lm.style_settings, self.item
+        return {
+            "style_excerpt_start_s": f"{self.style.excerpt_start_s:.3f}",
+            "style_excerpt_s": f"{item.style_excerpt_s or settings.excerpt_s:g}",
+            "style_eval_q": str(item.style_eval_q or settings.eval_q),
+        }
 
     def _answer_span(self) -> tuple[int, int]:
         """The samples of the timeline the answer holds: [first, end)."""

@@ -42,6 +42,7 @@ from lib.schemas import (
     OutputOptions,
     SoundRequest,
     StreamOptions,
+    StyleRequest,
     WatermarkDetection,
     WatermarkDetectRequest,
     info_header,
@@ -188,6 +189,14 @@ ENDPOINTS = [
         "Music that follows a melody (MusicGen-Melody): a multipart upload, or JSON",
         MelodyRequest,
         _input("melody"),
+    ),
+    _generation(
+        "/api/generate/style",
+        generate.generate_style,
+        "Music in the style of a 1.5-4.5 s audio excerpt, optionally steered by text (MusicGen-Style): "
+        "a multipart upload, or JSON",
+        StyleRequest,
+        _input("style"),
     ),
     _generation(
         "/api/generate/continuation",

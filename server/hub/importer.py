@@ -33,6 +33,8 @@ from server.hub import demucs_layout, download, finetuned, snapshot, store
 
 # model_type in config.json for each kind (and for the extra repos: T5).
 _MODEL_TYPES = {"musicgen": "musicgen", "musicgen-melody": "musicgen_melody", "encodec": "encodec"}
+# Extra repos that are not a T5: MusicGen-Style's feature extractor (its config is a MERTConfig).
+_EXTRA_MODEL_TYPES = {"m-a-p/MERT-v1-95M": "mert_model"}
 
 
 class ImportFailed(Invalid, ValueError):
@@ -191,7 +193,7 @@ def _check_file(path: Path, name: str, repo: str) -> None:
         except (OSError, ValueError):
             raise ImportFailed(f"{repo}: config.json is not valid JSON") from None
         spec = _known_repos().get(repo)
-        expected = _MODEL_TYPES.get(spec.kind) if spec is not None else "t5"
+        expected = _MODEL_TYPES.get(spec.kind) if spec is not None else _EXTRA_MODEL_TYPES.get(repo, "t5")
         if expected and config.get("model_type") != expected:
             raise ImportFailed(
                 f"{repo}: config.json is a {config.get('model_type')!r} model, not {expected!r}; wrong folder?"

@@ -16,13 +16,20 @@ from lib.schemas import (
     MixRequest,
     MusicRequest,
     SoundRequest,
+    StyleRequest,
     WatermarkDetectRequest,
 )
 
 if TYPE_CHECKING:
     from server.jobs.job import Job
 
-DECODE = {"music": MusicRequest, "sound": SoundRequest, "melody": MelodyRequest, "continuation": ContinuationRequest}
+DECODE = {
+    "music": MusicRequest,
+    "sound": SoundRequest,
+    "melody": MelodyRequest,
+    "continuation": ContinuationRequest,
+    "style": StyleRequest,
+}
 CODEC = {"encode": EncodeJob, "decode": DecodeJob}
 DOWNLOAD = {"download": DownloadRequest}
 MIX = {"mix": MixRequest}

@@ -14,6 +14,7 @@ from server.models.loaded import ResidentModel
 from server.models.magnet import load_magnet
 from server.models.mbd import load_mbd
 from server.models.musicgen import load_musicgen
+from server.models.style import load_style
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +30,7 @@ class Loader(Protocol):
 LOADERS: dict[str, Loader] = {
     "musicgen": load_musicgen,
     "musicgen-melody": load_musicgen,
+    "musicgen-style": load_style,
     "audiogen": load_audiogen,
     "magnet": load_magnet,
     "encodec": load_encodec,

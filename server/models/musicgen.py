@@ -32,7 +32,9 @@ def load_folder(
     )
 
     started = time.perf_counter()
-    cls = MusicgenMelodyForConditionalGeneration if spec.kind == "musicgen-melody" else MusicgenForConditionalGeneration
+    # MusicGen-Style prepends its style tokens and the text as a melody model does its chroma and text.
+    prefixed = spec.kind in ("musicgen-melody", "musicgen-style")
+    cls = MusicgenMelodyForConditionalGeneration if prefixed else MusicgenForConditionalGeneration
 
     def build():
         model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True)

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from lib.catalogue import WATERMARK_MODEL, get_spec, mbd_for
+from lib.catalogue import MUSICGEN_STYLE, WATERMARK_MODEL, get_spec, mbd_for
 from lib.errors import Invalid
 from lib.schemas import INPUT_FIELDS, MAX_SEED, OutputOptions
 from server.engine.errors import UnsupportedRequest
@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from server.services import Services
 
 
+STYLE_MODEL = MUSICGEN_STYLE.name  # the one style model there is
+
+
 def default_model(svc: Services, kind: str) -> str:
     """The settings' model for a job kind when the request names none."""
     settings = svc.settings
-    return {"sound": settings.default_sound_model, "melody": settings.default_melody_model}.get(
-        kind, settings.default_music_model
-    )
+    named = {"sound": settings.default_sound_model, "melody": settings.default_melody_model, "style": STYLE_MODEL}
+    return named.get(kind, settings.default_music_model)
 
 
 def new_job(svc: Services, kind: str, request: BaseModel, priority: int) -> Job:
@@ -92,8 +94,22 @@ async def prepare(svc: Services, kind: str, request: BaseModel, files: dict[str,
         raise Invalid(f"unknown file field '{extra.pop()}'", hint=f"send the file as '{field}'")
     job = new_job(svc, kind, request.model_copy(update={field: None}), priority)
     spec = get_spec(job.model)
-    keep_input(svc, job, await input_audio(svc, spec, request, files, field), spec.sample_rate)
+    audio = await input_audio(svc, spec, request, files, field)
+    if kind == "style":
+        check_excerpt(audio, spec.sample_rate, request.excerpt_length)
+    keep_input(svc, job, audio, spec.sample_rate)
     return job
+
+
+def check_excerpt(audio, sample_rate: int, excerpt_s: float) -> None:
+    """The style audio holds the excerpt the model listens to (AudioCraft takes it from inside the audio)."""
+    have_s = audio.shape[-1] / sample_rate
+    if have_s < excerpt_s:
+        raise Invalid(
+            f"the style audio is {have_s:.2f} s long, shorter than its excerpt_length ({excerpt_s:g} s)",
+            field="style",
+            hint=f"send at least {excerpt_s:g} s of style audio, or a shorter excerpt_length (down to 1.5 s)",
+        )
 
 
 def forget(svc: Services, jobs: list[Job]) -> None:

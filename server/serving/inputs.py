@@ -104,11 +104,12 @@ async def input_audio(
     melody, the model's channels for an audio prompt."""
     data, filename = await _source(svc, request, files, field)
     melody = field == "melody"
+    mono = field in ("melody", "style")  # both conditioners take mono (AudioCraft averages the channels)
     return await run_in_threadpool(
         load_input,
         data,
         spec.sample_rate,
-        1 if melody else spec.channels,
+        1 if mono else spec.channels,
         svc.settings.max_duration_s,
         filename,
         getattr(request, "melody_start", None) if melody else None,

@@ -158,17 +158,36 @@ def magnet_cfgs(segment_s: float, audio: bool) -> tuple[dict[str, Any], dict[str
     return lm, codec
 
 
-def _random_target_state(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text_width: int, seed: int):
-    """Random weights for the decoder, the text projection and EnCodec, under their transformers names."""
-    from transformers import EncodecConfig, EncodecModel, MusicgenDecoderConfig, MusicgenForCausalLM
+def _random_target_state(
+    lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text_width: int, seed: int, codebooks: bool = False
+):
+    """Random weights for the decoder, the text projection and EnCodec, under their transformers names.
+    codebooks: draw EnCodec's codebooks too (transformers starts them at zero, so every code decodes
+    to the same audio until they are drawn)."""
+    from transformers import (
+        EncodecConfig,
+        EncodecModel,
+        MusicgenDecoderConfig,
+        MusicgenForCausalLM,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForCausalLM,
+    )
 
     settings = xpcfg.lm_settings(xpcfg.parse(yaml.safe_dump(lm_cfg)))
     codec_kwargs = xpcfg.encodec_config_kwargs(xpcfg.parse(yaml.safe_dump(codec_cfg)))
+    # A model that prepends its conditioning (melody, style) has no cross-attention.
+    prefixed = settings.num_chroma is not None
+    config_cls = MusicgenMelodyDecoderConfig if prefixed else MusicgenDecoderConfig
+    decoder_cls = MusicgenMelodyForCausalLM if prefixed else MusicgenForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        decoder = MusicgenForCausalLM(MusicgenDecoderConfig(**xpcfg.decoder_config_kwargs(settings)))
+        decoder = decoder_cls(config_cls(**xpcfg.decoder_config_kwargs(settings)))
         proj = torch.nn.Linear(text_width, settings.dim)
         codec = EncodecModel(EncodecConfig(**codec_kwargs))
+        if codebooks:
+            with torch.no_grad():
+                for layer in codec.quantizer.layers:
+                    layer.codebook.embed.normal_()
     state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}
     state |= {f"enc_to_dec_proj.{k}": v for k, v in proj.state_dict().items()}
     state |= {f"audio_encoder.{k}": v for k, v in codec.state_dict().items()}
@@ -179,17 +198,26 @@ def _random_target_state(lm_cfg: dict[str, Any], codec_cfg: dict[str, Any], text
 
 
 def save_export(
-    out: Path, seed: int, text_width: int, lm_cfg: dict[str, Any] | None = None, codec_cfg: dict[str, Any] | None = None
+    out: Path,
+    seed: int,
+    text_width: int,
+    lm_cfg: dict[str, Any] | None = None,
+    codec_cfg: dict[str, Any] | None = None,
+    extra_lm_state: dict[str, torch.Tensor] | None = None,
+    codebooks: bool = False,
 ) -> None:
-    """Write state_dict.bin and compression_state_dict.bin for a tiny model into `out`."""
+    """Write state_dict.bin and compression_state_dict.bin for a tiny model into `out`.
+    extra_lm_state: more LM tensors under audiocraft's names (a style model's conditioner);
+    codebooks: EnCodec's codebooks drawn (_random_target_state)."""
     lm_cfg = copy.deepcopy(lm_cfg or LM_CFG)
     codec_cfg = copy.deepcopy(codec_cfg or COMPRESSION_CFG)
-    state, transposed = _random_target_state(lm_cfg, codec_cfg, text_width, seed)
+    state, transposed = _random_target_state(lm_cfg, codec_cfg, text_width, seed, codebooks)
     lm_state = keys.unmap_state(
         {k: v for k, v in state.items() if not k.startswith("audio_encoder.")}, keys.LM_RULES, keys.IN_PROJ_RULES
     )
     codec_state = keys.unmap_state(state, keys.CODEC_RULES, prefix="audio_encoder.")
     codec_state = {as_transposed(k, transposed): v for k, v in codec_state.items()}
+    lm_state |= extra_lm_state or {}
     # Separate storage per tensor (audiocraft's state dicts hold no views of each other).
     lm_state = {k: v.detach().clone().contiguous() for k, v in lm_state.items()}
     codec_state = {k: v.detach().clone().contiguous() for k, v in codec_state.items()}

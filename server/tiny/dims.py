@@ -12,7 +12,17 @@ from typing import Any
 from lib.catalogue import ModelSpec
 
 # demucs: server/tiny/demucs.py
-SUPPORTED_KINDS = ("musicgen", "musicgen-melody", "audiogen", "magnet", "encodec", "audioseal", "mbd", "demucs")
+SUPPORTED_KINDS = (
+    "musicgen",
+    "musicgen-melody",
+    "musicgen-style",
+    "audiogen",
+    "magnet",
+    "encodec",
+    "audioseal",
+    "mbd",
+    "demucs",
+)
 
 # The dims of every tiny checkpoint. Structure and framing are the real ones; widths are tiny.
 # num_codebooks (4, or 8 for stereo) and the decoder's audio_channels come from the catalogue.

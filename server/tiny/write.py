@@ -37,7 +37,11 @@ def _readme(spec: ModelSpec) -> str:
 
 def _save_files(spec: ModelSpec, out: Path, seed: int) -> None:
     """The files of one catalogue entry's repo, by kind (the README comes from write_repo)."""
-    if spec.kind in ("audiogen", "magnet"):  # audiocraft's export format, as it is on the hub
+    if spec.kind == "musicgen-style":  # audiocraft's export format, with its style conditioner
+        from server.tiny import style
+
+        style.save_files(out, model_seed(spec.name, seed), TINY["text_encoder"]["d_model"])
+    elif spec.kind in ("audiogen", "magnet"):  # audiocraft's export format, as it is on the hub
         from server.tiny.audiocraft_export import magnet_cfgs, save_export
 
         cfgs = (None, None)  # AudioGen's
@@ -110,7 +114,13 @@ def write_tiny_model(spec: ModelSpec, hub_cache: Path, seed: int = 0) -> Path:
     from server.tiny import t5
 
     check_supported(spec)
+    from server.tiny import style
+
     for repo in spec.extra_repos:
+        if repo == style.MERT_REPO:  # MusicGen-Style's feature extractor
+            readme = f"# {repo} ({README_MARKER})\n\nA tiny random-weight MERT for {spec.name}.\n"
+            write_repo(repo, readme, hub_cache, lambda out, r=repo: style.save_mert(out, model_seed(r, seed)))
+            continue
         readme = f"# {repo} ({README_MARKER})\n\nA tiny random-weight T5 for {spec.name}.\n"
         write_repo(repo, readme, hub_cache, lambda out, r=repo: t5.save_files(out, model_seed(r, seed)))
     return write_snapshot(spec, hub_cache, lambda out: _save_files(spec, out, seed))

@@ -201,6 +201,20 @@ def test_generate_melody_and_continue_with_an_mp3(live, tmp_path):
         assert w.getnframes() / w.getframerate() == pytest.approx(1.0, abs=1e-3)
 
 
+def test_generate_style_with_an_mp3(live, tmp_path):
+    mp3 = _mp3(tmp_path / "style.mp3")
+    out = tmp_path / "style.wav"
+    r = live("generate", "style", "--style", str(mp3), "--prompt", "lofi", "--duration", "1",
+             "--excerpt-length", "1.5", "--eval-q", "2", "--cfg-coef-beta", "5", "--output", str(out), "--json",
+             timeout=HANG_GUARD_S)  # fmt: skip
+    assert r.code == 0, r.text + server_log(live)
+    assert json.loads(r.out)["model"] == "musicgen-style"
+    with wave.open(str(out)) as w:
+        assert w.getnframes() / w.getframerate() == pytest.approx(1.0, abs=1e-3)
+    r = live("generate", "style", "--style", str(mp3), "--excerpt-length", "6")
+    assert r.code != 0 and "--excerpt-length" in r.text
+
+
 def test_z_stop_then_stop_again(live):
     """Named to run last in the module: stop (0), stop again (2), status not running (2)."""
     # stop honours its own bound: --timeout to drain, then SIGKILL and 10 s; the rest is start-up margin.

@@ -229,7 +229,7 @@ def test_openapi_documents_the_new_endpoints(client):
     one, many = doc["components"]["schemas"]["JobsRequest"]["anyOf"]  # one item (by kind), or a list of them
     assert many["items"] == one
     assert {i["$ref"].rsplit("/", 1)[1] for i in one["oneOf"]} == {
-        "MusicJob", "SoundJob", "MelodyJob", "ContinuationJob"
+        "MusicJob", "SoundJob", "MelodyJob", "ContinuationJob", "StyleJob"
     }  # fmt: skip
 
 

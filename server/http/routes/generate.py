@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from lib.schemas import ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest
+from lib.schemas import ContinuationRequest, JobAccepted, MelodyRequest, MusicRequest, SoundRequest, StyleRequest
 from server.audio.encode import FILE_EXTENSIONS
 from server.http.payload import close_files, read_fields
 from server.http.routes.answers import failed_response
@@ -96,6 +96,10 @@ async def generate_sound(request: Request) -> Response:
 
 async def generate_melody(request: Request) -> Response:
     return await _generate(request, "melody", MelodyRequest)
+
+
+async def generate_style(request: Request) -> Response:
+    return await _generate(request, "style", StyleRequest)
 
 
 async def generate_continuation(request: Request) -> Response:

@@ -53,7 +53,9 @@ class _SlowDecodes:
 
 _SLOW_DECODES = _SlowDecodes()
 
-INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio"}  # kind -> AudioRequest's field
+# kind -> AudioRequest's field; the mono ones take the first (only) channel
+INPUT_KINDS = {"melody": "melody", "continuation": "prompt_audio", "style": "style"}
+_MONO_INPUTS = ("melody", "style")
 
 
 def _item(job: Job, artifacts: ArtifactStore, registry: ModelRegistry) -> AudioRequest:
@@ -63,9 +65,12 @@ def _item(job: Job, artifacts: ArtifactStore, registry: ModelRegistry) -> AudioR
     inputs = {}
     if job.kind in INPUT_KINDS:
         audio, rate = read_audio(artifacts.read(job.id, INPUT))
-        inputs[INPUT_KINDS[job.kind]] = audio[0] if job.kind == "melody" else audio
+        inputs[INPUT_KINDS[job.kind]] = audio[0] if job.kind in _MONO_INPUTS else audio
         if job.kind == "melody" and getattr(req, "melody_stems", False):
             inputs["melody"] = _melody_stems(registry, audio[0], rate, job.seed)
+    if job.kind == "style":
+        inputs |= {"style_excerpt_s": req.excerpt_length, "style_eval_q": req.eval_q}
+        inputs["cfg_coef_beta"] = req.cfg_coef_beta
     return AudioRequest(
         prompt=req.prompt or "",
         duration_s=req.duration,
@@ -309,7 +314,7 @@ class BatchRunner:
         self._close_if_empty()
 
     def _store(self, job: Job, wave: Waveform) -> None:
-        info = None
+        info = dict(wave.info)
         if getattr(job.request, "watermark", False):
-            info = {"watermark": WATERMARK_MODEL, "watermark_message": str(self.registry.settings.watermark_message)}
-        keep_audio(self.artifacts, job, wave.audio, wave.sample_rate, info)
+            info |= {"watermark": WATERMARK_MODEL, "watermark_message": str(self.registry.settings.watermark_message)}
+        keep_audio(self.artifacts, job, wave.audio, wave.sample_rate, info or None)

@@ -12,13 +12,15 @@ export (lm_model transformer_lm_magnet: the same transformer, non-causal) also i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from server.models.convert import keys, xpcfg
+from server.models.convert import keys, style, xpcfg
+from server.models.convert.mert import load_mert
 from server.models.convert.xpcfg import ConversionError
 
 LM_FILE = "state_dict.bin"
@@ -138,8 +140,10 @@ def _origins(source: dict[str, torch.Tensor], rules, split_rules=(), prefix="") 
     return names
 
 
-def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path) -> None:
-    """Write the converted model (config, safetensors, tokenizer, generation config) into out_dir."""
+def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path, mert_dir: Path | None = None) -> None:
+    """Write the converted model (config, safetensors, tokenizer, generation config) into out_dir. A
+    MusicGen-Style export also writes its style conditioner (style.safetensors, style.json) and the
+    MERT repo `mert_dir` converted (mert/)."""
     from transformers import (
         AutoTokenizer,
         GenerationConfig,
@@ -152,6 +156,14 @@ def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path) -> None:
     lm_state = _without_chroma_window(lm_state)
     codec_state, codec_cfg = read_package(export_dir / COMPRESSION_FILE)
     config, settings = build_config(lm_cfg, codec_cfg, t5_dir)
+    style_state = mert = None
+    if style.is_style(lm_cfg):  # its conditioner and MERT, strictly, before anything is written
+        if mert_dir is None:
+            raise ConversionError("a MusicGen-Style export needs its MERT repo (m-a-p/MERT-v1-95M) to convert")
+        mert = load_mert(mert_dir)
+        style_cfg = dataclasses.replace(style.style_settings(lm_cfg), mert_width=int(mert.config.hidden_size))
+        lm_state, style_state = style.split_state(lm_state)
+        style.check_style(style_cfg, style_state)
 
     mapped = keys.map_state(lm_state, keys.LM_RULES, keys.IN_PROJ_RULES)
     mapped |= keys.map_state(codec_state, keys.CODEC_RULES, prefix="audio_encoder.")
@@ -185,6 +197,9 @@ def convert_export(export_dir: Path, t5_dir: Path, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(t5_dir, local_files_only=True).save_pretrained(out_dir)
+    if mert is not None:
+        style.write_style(out_dir, style_cfg, style_state)
+        mert.save_pretrained(out_dir / style.MERT_DIR)
     if xpcfg.is_magnet(lm_cfg):  # the transformer is MusicGen's; how MAGNeT decodes with it goes beside
         settings = xpcfg.magnet_settings(lm_cfg)
         (out_dir / MAGNET_FILE).write_text(json.dumps(settings.as_dict(), indent=1) + "\n")

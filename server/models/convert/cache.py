@@ -27,16 +27,19 @@ log = logging.getLogger("audiocraft.engine")
 CONVERTER_VERSION = 1
 
 
-def converted_dir(snapshot: Path, t5_snapshot: Path) -> Path:
-    """Where the converted copy of this export (with this T5) lives."""
+def converted_dir(snapshot: Path, t5_snapshot: Path, mert_snapshot: Path | None = None) -> Path:
+    """Where the converted copy of this export (with this T5, and a style model's MERT) lives."""
     repo_dir = snapshot.parent.parent
-    return repo_dir / "converted" / f"v{CONVERTER_VERSION}-{snapshot.name}-{t5_snapshot.name}"
+    mert = "" if mert_snapshot is None else f"-{mert_snapshot.name}"
+    return repo_dir / "converted" / f"v{CONVERTER_VERSION}-{snapshot.name}-{t5_snapshot.name}{mert}"
 
 
-def ensure_converted(snapshot: Path, t5_snapshot: Path) -> Path:
+def ensure_converted(snapshot: Path, t5_snapshot: Path, mert_snapshot: Path | None = None) -> Path:
     """The converted copy's folder, converting first when there is none."""
-    target = converted_dir(snapshot, t5_snapshot)
-    return converted_copy(target, "config.json", lambda out: convert_export(snapshot, t5_snapshot, out), snapshot)
+    target = converted_dir(snapshot, t5_snapshot, mert_snapshot)
+    return converted_copy(
+        target, "config.json", lambda out: convert_export(snapshot, t5_snapshot, out, mert_snapshot), snapshot
+    )
 
 
 def converted_copy(target: Path, marker: str, convert: Callable[[Path], None], source: Path) -> Path:

@@ -129,7 +129,9 @@ def lm_settings(cfg: dict[str, Any]) -> LMSettings:
         _require(cfg, "codebooks_pattern.delay.flatten_first", 0, 0)
         _require(cfg, "codebooks_pattern.delay.empty_initial", 0, 0)
     conditioners = lookup(cfg, "conditioners")
-    chroma = melody_settings(cfg) if isinstance(conditioners, dict) and "self_wav" in conditioners else None
+    chroma = None
+    if isinstance(conditioners, dict) and "self_wav" in conditioners:
+        chroma = style_prefix(cfg) if (conditioners["self_wav"] or {}).get("model") == "style" else melody_settings(cfg)
     if chroma is None:
         # Text on cross-attention only (a melody model's prepended chroma and text: melody_settings).
         _require(cfg, "fuser.cross", ["description"])
@@ -199,20 +201,36 @@ _CHROMA_STEM = {"radix2_exp": 14, "argmax": True, "match_len_on_eval": True, "ev
 _CHROMA_STEM_FREE = {"n_chroma", "sample_rate", "n_eval_wavs", "cache_path"}  # no effect at inference, or read below
 
 
-def melody_settings(cfg: dict[str, Any]) -> tuple[int, int]:
-    """(num_chroma, chroma_length) of a MusicGen-Melody export: audiocraft's chroma2music, the chroma
-    (self_wav, a ChromaStemConditioner) and the text both prepended, as MusicgenMelody has them
-    (audiocraft prepends the text first and the chroma before it: chroma, text, then the tokens)."""
+def _prepended(cfg: dict[str, Any], kind: str) -> None:
+    """The fuser of a model whose audio condition (self_wav) and text are both prepended, as
+    MusicgenMelody has them (audiocraft prepends the text first and the audio's before it: audio,
+    text, then the tokens): chroma2music's and style2music's."""
     prepend = lookup(cfg, "fuser.prepend", [])
     if sorted(prepend) != ["description", "self_wav"]:
-        raise ConversionError(f"xp.cfg fuser.prepend = {prepend!r}: a melody model prepends [self_wav, description]")
+        raise ConversionError(f"xp.cfg fuser.prepend = {prepend!r}: a {kind} model prepends [self_wav, description]")
     for key in ("cross", "sum", "input_interpolate"):
         _require(cfg, f"fuser.{key}", [], [])
     conditioners = lookup(cfg, "conditioners")
     if set(conditioners) != {"description", "self_wav"}:
         raise ConversionError(
-            f"xp.cfg conditioners = {sorted(conditioners)}: a melody model has [description, self_wav]"
+            f"xp.cfg conditioners = {sorted(conditioners)}: a {kind} model has [description, self_wav]"
         )
+
+
+def style_prefix(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(num_chroma, chroma_length) of a MusicGen-Style export in the MusicgenMelody class: the style
+    conditioner's width (its output_proj is the audio projection) and its most tokens."""
+    from server.models.convert.style import prefix_length, style_settings
+
+    _prepended(cfg, "style")
+    settings = style_settings(cfg)
+    return settings.dim, prefix_length(settings)
+
+
+def melody_settings(cfg: dict[str, Any]) -> tuple[int, int]:
+    """(num_chroma, chroma_length) of a MusicGen-Melody export: audiocraft's chroma2music, the chroma
+    (self_wav, a ChromaStemConditioner) and the text both prepended."""
+    _prepended(cfg, "melody")
     _require(cfg, "conditioners.self_wav.model", "chroma_stem")
     stem = dict(lookup(cfg, "conditioners.self_wav.chroma_stem"))
     for key, expected in _CHROMA_STEM.items():
