@@ -11,7 +11,9 @@ The weights are random, with one calibration: the generator's last convolution i
 its mark sits about 20 dB under built-in signals (noise and tones), as a trained mark sits under the
 audio, rather than drowning it. Random weights detect nothing meaningful: the tiny pair exercises
 the real loading, conversion and serving paths; what the modules compute is checked against the
-audioseal package's own modules on the same files (test/conformance).
+audioseal package's own modules on the same files (test/conformance). `train_steps` trains the pair
+briefly instead (train_to_detect), so that its detector finds its own mark: the end-to-end test of
+marking and detection (test/integration/test_watermark_trained.py).
 """
 
 from __future__ import annotations
@@ -90,6 +92,64 @@ def _calibrate(generator: Generator, seed: int) -> None:
         last.bias.mul_(scale)
 
 
+_TRAIN_SAMPLES = 8000  # half a second at 16 kHz per training example
+_TRAIN_BATCH = 4
+_TRAIN_MAX_RMS_RATIO = 0.2  # the loudest mark training lets through (-14 dB), as AudioSeal's perceptual losses bound it
+_TRAIN_LR = 1e-3
+_TRAIN_CUTOFF = 0.35  # of the sample rate: 5.6 kHz
+
+
+def _training_audio(gen: torch.Generator) -> torch.Tensor:
+    """[batch, 1, samples]: a tone of random pitch and level in noise, per row."""
+    t = torch.arange(_TRAIN_SAMPLES) / SAMPLE_RATE
+    rows = []
+    for _ in range(_TRAIN_BATCH):
+        pitch_hz = 100.0 + 3000.0 * float(torch.rand(1, generator=gen))
+        level = 0.05 + 0.3 * float(torch.rand(1, generator=gen))
+        noise = float(torch.rand(1, generator=gen))
+        tone = torch.sin(2 * torch.pi * pitch_hz * t)
+        rows.append(level * (tone + noise * torch.randn(_TRAIN_SAMPLES, generator=gen)))
+    return torch.stack(rows)[:, None, :]
+
+
+def train_to_detect(generator: Generator, detector: Detector, steps: int, seed: int) -> None:
+    """Train the pair together for `steps` steps, AudioSeal's way in miniature: the detector learns
+    each sample's "marked or not" on audio with and without the generator's mark, while a hinge keeps
+    the mark under _TRAIN_MAX_RMS_RATIO of the audio. Random weights detect nothing; about 100 steps
+    of this make a tiny pair whose detector finds its own generator's mark and not clean audio (the
+    message bits are not trained: they need far longer)."""
+    import julius
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed + 2)
+    params = list(generator.parameters()) + list(detector.parameters())
+    optimizer = torch.optim.Adam(params, lr=_TRAIN_LR)
+    generator.train(), detector.train()
+    marked_label = torch.ones(_TRAIN_BATCH, _TRAIN_SAMPLES, dtype=torch.long)
+    for _ in range(steps):
+        audio = _training_audio(gen)
+        bits = torch.randint(0, 2, (_TRAIN_BATCH, NBITS), generator=gen)
+        mark = generator(audio, bits)
+        # Heard through a low-pass, as AudioSeal trains through filtering: a mark near 8 kHz would not
+        # outlive the service's resampling to and from the audio's own rate.
+        heard = julius.lowpass_filter(audio + mark, _TRAIN_CUTOFF)
+        loss = F.cross_entropy(_detector_logits(detector, heard), marked_label)
+        clean = julius.lowpass_filter(audio, _TRAIN_CUTOFF)
+        loss = loss + F.cross_entropy(_detector_logits(detector, clean), torch.zeros_like(marked_label))
+        loudness = (mark.pow(2).mean() / audio.pow(2).mean()).sqrt()
+        loss = loss + F.relu(loudness - _TRAIN_MAX_RMS_RATIO)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    generator.eval(), detector.eval()
+
+
+def _detector_logits(detector: Detector, audio: torch.Tensor) -> torch.Tensor:
+    """The detector's two "marked or not" logits per sample (what Detector.forward takes the softmax of)."""
+    features = detector.upsample(detector.encoder(audio))[..., : audio.shape[-1]]
+    return detector.head(features)[:, :2, :]
+
+
 def _published(module: torch.nn.Module, rules) -> dict[str, torch.Tensor]:
     """Module state -> the checkpoint's names (separate storage per tensor, as a saved state dict has)."""
     transposed = transposed_layers(module)
@@ -97,13 +157,18 @@ def _published(module: torch.nn.Module, rules) -> dict[str, torch.Tensor]:
     return {as_transposed(name, transposed): t.detach().clone().contiguous() for name, t in state.items()}
 
 
-def save_files(out: Path, seed: int) -> None:
-    """generator_base.pth, detector_base.pth and base.yaml of a tiny AudioSeal into `out`."""
+def save_files(out: Path, seed: int, train_steps: int = 0) -> None:
+    """generator_base.pth, detector_base.pth and base.yaml of a tiny AudioSeal into `out`; with
+    train_steps, a pair trained to detect its own mark (train_to_detect), else random weights."""
     config = tiny_config()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator, detector = Generator(config).eval(), Detector(config).eval()
     _calibrate(generator, seed)
+    if train_steps:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            train_to_detect(generator, detector, train_steps, seed)
     for module, rules, file in (
         (generator, GENERATOR_RULES, GENERATOR_FILE),
         (detector, DETECTOR_RULES, DETECTOR_FILE),
