@@ -104,6 +104,7 @@ def load_base(folder: Path, kind: str, audiocraft: bool = False):
     from transformers import MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
     from server.models.musicgen import audiocraft_positions
+    from server.models.registry import LOADING
 
     if kind not in TRAINABLE_KINDS:
         raise ValueError(f"fine-tuning supports {', '.join(TRAINABLE_KINDS)} (not {kind})")
@@ -111,7 +112,8 @@ def load_base(folder: Path, kind: str, audiocraft: bool = False):
     # transformers initialises the modules (from torch's global generator) before the weights are
     # read over them: forked and seeded, the process's generator is untouched and nothing the
     # checkpoint lacks could differ from run to run.
-    with torch.random.fork_rng(devices=[]):
+    # LOADING: one transformers load at a time in the process (server/models/registry.py says why).
+    with LOADING, torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
     if audiocraft:

@@ -25,6 +25,14 @@ from server.models.heap import map_big_blocks, return_freed_memory
 from server.models.loaded import ResidentModel
 from server.models.loaders import LOADERS
 
+# One model load at a time in the process, whichever registry or lane asks. transformers'
+# from_pretrained is not thread-safe: it swaps PreTrainedModel.tie_weights (and torch's init
+# functions) for no-ops while it loads and puts back what it found, so two loads that overlap can
+# leave the no-op in place for good, and every later load of a model with tied weights (T5's
+# embed_tokens) keeps them on the meta device. The full suite caught it (two test clients' lanes
+# loading at once); in the service, two lanes loading their models at the same moment would do it.
+LOADING = threading.RLock()
+
 log = logging.getLogger("audiocraft.engine")
 
 # Memory a loaded model takes per byte of its fp32 weights on disk, by decoder precision: a guess
@@ -180,7 +188,8 @@ class ModelRegistry:
                 f"{spec.name}: {exc}", hint="change AUDIOCRAFT_MODEL_DTYPE or AUDIOCRAFT_DTYPE for this device"
             ) from exc
         try:
-            return loader(spec, snapshot, self.device, precision)
+            with LOADING:
+                return loader(spec, snapshot, self.device, precision)
         except (store.ModelNotInstalled, AdapterMismatch):
             raise  # a repo the model needs (AudioGen's T5, a fine-tune's base) is missing or not its own: a 409
         except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
