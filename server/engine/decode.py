@@ -204,11 +204,11 @@ class DecodeBatch:
         n_steps = delay.num_steps(request.n_frames, self.delays)
         if lm.melody:
             prefix, states = melody_prefix(lm, request.prompt, request.chroma, request.guided), None
-        elif lm.spec.kind == "musicgen-style":
+        elif lm.styled:
             prefix, states = style_prefix(lm, request.prompt, request.style, request.rows), None
         else:
             prefix, states = None, encode_text(lm, request.prompt, with_null=request.guided)
-        if request.double_guided and lm.spec.kind != "musicgen-style":
+        if request.double_guided and not lm.styled:
             raise UnsupportedRequest(
                 "double classifier-free guidance (cfg_coef_beta) is MusicGen-Style's", field="cfg_coef_beta"
             )

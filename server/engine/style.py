@@ -26,7 +26,6 @@ from server.models.musicgen import audiocraft_positions
 
 MERT_SAMPLE_RATE = 24000
 MERT_FRAME_RATE_HZ = 75
-EXCERPT_MIN_S, EXCERPT_MAX_S = 1.5, 4.5  # what AudioCraft trained the conditioner on (varying_lengths)
 BATCH_NORM_EPS = 1e-5  # nn.BatchNorm1d's default, as AudioCraft builds it
 LAYER_NORM_EPS = 1e-5
 
@@ -158,6 +157,8 @@ class StyleCondition:
     states: torch.Tensor  # [tokens, hidden]
     codes: torch.Tensor | None  # [eval_q, tokens]; None for the empty condition
     excerpt_start_s: float | None = None
+    excerpt_s: float | None = None  # the excerpt's length and the codebooks used (what the answer says)
+    eval_q: int | None = None
 
 
 def excerpt_start(n_samples: int, excerpt_samples: int, middle: bool, seed: int) -> int:
@@ -199,7 +200,11 @@ def condition(
     per_token = s.sample_rate / MERT_FRAME_RATE_HZ * s.ds_factor
     keep = torch.arange(states.shape[0], device=states.device) < wav.shape[-1] / per_token
     return StyleCondition(
-        states=states * keep[:, None].to(states), codes=codes[0], excerpt_start_s=start / s.sample_rate
+        states=states * keep[:, None].to(states),
+        codes=codes[0],
+        excerpt_start_s=start / s.sample_rate,
+        excerpt_s=excerpt_s,
+        eval_q=eval_q,
     )
 
 

@@ -129,7 +129,7 @@ class LongForm:
         stride = max(1, round(stride_s * fr))
         delays = delay.codebook_delays(lm.num_codebooks, lm.stereo)
         self.delays = delays
-        self.style = self._style() if lm.spec.kind == "musicgen-style" else None
+        self.style = self._style() if lm.styled else None
         if lm.melody or self.style is not None:
             # A melody or style model's conditioning takes decoder positions too: the window gives way to it.
             audio = lm.model.config.chroma_length if lm.melody else self.style.states.shape[0]
@@ -344,11 +344,10 @@ class LongForm:
         long, the codebooks used), so the stored job shows what the model listened to."""
         if self.style is None or self.style.codes is None:
             return {}
-        settings, item = self.lm.style_settings, self.item
         return {
             "style_excerpt_start_s": f"{self.style.excerpt_start_s:.3f}",
-            "style_excerpt_s": f"{item.style_excerpt_s or settings.excerpt_s:g}",
-            "style_eval_q": str(item.style_eval_q or settings.eval_q),
+            "style_excerpt_s": f"{self.style.excerpt_s:g}",
+            "style_eval_q": str(self.style.eval_q),
         }
 
     def _answer_span(self) -> tuple[int, int]:

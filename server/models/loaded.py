@@ -116,6 +116,11 @@ class TextToAudioLM(_Described):
         return getattr(self.model.config, "chroma_length", None) is not None
 
     @property
+    def styled(self) -> bool:
+        """A MusicGen-Style model (server/models/style.py StyleLM): its prefix is a style condition."""
+        return False
+
+    @property
     def stereo(self) -> bool:
         return int(getattr(self.decoder_config, "audio_channels", 1)) == 2
 

@@ -27,6 +27,10 @@ class StyleLM(TextToAudioLM):
         return False  # its prefix is the style tokens, not a chroma (server/engine/decode.py style_prefix)
 
     @property
+    def styled(self) -> bool:
+        return True
+
+    @property
     def style_settings(self):
         return self.style.settings
 

@@ -17,6 +17,17 @@ from server.models.registry import ModelRegistry
 WAIT_S = 2.0  # how long the first load waits for a second one to join it (it must not)
 
 
+def load_together(hub, n: int) -> list[ModelRegistry]:
+    """n registries of one process, each loading musicgen-small in a thread of its own, all at once."""
+    registries = [ModelRegistry(Settings(models_dir=hub, device="cpu", dtype="float32")) for _ in range(n)]
+    threads = [threading.Thread(target=r.get, args=("musicgen-small",)) for r in registries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return registries
+
+
 def test_two_registries_never_load_at_the_same_time(tiny_hub, monkeypatch):
     inside, most, entered = [0], [0], threading.Event()
     real = registry_module.LOADERS["musicgen"]
@@ -34,12 +45,7 @@ def test_two_registries_never_load_at_the_same_time(tiny_hub, monkeypatch):
             inside[0] -= 1
 
     monkeypatch.setitem(registry_module.LOADERS, "musicgen", loader)
-    registries = [ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype="float32")) for _ in range(2)]
-    threads = [threading.Thread(target=r.get, args=("musicgen-small",)) for r in registries]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    registries = load_together(tiny_hub, 2)
     assert most[0] == 1
     assert all(r.is_loaded("musicgen-small") for r in registries)
 
@@ -47,12 +53,7 @@ def test_two_registries_never_load_at_the_same_time(tiny_hub, monkeypatch):
 def test_loads_at_once_leave_transformers_tying_weights(tiny_hub):
     """Four loads started together, then a plain from_pretrained: T5's embed_tokens still tied."""
     original = PreTrainedModel.tie_weights
-    registries = [ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype="float32")) for _ in range(4)]
-    threads = [threading.Thread(target=r.get, args=("musicgen-small",)) for r in registries]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    load_together(tiny_hub, 4)
     assert PreTrainedModel.tie_weights is original
     model, info = MusicgenForConditionalGeneration.from_pretrained(
         "facebook/musicgen-small", cache_dir=tiny_hub, local_files_only=True, output_loading_info=True

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from server.engine.style import EXCERPT_MAX_S, StyleConditioner, StyleSettings, token_count
+from lib.schemas import STYLE_EXCERPT_MAX_S
+from server.engine.style import StyleConditioner, StyleSettings, token_count
 from server.models.convert.xpcfg import ConversionError, lookup
 
 PREFIX = "condition_provider.conditioners.self_wav."
@@ -87,7 +88,7 @@ def style_settings(cfg: dict[str, Any]) -> StyleSettings:
 
 def prefix_length(settings: StyleSettings) -> int:
     """The most style tokens a request makes (the longest excerpt): the converted config's chroma_length."""
-    return token_count(settings, EXCERPT_MAX_S)
+    return token_count(settings, STYLE_EXCERPT_MAX_S)
 
 
 def _engine_name(name: str) -> str:
