@@ -366,3 +366,47 @@ def test_a_worker_with_the_model_loaded_gets_its_job_before_one_that_would_load_
     assert warm_lane.started.wait(HANG_GUARD_S) and warm_lane.running_job.id == job.id
     warm_lane.release(job.id)
     assert ended(job).state == "succeeded" and cold_lane.running_job is None
+
+
+def test_a_refresh_while_a_job_is_submitted_keeps_its_object(workers, monkeypatch):
+    """The sync thread may refresh between the moment a submitted job is known here and the moment
+    its record exists; the refresh must not take the missing record for a deleted job (the job
+    would run on another object, and the submitter's wait would never end)."""
+    api, _ = workers("api", with_lane=False, start=False)
+    worker, lane = workers("w1")
+    submit = api._scripts["SUBMIT"]
+
+    def refresh_first(*args, **kwargs):
+        api._refresh()  # what the sync thread may do at this moment
+        return submit(*args, **kwargs)
+
+    monkeypatch.setitem(api._scripts, "SUBMIT", refresh_first)
+    api.start()
+    job = api.submit(work())
+    assert api.get(job.id) is job
+    assert lane.started.wait(HANG_GUARD_S)
+    lane.release(job.id)
+    assert ended(job).state == "succeeded"
+
+
+def test_a_finish_sent_by_two_threads_at_once_is_written_once(workers, monkeypatch):
+    """The ending thread and the sync thread's retry may both send one finish: one of them writes
+    it, and none is counted as a late (dropped) finish."""
+    worker, lane = workers("w1")
+    sent, inside = [], threading.Event()
+    send = worker._send_finish
+
+    def slow_send(held):
+        sent.append(held.job.id)
+        inside.set()
+        worker._flush_finishes()  # the sync thread's retry, while this finish is on its way
+        send(held)
+
+    monkeypatch.setattr(worker, "_send_finish", slow_send)
+    job = worker.submit(work())
+    assert lane.started.wait(HANG_GUARD_S)
+    lane.release(job.id)
+    assert ended(job).state == "succeeded" and inside.is_set()
+    assert sent == [job.id]
+    stats = worker.stats()
+    assert stats["finished"] == 1 and stats.get("dropped", 0) == 0
