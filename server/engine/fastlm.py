@@ -33,6 +33,7 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -128,7 +129,9 @@ class PackedLinear:
         else:  # qdynamic: the codes prepacked for fbgemm at unit scale; the channel scales applied after
             self.packed = qdynamic.prepack(self.weight)
             self.scales = scale
-            self.weight_sums = self.weight.float().sum(dim=1)  # integer code sums, exact in fp32
+            # Integer code sums, exact in fp32. numpy's int32 row sum: torch's took 36 ms on one
+            # musicgen-large fc1 (8192 x 2048) against 3.8 ms, a third of a load's packing time.
+            self.weight_sums = torch.from_numpy(self.weight.numpy().sum(axis=1, dtype=np.int32)).float()
             self.weight = torch.empty(0, dtype=torch.int8)  # the packed copy is the one used
 
     def tensors(self) -> list[torch.Tensor]:
