@@ -145,9 +145,14 @@ def read_header(f: BinaryIO) -> tuple[dict[str, Entry], dict[str, str], int]:
     return entries, {str(k): v for k, v in metadata.items()}, 8 + length
 
 
-def read(f: BinaryIO, entries: dict[str, Entry], data_start: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of `entries` in file order, each in its own new storage."""
-    for name, entry in sorted(entries.items(), key=lambda item: item[1].start):
+def read(
+    f: BinaryIO, entries: dict[str, Entry], data_start: int, order: Sequence[str] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of `entries`, each in its own new storage: in file order, or in `order` (names of
+    `entries`; a file written in that order is still read front to back)."""
+    names = sorted(entries, key=lambda name: entries[name].start) if order is None else order
+    for name in names:
+        entry = entries[name]
         t = torch.empty(entry.shape, dtype=entry.dtype)
         view = _as_bytes(t)
         f.seek(data_start + entry.start)
