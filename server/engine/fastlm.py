@@ -329,8 +329,11 @@ class FastLM:
 
         # Layers are packed in parallel: fbgemm's weight packing runs on one core, and packing is most
         # of an int8 model's load time (torch ops release the GIL).
-        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+        try:
             self.layers: list[_Layer] = list(pool.map(build, decoder.layers))
+        finally:  # after a failure (a layer that did not pack or read), the layers not begun are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
         self.has_cross_attention = all(layer.cross_q is not None for layer in self.layers)
         ready(decoder.layer_norm)
         self.final_norm = _Norm.of(decoder.layer_norm, device)
