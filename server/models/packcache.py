@@ -51,8 +51,10 @@ from server.models.streamed import BackgroundReads, Reads
 
 log = logging.getLogger("audiocraft.engine")
 
-# Bump when what the file holds changes (names, forms, the metadata's meaning).
-FORMAT_VERSION = 1
+# Bump when what the file holds changes (names, forms, the metadata's meaning) or how it is laid out.
+# 2: in load order. A version-1 file (buffers after every parameter) still reads, but a Linear's
+# codes and scales lie apart, so its read goes tensor by tensor (server/models/tensorfile.py).
+FORMAT_VERSION = 2
 _FORMS = {"int8": "int8", "int8-dynamic": "int8", "bfloat16": "bfloat16", "float16": "float16"}
 _DENSE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # Source folders the cache knows how to place: <repo>/<kind>/<name>.
