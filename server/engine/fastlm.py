@@ -30,6 +30,7 @@ GEMV for one row differs from its GEMM for two). So dense matmuls always run on 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -239,12 +240,25 @@ class RequestCache:
 class FastLM:
     """The decoder of a MusicgenForCausalLM, as packed weights and a step function."""
 
-    def __init__(self, causal_lm, precision: str, device: torch.device, release: bool = False):
+    def __init__(
+        self,
+        causal_lm,
+        precision: str,
+        device: torch.device,
+        release: bool = False,
+        ready: Callable[[torch.nn.Module], None] | None = None,
+    ):
         """release: free each transformers layer's weights (to the meta device) as soon as it is
         packed, so a load never holds the fp32 decoder and its packed copy at once (the caller gives up
-        the transformers decoder)."""
+        the transformers decoder).
+        ready(module): called before a module's weights are first used, returns once they are in
+        memory; a load still reading them from disk passes it, so each layer is packed as soon as
+        its weights arrive (a failed read raises from it). None: they all are."""
+        ready = ready or (lambda _module: None)
         config = causal_lm.config
         decoder = causal_lm.model.decoder
+        ready(decoder.embed_tokens)
+        ready(decoder.embed_positions)
         self.precision = precision
         self.device = device
         self.act_dtype = ACT_DTYPE[precision]
@@ -292,6 +306,7 @@ class FastLM:
             return packed
 
         def build(layer) -> _Layer:  # noqa: ANN001
+            ready(layer)
             attn = layer.self_attn
             cross = getattr(layer, "encoder_attn", None)
             packed_layer = _Layer(
@@ -314,10 +329,15 @@ class FastLM:
 
         # Layers are packed in parallel: fbgemm's weight packing runs on one core, and packing is most
         # of an int8 model's load time (torch ops release the GIL).
-        with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+        try:
             self.layers: list[_Layer] = list(pool.map(build, decoder.layers))
+        finally:  # after a failure (a layer that did not pack or read), the layers not begun are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
         self.has_cross_attention = all(layer.cross_q is not None for layer in self.layers)
+        ready(decoder.layer_norm)
         self.final_norm = _Norm.of(decoder.layer_norm, device)
+        ready(causal_lm.lm_heads)
         self.heads_out = fused(*causal_lm.lm_heads)
 
     # -- sizes --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from lib.catalogue import ModelSpec
 from server.models import packcache
 from server.models.heap import map_load_blocks, return_freed_memory
 from server.models.loaded import TextToAudioLM
+from server.models.streamed import Reads
 from server.models.weights import bake_weight_norm, pack_decoder
 
 
@@ -47,11 +49,14 @@ def load_folder(
     form = packcache.form_of(precision)
     with map_load_blocks():
         if form is None:  # float32: the checkpoint is what the engine runs on
-            model = build()
-        else:  # the decoder in the form the engine packs from: from the cache beside the snapshot
-            model = packcache.load(folder, form, lambda: skeleton(cls, folder), build)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        lm = prepare(model, spec, tokenizer, device, precision, source)
+            model, reads = build(), Reads()
+        else:  # the decoder in the form the engine packs from: from the cache beside the snapshot,
+            # its tensors still being read as the decoder is packed (packcache's docstring)
+            model, reads = packcache.load(folder, form, lambda: skeleton(cls, folder), build)
+        with reads:  # a failure below stops the reading thread before the error goes on
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            lm = prepare(model, spec, tokenizer, device, precision, source, ready=reads.wait)
+            reads.finish()  # the whole model is in before it is handed out
     lm.load_time_s = time.perf_counter() - started
     return lm
 
@@ -70,12 +75,21 @@ def skeleton(cls, folder: Path):
     return model
 
 
-def prepare(model, spec: ModelSpec, tokenizer, device: torch.device, precision: str, source: Path) -> TextToAudioLM:
+def prepare(
+    model,
+    spec: ModelSpec,
+    tokenizer,
+    device: torch.device,
+    precision: str,
+    source: Path,
+    ready: Callable[[torch.nn.Module], None] | None = None,
+) -> TextToAudioLM:
     """A float32 MusicGen-class model, on the device with its decoder packed at `precision`
-    (server/models/weights.py), as a TextToAudioLM."""
+    (server/models/weights.py), as a TextToAudioLM. ready(module): returns once the module's weights
+    are in (a load still reading them); None: they all are."""
     model.eval()
     bake_weight_norm(model.audio_encoder)
-    fast = pack_decoder(model, precision, device)
+    fast = pack_decoder(model, precision, device, ready=ready)
     return_freed_memory()  # the released fp32 decoder, or (float32) the q/k/v weights now views of the fused one
     return TextToAudioLM(
         spec=spec, model=model, tokenizer=tokenizer, device=device, precision=precision, source=source, fast=fast

@@ -14,6 +14,14 @@ share it), "bfloat16" or "float16". float32 has no cache: its checkpoint is alre
 - **What a load still does.** fbgemm's packed int8 layout cannot be saved from torch (it serializes
   a packed weight by unpacking it, and the layout depends on the CPU's ISA), so the int8 codes are
   prepacked again at load (server/engine/fastlm.py): measured in docs/benchmarks.md.
+- **Read while the decoder is packed.** Once the header, the metadata and the tensors' names, dtypes
+  and shapes are checked, `load` returns the model with its tensors still being read by a thread
+  (server/models/streamed.py), and the engine packs each decoder layer as soon as it is in: a cold
+  load takes about the longer of the read and the packing, not their sum. The file is laid out in
+  the order a load needs it (`load_order`: the decoder first, layer by layer, each module's
+  parameters and buffers together), so that read is front to back. A file that fails to read from
+  there on (an I/O error, cut short under the reader) fails the load with that said, and is removed,
+  so the next load builds it again.
 - **Versioned.** The file's metadata names FORMAT_VERSION, the engine's QUANT_VERSION, the form,
   and the source: its folder name (the revision), every file's size, mtime and link target (a hub
   blob's name is its content hash). Any difference, and a file that is not whole or whose tensors
@@ -39,11 +47,14 @@ import torch
 
 from server.engine import fastlm
 from server.models import tensorfile
+from server.models.streamed import BackgroundReads, Reads
 
 log = logging.getLogger("audiocraft.engine")
 
-# Bump when what the file holds changes (names, forms, the metadata's meaning).
-FORMAT_VERSION = 1
+# Bump when what the file holds changes (names, forms, the metadata's meaning) or how it is laid out.
+# 2: in load order. A version-1 file (buffers after every parameter) still reads, but a Linear's
+# codes and scales lie apart, so its read goes tensor by tensor (server/models/tensorfile.py).
+FORMAT_VERSION = 2
 _FORMS = {"int8": "int8", "int8-dynamic": "int8", "bfloat16": "bfloat16", "float16": "float16"}
 _DENSE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # Source folders the cache knows how to place: <repo>/<kind>/<name>.
@@ -105,14 +116,28 @@ def quantize_decoder(model, form: str) -> None:
             module.weight = torch.nn.Parameter(weight.to(_DENSE[form]), requires_grad=False)
 
 
-def _named_tensors(model, remove_duplicate: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    yield from model.named_parameters(remove_duplicate=remove_duplicate)
-    yield from model.named_buffers(remove_duplicate=remove_duplicate)  # non-persistent ones too
+def _named_tensors(model) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from model.named_parameters()
+    yield from model.named_buffers()  # non-persistent ones too
 
 
-def load(folder: Path, form: str, skeleton: Callable[[], object], build: Callable[[], object]):
+def load_order(model) -> list[tuple[str, torch.Tensor]]:
+    """The model's tensors in the order a load needs them, the order the file is written in: the
+    decoder's first (the engine packs it while the rest is read), then the text encoder's and the
+    audio codec's; module by module, each one's parameters and then its buffers (a Linear's int8
+    codes and their scales side by side)."""
+    rank = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    tensors = list(_named_tensors(model))  # the names the file has: a tied weight under its first one
+    return sorted(tensors, key=lambda item: (not item[0].startswith("decoder."), rank[item[0].rpartition(".")[0]]))
+
+
+def load(folder: Path, form: str, skeleton: Callable[[], object], build: Callable[[], object]) -> tuple[object, Reads]:
     """The model of `folder` with its decoder in `form`: from the cache when it holds a valid one;
     else `build()` (the float32 load), quantized and written to the cache.
+
+    The model comes with what of it is still being read (server/models/streamed.py): wait for a
+    module before using its weights, finish before handing the model out, and close it (a `with`
+    block) so a failed load ends the reading thread.
 
     skeleton(): the model's structure on the meta device, weight norm already removed (what `build`
     gives, before quantizing)."""
@@ -120,21 +145,21 @@ def load(folder: Path, form: str, skeleton: Callable[[], object], build: Callabl
     if path is None:
         model = build()
         quantize_decoder(model, form)
-        return model
+        return model, Reads()
     expected = expected_metadata(folder, form)
-    model = _read(path, expected, skeleton)
-    if model is not None:
-        return model
+    found = _read(path, expected, skeleton)
+    if found is not None:
+        return found
     with _locked(path) as locked:
         if locked:  # another process may have written it while this one waited
-            model = _read(path, expected, skeleton)
-            if model is not None:
-                return model
+            found = _read(path, expected, skeleton)
+            if found is not None:
+                return found
         model = build()
         quantize_decoder(model, form)
         if locked:
             _write(path, model, expected)
-    return model
+    return model, Reads()
 
 
 @contextlib.contextmanager
@@ -157,8 +182,9 @@ def _locked(path: Path) -> Iterator[bool]:
         os.close(fd)  # releases the lock
 
 
-def _read(path: Path, expected: dict[str, str], skeleton: Callable[[], object]):
-    """The cached model, or None (absent, stale or damaged: the log says which)."""
+def _read(path: Path, expected: dict[str, str], skeleton: Callable[[], object]) -> tuple[object, Reads] | None:
+    """The cached model, its tensors being read (the file is the reading thread's from here), or None
+    (absent, stale, not the model's or damaged: the log says which)."""
     try:
         f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below; reads go straight into tensors
     except FileNotFoundError:
@@ -166,7 +192,8 @@ def _read(path: Path, expected: dict[str, str], skeleton: Callable[[], object]):
     except OSError as exc:
         log.warning("the packed-decoder cache %s cannot be read (%s): building it again", path, exc)
         return None
-    with f:
+    with contextlib.ExitStack() as owns:
+        owns.enter_context(f)
         try:
             entries, metadata, data_start = tensorfile.read_header(f)
             stale = [k for k, v in expected.items() if metadata.get(k) != v]
@@ -181,32 +208,35 @@ def _read(path: Path, expected: dict[str, str], skeleton: Callable[[], object]):
                 differs = sorted(set(found.items()) ^ set(wanted.items()))[:3]
                 log.warning("the packed-decoder cache %s does not fit the model (%s): building it again", path, differs)
                 return None
-            _assign(model, dict(tensorfile.read(f, entries, data_start)))
+            held = os.fstat(f.fileno())
+            order = [name for name, _ in load_order(model)]
+            reads = BackgroundReads(f, entries, data_start, model, order, _on_damage(path, held))
         except (tensorfile.TensorFileError, OSError) as exc:
             log.warning("the packed-decoder cache %s is damaged (%s): building it again", path, exc)
             return None
-    log.info("loaded %s from the packed-decoder cache", path.name)
-    return model.eval()
+        owns.pop_all()  # the reading thread closes the file
+    log.info("loading %s from the packed-decoder cache", path.name)
+    return model.eval(), reads
 
 
-def _assign(model, tensors: dict[str, torch.Tensor]) -> None:
-    """Replace the meta model's parameters and buffers by the loaded tensors; tied names (T5's shared
-    embedding) get the same tensor, as they share one parameter in the skeleton."""
-    done: dict[int, torch.Tensor] = {}
-    for name, meta in list(_named_tensors(model, remove_duplicate=False)):
-        value = tensors.get(name)
-        if value is None:
-            value = done[id(meta)]  # a second name of a tensor already assigned
-        else:
-            if isinstance(meta, torch.nn.Parameter):
-                value = torch.nn.Parameter(value, requires_grad=meta.requires_grad and value.is_floating_point())
-            done[id(meta)] = value
-        owner_name, _, attr = name.rpartition(".")
-        owner = model.get_submodule(owner_name)
-        if attr in owner._parameters:
-            owner._parameters[attr] = value
-        else:
-            owner._buffers[attr] = value
+def _on_damage(path: Path, held: os.stat_result) -> Callable[[Exception], tuple[str, str]]:
+    """What a read that fails after the checks does: log it, remove the file (unless another process
+    has already replaced it), and say so in the load's error (no host paths there: the log has them)."""
+
+    def damaged(exc: Exception) -> tuple[str, str]:
+        log.warning("the packed-decoder cache %s could not be read (%s): removing it", path, exc)
+        with contextlib.suppress(OSError):
+            there = os.stat(path)
+            if (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino):
+                path.unlink()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        message = (
+            f"its packed-decoder cache could not be read ({type(exc).__name__}: {reason}); the file was "
+            "removed, so the next load builds it again from the checkpoint"
+        )
+        return message, "load the model again"
+
+    return damaged
 
 
 def _write(path: Path, model, metadata: dict[str, str]) -> None:
@@ -215,7 +245,7 @@ def _write(path: Path, model, metadata: dict[str, str]) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as out:
-            size = tensorfile.write(out, list(_named_tensors(model)), metadata)
+            size = tensorfile.write(out, load_order(model), metadata)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)

@@ -192,6 +192,9 @@ class ModelRegistry:
                 return loader(spec, snapshot, self.device, precision)
         except (store.ModelNotInstalled, AdapterMismatch):
             raise  # a repo the model needs (AudioGen's T5, a fine-tune's base) is missing or not its own: a 409
+        except ModelLoadFailed as exc:  # a loader that knows what went wrong (a cache that failed to read)
+            log.error("could not load %s from %s: %s", spec.name, snapshot, exc.__cause__ or exc)
+            raise ModelLoadFailed(f"could not load {spec.name}: {exc.message}", hint=exc.hint) from exc
         except Exception as exc:  # safetensors, pickle, config errors...: all mean "these files don't load"
             # The answer names the model, not the files (their paths are the host's): the log has both.
             log.error("could not load %s from %s: %s", spec.name, snapshot, exc)

@@ -12,11 +12,18 @@ not used for two reasons of memory, both measured on multi-GB checkpoints:
   the caller builds from it). `read` copies each tensor into its own storage with plain reads: once
   the caller drops a tensor (the packed decoder drops each layer's int8 codes after packing them),
   its memory is gone, and the page cache is not the process's.
+
+`read` fills the tensors that lie one after another in the file with one `preadv` per run of up to
+32 MB. A read on a thread beside busy Python threads (server/models/streamed.py) gets the GIL back
+after each system call only when the others give it up, up to the 5 ms switch interval: reading
+musicgen-small's cache (1.1 GB, 941 tensors) beside a thread spinning in Python took 5.2-6.8 s with
+a read per tensor and 3.2 s with these runs, against 0.9-1.1 s alone (AMD EPYC Zen 4, 2 cores).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -40,7 +47,8 @@ _NAMES = {
 _DTYPES = {name: dtype for dtype, name in _NAMES.items()}
 # A header larger than this is not one we wrote (safetensors' own limit is 100 MB).
 _MAX_HEADER_BYTES = 100 * 2**20
-_CHUNK_BYTES = 1 << 30  # one read() returns at most ~2 GB on Linux
+_RUN_BYTES = 32 << 20  # one preadv of tensors that follow each other in the file (module docstring)
+_RUN_TENSORS = 512  # below IOV_MAX (1024 on Linux)
 
 
 class TensorFileError(Internal, ValueError):
@@ -145,16 +153,47 @@ def read_header(f: BinaryIO) -> tuple[dict[str, Entry], dict[str, str], int]:
     return entries, {str(k): v for k, v in metadata.items()}, 8 + length
 
 
-def read(f: BinaryIO, entries: dict[str, Entry], data_start: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of `entries` in file order, each in its own new storage."""
-    for name, entry in sorted(entries.items(), key=lambda item: item[1].start):
-        t = torch.empty(entry.shape, dtype=entry.dtype)
-        view = _as_bytes(t)
-        f.seek(data_start + entry.start)
-        filled = 0
-        while filled < len(view):
-            n = f.readinto(view[filled : filled + _CHUNK_BYTES])
-            if not n:
-                raise TensorFileError(f"{name}: the file ends inside it")
-            filled += n
-        yield name, t
+def read(
+    f: BinaryIO, entries: dict[str, Entry], data_start: int, order: Sequence[str] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of `entries`, each in its own new storage: in file order, or in `order` (names of
+    `entries`; a file written in that order is still read front to back)."""
+    names = sorted(entries, key=lambda name: entries[name].start) if order is None else list(order)
+    fd = f.fileno()
+    i = 0
+    while i < len(names):
+        run = _run(names, entries, i)
+        tensors = [torch.empty(entries[n].shape, dtype=entries[n].dtype) for n in run]
+        _fill(fd, data_start + entries[run[0]].start, list(zip(run, map(_as_bytes, tensors), strict=True)))
+        yield from zip(run, tensors, strict=True)
+        i += len(run)
+
+
+def _run(names: Sequence[str], entries: dict[str, Entry], i: int) -> Sequence[str]:
+    """names[i:j]: the longest run from i that lies back to back in the file, within the run limits."""
+    j, size = i + 1, entries[names[i]].end - entries[names[i]].start
+    while j < len(names) and j - i < _RUN_TENSORS:
+        entry = entries[names[j]]
+        if entry.start != entries[names[j - 1]].end or size + entry.end - entry.start > _RUN_BYTES:
+            break
+        size += entry.end - entry.start
+        j += 1
+    return names[i:j]
+
+
+def _fill(fd: int, offset: int, views: list[tuple[str, memoryview]]) -> None:
+    """Read the file from `offset` into the views, in order (a read may stop short: Linux gives at
+    most ~2 GB per call)."""
+    views = [(name, view) for name, view in views if len(view)]
+    while views:
+        n = os.preadv(fd, [view for _, view in views], offset)
+        if not n:
+            raise TensorFileError(f"{views[0][0]}: the file ends inside it")
+        offset += n
+        while n:
+            name, view = views[0]
+            if n < len(view):
+                views[0] = (name, view[n:])
+                break
+            n -= len(view)
+            views.pop(0)

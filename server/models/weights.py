@@ -5,6 +5,8 @@ Both run once per load, on a float32 transformers model, before the engine uses 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from server.engine.fastlm import FastLM
@@ -21,9 +23,13 @@ def bake_weight_norm(module: torch.nn.Module) -> None:
                 parametrize.remove_parametrizations(child, name, leave_parametrized=True)
 
 
-def pack_decoder(model, precision: str, device: torch.device) -> FastLM:
+def pack_decoder(
+    model, precision: str, device: torch.device, ready: Callable[[torch.nn.Module], None] | None = None
+) -> FastLM:
     """Pack a MusicGen-class model's decoder for the engine's step (FastLM) at `precision`, and put
-    the rest of the model on the device.
+    the rest of the model on the device. ready(module): returns once the module's weights are in
+    (they may still be being read, server/models/streamed.py); each module is waited for before it
+    is used, so the decoder's layers are packed as they arrive.
 
     The text encoder, the projections and EnCodec stay float32. At float32 the packed decoder shares
     the transformers weights, and the transformers decoder stays usable (the reference the tests
@@ -31,12 +37,20 @@ def pack_decoder(model, precision: str, device: torch.device) -> FastLM:
     (moved to the meta device) as each layer is packed: the packed copy is the only one kept, so
     memory holds one decoder, not two.
     """
+    ready = ready or _whole
     if precision == "float32":
+        ready(model)
         model.to(device)
         return FastLM(model.decoder, precision, device)
-    fast = FastLM(model.decoder, precision, device, release=True)
+    fast = FastLM(model.decoder, precision, device, release=True, ready=ready)
+    ready(model.decoder)  # none of it still to come once it is released
     model.decoder.to("meta")
     for name, child in model.named_children():
         if name != "decoder":
+            ready(child)
             child.to(device)
     return fast
+
+
+def _whole(_module: torch.nn.Module) -> None:
+    """Every weight is in memory already."""

@@ -2,10 +2,13 @@
 it, the next reads it (and not the float32 checkpoint) with the same tokens; a changed source, a
 damaged or partial file, another format or quantization version are each ignored and rebuilt; two
 loads at once build it once; a models dir that cannot be written loads without it; deleting the
-model deletes it."""
+model deletes it. Reading it overlaps packing the decoder: the result is exact, the packer waits for
+each layer still being read, a read that fails midway fails the load and removes the file, and no
+thread outlives a load."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,13 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from waiting import QUICK_HANG_GUARD_S
 
 from lib.catalogue import get_spec
+from lib.settings import Settings
 from server.engine import fastlm
 from server.engine.decode import DecodeBatch, DecodeRequest
 from server.hub import store
-from server.models import packcache
+from server.models import packcache, streamed, tensorfile
+from server.models.errors import ModelLoadFailed
 from server.models.loaders import LOADERS
+from server.models.registry import LOADING, ModelRegistry
 from server.tiny.write import write_tiny_models
 
 CPU = torch.device("cpu")
@@ -238,3 +245,188 @@ def test_a_read_only_models_dir_loads_without_it(hub, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="audiocraft.engine")
     assert len(tokens(load(hub, "musicgen-small"))) > 0
     assert any("cannot be written" in r.getMessage() for r in caplog.records) and written(caplog) == 0
+
+
+# -- reading while the decoder is packed ----------------------------------------------------------
+
+LAYER_1 = "decoder.model.decoder.layers.1."
+
+
+def layer_1(model):
+    return model.decoder.model.decoder.layers[1]
+
+
+def gated_read(monkeypatch, at: str, before) -> list[str]:
+    """The reading thread calls before() when it reaches the first tensor named `at...`, and goes on
+    when that returns (the seam: tensorfile.read). Returns the names it gave, as it gives them."""
+    real = tensorfile.read
+    given: list[str] = []
+
+    def read(*args, **kwargs):
+        held = False
+        for name, value in real(*args, **kwargs):
+            if name.startswith(at) and not held:
+                held = True
+                before()
+            given.append(name)
+            yield name, value
+
+    monkeypatch.setattr(tensorfile, "read", read)
+    return given
+
+
+def lock_is_free(lock) -> bool:
+    """Whether another thread can take `lock` now (it gives it back at once)."""
+    free: list[bool] = []
+
+    def attempt() -> None:
+        free.append(lock.acquire(blocking=False))
+        if free[0]:
+            lock.release()
+
+    other = threading.Thread(target=attempt)
+    other.start()
+    other.join()
+    return free == [True]
+
+
+def entry_count(path: Path) -> int:
+    with open(path, "rb") as f:
+        return len(tensorfile.read_header(f)[0])
+
+
+def assert_no_new_threads(before: set[threading.Thread]) -> None:
+    assert not [t.name for t in threading.enumerate() if t not in before]
+
+
+def test_a_load_from_the_cache_holds_the_tensors_of_one_that_read_the_checkpoint(hub):
+    """The first load builds the model whole and packs it after (no reading thread); the second packs
+    as the cache is read: the same packed tensors, text encoder, codec and tokens."""
+    first = load(hub, "musicgen-small")
+    before = set(threading.enumerate())
+    second = load(hub, "musicgen-small")
+    assert_no_new_threads(before)
+    for a, b in zip(first.fast.tensors(), second.fast.tensors(), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    for part in ("text_encoder", "audio_encoder"):
+        ours, theirs = getattr(first.model, part).state_dict(), getattr(second.model, part).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not any(p.is_meta for p in second.model.text_encoder.parameters())
+    assert second.model.text_encoder.shared.weight is second.model.text_encoder.encoder.embed_tokens.weight
+    assert tokens(second) == tokens(first)
+
+
+def test_the_cache_is_laid_out_in_load_order(hub):
+    load(hub, "musicgen-small")
+    with open(cache_file(hub, "musicgen-small"), "rb") as f:
+        entries, _, _ = tensorfile.read_header(f)
+    in_file = sorted(entries, key=lambda name: entries[name].start)
+    assert in_file[0].startswith("decoder.") and in_file[-1].startswith(("text_encoder.", "audio_encoder."))
+    fc1 = in_file.index(f"{LAYER_1}fc1.weight")
+    assert in_file[fc1 + 1] == f"{LAYER_1}fc1.weight_scale"  # its scales beside it, not at the end
+
+
+def test_the_packer_waits_for_a_layer_still_being_read(hub, monkeypatch):
+    """The reader is held before layer 1 until the packer asks for it: the packer asked while its
+    weights were not yet in, waited, and packed the same model."""
+    expected = tokens(load(hub, "musicgen-small"))
+    asked = threading.Event()
+    seen_meta: list[bool] = []
+    real_wait = streamed.BackgroundReads.wait
+
+    def wait(self, module):
+        if module is layer_1(self.model):
+            seen_meta.append(any(p.is_meta for p in module.parameters()))
+            asked.set()
+        return real_wait(self, module)
+
+    def close(self):  # a load that failed without asking (it did not wait) lets the reader go on
+        asked.set()
+        real_close(self)
+
+    real_close = streamed.BackgroundReads.close
+    monkeypatch.setattr(streamed.BackgroundReads, "wait", wait)
+    monkeypatch.setattr(streamed.BackgroundReads, "close", close)
+    given = gated_read(monkeypatch, LAYER_1, lambda: asked.wait(QUICK_HANG_GUARD_S) or pytest.fail("never asked"))
+    lm = load(hub, "musicgen-small")
+    assert seen_meta == [True]
+    assert given[0].startswith("decoder.") and len(given) == entry_count(cache_file(hub, "musicgen-small"))
+    assert tokens(lm) == expected
+
+
+def test_a_file_laid_out_in_another_order_is_still_read(hub, caplog):
+    """A cache written before the load order (buffers after every parameter) is valid: the reader
+    seeks to each tensor."""
+    expected = tokens(load(hub, "musicgen-small"))
+    path = cache_file(hub, "musicgen-small")
+    with open(path, "rb") as f:
+        entries, metadata, start = tensorfile.read_header(f)
+        tensors = dict(tensorfile.read(f, entries, start))
+    with open(path, "wb") as f:
+        tensorfile.write(f, reversed(list(tensors.items())), metadata)
+    caplog.set_level(logging.INFO, logger="audiocraft.engine")
+    assert tokens(load(hub, "musicgen-small")) == expected
+    assert written(caplog) == 0
+
+
+def cut_short(path: Path):
+    def damage() -> None:  # the file loses its second half under the reader
+        os.truncate(path, path.stat().st_size // 2)
+
+    return damage
+
+
+def fail_with_eio() -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize("damage", ["eio", "cut short"])
+def test_a_read_that_fails_midway_fails_the_load_and_removes_the_file(hub, caplog, monkeypatch, damage):
+    expected = tokens(load(hub, "musicgen-small"))
+    path = cache_file(hub, "musicgen-small")
+    monkeypatch.setattr(tensorfile, "_RUN_TENSORS", 1)  # a read per tensor: the cut is met by the next one
+    gated_read(monkeypatch, LAYER_1, fail_with_eio if damage == "eio" else cut_short(path))
+    registry = ModelRegistry(Settings(models_dir=hub, device="cpu", dtype="int8-dynamic"))
+    before = set(threading.enumerate())
+    with pytest.raises(ModelLoadFailed) as failed:
+        registry.get("musicgen-small")
+    message = failed.value.message
+    assert message.startswith("could not load musicgen-small: its packed-decoder cache could not be read")
+    assert ("Input/output error" if damage == "eio" else "the file ends inside it") in message
+    assert "was removed, so the next load builds it again" in message and str(hub) not in message
+    assert not path.exists()
+    assert_no_new_threads(before)
+    assert not registry.is_loaded("musicgen-small")
+    assert lock_is_free(LOADING)
+    monkeypatch.undo()
+    caplog.set_level(logging.INFO, logger="audiocraft.engine")
+    assert tokens(registry.get("musicgen-small")) == expected
+    assert written(caplog) == 1 and path.exists()
+
+
+def test_a_load_that_fails_elsewhere_stops_the_read(hub, monkeypatch):
+    """The tokenizer fails to load while the cache is still being read: the reading thread stops
+    (before the rest of the file), the load's own error goes on, and the file is kept."""
+    import transformers
+
+    load(hub, "musicgen-small")
+    path = cache_file(hub, "musicgen-small")
+    closing = threading.Event()
+    real_close = streamed.BackgroundReads.close
+
+    def close(self):
+        closing.set()
+        real_close(self)
+
+    def no_tokenizer(*_a, **_kw):
+        raise OSError("the tokenizer's files are missing")
+
+    monkeypatch.setattr(streamed.BackgroundReads, "close", close)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_tokenizer)
+    given = gated_read(monkeypatch, LAYER_1, lambda: closing.wait(QUICK_HANG_GUARD_S) or pytest.fail("not closed"))
+    before = set(threading.enumerate())
+    with pytest.raises(OSError, match="tokenizer's files are missing"):
+        load(hub, "musicgen-small")
+    assert_no_new_threads(before)
+    assert 0 < len(given) < entry_count(path)  # stopped where it was
+    assert path.exists()
