@@ -102,14 +102,13 @@ def quantize_decoder(model, form: str) -> None:
         if not isinstance(module, torch.nn.Linear) or module.weight.dtype == torch.int8:
             continue
         weight = module.weight.detach()
-        if form == "int8" and weight.is_meta:  # a skeleton: only the dtypes and shapes (quantizing meta
-            # tensors through torch's reference ops took 2.5 s for musicgen-large's 484 weights)
-            codes = torch.empty_like(weight, dtype=torch.int8)
-            scale = torch.empty(weight.shape[0], dtype=torch.float32, device="meta")
-            module.weight = torch.nn.Parameter(codes, requires_grad=False)
-            module.register_buffer("weight_scale", scale)
-        elif form == "int8":
-            codes, scale = fastlm.quantize_int8(weight.float())
+        if form == "int8":
+            if weight.is_meta:  # a skeleton: only the dtypes and shapes (quantizing meta tensors through
+                # torch's reference ops took 2.5 s for musicgen-large's 484 weights)
+                codes = torch.empty_like(weight, dtype=torch.int8)
+                scale = torch.empty(weight.shape[0], dtype=torch.float32, device="meta")
+            else:
+                codes, scale = fastlm.quantize_int8(weight.float())
             module.weight = torch.nn.Parameter(codes, requires_grad=False)
             module.register_buffer("weight_scale", scale)
         else:

@@ -74,7 +74,6 @@ class BackgroundReads(Reads):
         self._closed = False
         self._changed = threading.Condition()
         self._on_damage = on_damage
-        self.started_at = time.perf_counter()
         self.finished_at: float | None = None  # when the last tensor was in place
         self._thread = threading.Thread(
             target=self._run, args=(f, entries, data_start), name="packcache-read", daemon=True

@@ -69,8 +69,11 @@ def _item(job: Job, artifacts: ArtifactStore, registry: ModelRegistry) -> AudioR
         if job.kind == "melody" and getattr(req, "melody_stems", False):
             inputs["melody"] = _melody_stems(registry, audio[0], rate, job.seed)
     if job.kind == "style":
-        style = {"style_excerpt_s": req.excerpt_length, "style_eval_q": req.eval_q, "cfg_coef_beta": req.cfg_coef_beta}
-        inputs |= style
+        inputs |= {
+            "style_excerpt_s": req.excerpt_length,
+            "style_eval_q": req.eval_q,
+            "cfg_coef_beta": req.cfg_coef_beta,
+        }
     return AudioRequest(
         prompt=req.prompt or "",
         duration_s=req.duration,
