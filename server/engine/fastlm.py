@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from server.engine import dense, qdynamic
+from server.engine import dense, native, qdynamic
 from server.models.device import compute_dtype
 
 # Rows per dense matmul call (see the module docstring). fp32: pairs, the shape of transformers' own
@@ -70,6 +70,10 @@ CACHE_DTYPE = {p: torch.bfloat16 for p in KERNELS} | {"float32": torch.float32, 
 # as between a step's layers), and a batched step runs it once per request and layer
 # (docs/benchmarks.md, concurrent requests).
 ATTEND_DTYPE = CACHE_DTYPE | {"int8": torch.float32, "int8-dynamic": torch.float32}
+# Precisions whose decode steps attend in the engine's own kernel (server/engine/native/attention.cpp)
+# where it is built: it reads their fp32 or bf16 caches in place, all requests of a step in one call.
+# float32 keeps torch's kernel, whose bits transformers' own generate gives (token identity).
+NATIVE_ATTENTION = frozenset({"bfloat16", "int8", "int8-dynamic"})
 # Precisions whose step gives the same bits at any torch thread count (integer sums; measured on the
 # real shape at 1 and 2 threads): the decode loop may change its thread count for these only.
 THREAD_INVARIANT = frozenset({"int8", "int8-dynamic"})
@@ -232,6 +236,13 @@ class RequestCache:
     cross_v: torch.Tensor | None
     pos: int = 0  # positions filled so far
 
+    def __post_init__(self) -> None:
+        # Per-layer views, taken once: a step hands the native kernel each layer's caches.
+        self.layer_k, self.layer_v = self.self_k.unbind(0), self.self_v.unbind(0)
+        has_cross = self.cross_k is not None
+        self.layer_cross_k = self.cross_k.unbind(0) if has_cross else ()
+        self.layer_cross_v = self.cross_v.unbind(0) if has_cross else ()
+
     def nbytes(self) -> int:
         tensors = [self.self_k, self.self_v, self.cross_k, self.cross_v]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
@@ -274,6 +285,10 @@ class FastLM:
         # fp32 keeps transformers' exact order of operations (token identity); the others are free to
         # reassociate (a fused embedding sum).
         self.exact = precision == "float32"
+        # The engine's attention kernel, or None for torch's (server/engine/native).
+        self.native = None
+        if device.type == "cpu" and precision in NATIVE_ATTENTION:
+            self.native = native.attention()
 
         tables = [emb.weight.detach() for emb in decoder.embed_tokens]
         self.table_rows = tables[0].shape[0]  # vocab + 1 (the pad/start token)
@@ -421,6 +436,46 @@ class FastLM:
             q, k, v = (t.expand(rows, -1, -1, -1) for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v, scale=self.scaling)[:1]
 
+    def _torch_self_attention(
+        self, qkv: torch.Tensor, caches: list[RequestCache], spans: Spans, li: int, single: RequestCache | None
+    ) -> torch.Tensor:
+        """A step's self-attention with torch's kernel, once per request (its bits depend on the batch
+        size): the new keys and values written into each cache, then attention over its prefix."""
+        hidden, heads, head_dim, attend = self.hidden, self.heads, self.head_dim, self.attend_dtype
+        q, k, v = qkv.split(hidden, dim=-1)
+        q = q.to(attend)  # k and v convert as they are written into the cache
+        att = torch.empty(qkv.shape[0], hidden, device=qkv.device, dtype=attend) if single is None else None
+        for c, (r0, r1) in zip(caches, spans, strict=True):
+            rows, p = c.rows, c.pos
+            kc, vc = c.layer_k[li], c.layer_v[li]
+            kc[:, :, p] = k[r0:r1].view(rows, heads, head_dim)
+            vc[:, :, p] = v[r0:r1].view(rows, heads, head_dim)
+            out = F.scaled_dot_product_attention(
+                q[r0:r1].view(rows, heads, 1, head_dim),
+                kc[:, :, : p + 1].to(attend),
+                vc[:, :, : p + 1].to(attend),
+                scale=self.scaling,
+            )
+            if att is None:
+                att = out.transpose(1, 2).reshape(rows, hidden)
+            else:
+                att[r0:r1] = out.transpose(1, 2).reshape(rows, hidden)
+        return att
+
+    def _torch_cross_attention(
+        self, cq: torch.Tensor, caches: list[RequestCache], li: int, single: RequestCache | None
+    ) -> torch.Tensor:
+        """The conditional rows' cross-attention with torch's kernel, once per request."""
+        hidden, heads, head_dim = self.hidden, self.heads, self.head_dim
+        catt = torch.empty(cq.shape[0], hidden, device=cq.device, dtype=cq.dtype) if single is None else None
+        for i, c in enumerate(caches):
+            out = self._cross_attention(cq[i : i + 1].view(1, heads, 1, head_dim), c, li)
+            if catt is None:
+                catt = out.transpose(1, 2).reshape(1, hidden)
+            else:
+                catt[i : i + 1] = out.transpose(1, 2).reshape(1, hidden)
+        return catt
+
     # -- the step -----------------------------------------------------------------------------
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -516,8 +571,7 @@ class FastLM:
         x = self._embed(tokens)
         pos = torch.cat([self.positions[c.pos : c.pos + 1].expand(c.rows, -1) for c in caches])
         h = x + pos
-        act, attend = self.act_dtype, self.attend_dtype
-        hidden, heads, head_dim = self.hidden, self.heads, self.head_dim
+        act, hidden = self.act_dtype, self.hidden
         spans = []
         start = 0
         for c in caches:
@@ -526,40 +580,31 @@ class FastLM:
         cond_spans = [(i, i + 1) for i in range(len(caches))]
         single = caches[0] if len(caches) == 1 else None  # one request: no gather buffers
 
+        lengths = [c.pos + 1 for c in caches]  # positions each request attends over, this one included
+        text_lengths = [c.cross_k.shape[3] for c in caches] if self.native and self.has_cross_attention else None
+
         for li, layer in enumerate(self.layers):
             # self-attention
             qkv = layer.qkv(layer.norm_self(h).to(act), spans)
-            q, k, v = qkv.split(hidden, dim=-1)
-            q = q.to(attend)  # k and v convert as they are written into the cache
-            att = torch.empty(h.shape[0], hidden, device=h.device, dtype=attend) if single is None else None
-            for c, (r0, r1) in zip(caches, spans, strict=True):
-                rows, p = c.rows, c.pos
-                kc, vc = c.self_k[li], c.self_v[li]
-                kc[:, :, p] = k[r0:r1].view(rows, heads, head_dim)
-                vc[:, :, p] = v[r0:r1].view(rows, heads, head_dim)
-                out = F.scaled_dot_product_attention(
-                    q[r0:r1].view(rows, heads, 1, head_dim),
-                    kc[:, :, : p + 1].to(attend),
-                    vc[:, :, : p + 1].to(attend),
-                    scale=self.scaling,
+            if self.native is not None:  # every request in one call, the new keys written by it
+                q, k, v = qkv.float().split(hidden, dim=-1)
+                att = self.native.attend(
+                    q, [c.layer_k[li] for c in caches], [c.layer_v[li] for c in caches], lengths, self.scaling, k, v
                 )
-                if att is None:
-                    att = out.transpose(1, 2).reshape(rows, hidden)
-                else:
-                    att[r0:r1] = out.transpose(1, 2).reshape(rows, hidden)
+            else:
+                att = self._torch_self_attention(qkv, caches, spans, li, single)
             h = h + layer.out(att.to(act), spans).float()
 
             # cross-attention, conditional rows only (the null rows' is exactly 0)
             if layer.cross_q is not None:
                 cond_h = h[::cond_step] if cond_step else h.index_select(0, cond_rows)
                 cq = layer.cross_q(layer.norm_cross(cond_h).to(act), cond_spans).to(act)
-                catt = torch.empty(cq.shape[0], hidden, device=h.device, dtype=act) if single is None else None
-                for i, c in enumerate(caches):
-                    out = self._cross_attention(cq[i : i + 1].view(1, heads, 1, head_dim), c, li)
-                    if catt is None:
-                        catt = out.transpose(1, 2).reshape(1, hidden)
-                    else:
-                        catt[i : i + 1] = out.transpose(1, 2).reshape(1, hidden)
+                if self.native is not None:
+                    keys = [c.layer_cross_k[li] for c in caches]
+                    values = [c.layer_cross_v[li] for c in caches]
+                    catt = self.native.attend(cq.float(), keys, values, text_lengths, self.scaling).to(act)
+                else:
+                    catt = self._torch_cross_attention(cq, caches, li, single)
                 cross = layer.cross_out(catt, cond_spans).float()
                 if cond_step:
                     h[::cond_step] += cross  # h is this layer's own tensor: in place is safe

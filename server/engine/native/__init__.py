@@ -1,0 +1,172 @@
+"""The engine's C++ kernels (attention.cpp): built once per machine kind, cached on disk, loaded by path.
+
+A build is keyed by the source, torch's and Python's versions and the instruction level it targets,
+so a cache directory can hold the builds for several CPU kinds (a Docker image carries x86-64-v3 and
+v4). The level follows the kernels torch itself runs (`torch.backends.cpu.get_cpu_capability()`,
+which ATEN_CPU_CAPABILITY can lower): AVX-512 -> x86-64-v4, AVX2 -> x86-64-v3, anything else the
+compiler's baseline. Building needs a C++ compiler and takes about 40 s; loading a cached build needs
+neither. Where no build can be had, `attention()` returns None and the engine keeps torch's attention
+(`status()` says why; /health reports it).
+
+AUDIOCRAFT_NATIVE=0 turns the kernels off; AUDIOCRAFT_NATIVE_DIR sets the cache directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("attention.cpp")
+MODULE = "audiocraft_attention"
+# Instruction levels: compiler flags per level. Keys are what `level()` and `--levels` name.
+LEVELS = {
+    "x86-64-v4": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
+    "x86-64-v3": ["-march=x86-64-v3"],
+    "baseline": [],
+}
+# -fopenmp: at::parallel_for is an inline template that runs serially when the extension is built
+# without it. The library then shares torch's libgomp (same soname, already loaded): one thread pool.
+_COMMON_FLAGS = ["-O3", "-std=c++17", "-fopenmp"]
+_lock = threading.Lock()
+_status: dict[str, str] = {}
+
+
+def enabled() -> bool:
+    return os.environ.get("AUDIOCRAFT_NATIVE", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("AUDIOCRAFT_NATIVE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "audiocraft" / "native"
+
+
+def level() -> str:
+    """The instruction level this process's kernels should use (see the module docstring)."""
+    if platform.machine().lower() not in {"x86_64", "amd64"}:
+        return "baseline"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return {"AVX512": "x86-64-v4", "AVX2": "x86-64-v3"}.get(capability, "baseline")
+
+
+def build_path(level_name: str, directory: Path | None = None) -> Path:
+    """The directory that holds the build for `level_name` (one library, named as its module)."""
+    flags = _COMMON_FLAGS + LEVELS[level_name]
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), " ".join(flags).encode()):
+        key.update(part)
+        key.update(b"\0")
+    return (directory or cache_dir()) / f"{level_name}-{key.hexdigest()[:16]}"
+
+
+def _library(build_dir: Path) -> Path | None:
+    found = sorted(build_dir.glob(f"{MODULE}*.so"))
+    return found[0] if found else None
+
+
+def build(level_name: str, directory: Path | None = None) -> Path:
+    """Compile attention.cpp for `level_name` into the cache, unless it is there already, and return
+    the library's path. The build happens in a temporary directory that is renamed into place whole,
+    so a reader never sees half a library (and of two concurrent builds, the first rename wins)."""
+    target = build_path(level_name, directory)
+    if (found := _library(target)) is not None:
+        return found
+    from torch.utils import cpp_extension  # slow to import; only a build needs it
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    try:
+        # torch names a rebuild in the same process with other flags `<name>_v1`: the file name,
+        # found below, is the module's name either way.
+        cpp_extension.load(
+            name=f"{MODULE}_{level_name.replace('-', '_')}",
+            sources=[str(SOURCE)],
+            extra_cflags=_COMMON_FLAGS + LEVELS[level_name],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(work),
+            is_python_module=False,  # build only: the caller imports it by path
+            verbose=False,
+        )
+        built = _library(work)
+        if built is None:
+            raise RuntimeError(f"the build left no library in {work}")
+        for other in work.iterdir():  # objects and build files: only the library is kept
+            if other != built:
+                shutil.rmtree(other) if other.is_dir() else other.unlink()
+        try:
+            os.rename(work, target)
+        except OSError:
+            if _library(target) is None:  # not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _library(target)
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def attention() -> ModuleType | None:
+    """The attention kernels for this CPU, built on first use; None where they cannot be had."""
+    if not enabled():
+        _set_status(attention="torch", reason="AUDIOCRAFT_NATIVE=0")
+        return None
+    name = level()
+    with _lock:
+        try:
+            path = _library(build_path(name))
+            if path is None:
+                log.info("building the engine's attention kernel for %s (once per machine kind)", name)
+                path = build(name)
+            module = _load(path)
+        except Exception as exc:  # noqa: BLE001 - no compiler, a failed build: torch's attention remains
+            log.warning("the engine's attention kernel is unavailable, using torch's: %s", exc)
+            _set_status(attention="torch", reason=f"build or load failed: {str(exc).splitlines()[0][:200]}")
+            return None
+    _set_status(attention="native", level=name, path=str(path))
+    return module
+
+
+def _set_status(**fields: str) -> None:
+    _status.clear()
+    _status.update(fields)
+
+
+def status() -> dict[str, str]:
+    """What the engine attends with: {"attention": "native" | "torch", "level" | "reason": ...}.
+    Empty until a model that could use the kernel has been loaded."""
+    return dict(_status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prebuild the kernels: `python -m server.engine.native [--dir D] [--levels L ...]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=None, help="cache directory (default: AUDIOCRAFT_NATIVE_DIR)")
+    parser.add_argument("--levels", nargs="+", choices=sorted(LEVELS), default=[level()])
+    args = parser.parse_args(argv)
+    for name in args.levels:
+        print(build(name, args.dir))
+    return 0

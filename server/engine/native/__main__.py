@@ -1,0 +1,3 @@
+from server.engine.native import main
+
+raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The engine's attention kernel (server/engine/native): against torch's attention, bit-for-bit batch
+and thread independence, its input checks, its build cache, and the decode step that uses it."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib.settings import Settings
+from server.engine import native
+from server.engine.decode import encode_text
+from server.models.registry import ModelRegistry
+
+SCALE = 0.125
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    module = native.attention()
+    if module is None:
+        if shutil.which("c++") or shutil.which("g++"):  # a compiler is here: the build must work
+            pytest.fail(f"the kernel did not build: {native.status()}")
+        pytest.skip(f"no C++ compiler: {native.status()}")
+    return module
+
+
+def _requests(rows: list[int], heads: int, dim: int, positions: int, dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    caches = [(torch.randn(r, heads, positions, dim, generator=gen).to(dtype),) for r in rows]
+    return [(c[0], torch.randn(c[0].shape, generator=gen).to(dtype)) for c in caches]
+
+
+def _torch_attend(q, keys, values, lengths, k_new=None, v_new=None):
+    """What the engine's torch path computes: write the new keys, then SDPA over an fp32 prefix."""
+    heads, dim = keys[0].shape[1], keys[0].shape[3]
+    out, row = [], 0
+    for k, v, length in zip(keys, values, lengths, strict=True):
+        rows = k.shape[0]
+        if k_new is not None:
+            k[:, :, length - 1] = k_new[row : row + rows].view(rows, heads, dim)
+            v[:, :, length - 1] = v_new[row : row + rows].view(rows, heads, dim)
+        o = F.scaled_dot_product_attention(
+            q[row : row + rows].view(rows, heads, 1, dim),
+            k[:, :, :length].float(),
+            v[:, :, :length].float(),
+            scale=SCALE,
+        )
+        out.append(o.transpose(1, 2).reshape(rows, heads * dim))
+        row += rows
+    return torch.cat(out)
+
+
+def _step_inputs(rows: int, heads: int, dim: int, seed: int = 1):
+    """q, k_new, v_new as the step passes them: column slices of one fused [rows, 3 * width] qkv."""
+    width = heads * dim
+    qkv = torch.randn(rows, 3 * width, generator=torch.Generator().manual_seed(seed))
+    return qkv[:, :width], qkv[:, width : 2 * width], qkv[:, 2 * width :]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [64, 8, 24])  # the real head_dim, the tiny models', and one with a tail
+def test_matches_torch_attention_and_writes_the_same_cache(kernel, dtype, dim):
+    heads, rows = 4, [2, 1, 2]
+    lengths = [37, 1, 130]
+    ours = _requests(rows, heads, dim, 160, dtype)
+    theirs = [(k.clone(), v.clone()) for k, v in ours]
+    q, k_new, v_new = _step_inputs(sum(rows), heads, dim)
+
+    got = kernel.attend(q, [k for k, _ in ours], [v for _, v in ours], lengths, SCALE, k_new, v_new)
+    want = _torch_attend(q, [k for k, _ in theirs], [v for _, v in theirs], lengths, k_new, v_new)
+
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for (k, v), (k_ref, v_ref) in zip(ours, theirs, strict=True):  # rounded as torch's .to() rounds
+        assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_request_gets_the_same_bits_alone_batched_and_at_any_thread_count(kernel, dtype):
+    heads, dim, rows = 8, 64, [2, 2, 1, 2]
+    lengths = [200, 3, 77, 150]
+    base = _requests(rows, heads, dim, 256, dtype, seed=4)
+    q, k_new, v_new = _step_inputs(sum(rows), heads, dim, seed=5)
+
+    def run(pick: list[int], threads: int) -> torch.Tensor:
+        first = [sum(rows[:i]) for i in range(len(rows))]
+        sel = torch.cat([torch.arange(first[i], first[i] + rows[i]) for i in pick])
+        caches = [(base[i][0].clone(), base[i][1].clone()) for i in pick]
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return kernel.attend(
+                q[sel],
+                [k for k, _ in caches],
+                [v for _, v in caches],
+                [lengths[i] for i in pick],
+                SCALE,
+                k_new[sel],
+                v_new[sel],
+            )
+        finally:
+            torch.set_num_threads(before)
+
+    batched = run([0, 1, 2, 3], threads=2)
+    assert torch.equal(run([0, 1, 2, 3], threads=1), batched)
+    assert torch.equal(run([3], threads=2), batched[5:7])
+    assert torch.equal(run([2, 0], threads=1), torch.cat([batched[4:5], batched[0:2]]))
+
+
+def test_without_new_keys_it_reads_only(kernel):
+    """The cross-attention form: text keys and values, nothing written."""
+    keys, values = zip(*_requests([1, 1], 4, 16, 9, torch.float32, seed=7), strict=True)
+    snapshot = [t.clone() for t in keys + values]
+    q = torch.randn(2, 64)
+    got = kernel.attend(q, list(keys), list(values), [9, 5], SCALE)
+    torch.testing.assert_close(got, _torch_attend(q, keys, values, [9, 5]), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(keys + values, snapshot, strict=True))
+
+
+def test_bad_inputs_are_refused_with_what_is_wrong(kernel):
+    ((k, v),) = _requests([2], 4, 16, 10, torch.float32)
+    q = torch.randn(2, 64)
+    with pytest.raises(RuntimeError, match="length 11 outside 1..10"):
+        kernel.attend(q, [k], [v], [11], SCALE)
+    with pytest.raises(RuntimeError, match="length 0 outside"):
+        kernel.attend(q, [k], [v], [0], SCALE)
+    with pytest.raises(RuntimeError, match=r"q must be \[2, 64\]"):
+        kernel.attend(torch.randn(3, 64), [k], [v], [4], SCALE)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        kernel.attend(q, [k.half()], [v.half()], [4], SCALE)
+    with pytest.raises(RuntimeError, match="come together"):
+        kernel.attend(q, [k], [v], [4], SCALE, torch.randn(2, 64))
+
+
+def test_builds_are_keyed_by_level_and_reused(kernel, tmp_path, monkeypatch):
+    here = native.level()
+    assert native.status()["attention"] == "native" and native.status()["level"] == here
+    paths = {name: native.build_path(name) for name in native.LEVELS}
+    assert len(set(paths.values())) == len(paths)  # one build per level, side by side
+    # A build that is present is loaded as it is: no compiler is asked.
+    from torch.utils import cpp_extension
+
+    def no_compiler(**_kwargs):
+        raise AssertionError("rebuilt a cached build")
+
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    assert native.build(here) == native._library(paths[here])
+    # A failed build leaves nothing behind in the cache directory.
+    with pytest.raises(AssertionError):
+        native.build(here, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_turned_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv("AUDIOCRAFT_NATIVE", "0")
+    native.attention.cache_clear()
+    try:
+        assert native.attention() is None
+        assert native.status() == {"attention": "torch", "reason": "AUDIOCRAFT_NATIVE=0"}
+    finally:
+        monkeypatch.delenv("AUDIOCRAFT_NATIVE")
+        native.attention.cache_clear()
+        native.attention()
+
+
+@pytest.mark.parametrize("precision", ["int8-dynamic", "bfloat16"])
+def test_the_decode_step_attends_natively_and_agrees_with_torch(kernel, tiny_hub, precision):
+    """The same steps with the kernel and with torch's attention (two requests, one guided, one not)."""
+    lm = ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype=precision)).get("musicgen-small")
+    fast = lm.fast_lm()
+    assert fast.native is kernel
+    k_books = lm.num_codebooks
+    with torch.inference_mode():
+        guided = encode_text(lm, "warm analog synth", with_null=True)
+        plain = encode_text(lm, "rain", with_null=False)
+        runs = []
+        for use in (kernel, None):
+            caches = [fast.new_cache(2, 10, guided), fast.new_cache(1, 10, plain)]
+            tokens = torch.full((3, k_books), lm.start_token_id)
+            fast.native = use
+            try:
+                steps = [fast.step(tokens, caches, torch.tensor([0, 2])) for _ in range(6)]
+            finally:
+                fast.native = kernel
+            runs.append(torch.stack(steps))
+    tolerance = 1e-4 if precision == "int8-dynamic" else 5e-2  # bf16 caches: torch attends in bf16
+    torch.testing.assert_close(runs[0], runs[1], rtol=tolerance, atol=tolerance)
