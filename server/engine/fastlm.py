@@ -70,7 +70,7 @@ CACHE_DTYPE = {p: torch.bfloat16 for p in KERNELS} | {"float32": torch.float32, 
 # as between a step's layers), and a batched step runs it once per request and layer
 # (docs/benchmarks.md, concurrent requests).
 ATTEND_DTYPE = CACHE_DTYPE | {"int8": torch.float32, "int8-dynamic": torch.float32}
-# Precisions whose decode steps attend in the engine's own kernel (server/engine/native/attention.cpp)
+# Precisions whose decode steps attend in the engine's own kernel (server/engine/native/kernels.cpp)
 # where it is built: it reads their fp32 or bf16 caches in place, all requests of a step in one call.
 # float32 keeps torch's kernel, whose bits transformers' own generate gives (token identity).
 NATIVE_ATTENTION = frozenset({"bfloat16", "int8", "int8-dynamic"})
@@ -117,6 +117,7 @@ class PackedLinear:
         self.packed = None
         self.weight_sums = None
         self.dense = None
+        self.native = None  # the engine's kernels (server/engine/native), for qdynamic's arithmetic
         if self.kind == "dense":
             # No copy when the dtype and device already match (fp32 shares the transformers weights).
             self.weight = weight.to(device=device, dtype=cdt).contiguous()
@@ -138,6 +139,7 @@ class PackedLinear:
             # musicgen-large fc1 (8192 x 2048) against 3.8 ms, a third of a load's packing time.
             self.weight_sums = torch.from_numpy(self.weight.numpy().sum(axis=1, dtype=np.int32)).float()
             self.weight = torch.empty(0, dtype=torch.int8)  # the packed copy is the one used
+            self.native = native.kernels() if device.type == "cpu" else None
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.weight, self.scales, self.bias, self.weight_sums) if t is not None]
@@ -167,7 +169,7 @@ class PackedLinear:
         elif kind == "int8pack":
             out = torch._weight_int8pack_mm(x.contiguous(), self.weight, self.scales)
         else:  # qdynamic: fp32 in, fp32 out
-            out = qdynamic.linear(x.float(), spans, self.packed, self.weight_sums).mul_(self.scales)
+            out = qdynamic.linear(x.float(), spans, self.packed, self.weight_sums, self.scales, self.native)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
@@ -286,9 +288,7 @@ class FastLM:
         # reassociate (a fused embedding sum).
         self.exact = precision == "float32"
         # The engine's attention kernel, or None for torch's (server/engine/native).
-        self.native = None
-        if device.type == "cpu" and precision in NATIVE_ATTENTION:
-            self.native = native.attention()
+        self.native = native.kernels() if device.type == "cpu" and precision in NATIVE_ATTENTION else None
 
         tables = [emb.weight.detach() for emb in decoder.embed_tokens]
         self.table_rows = tables[0].shape[0]  # vocab + 1 (the pad/start token)
@@ -354,6 +354,58 @@ class FastLM:
         self.final_norm = _Norm.of(decoder.layer_norm, device)
         ready(causal_lm.lm_heads)
         self.heads_out = fused(*causal_lm.lm_heads)
+        self.decoder = self._native_decoder()
+
+    def _native_decoder(self):  # noqa: ANN202 - native/kernels.cpp's Decoder, or None
+        """The whole int8-dynamic step in one native call, where the kernels are built and every op of
+        the step is one it has (the layers' activation must be torch's exact gelu)."""
+        kernels = self.native
+        if kernels is None or self.precision != "int8-dynamic":
+            return None
+        probe = torch.linspace(-6, 6, 97)
+        if any(not torch.equal(layer.activation(probe), F.gelu(probe)) for layer in self.layers):
+            return None
+
+        def lin(p: PackedLinear):  # noqa: ANN202
+            return kernels.Linear(p.packed, p.weight_sums, p.scales, p.bias)
+
+        def norm(n: _Norm | None):  # noqa: ANN202
+            return None if n is None else kernels.Norm(n.weight, n.bias, n.eps)
+
+        decoder = kernels.Decoder(self.hidden, self.heads, self.scaling, qdynamic.activation_levels())
+        for layer in self.layers:
+            cross = layer.cross_q is not None
+            decoder.add_layer(
+                kernels.Layer(
+                    norm(layer.norm_self),
+                    lin(layer.qkv),
+                    lin(layer.out),
+                    norm(layer.norm_cross),
+                    lin(layer.cross_q) if cross else None,
+                    lin(layer.cross_out) if cross else None,
+                    norm(layer.norm_ffn),
+                    lin(layer.fc1),
+                    lin(layer.fc2),
+                )
+            )
+        decoder.set_head(norm(self.final_norm), lin(self.heads_out))
+        return decoder
+
+    def use_native(self, on: bool, whole_step: bool = True) -> None:
+        """Run on the engine's kernels (where built) or on torch's ops alone; whole_step=False keeps
+        the Python step over the kernels. For tests and benchmarks that compare them in one process."""
+        kernels = native.kernels() if on else None
+        self.native = kernels if self.device.type == "cpu" and self.precision in NATIVE_ATTENTION else None
+        for part in self._linears():
+            if part.kind == "qdynamic":
+                part.native = kernels if self.device.type == "cpu" else None
+        self.decoder = self._native_decoder() if whole_step else None
+
+    def _linears(self) -> list[PackedLinear]:
+        parts = [self.heads_out]
+        for layer in self.layers:
+            parts += [p for p in vars(layer).values() if isinstance(p, PackedLinear)]
+        return parts
 
     # -- sizes --------------------------------------------------------------------------------
 
@@ -376,10 +428,7 @@ class FastLM:
 
     def packed_bytes(self) -> int:
         """Weights held outside torch tensors (the quantized engine's packed copies)."""
-        parts = [self.heads_out]
-        for layer in self.layers:
-            parts += [p for p in vars(layer).values() if isinstance(p, PackedLinear)]
-        return sum(p.packed_bytes() for p in parts)
+        return sum(p.packed_bytes() for p in self._linears())
 
     def cache_bytes(self, rows: int, steps: int) -> int:
         return 2 * len(self.layers) * rows * steps * self.hidden * torch.finfo(self.cache_dtype).bits // 8
@@ -435,6 +484,25 @@ class FastLM:
         if rows > 1:
             q, k, v = (t.expand(rows, -1, -1, -1) for t in (q, k, v))
         return F.scaled_dot_product_attention(q, k, v, scale=self.scaling)[:1]
+
+    def _native_step(
+        self, h: torch.Tensor, caches: list[RequestCache], cond_rows: torch.Tensor, cond_step: int | None
+    ) -> torch.Tensor:
+        cross = self.has_cross_attention
+        rows = h.shape[0]
+        logits = self.decoder.step(
+            h,
+            [c.self_k for c in caches],
+            [c.self_v for c in caches],
+            [c.pos + 1 for c in caches],
+            [c.cross_k for c in caches] if cross else [],
+            [c.cross_v for c in caches] if cross else [],
+            [c.cross_k.shape[3] for c in caches] if cross else [],
+            list(range(0, rows, cond_step)) if cond_step else cond_rows.tolist(),
+        )
+        for c in caches:
+            c.pos += 1
+        return logits.view(rows, self.num_codebooks, self.vocab_size)
 
     def _torch_self_attention(
         self, qkv: torch.Tensor, caches: list[RequestCache], spans: Spans, li: int, single: RequestCache | None
@@ -571,6 +639,8 @@ class FastLM:
         x = self._embed(tokens)
         pos = torch.cat([self.positions[c.pos : c.pos + 1].expand(c.rows, -1) for c in caches])
         h = x + pos
+        if self.decoder is not None:  # the same step in one native call (server/engine/native/kernels.cpp)
+            return self._native_step(h, caches, cond_rows, cond_step)
         act, hidden = self.act_dtype, self.hidden
         spans = []
         start = 0

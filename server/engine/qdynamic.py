@@ -48,23 +48,36 @@ def activation_levels() -> int:
     return 255 if out[0, 0].item() == in_features * 255 * 127 else 127
 
 
-def linear(x: torch.Tensor, spans: Spans | None, packed, code_sums: torch.Tensor) -> torch.Tensor:
-    """x @ codes.T for int8 weight codes (unit scale), with x quantized per request: its own scale and
-    zero point from its own rows' min and max (with 0 in the range), as dynamic quantization picks them
-    for a request alone. The weights are read once per call, whatever the number of requests.
+def linear(
+    x: torch.Tensor,
+    spans: Spans | None,
+    packed,
+    code_sums: torch.Tensor,
+    channel_scale: torch.Tensor,
+    kernels=None,  # noqa: ANN001 - server/engine/native's module, or None for torch's ops
+) -> torch.Tensor:
+    """x @ W.T for int8 weight codes W (channel_scale per output row), with x quantized per request:
+    its own scale and zero point from its own rows' min and max (with 0 in the range), as dynamic
+    quantization picks them for a request alone. The weights are read once per call, whatever the
+    number of requests.
 
     One request: the kernel quantizes x itself, to round(x / s + z), and returns float(sum) * s.
     Several: the kernel takes one (scale, zero point) per call, so each request's codes are computed
     here with the kernel's own formula and passed as exact integers at scale 1 and zero point Z; the
     extra (z_r - Z) * sum(codes) is taken off and the sum scaled by s_r. The integer sums are exact in
     fp32 (they stay far below 2^24 for these weights), so a request gets the same bits alone or batched.
+    `kernels` does that arithmetic in two calls (native/kernels.cpp), with the same bits.
     """
     levels = activation_levels()
     if spans is None or len(spans) == 1:
         lo, hi = torch.aminmax(x)
         scale, zero_point = _qparams(lo.item(), hi.item(), levels)
-        return _FIXED_QLINEAR(x, scale, zero_point, packed)
+        return _FIXED_QLINEAR(x, scale, zero_point, packed).mul_(channel_scale)
     shared_zero = (levels + 1) // 2  # the fixed zero point of a call that carries several requests
+    if kernels is not None:
+        codes, scale_t, shift_t = kernels.quantize_spans(x.contiguous(), [b for _, b in spans], levels, shared_zero)
+        out = _FIXED_QLINEAR(codes, 1.0, shared_zero, packed)
+        return kernels.dequantize_rows(out, shift_t, code_sums, scale_t, channel_scale)
     # amin and amax, not aminmax(dim=1): torch's row-wise aminmax is ~16x slower on [20 x 4096]
     # (195 us against 12 us on one core), and it ran on every matmul of a batched step.
     bounds = torch.stack((x.amin(dim=1), x.amax(dim=1)), dim=1).tolist()  # [rows][lo, hi]
@@ -80,7 +93,7 @@ def linear(x: torch.Tensor, spans: Spans | None, packed, code_sums: torch.Tensor
     # 2 x 128 x 127 still fits in int16).
     codes = torch.round_(x / scale_t + (shift_t + shared_zero)).clamp_(0, 255).sub_(shared_zero)
     out = _FIXED_QLINEAR(codes, 1.0, shared_zero, packed)
-    return torch.addcmul(out, shift_t, code_sums, value=-1).mul_(scale_t)
+    return torch.addcmul(out, shift_t, code_sums, value=-1).mul_(scale_t).mul_(channel_scale)
 
 
 def _qparams(lo: float, hi: float, levels: int) -> tuple[float, int]:

@@ -178,9 +178,7 @@ class LongForm:
                 field="eval_q", hint=f"use eval_q 1 to {settings.n_q_out}",
             )  # fmt: skip
         excerpt_s = item.style_excerpt_s or settings.excerpt_s
-        return condition(
-            self.lm.style, self.lm.model.audio_enc_to_dec_proj, item.style, excerpt_s, eval_q, item.seed
-        )
+        return condition(self.lm.style, self.lm.model.audio_enc_to_dec_proj, item.style, excerpt_s, eval_q, item.seed)
 
     def _prompt_codes(self, audio: np.ndarray | None) -> torch.Tensor | None:
         if audio is None:

@@ -19,7 +19,7 @@ SCALE = 0.125
 
 @pytest.fixture(scope="module")
 def kernel():
-    module = native.attention()
+    module = native.kernels()
     if module is None:
         if shutil.which("c++") or shutil.which("g++"):  # a compiler is here: the build must work
             pytest.fail(f"the kernel did not build: {native.status()}")
@@ -137,7 +137,7 @@ def test_bad_inputs_are_refused_with_what_is_wrong(kernel):
 
 def test_builds_are_keyed_by_level_and_reused(kernel, tmp_path, monkeypatch):
     here = native.level()
-    assert native.status()["attention"] == "native" and native.status()["level"] == here
+    assert native.status()["kernels"] == "native" and native.status()["level"] == here
     paths = {name: native.build_path(name) for name in native.LEVELS}
     assert len(set(paths.values())) == len(paths)  # one build per level, side by side
     # A build that is present is loaded as it is: no compiler is asked.
@@ -156,35 +156,67 @@ def test_builds_are_keyed_by_level_and_reused(kernel, tmp_path, monkeypatch):
 
 def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("AUDIOCRAFT_NATIVE", "0")
-    native.attention.cache_clear()
+    native.kernels.cache_clear()
     try:
-        assert native.attention() is None
-        assert native.status() == {"attention": "torch", "reason": "AUDIOCRAFT_NATIVE=0"}
+        assert native.kernels() is None
+        assert native.status() == {"kernels": "torch", "reason": "AUDIOCRAFT_NATIVE=0"}
     finally:
         monkeypatch.delenv("AUDIOCRAFT_NATIVE")
-        native.attention.cache_clear()
-        native.attention()
+        native.kernels.cache_clear()
+        native.kernels()
 
 
 @pytest.mark.parametrize("precision", ["int8-dynamic", "bfloat16"])
-def test_the_decode_step_attends_natively_and_agrees_with_torch(kernel, tiny_hub, precision):
-    """The same steps with the kernel and with torch's attention (two requests, one guided, one not)."""
+@pytest.mark.parametrize("guided", ["all", "mixed"])
+def test_the_decode_step_runs_natively_and_agrees_with_torch(kernel, tiny_hub, precision, guided):
+    """The same steps three ways: the whole step in one native call (int8-dynamic), the Python step
+    over the kernels, and torch's ops alone. The first two give the same bits; torch is close."""
     lm = ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype=precision)).get("musicgen-small")
     fast = lm.fast_lm()
     assert fast.native is kernel
+    assert (fast.decoder is not None) == (precision == "int8-dynamic")
     k_books = lm.num_codebooks
     with torch.inference_mode():
-        guided = encode_text(lm, "warm analog synth", with_null=True)
-        plain = encode_text(lm, "rain", with_null=False)
-        runs = []
-        for use in (kernel, None):
-            caches = [fast.new_cache(2, 10, guided), fast.new_cache(1, 10, plain)]
-            tokens = torch.full((3, k_books), lm.start_token_id)
-            fast.native = use
+        first = encode_text(lm, "warm analog synth", with_null=True)
+        second = encode_text(lm, "rain on a tin roof", with_null=guided == "all")
+        rows = 4 if guided == "all" else 3
+        cond_rows, cond_step = (torch.tensor([0, 2]), 2) if guided == "all" else (torch.tensor([0, 2]), None)
+        runs = {}
+        for name, on, whole in (("whole", True, True), ("python", True, False), ("torch", False, False)):
+            caches = [fast.new_cache(2, 10, first), fast.new_cache(rows - 2, 10, second)]
+            gen = torch.Generator().manual_seed(0)
+            fast.use_native(on, whole_step=whole)
             try:
-                steps = [fast.step(tokens, caches, torch.tensor([0, 2])) for _ in range(6)]
+                steps = []
+                for _ in range(7):
+                    tokens = torch.randint(0, lm.start_token_id + 1, (rows, k_books), generator=gen)
+                    steps.append(fast.step(tokens, caches, cond_rows, cond_step))
             finally:
-                fast.native = kernel
-            runs.append(torch.stack(steps))
+                fast.use_native(True)
+            runs[name] = torch.stack(steps)
+    assert torch.equal(runs["whole"], runs["python"])
     tolerance = 1e-4 if precision == "int8-dynamic" else 5e-2  # bf16 caches: torch attends in bf16
-    torch.testing.assert_close(runs[0], runs[1], rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(runs["python"], runs["torch"], rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("levels", [255, 127])  # VNNI's full range, and AVX2's 7 bits
+def test_batched_int8_arithmetic_gives_torch_ops_bits(kernel, levels, monkeypatch):
+    """qdynamic.linear over several requests: the two native calls against the torch ops, bit for bit."""
+    from server.engine import qdynamic
+    from server.engine.fastlm import quantize_int8
+
+    monkeypatch.setattr(qdynamic, "activation_levels", lambda: levels)
+    gen = torch.Generator().manual_seed(3)
+    codes, channel_scale = quantize_int8(torch.randn(96, 256, generator=gen) * 0.05)
+    packed = qdynamic.prepack(codes)
+    sums = torch.from_numpy(codes.numpy().sum(axis=1, dtype="int32")).float()
+    # Requests of one and two rows, one all positive (its range is pinned at 0), one with an outlier.
+    x = torch.randn(7, 256, generator=gen)
+    x[2:4] = x[2:4].abs()
+    x[6, 5] = 40.0
+    spans = [(0, 2), (2, 4), (4, 5), (5, 7)]
+    want = qdynamic.linear(x, spans, packed, sums, channel_scale, kernels=None)
+    got = qdynamic.linear(x, spans, packed, sums, channel_scale, kernels=kernel)
+    assert torch.equal(got, want)
+    for a, b in spans:  # and each request alone, through fbgemm's own quantization
+        assert torch.equal(qdynamic.linear(x[a:b], None, packed, sums, channel_scale), got[a:b])

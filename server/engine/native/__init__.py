@@ -1,12 +1,12 @@
-"""The engine's C++ kernels (attention.cpp): built once per machine kind, cached on disk, loaded by path.
+"""The engine's C++ kernels (kernels.cpp): built once per machine kind, cached on disk, loaded by path.
 
 A build is keyed by the source, torch's and Python's versions and the instruction level it targets,
 so a cache directory can hold the builds for several CPU kinds (a Docker image carries x86-64-v3 and
 v4). The level follows the kernels torch itself runs (`torch.backends.cpu.get_cpu_capability()`,
 which ATEN_CPU_CAPABILITY can lower): AVX-512 -> x86-64-v4, AVX2 -> x86-64-v3, anything else the
 compiler's baseline. Building needs a C++ compiler and takes about 40 s; loading a cached build needs
-neither. Where no build can be had, `attention()` returns None and the engine keeps torch's attention
-(`status()` says why; /health reports it).
+neither. Where no build can be had, `kernels()` returns None and the engine keeps torch's ops (its
+attention and its quantization arithmetic; `status()` says why, /health reports it).
 
 AUDIOCRAFT_NATIVE=0 turns the kernels off; AUDIOCRAFT_NATIVE_DIR sets the cache directory.
 """
@@ -30,8 +30,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("attention.cpp")
-MODULE = "audiocraft_attention"
+SOURCE = Path(__file__).with_name("kernels.cpp")
+MODULE = "audiocraft_kernels"
 # Instruction levels: compiler flags per level. Keys are what `level()` and `--levels` name.
 LEVELS = {
     "x86-64-v4": ["-march=x86-64-v4", "-mprefer-vector-width=512"],
@@ -81,7 +81,7 @@ def _library(build_dir: Path) -> Path | None:
 
 
 def build(level_name: str, directory: Path | None = None) -> Path:
-    """Compile attention.cpp for `level_name` into the cache, unless it is there already, and return
+    """Compile kernels.cpp for `level_name` into the cache, unless it is there already, and return
     the library's path. The build happens in a temporary directory that is renamed into place whole,
     so a reader never sees half a library (and of two concurrent builds, the first rename wins)."""
     target = build_path(level_name, directory)
@@ -127,24 +127,24 @@ def _load(path: Path) -> ModuleType:
 
 
 @functools.cache
-def attention() -> ModuleType | None:
-    """The attention kernels for this CPU, built on first use; None where they cannot be had."""
+def kernels() -> ModuleType | None:
+    """The engine's kernels for this CPU, built on first use; None where they cannot be had."""
     if not enabled():
-        _set_status(attention="torch", reason="AUDIOCRAFT_NATIVE=0")
+        _set_status(kernels="torch", reason="AUDIOCRAFT_NATIVE=0")
         return None
     name = level()
     with _lock:
         try:
             path = _library(build_path(name))
             if path is None:
-                log.info("building the engine's attention kernel for %s (once per machine kind)", name)
+                log.info("building the engine's kernels for %s (once per machine kind)", name)
                 path = build(name)
             module = _load(path)
         except Exception as exc:  # noqa: BLE001 - no compiler, a failed build: torch's attention remains
-            log.warning("the engine's attention kernel is unavailable, using torch's: %s", exc)
-            _set_status(attention="torch", reason=f"build or load failed: {str(exc).splitlines()[0][:200]}")
+            log.warning("the engine's kernels are unavailable, using torch's ops: %s", exc)
+            _set_status(kernels="torch", reason=f"build or load failed: {str(exc).splitlines()[0][:200]}")
             return None
-    _set_status(attention="native", level=name, path=str(path))
+    _set_status(kernels="native", level=name, path=str(path))
     return module
 
 
@@ -154,8 +154,8 @@ def _set_status(**fields: str) -> None:
 
 
 def status() -> dict[str, str]:
-    """What the engine attends with: {"attention": "native" | "torch", "level" | "reason": ...}.
-    Empty until a model that could use the kernel has been loaded."""
+    """What the engine runs: {"kernels": "native" | "torch", "level" | "reason": ...}. Empty until a
+    model that could use them has been loaded."""
     return dict(_status)
 
 
