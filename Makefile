@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
 PORT ?= 7862
 
-.PHONY: install install-test run run-cluster test lint unit integration conformance tiny clean test-docker docker-base docker-image
+.PHONY: kernels install install-test run run-cluster test lint unit integration conformance tiny clean test-docker docker-base docker-image
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -27,7 +27,12 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-run: install
+# The engine's C++ kernels (server/engine/native), for each instruction level this CPU runs: cached, so
+# this is quick once built. Without a compiler the engine runs on torch's ops and says so in /health.
+kernels: install
+	$(PY) -m server.engine.native || echo "the engine's kernels did not build: the engine uses torch's ops"
+
+run: install kernels
 	$(VENV)/bin/resource-audiocraft serve --host $(HOST) --port $(PORT)
 
 # Past one machine, on this one: Redis (Debian's redis-server, installed when missing), one API node on
@@ -48,7 +53,7 @@ lint: install-test
 # a Docker engine).
 # The Redis queue's tests start their own redis-server (Debian's, installed here when missing; without
 # it they skip and say why); the studio page's browser tests drive Debian's chromium, the same way.
-test: install-test lint
+test: install-test lint kernels
 	-bash test/redis/ensure-redis.sh
 	-bash test/browser/ensure-chromium.sh
 	$(VENV)/bin/pytest test

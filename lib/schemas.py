@@ -766,6 +766,12 @@ class CpuReport(BaseModel):
     kernels: dict[str, str] = Field(
         description="The matmul kernel each precision takes on this CPU, chosen at start-up by asking the kernels"
     )
+    native: dict[str, str] = Field(
+        default_factory=dict,
+        description="The engine's own C++ kernels (decode-step attention, the int8-dynamic step): "
+        '{"kernels": "native", "level": ...} when loaded, "pending" before the first model load (with '
+        '"built": "yes" or "no"), or "torch" with the "reason"',
+    )
 
 
 class Health(BaseModel):

@@ -33,6 +33,10 @@ def test_health(client):
     # The CPU and the kernel each precision takes on it (which ones depends on the CPU).
     assert body["cpu"]["model"] and isinstance(body["cpu"]["isa"], list)
     assert set(body["cpu"]["kernels"]) >= {"float32", "bfloat16", "int8-dynamic"}
+    # The engine's own kernels: loaded, pending the first model load, or torch's ops and why.
+    native = body["cpu"]["native"]
+    assert native["kernels"] in {"native", "pending", "torch"}
+    assert ("reason" in native) == (native["kernels"] == "torch")
 
 
 def test_models_list(client):

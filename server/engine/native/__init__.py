@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -89,6 +90,10 @@ def build(level_name: str, directory: Path | None = None) -> Path:
         return found
     from torch.utils import cpp_extension  # slow to import; only a build needs it
 
+    # torch runs `ninja` from PATH: the one pip installed beside this Python, when the venv is not active.
+    scripts = str(Path(sys.executable).parent)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
     try:
@@ -159,14 +164,35 @@ def status() -> dict[str, str]:
     return dict(_status)
 
 
+def describe() -> dict[str, str]:
+    """status(), or before the first model load what it will be (no build is started here)."""
+    if _status:
+        return status()
+    if not enabled():
+        return {"kernels": "torch", "reason": "AUDIOCRAFT_NATIVE=0"}
+    name = level()
+    built = _library(build_path(name)) is not None
+    return {"kernels": "pending", "level": name, "built": "yes" if built else "no"}
+
+
+def usable_levels() -> list[str]:
+    """What `make kernels` prebuilds: this CPU's level, and x86-64-v3 below v4 (tests and benchmarks
+    hold the kernels to AVX2 on AVX-512 machines). The baseline only where it is the level."""
+    order = list(LEVELS)
+    return [name for name in order[order.index(level()) :] if name != "baseline"] or ["baseline"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Prebuild the kernels: `python -m server.engine.native [--dir D] [--levels L ...]`."""
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=None, help="cache directory (default: AUDIOCRAFT_NATIVE_DIR)")
-    parser.add_argument("--levels", nargs="+", choices=sorted(LEVELS), default=[level()])
+    parser.add_argument("--levels", nargs="+", choices=sorted(LEVELS), default=None, help="default: usable_levels()")
     args = parser.parse_args(argv)
-    for name in args.levels:
-        print(build(name, args.dir))
+    levels = args.levels or usable_levels()
+    # In parallel: each build is a compiler process (~40 s on one core).
+    with ThreadPoolExecutor(max_workers=len(levels)) as pool:
+        for path in pool.map(lambda name: build(name, args.dir), levels):
+            print(path)
     return 0

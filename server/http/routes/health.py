@@ -32,9 +32,18 @@ async def health(request: Request) -> JSONResponse:
         ],
         queue=QueueState(queued=queued, running=running, capacity=svc.settings.queue_depth),
         workers=WorkersReport.of(workers) if workers is not None else None,
-        cpu=svc.cpu,
+        cpu=_cpu(svc.cpu),
     )
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if status != "degraded" else 503)
+
+
+def _cpu(report):  # noqa: ANN001, ANN202 - CpuReport or None
+    """The start-up CPU report, with the engine's kernels as they are now (they load with a model)."""
+    if report is None:
+        return None
+    from server.engine import native  # imports torch: only where a CPU registry runs
+
+    return report.model_copy(update={"native": native.describe()})
 
 
 async def metrics(_request: Request) -> Response:
