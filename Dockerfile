@@ -71,6 +71,25 @@ COPY server/ /src/server/
 RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist /src
 
 # --------------------------------------------------------------------------------------------------
+# The engine's C++ kernels (server/engine/native), prebuilt for x86-64-v3 (AVX2) and v4 (AVX-512): the
+# final image carries no compiler, and the engine loads the build for the CPU it runs on. Where this stage
+# cannot build them (no compiler to be had, another architecture, NATIVE_KERNELS=0), the image still
+# works, on torch's ops, and its /health says so (cpu.native).
+FROM code AS kernels
+ARG NATIVE_KERNELS=1
+RUN set -eu; mkdir -p /opt/native; \
+    if [ "${NATIVE_KERNELS}" = 1 ] && [ "$(uname -m)" = x86_64 ]; then \
+      include=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
+      need=""; command -v g++ >/dev/null || need="g++"; [ -f "${include}/Python.h" ] || need="${need} python3-dev"; \
+      if [ -n "${need}" ]; then \
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${need} >/dev/null) \
+          || echo "WARNING: could not install ${need}"; \
+      fi; \
+      PYTHONPATH=/src /opt/venv/bin/python -m server.engine.native --dir /opt/native --levels x86-64-v3 x86-64-v4 \
+        || echo "WARNING: the engine's kernels were not prebuilt: the image runs on torch's ops"; \
+    fi
+
+# --------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
 ARG TORCH=cpu
 LABEL org.opencontainers.image.title="resource-audiocraft" \
@@ -88,6 +107,8 @@ COPY --from=deps /opt/venv /opt/venv
 # The project itself.
 COPY --from=code /dist/ /tmp/dist/
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /tmp/dist/*.whl && rm -rf /tmp/dist
+# The prebuilt kernels (read-only: a build for another level is not attempted at run time).
+COPY --from=kernels /opt/native /opt/native
 
 ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1 \
@@ -95,7 +116,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
     HF_HOME=/models \
     AUDIOCRAFT_HOST=0.0.0.0 \
     AUDIOCRAFT_PORT=7862 \
-    AUDIOCRAFT_DATA_DIR=/data
+    AUDIOCRAFT_DATA_DIR=/data \
+    AUDIOCRAFT_NATIVE_DIR=/opt/native
 # The Hugging Face cache (weights; the hub cache is /models/hub) and the jobs and artifacts.
 VOLUME ["/models", "/data"]
 EXPOSE 7862

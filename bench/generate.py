@@ -56,6 +56,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+# precision/mode for the engine's own kernels (server/engine/native): (kernels on, whole step in one call).
+# The default is both on; these take them away one at a time, to measure what each pays.
+NATIVE_MODES = {"torch-ops": (False, False), "python-step": (True, False)}
+
 # ------------------------------------------------------------------------------------------------
 # One configuration (runs in a child process)
 
@@ -144,7 +148,8 @@ def run_config(args: argparse.Namespace) -> dict:
     else:
         precision, _, batch_size = args.config.partition("@")
         precision, _, kernel = precision.partition("/")
-        if kernel:  # precision/kernel: every dense weight takes that kernel (server/engine/dense.py)
+        native_mode = NATIVE_MODES.get(kernel)
+        if kernel and native_mode is None:  # precision/kernel: every dense weight takes it (server/engine/dense.py)
             from server.engine import dense
 
             if kernel not in dense.KERNELS:
@@ -154,6 +159,8 @@ def run_config(args: argparse.Namespace) -> dict:
         result["requests"] = n_requests
         lm = prepare(model, get_spec(name), tokenizer, device, pick_precision(precision, device), Path("/dev/null"))
         del model
+        if native_mode is not None:  # the engine's own kernels off, or the Python step over them
+            lm.fast_lm().use_native(*native_mode)
 
         def once(seed: int, frames: int = n_frames) -> tuple[float, float]:
             sync()
@@ -289,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "--precisions",
         default=None,
         help="engine precisions (default: all for the device); precision@N runs N requests in one batch; "
-        "precision/kernel forces a dense kernel (aten, column-split, onednn-packed)",
+        "precision/kernel forces a dense kernel (aten, column-split, onednn-packed); int8-dynamic/torch-ops "
+        "runs without the engine's C++ kernels, int8-dynamic/python-step with them under the Python step",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=5.0)

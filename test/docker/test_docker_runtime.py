@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import stat
 import subprocess
 import tempfile
@@ -155,6 +156,15 @@ def test_music_through_the_published_port_is_a_wav(live):
     with wave.open(io.BytesIO(r.content)) as w:
         assert w.getnchannels() == 1 and w.getframerate() == 44100
         assert abs(w.getnframes() / w.getframerate() - 2.0) < 0.05
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the image prebuilds the kernels for x86-64 only")
+def test_the_image_runs_its_prebuilt_kernels(live):
+    """After a generation, the engine in the container runs the kernels the image built (it has no compiler)."""
+    r = httpx.get(f"http://127.0.0.1:{live.port}/health", timeout=HANG_GUARD_S)
+    native = r.json()["cpu"]["native"]
+    assert native["kernels"] == "native", str(native) + _logs()
+    assert native["path"].startswith("/opt/native/")
 
 
 def test_content_generate_through_the_cli(live, tmp_path):

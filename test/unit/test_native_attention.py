@@ -4,6 +4,8 @@ and thread independence, its input checks, its build cache, and the decode step 
 from __future__ import annotations
 
 import shutil
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,6 +154,26 @@ def test_builds_are_keyed_by_level_and_reused(kernel, tmp_path, monkeypatch):
     with pytest.raises(AssertionError):
         native.build(here, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_build_is_renamed_into_place_whole_and_readable_by_all(tmp_path, monkeypatch):
+    """The build directory appears at once with the library alone, readable by other users (the
+    image's server runs as another user than the build)."""
+    from torch.utils import cpp_extension
+
+    def fake_compiler(name, sources, build_directory, **_kwargs):
+        assert sources == [str(native.SOURCE)]
+        (Path(build_directory) / f"{name}.so").write_bytes(b"library")
+        (Path(build_directory) / "kernels.o").write_bytes(b"object")
+        (Path(build_directory) / "build.ninja").write_text("rules")
+
+    monkeypatch.setattr(cpp_extension, "load", fake_compiler)
+    path = native.build("baseline", tmp_path)
+    assert path.parent == native.build_path("baseline", tmp_path)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    assert list(tmp_path.iterdir()) == [path.parent]  # no temporary directory left behind
+    assert native.build("baseline", tmp_path) == path  # present: not built again
 
 
 def test_turned_off_by_the_environment(monkeypatch):

@@ -114,6 +114,7 @@ def build(level_name: str, directory: Path | None = None) -> Path:
         for other in work.iterdir():  # objects and build files: only the library is kept
             if other != built:
                 shutil.rmtree(other) if other.is_dir() else other.unlink()
+        work.chmod(0o755)  # mkdtemp's 0700 would keep other users (the image's server) out
         try:
             os.rename(work, target)
         except OSError:
