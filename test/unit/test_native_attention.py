@@ -192,7 +192,8 @@ def test_turned_off_by_the_environment(monkeypatch):
 @pytest.mark.parametrize("guided", ["all", "mixed"])
 def test_the_decode_step_runs_natively_and_agrees_with_torch(kernel, tiny_hub, precision, guided):
     """The same steps three ways: the whole step in one native call (int8-dynamic), the Python step
-    over the kernels, and torch's ops alone. The first two give the same bits; torch is close."""
+    over the kernels, and torch's ops alone. They agree closely (the whole step has its own layer norm
+    and GELU; each is row-wise, so batch independence holds for each: test_fast.py)."""
     lm = ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype=precision)).get("musicgen-small")
     fast = lm.fast_lm()
     assert fast.native is kernel
@@ -216,7 +217,7 @@ def test_the_decode_step_runs_natively_and_agrees_with_torch(kernel, tiny_hub, p
             finally:
                 fast.use_native(True)
             runs[name] = torch.stack(steps)
-    assert torch.equal(runs["whole"], runs["python"])
+    torch.testing.assert_close(runs["whole"], runs["python"], rtol=1e-4, atol=1e-4)
     tolerance = 1e-4 if precision == "int8-dynamic" else 5e-2  # bf16 caches: torch attends in bf16
     torch.testing.assert_close(runs["python"], runs["torch"], rtol=tolerance, atol=tolerance)
 
