@@ -85,9 +85,12 @@ def run_config(args: argparse.Namespace) -> dict:
     if args.config == "bandwidth":
         if args.threads:
             torch.set_num_threads(args.threads)
-        from server.engine import cpu
+        from server.engine import cpu, native
 
-        return {"config": "bandwidth", "bytes_per_s": stream_bandwidth(), "kernels": cpu.report()["kernels"]}
+        native.kernels()  # loads them (or says why not), as a model load does
+        engine = native.status()
+        kernels = cpu.report()["kernels"] | {"engine": f"{engine['kernels']} {engine.get('level') or engine['reason']}"}
+        return {"config": "bandwidth", "bytes_per_s": stream_bandwidth(), "kernels": kernels}
 
     from bench.common import build_real_shape
     from lib.catalogue import get_spec

@@ -124,7 +124,7 @@ class PackedLinear:
         self.packed = None
         self.weight_sums = None
         self.dense = None
-        self.native = None  # the engine's kernels (server/engine/native), for qdynamic's arithmetic
+        self.native = None  # the engine's kernels for qdynamic's arithmetic: FastLM.use_native sets them
         if self.kind == "dense":
             # No copy when the dtype and device already match (fp32 shares the transformers weights).
             self.weight = weight.to(device=device, dtype=cdt).contiguous()
@@ -146,7 +146,6 @@ class PackedLinear:
             # musicgen-large fc1 (8192 x 2048) against 3.8 ms, a third of a load's packing time.
             self.weight_sums = torch.from_numpy(self.weight.numpy().sum(axis=1, dtype=np.int32)).float()
             self.weight = torch.empty(0, dtype=torch.int8)  # the packed copy is the one used
-            self.native = native.kernels() if device.type == "cpu" else None
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.weight, self.scales, self.bias, self.weight_sums) if t is not None]
@@ -294,8 +293,6 @@ class FastLM:
         # fp32 keeps transformers' exact order of operations (token identity); the others are free to
         # reassociate (a fused embedding sum).
         self.exact = precision == "float32"
-        # The engine's attention kernel, or None for torch's (server/engine/native).
-        self.native = native.kernels() if device.type == "cpu" and precision in NATIVE_ATTENTION else None
 
         tables = [emb.weight.detach() for emb in decoder.embed_tokens]
         self.table_rows = tables[0].shape[0]  # vocab + 1 (the pad/start token)
@@ -361,7 +358,9 @@ class FastLM:
         self.final_norm = _Norm.of(decoder.layer_norm, device)
         ready(causal_lm.lm_heads)
         self.heads_out = fused(*causal_lm.lm_heads)
-        self.decoder = self._native_decoder()
+        # The engine's kernels (server/engine/native) where they are built, else torch's ops.
+        self.native = self.decoder = None
+        self.use_native(True)
 
     def _native_decoder(self):  # noqa: ANN202 - native/kernels.cpp's Decoder, or None
         """The whole int8-dynamic step in one native call, where the kernels are built and every op of
@@ -399,13 +398,13 @@ class FastLM:
         return decoder
 
     def use_native(self, on: bool, whole_step: bool = True) -> None:
-        """Run on the engine's kernels (where built) or on torch's ops alone; whole_step=False keeps
-        the Python step over the kernels. For tests and benchmarks that compare them in one process."""
-        kernels = native.kernels() if on else None
-        self.native = kernels if self.device.type == "cpu" and self.precision in NATIVE_ATTENTION else None
+        """Run on the engine's kernels (where built; the default) or on torch's ops alone;
+        whole_step=False keeps the Python step over the kernels (tests and benchmarks compare them)."""
+        kernels = native.kernels() if on and self.device.type == "cpu" else None
+        self.native = kernels if self.precision in NATIVE_ATTENTION else None
         for part in self._linears():
             if part.kind == "qdynamic":
-                part.native = kernels if self.device.type == "cpu" else None
+                part.native = kernels
         self.decoder = self._native_decoder() if whole_step else None
 
     def _linears(self) -> list[PackedLinear]:

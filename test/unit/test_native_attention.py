@@ -174,6 +174,19 @@ def test_a_build_is_renamed_into_place_whole_and_readable_by_all(tmp_path, monke
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
     assert list(tmp_path.iterdir()) == [path.parent]  # no temporary directory left behind
     assert native.build("baseline", tmp_path) == path  # present: not built again
+    # `python -m server.engine.native` (what `make kernels` runs) builds each level it is given.
+    assert native.main(["--dir", str(tmp_path), "--levels", "baseline", "x86-64-v3"]) == 0
+    assert native._library(native.build_path("x86-64-v3", tmp_path)) is not None
+
+
+@pytest.mark.parametrize(
+    ("here", "built"),
+    [("x86-64-v4", ["x86-64-v4", "x86-64-v3"]), ("x86-64-v3", ["x86-64-v3"]), ("baseline", ["baseline"])],
+)
+def test_make_kernels_builds_this_cpus_level_and_avx2s_below_it(monkeypatch, here, built):
+    """On AVX-512 machines the tests and benchmarks also hold the kernels to AVX2 (x86-64-v3)."""
+    monkeypatch.setattr(native, "level", lambda: here)
+    assert native.usable_levels() == built
 
 
 def test_turned_off_by_the_environment(monkeypatch):

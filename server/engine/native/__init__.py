@@ -44,6 +44,7 @@ LEVELS = {
 _COMMON_FLAGS = ["-O3", "-std=c++17", "-fopenmp"]
 _lock = threading.Lock()
 _status: dict[str, str] = {}
+_DISABLED = {"kernels": "torch", "reason": "AUDIOCRAFT_NATIVE=0"}
 
 
 def enabled() -> bool:
@@ -68,12 +69,18 @@ def level() -> str:
 
 def build_path(level_name: str, directory: Path | None = None) -> Path:
     """The directory that holds the build for `level_name` (one library, named as its module)."""
-    flags = _COMMON_FLAGS + LEVELS[level_name]
+    return (directory or cache_dir()) / f"{level_name}-{_build_key(level_name)}"
+
+
+@functools.cache
+def _build_key(level_name: str) -> str:
+    """A hash of what a build depends on (the source is read once: /health asks on every call)."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), " ".join(flags).encode()):
+    flags = " ".join(_COMMON_FLAGS + LEVELS[level_name])
+    for part in (SOURCE.read_bytes(), torch.__version__.encode(), sys.version.encode(), flags.encode()):
         key.update(part)
         key.update(b"\0")
-    return (directory or cache_dir()) / f"{level_name}-{key.hexdigest()[:16]}"
+    return key.hexdigest()[:16]
 
 
 def _library(build_dir: Path) -> Path | None:
@@ -136,7 +143,7 @@ def _load(path: Path) -> ModuleType:
 def kernels() -> ModuleType | None:
     """The engine's kernels for this CPU, built on first use; None where they cannot be had."""
     if not enabled():
-        _set_status(kernels="torch", reason="AUDIOCRAFT_NATIVE=0")
+        _set_status(**_DISABLED)
         return None
     name = level()
     with _lock:
@@ -146,7 +153,7 @@ def kernels() -> ModuleType | None:
                 log.info("building the engine's kernels for %s (once per machine kind)", name)
                 path = build(name)
             module = _load(path)
-        except Exception as exc:  # noqa: BLE001 - no compiler, a failed build: torch's attention remains
+        except Exception as exc:  # noqa: BLE001 - no compiler, a failed build: torch's ops remain
             log.warning("the engine's kernels are unavailable, using torch's ops: %s", exc)
             _set_status(kernels="torch", reason=f"build or load failed: {str(exc).splitlines()[0][:200]}")
             return None
@@ -170,7 +177,7 @@ def describe() -> dict[str, str]:
     if _status:
         return status()
     if not enabled():
-        return {"kernels": "torch", "reason": "AUDIOCRAFT_NATIVE=0"}
+        return dict(_DISABLED)
     name = level()
     built = _library(build_path(name)) is not None
     return {"kernels": "pending", "level": name, "built": "yes" if built else "no"}

@@ -1,8 +1,8 @@
 // The engine's own CPU kernels (server/engine/native/__init__.py builds and loads this file).
 //
 // attend: one decode step's attention for every request of a batch, in one call
-// (server/engine/fastlm.py). Why it exists: torch's CPU attention gives a row other bits in batches of other sizes, so the engine
-// ran it once per request and layer, each time after copying the request's bf16 cache prefix to fp32.
+// (server/engine/fastlm.py). Why it exists: torch's CPU attention gives a row other bits in batches of
+// other sizes, so the engine ran it once per request and layer, each time after copying the request's bf16 cache prefix to fp32.
 // At 10 requests on musicgen-small that was ~480 small calls a step and 47 ms of a 150 ms step
 // (docs/benchmarks.md, issue 20 part 3). Here every (row, head) is one task that reads its keys and
 // values straight from the cache in its own dtype, with a fixed order of operations: a row's numbers
@@ -16,15 +16,16 @@
 #include <torch/csrc/jit/api/object.h>
 
 #include <algorithm>
-#include <tuple>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace {
 
-constexpr int kLanes = 16;  // partial sums per dot product: the loop vectorizes without reassociation
+constexpr int kLanes = 16;  // partial sums per reduction (lane_sum)
 
 inline float load(const float* p) { return *p; }
 inline float load(const c10::BFloat16* p) { return static_cast<float>(*p); }
@@ -51,18 +52,40 @@ inline float exp_nonpositive(float x) {
   return p * two_n;
 }
 
-template <typename T>
-inline float dot(const float* q, const T* k, int64_t dim) {
-  float acc[kLanes] = {0};
-  int64_t d = 0;
-  for (; d + kLanes <= dim; d += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += q[d + l] * load(k + d + l);
-  }
-  for (int l = 0; d + l < dim; ++l) acc[l] += q[d + l] * load(k + d + l);  // a tail (the tiny test models)
-  for (int width = kLanes / 2; width > 0; width /= 2) {  // a fixed tree
+// acc[0] = the sum of the kLanes partial sums, in a fixed tree.
+inline float reduce_lanes(float* acc) {
+  for (int width = kLanes / 2; width > 0; width /= 2) {
     for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
   }
   return acc[0];
+}
+
+// term(0) + ... + term(n - 1) in kLanes partial sums (term i into lane i % kLanes), then reduce_lanes:
+// the same order for every row, and a loop the compiler vectorizes without reassociating.
+template <typename Term>
+inline float lane_sum(int64_t n, Term term) {
+  float acc[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += term(i + l);
+  }
+  for (int l = 0; i + l < n; ++l) acc[l] += term(i + l);  // a tail (the tiny test models' head_dim 8)
+  return reduce_lanes(acc);
+}
+
+template <typename T>
+inline float dot(const float* q, const T* k, int64_t dim) {
+  return lane_sum(dim, [&](int64_t d) { return q[d] * load(k + d); });
+}
+
+// The smallest and largest of p[0..n), with 0 in the range (a request's quantization range).
+inline std::pair<float, float> range_with_zero(const float* p, int64_t n) {
+  float lo = 0.0f, hi = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    lo = std::min(lo, p[i]);
+    hi = std::max(hi, p[i]);
+  }
+  return {lo, hi};
 }
 
 struct Cache {
@@ -104,9 +127,7 @@ void attend_one(const float* q, const float* k_new, const float* v_new, const Ca
     scores[j] = exp_nonpositive(scores[j] - best);
     partial[0] += scores[j];
   }
-  for (int width = kLanes / 2; width > 0; width /= 2) {
-    for (int l = 0; l < width; ++l) partial[l] += partial[l + width];
-  }
+  reduce_lanes(partial);
   for (int64_t d = 0; d < dim; ++d) out[d] = 0.0f;
   for (int64_t jj = 0; jj < length; ++jj) {
     const T* vj = v + jj * c.pos_stride;
@@ -142,6 +163,57 @@ void attend_rows(const float* q, int64_t q_stride, const float* k_new, const flo
   });
 }
 
+// Request caches are [rows, heads, positions, dim] (lead 0: the attend call's, one layer's) or
+// [layers, rows, heads, positions, dim] (lead 1: the Decoder's whole caches), keys and values alike.
+void check_caches(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
+                  const std::vector<int64_t>& lengths, int64_t lead, int64_t heads, int64_t dim, const char* what) {
+  TORCH_CHECK(!keys.empty() && keys.size() == values.size() && keys.size() == lengths.size(), what,
+              ": one key cache, value cache and length per request");
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const at::Tensor &k = keys[i], &v = values[i];
+    TORCH_CHECK(k.dim() == 4 + lead && k.sizes() == v.sizes() && k.strides() == v.strides() &&
+                    k.size(lead + 1) == heads && k.size(lead + 3) == dim && k.stride(lead + 3) == 1,
+                what, " of request ", i, ": keys and values must be [", lead ? "layers, " : "", "rows, ", heads,
+                ", positions, ", dim, "] alike");
+    TORCH_CHECK(k.scalar_type() == keys[0].scalar_type() && v.scalar_type() == k.scalar_type() &&
+                    (k.scalar_type() == at::kFloat || k.scalar_type() == at::kBFloat16),
+                what, ": float32 or bfloat16 caches of one dtype");
+    TORCH_CHECK(lengths[i] >= 1 && lengths[i] <= k.size(lead + 2), what, " of request ", i, ": length ", lengths[i],
+                " outside 1..", k.size(lead + 2));
+  }
+}
+
+// Each request's rows, in order: the request of every row, each request's end row, the longest length.
+struct Rows {
+  std::vector<int64_t> request, ends;
+  int64_t max_length = 1;
+};
+
+Rows rows_of(const std::vector<at::Tensor>& keys, const std::vector<int64_t>& lengths, int64_t lead) {
+  Rows out;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    out.request.insert(out.request.end(), keys[i].size(lead), static_cast<int64_t>(i));
+    out.ends.push_back(static_cast<int64_t>(out.request.size()));
+    out.max_length = std::max(out.max_length, lengths[i]);
+  }
+  return out;
+}
+
+// One cache view per request at layer `layer` (0 where lead is 0), without making tensors.
+std::vector<Cache> layer_caches(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
+                                const std::vector<int64_t>& lengths, int64_t lead, int64_t layer) {
+  std::vector<Cache> out(keys.size());
+  int64_t first_row = 0;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const at::Tensor &k = keys[i], &v = values[i];
+    const int64_t offset = lead ? layer * k.stride(0) * k.element_size() : 0;
+    out[i] = Cache{static_cast<char*>(k.data_ptr()) + offset, static_cast<char*>(v.data_ptr()) + offset,
+                   k.stride(lead), k.stride(lead + 1), k.stride(lead + 2), lengths[i], first_row};
+    first_row += k.size(lead);
+  }
+  return out;
+}
+
 void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t width) {
   TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == width, name, " must be [", rows, ", ", width, "]");
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.stride(1) == 1, name, " must be float32 with contiguous rows");
@@ -154,29 +226,12 @@ void check_rows(const at::Tensor& t, const char* name, int64_t rows, int64_t wid
 at::Tensor attend(const at::Tensor& q, const std::vector<at::Tensor>& k_caches, const std::vector<at::Tensor>& v_caches,
                   const std::vector<int64_t>& lengths, double scale, const c10::optional<at::Tensor>& k_new,
                   const c10::optional<at::Tensor>& v_new) {
-  const int64_t requests = static_cast<int64_t>(k_caches.size());
-  TORCH_CHECK(requests > 0 && static_cast<int64_t>(v_caches.size()) == requests &&
-                  static_cast<int64_t>(lengths.size()) == requests,
-              "one key cache, value cache and length per request");
-  const at::ScalarType dtype = k_caches[0].scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "caches must be float32 or bfloat16");
+  TORCH_CHECK(!k_caches.empty(), "one key cache, value cache and length per request");
   const int64_t heads = k_caches[0].size(1), dim = k_caches[0].size(3);
-  std::vector<Cache> caches(requests);
-  std::vector<int64_t> row_request;  // the request of each row of q
-  int64_t max_length = 0;
-  for (int64_t i = 0; i < requests; ++i) {
-    const at::Tensor &k = k_caches[i], &v = v_caches[i];
-    TORCH_CHECK(k.dim() == 4 && k.sizes() == v.sizes() && k.strides() == v.strides(), "request ", i,
-                ": key and value caches must be [rows, heads, positions, head_dim] alike");
-    TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype, "request ", i, ": caches of one dtype");
-    TORCH_CHECK(k.size(1) == heads && k.size(3) == dim && k.stride(3) == 1, "request ", i, ": cache shape");
-    TORCH_CHECK(lengths[i] >= 1 && lengths[i] <= k.size(2), "request ", i, ": length ", lengths[i], " outside 1..",
-                k.size(2));
-    caches[i] = Cache{k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1), k.stride(2), lengths[i],
-                      static_cast<int64_t>(row_request.size())};
-    row_request.insert(row_request.end(), k.size(0), i);
-    max_length = std::max(max_length, lengths[i]);
-  }
+  check_caches(k_caches, v_caches, lengths, 0, heads, dim, "cache");
+  const at::ScalarType dtype = k_caches[0].scalar_type();
+  const Rows request_rows = rows_of(k_caches, lengths, 0);
+  const std::vector<int64_t>& row_request = request_rows.request;
   const int64_t rows = static_cast<int64_t>(row_request.size()), width = heads * dim;
   check_rows(q, "q", rows, width);
   const bool write = k_new.has_value();
@@ -189,8 +244,9 @@ at::Tensor attend(const at::Tensor& q, const std::vector<at::Tensor>& k_caches, 
   const float* k_new_ptr = write ? k_new->data_ptr<float>() : nullptr;
   const float* v_new_ptr = write ? v_new->data_ptr<float>() : nullptr;
   pybind11::gil_scoped_release no_gil;
-  attend_rows(q.data_ptr<float>(), q.stride(0), k_new_ptr, v_new_ptr, write ? k_new->stride(0) : 0, caches, row_request,
-              heads, dim, max_length, static_cast<float>(scale), dtype, out.data_ptr<float>());
+  attend_rows(q.data_ptr<float>(), q.stride(0), k_new_ptr, v_new_ptr, write ? k_new->stride(0) : 0,
+              layer_caches(k_caches, v_caches, lengths, 0, 0), row_request, heads, dim, request_rows.max_length,
+              static_cast<float>(scale), dtype, out.data_ptr<float>());
   return out;
 }
 
@@ -222,11 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_spans(const at::Tensor& 
   int64_t start = 0;
   for (const int64_t end : ends) {
     TORCH_CHECK(end > start && end <= rows, "spans must be non-empty and in order");
-    float lo = 0.0f, hi = 0.0f;
-    for (int64_t i = start * width; i < end * width; ++i) {
-      lo = std::min(lo, in[i]);
-      hi = std::max(hi, in[i]);
-    }
+    const auto [lo, hi] = range_with_zero(in + start * width, (end - start) * width);
     const auto [scale, zero_point] = qparams(lo, hi, levels);
     const float zero_f = static_cast<float>(zero_point), shared_f = static_cast<float>(shared_zero);
     for (int64_t i = start * width; i < end * width; ++i) {
@@ -285,32 +337,9 @@ void layer_norm_rows(const float* x, float* out, int64_t rows, int64_t width, co
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * width;
     float* o = out + r * width;
-    float partial[kLanes] = {0};
-    int64_t d = 0;
-    for (; d + kLanes <= width; d += kLanes) {
-      for (int l = 0; l < kLanes; ++l) partial[l] += xr[d + l];
-    }
-    for (int l = 0; d + l < width; ++l) partial[l] += xr[d + l];
-    for (int w = kLanes / 2; w > 0; w /= 2) {
-      for (int l = 0; l < w; ++l) partial[l] += partial[l + w];
-    }
-    const float mean = partial[0] / static_cast<float>(width);
-    float squares[kLanes] = {0};
-    d = 0;
-    for (; d + kLanes <= width; d += kLanes) {
-      for (int l = 0; l < kLanes; ++l) {
-        const float c = xr[d + l] - mean;
-        squares[l] += c * c;
-      }
-    }
-    for (int l = 0; d + l < width; ++l) {
-      const float c = xr[d + l] - mean;
-      squares[l] += c * c;
-    }
-    for (int w = kLanes / 2; w > 0; w /= 2) {
-      for (int l = 0; l < w; ++l) squares[l] += squares[l + w];
-    }
-    const float rstd = 1.0f / std::sqrt(squares[0] / static_cast<float>(width) + eps);
+    const float mean = lane_sum(width, [&](int64_t i) { return xr[i]; }) / static_cast<float>(width);
+    const float squares = lane_sum(width, [&](int64_t i) { return (xr[i] - mean) * (xr[i] - mean); });
+    const float rstd = 1.0f / std::sqrt(squares / static_cast<float>(width) + eps);
     for (int64_t i = 0; i < width; ++i) o[i] = (xr[i] - mean) * rstd * weight[i] + bias[i];
   }
 }
@@ -365,12 +394,7 @@ struct Layer {
 at::Tensor linear(const Linear& l, const at::Tensor& x, const std::vector<int64_t>& ends, int64_t levels) {
   at::Tensor out;
   if (ends.size() == 1) {  // fbgemm quantizes a request alone itself
-    const float* p = x.data_ptr<float>();
-    float lo = 0.0f, hi = 0.0f;
-    for (int64_t i = 0, n = x.numel(); i < n; ++i) {
-      lo = std::min(lo, p[i]);
-      hi = std::max(hi, p[i]);
-    }
+    const auto [lo, hi] = range_with_zero(x.data_ptr<float>(), x.numel());
     const auto [scale, zero_point] = qparams(lo, hi, levels);
     out = l.packed->apply_with_input_q_dq_qweight_dq_output_fp32(x, scale, zero_point);
     float* o = out.data_ptr<float>();  // out * channel_scale, as mul_ would, without its dispatch
@@ -393,37 +417,6 @@ at::Tensor norm(const Norm& n, const at::Tensor& x) {
   layer_norm_rows(x.data_ptr<float>(), out.data_ptr<float>(), x.size(0), x.size(1), n.weight.data_ptr<float>(),
                   n.bias.data_ptr<float>(), static_cast<float>(n.eps));
   return out;
-}
-
-// One cache view per request at layer `layer`: caches[i] is request i's [layers, rows, heads, positions, dim].
-std::vector<Cache> layer_caches(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
-                                const std::vector<int64_t>& lengths, int64_t layer) {
-  std::vector<Cache> out(keys.size());
-  int64_t first_row = 0;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    const at::Tensor &k = keys[i], &v = values[i];
-    const int64_t offset = layer * k.stride(0) * k.element_size();
-    out[i] = Cache{static_cast<char*>(k.data_ptr()) + offset, static_cast<char*>(v.data_ptr()) + offset, k.stride(1),
-                   k.stride(2), k.stride(3), lengths[i], first_row};
-    first_row += k.size(1);
-  }
-  return out;
-}
-
-void check_caches(const std::vector<at::Tensor>& keys, const std::vector<at::Tensor>& values,
-                  const std::vector<int64_t>& lengths, int64_t layers, int64_t heads, int64_t dim, const char* what) {
-  TORCH_CHECK(keys.size() == values.size() && keys.size() == lengths.size(), what, ": one cache and length per request");
-  for (size_t i = 0; i < keys.size(); ++i) {
-    const at::Tensor &k = keys[i], &v = values[i];
-    TORCH_CHECK(k.dim() == 5 && k.sizes() == v.sizes() && k.strides() == v.strides() && k.size(0) == layers &&
-                    k.size(2) == heads && k.size(4) == dim && k.stride(4) == 1,
-                what, " of request ", i, " must be [", layers, ", rows, ", heads, ", positions, ", dim, "]");
-    TORCH_CHECK(k.scalar_type() == keys[0].scalar_type() && v.scalar_type() == k.scalar_type() &&
-                    (k.scalar_type() == at::kFloat || k.scalar_type() == at::kBFloat16),
-                what, ": float32 or bfloat16 caches of one dtype");
-    TORCH_CHECK(lengths[i] >= 1 && lengths[i] <= k.size(3), what, " of request ", i, ": length ", lengths[i],
-                " outside 1..", k.size(3));
-  }
 }
 
 class Decoder {
@@ -456,29 +449,25 @@ class Decoder {
     TORCH_CHECK(h.dim() == 2 && h.size(1) == hidden_ && h.scalar_type() == at::kFloat, "h must be float32 [rows, ",
                 hidden_, "]");
     const int64_t layers = static_cast<int64_t>(layers_.size());
-    check_caches(self_k, self_v, lengths, layers, heads_, dim_, "self-attention cache");
+    check_caches(self_k, self_v, lengths, 1, heads_, dim_, "self-attention cache");
+    TORCH_CHECK(self_k[0].size(0) == layers, "the caches must hold ", layers, " layers");
+    const Rows self_rows = rows_of(self_k, lengths, 1);
+    const std::vector<int64_t>& row_request = self_rows.request;
+    const std::vector<int64_t>& ends = self_rows.ends;
+    const int64_t rows = static_cast<int64_t>(row_request.size());
+    TORCH_CHECK(h.size(0) == rows, "h has ", h.size(0), " rows, the caches ", rows);
     const bool cross = layers_[0].cross_q.has_value();
+    Rows cond;  // the conditional rows, one per request
     if (cross) {
-      check_caches(cross_k, cross_v, text_lengths, layers, heads_, dim_, "cross-attention keys");
+      check_caches(cross_k, cross_v, text_lengths, 1, heads_, dim_, "cross-attention keys");
       TORCH_CHECK(cond_rows.size() == self_k.size(), "one conditional row per request");
-    }
-    std::vector<int64_t> ends, row_request, cond_ends, cond_request;
-    int64_t rows = 0, max_length = 1, max_text = 1;
-    for (size_t i = 0; i < self_k.size(); ++i) {
-      rows += self_k[i].size(1);
-      ends.push_back(rows);
-      row_request.insert(row_request.end(), self_k[i].size(1), static_cast<int64_t>(i));
-      max_length = std::max(max_length, lengths[i]);
-      cond_ends.push_back(static_cast<int64_t>(i) + 1);
-      cond_request.push_back(static_cast<int64_t>(i));
-      if (cross) {
+      cond = rows_of(cross_k, text_lengths, 1);
+      for (size_t i = 0; i < cond_rows.size(); ++i) {
         TORCH_CHECK(cross_k[i].size(1) == 1, "cross-attention keys hold the conditional row only");
         TORCH_CHECK(cond_rows[i] >= 0 && cond_rows[i] < rows && row_request[cond_rows[i]] == static_cast<int64_t>(i),
                     "request ", i, "'s conditional row ", cond_rows[i], " is not one of its rows");
-        max_text = std::max(max_text, text_lengths[i]);
       }
     }
-    TORCH_CHECK(h.size(0) == rows, "h has ", h.size(0), " rows, the caches ", rows);
     const at::ScalarType cache_dtype = self_k[0].scalar_type();
     const at::ScalarType text_dtype = cross ? cross_k[0].scalar_type() : at::kFloat;
     const int64_t n_cond = static_cast<int64_t>(cond_rows.size());
@@ -493,8 +482,8 @@ class Decoder {
       at::Tensor att = at::empty({rows, hidden_}, h.options());
       const float* qp = qkv.data_ptr<float>();
       attend_rows(qp, qkv.stride(0), qp + hidden_, qp + 2 * hidden_, qkv.stride(0),
-                  layer_caches(self_k, self_v, lengths, li), row_request, heads_, dim_, max_length, scale_, cache_dtype,
-                  att.data_ptr<float>());
+                  layer_caches(self_k, self_v, lengths, 1, li), row_request, heads_, dim_, self_rows.max_length, scale_,
+                  cache_dtype, att.data_ptr<float>());
       add_rows(hp, linear(layer.out, att, ends, levels_), nullptr);
 
       // cross-attention, conditional rows only (the null rows' is exactly 0)
@@ -503,11 +492,12 @@ class Decoder {
         for (int64_t i = 0; i < n_cond; ++i) {
           std::memcpy(cond_h.data_ptr<float>() + i * hidden_, hp + cond_rows[i] * hidden_, hidden_ * sizeof(float));
         }
-        at::Tensor cq = linear(*layer.cross_q, norm(*layer.norm_cross, cond_h), cond_ends, levels_);
+        at::Tensor cq = linear(*layer.cross_q, norm(*layer.norm_cross, cond_h), cond.ends, levels_);
         at::Tensor catt = at::empty({n_cond, hidden_}, h.options());
-        attend_rows(cq.data_ptr<float>(), cq.stride(0), nullptr, nullptr, 0, layer_caches(cross_k, cross_v, text_lengths, li),
-                    cond_request, heads_, dim_, max_text, scale_, text_dtype, catt.data_ptr<float>());
-        add_rows(hp, linear(*layer.cross_out, catt, cond_ends, levels_), &cond_rows);
+        attend_rows(cq.data_ptr<float>(), cq.stride(0), nullptr, nullptr, 0,
+                    layer_caches(cross_k, cross_v, text_lengths, 1, li), cond.request, heads_, dim_, cond.max_length,
+                    scale_, text_dtype, catt.data_ptr<float>());
+        add_rows(hp, linear(*layer.cross_out, catt, cond.ends, levels_), &cond_rows);
       }
 
       // feed-forward
@@ -552,13 +542,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              return Linear{unwrap_packed(packed), code_sums.contiguous(), channel_scale.contiguous(), bias};
            }),
            py::arg("packed"), py::arg("code_sums"), py::arg("channel_scale"), py::arg("bias") = py::none());
-  py::class_<Norm>(m, "Norm").def(py::init([](at::Tensor weight, at::Tensor bias, double eps) {
-                                    TORCH_CHECK(weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat && weight.is_contiguous() &&
-                    bias.is_contiguous(),
-                "norm weights must be contiguous float32");
-    return Norm{weight, bias, eps};
-                                  }),
-                                  py::arg("weight"), py::arg("bias"), py::arg("eps"));
+  py::class_<Norm>(m, "Norm")
+      .def(py::init([](at::Tensor weight, at::Tensor bias, double eps) {
+             TORCH_CHECK(weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat &&
+                             weight.is_contiguous() && bias.is_contiguous(),
+                         "norm weights must be contiguous float32");
+             return Norm{weight, bias, eps};
+           }),
+           py::arg("weight"), py::arg("bias"), py::arg("eps"));
   py::class_<Layer>(m, "Layer")
       .def(py::init([](const Norm& norm_self, const Linear& qkv, const Linear& out, c10::optional<Norm> norm_cross,
                        c10::optional<Linear> cross_q, c10::optional<Linear> cross_out, const Norm& norm_ffn,
