@@ -56,9 +56,10 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-# precision/mode for the engine's own kernels (server/engine/native): (kernels on, whole step in one call).
-# The default is both on; these take them away one at a time, to measure what each pays.
-NATIVE_MODES = {"torch-ops": (False, False), "python-step": (True, False)}
+# precision/mode for the engine's own kernels (server/engine/native): (kernels on, whole step in one call,
+# their own int8 matmul). The default is all on; these take them away one at a time, to measure what
+# each pays (fbgemm: session 9's engine, the whole step on fbgemm's int8 matmul).
+NATIVE_MODES = {"torch-ops": (False, False, False), "python-step": (True, False, True), "fbgemm": (True, True, False)}
 
 # ------------------------------------------------------------------------------------------------
 # One configuration (runs in a child process)
@@ -300,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="engine precisions (default: all for the device); precision@N runs N requests in one batch; "
         "precision/kernel forces a dense kernel (aten, column-split, onednn-packed); int8-dynamic/torch-ops "
-        "runs without the engine's C++ kernels, int8-dynamic/python-step with them under the Python step",
+        "runs without the engine's C++ kernels, int8-dynamic/python-step with them under the Python step, "
+        "int8-dynamic/fbgemm with the whole step on fbgemm's int8 matmul",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seconds", type=float, default=5.0)

@@ -75,7 +75,10 @@ def label() -> str:
 
 def report() -> dict:
     """The CPU and the matmul kernel each precision takes on it (imports torch: call it where models run)."""
-    from server.engine import dense, qdynamic
+    from server.engine import dense, native, qdynamic
 
-    int8 = f"fbgemm-dynamic, {qdynamic.activation_levels() + 1} activation levels"
+    levels = qdynamic.activation_levels()
+    own = qdynamic.own_kernel(native.kernels()) if native.status().get("kernels") == "native" else ""
+    matmul = f"the engine's own ({own})" if own else "fbgemm"
+    int8 = f"{matmul} int8-dynamic, {levels + 1} activation levels"
     return {"model": model_name(), "isa": isa(), "kernels": dense.report() | {"int8-dynamic": int8}}

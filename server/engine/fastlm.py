@@ -110,6 +110,7 @@ class PackedLinear:
         precision: str,
         device: torch.device,
         scale: torch.Tensor | None = None,
+        kernels=None,  # noqa: ANN001 - server/engine/native's module: int8 weights in its own layout where it runs them
     ):
         """scale: `weight` is already int8 codes with these per-row scales (`quantize_int8`), as the
         packed-decoder cache stores them (server/models/packcache.py); else it is quantized here."""
@@ -139,13 +140,32 @@ class PackedLinear:
         self.weight = codes.contiguous()
         if self.kind == "int8pack":
             self.scales = scale.to(cdt)
-        else:  # qdynamic: the codes prepacked for fbgemm at unit scale; the channel scales applied after
-            self.packed = qdynamic.prepack(self.weight)
+        else:  # qdynamic: the codes packed at unit scale (the channel scales go after), in the engine's
+            # own layout where its int8 matmul runs, else prepacked for fbgemm
+            self.native = kernels
+            self.packed = self._pack(self.weight, kernels)
             self.scales = scale
             # Integer code sums, exact in fp32. numpy's int32 row sum: torch's took 36 ms on one
             # musicgen-large fc1 (8192 x 2048) against 3.8 ms, a third of a load's packing time.
             self.weight_sums = torch.from_numpy(self.weight.numpy().sum(axis=1, dtype=np.int32)).float()
             self.weight = torch.empty(0, dtype=torch.int8)  # the packed copy is the one used
+
+    @staticmethod
+    def _pack(codes: torch.Tensor, kernels, own: bool = True):  # noqa: ANN001, ANN205
+        if own and qdynamic.own_kernel(kernels):
+            return kernels.Int8Weights(codes)
+        return qdynamic.prepack(codes)
+
+    def use_kernels(self, kernels, own_int8: bool = True) -> None:  # noqa: ANN001 - server/engine/native's module, or None
+        """Run on these kernels (None: torch's ops alone), repacking the int8 codes into the layout
+        the matmul takes: the kernels' own where they have one for this CPU (own_int8=False: fbgemm's,
+        which benchmarks compare); one layout is held at a time."""
+        if self.kind != "qdynamic":
+            return
+        own = own_int8 and bool(qdynamic.own_kernel(kernels))
+        if qdynamic.is_own(self.packed, self.native) != own:
+            self.packed = self._pack(qdynamic.codes_of(self.packed, self.native), kernels, own)
+        self.native = kernels
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.weight, self.scales, self.bias, self.weight_sums) if t is not None]
@@ -300,9 +320,13 @@ class FastLM:
         self.embed_offsets = (torch.arange(self.num_codebooks, device=device) * self.table_rows).view(1, -1)
         self.positions = decoder.embed_positions.weights.detach().to(device, torch.float32)
 
+        # The engine's kernels (server/engine/native) where they are built, else torch's ops; asked
+        # once here, before the layers are packed in parallel, so each packs in the layout they take.
+        kernels = native.kernels() if device.type == "cpu" else None
+
         def lin(module: torch.nn.Linear) -> PackedLinear:
             scale = getattr(module, "weight_scale", None)
-            return PackedLinear(module.weight, module.bias, precision, device, scale=scale)
+            return PackedLinear(module.weight, module.bias, precision, device, scale=scale, kernels=kernels)
 
         def fused(*modules: torch.nn.Linear) -> PackedLinear:
             weight = torch.cat([m.weight.detach() for m in modules])
@@ -311,7 +335,7 @@ class FastLM:
             # Weights the cache stored as int8 codes carry their row scales (server/models/packcache.py).
             scales = [getattr(m, "weight_scale", None) for m in modules]
             scale = None if scales[0] is None else torch.cat(scales)
-            packed = PackedLinear(weight, bias, precision, device, scale=scale)
+            packed = PackedLinear(weight, bias, precision, device, scale=scale, kernels=kernels)
             same = packed.weight.dtype == modules[0].weight.dtype and packed.weight.device == modules[0].weight.device
             # (not where a packed copy replaced it: the CPU's dense kernel may hold its own layout)
             if packed.kind == "dense" and same and packed.weight.shape == weight.shape:
@@ -358,7 +382,6 @@ class FastLM:
         self.final_norm = _Norm.of(decoder.layer_norm, device)
         ready(causal_lm.lm_heads)
         self.heads_out = fused(*causal_lm.lm_heads)
-        # The engine's kernels (server/engine/native) where they are built, else torch's ops.
         self.native = self.decoder = None
         self.use_native(True)
 
@@ -397,14 +420,14 @@ class FastLM:
         decoder.set_head(norm(self.final_norm), lin(self.heads_out))
         return decoder
 
-    def use_native(self, on: bool, whole_step: bool = True) -> None:
+    def use_native(self, on: bool, whole_step: bool = True, own_int8: bool = True) -> None:
         """Run on the engine's kernels (where built; the default) or on torch's ops alone;
-        whole_step=False keeps the Python step over the kernels (tests and benchmarks compare them)."""
+        whole_step=False keeps the Python step over the kernels, own_int8=False their int8 matmuls on
+        fbgemm (tests and benchmarks compare them)."""
         kernels = native.kernels() if on and self.device.type == "cpu" else None
         self.native = kernels if self.precision in NATIVE_ATTENTION else None
         for part in self._linears():
-            if part.kind == "qdynamic":
-                part.native = kernels
+            part.use_kernels(kernels, own_int8)
         self.decoder = self._native_decoder() if whole_step else None
 
     def _linears(self) -> list[PackedLinear]:

@@ -9,6 +9,12 @@ EPYC with fbgemm held to AVX2 (FBGEMM_ENABLE_INSTRUCTIONS=AVX2): 64 codes of 255
 from float32 (0.03 with VNNI). So `activation_levels()` asks the kernel itself, once: where full-range
 codes saturate, activations use 7 bits (0..127, as torch's own dynamic linear does with
 reduce_range), where two products stay below 2^15.
+
+**The engine's own int8 matmul** (server/engine/native/kernels.cpp, `int8_linear`) takes fbgemm's place
+where the engine's kernels are built for an AVX2 or AVX-512 CPU: the same codes (each request's, as
+below) and exact integer sums, so the same bits as fbgemm's path over several requests, at the
+rate a step's few rows can stream the weights. PackedLinear holds its weights in one layout or the
+other (`is_own`, `codes_of`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,25 @@ def prepack(codes: torch.Tensor):
             0,
         )
     return torch.ops.quantized.linear_prepack(unit, None)
+
+
+def own_kernel(kernels) -> str:  # noqa: ANN001 - server/engine/native's module, or None
+    """The engine's own int8 matmul this process runs ('avx512-vnni', 'avx2'), or '' for fbgemm's."""
+    return kernels.int8_kernel(activation_levels()) if kernels is not None else ""
+
+
+def is_own(packed, kernels) -> bool:  # noqa: ANN001
+    """Whether `packed` is in the engine's own layout (kernels.Int8Weights) rather than fbgemm's."""
+    return kernels is not None and isinstance(packed, kernels.Int8Weights)
+
+
+def codes_of(packed, kernels=None) -> torch.Tensor:  # noqa: ANN001
+    """The int8 codes [out, in] behind either layout."""
+    if is_own(packed, kernels):
+        return packed.codes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ops.quantized.linear_unpack(packed)[0].int_repr()
 
 
 @functools.cache
@@ -69,6 +94,9 @@ def linear(
     `kernels` does that arithmetic in two calls (native/kernels.cpp), with the same bits.
     """
     levels = activation_levels()
+    if is_own(packed, kernels):  # the engine's own int8 matmul (native/kernels.cpp): one call, per-request codes
+        ends = [x.shape[0]] if spans is None else [b for _, b in spans]
+        return kernels.int8_linear(packed, x.contiguous(), ends, levels, channel_scale)
     if spans is None or len(spans) == 1:
         lo, hi = torch.aminmax(x)
         scale, zero_point = _qparams(lo.item(), hi.item(), levels)

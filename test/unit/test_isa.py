@@ -31,26 +31,39 @@ MIN_SAMPLED = 0.93
 CHILD = """
 import json, torch
 from engine_reference import teacher_forced, tiny_lm
-from server.engine import qdynamic
+from server.engine import native, qdynamic
 from server.models.device import default_precision
 from server.engine.fastlm import PackedLinear
 
-# Worst case for the int8 kernel: weight codes near +-127, activations spanning their whole range.
+# Worst case for the int8 kernel (the engine's own where it has one, else fbgemm's): weight codes near
+# +-127, activations spanning their whole range.
+kernels = native.kernels()
+own = qdynamic.own_kernel(kernels)
 torch.manual_seed(0)
 weight = torch.randn(64, 256).sign() * (1 + torch.rand(64, 256))
-lin = PackedLinear(weight, None, "int8-dynamic", torch.device("cpu"))
+lin = PackedLinear(weight, None, "int8-dynamic", torch.device("cpu"), kernels=kernels)
 x = torch.rand(2, 256) * 2 - 1
 x[0, 0], x[0, 1] = -1.0, 1.0
 dequantized = torch.round(weight / lin.scales[:, None]).double() * lin.scales.double()[:, None]
 error = (lin(x).double() - x.double() @ dequantized.T).abs()
 step = (x.max() - x.min()).item() / qdynamic.activation_levels()
 bound = 0.5 * step * dequantized.abs().sum(dim=1) + 1e-4  # half a step on every input, at most
+own_bits = None
+if own:  # the engine's int8 matmul against fbgemm's, three requests in one call
+    codes = qdynamic.codes_of(lin.packed, kernels)
+    xs = torch.randn(9, 256)
+    want = qdynamic.linear(xs, [(0, 2), (2, 3), (3, 9)], qdynamic.prepack(codes), lin.weight_sums, lin.scales)
+    got = kernels.int8_linear(lin.packed, xs, [2, 3, 9], qdynamic.activation_levels(), lin.scales)
+    own_bits = torch.equal(got, want)
 precision = default_precision(torch.device("cpu"))
 lm = tiny_lm("musicgen-small")
 result = teacher_forced(lm, [precision], steps=30)
 print(json.dumps({
     "capability": torch.backends.cpu.get_cpu_capability(),
     "levels": qdynamic.activation_levels(),
+    "native": native.status(),
+    "own_int8": own,
+    "own_int8_bits": own_bits,
     "int8_within_rounding": bool((error <= bound).all()),
     "int8_worst_excess": float((error - bound).max()),
     "precision": precision,
@@ -83,6 +96,19 @@ def test_float32_is_bitwise_transformers(contracts):
 def test_int8_dynamic_is_exact_up_to_activation_rounding(contracts):
     """No saturation: every output is within half an activation step of the exact product."""
     assert contracts["int8_within_rounding"], contracts
+
+
+def test_the_engines_int8_matmul_runs_and_gives_fbgemms_bits(contracts):
+    """Where the engine's kernels are built, their int8 matmul runs on both kernel sets (VNNI, or
+    AVX2's pairs with 7-bit activations) and sums to fbgemm's numbers exactly."""
+    if contracts["native"]["kernels"] != "native":
+        pytest.skip(f"the engine's kernels are not built here: {contracts['native']}")
+    if contracts["native"]["level"] == "baseline":
+        pytest.skip("the baseline build (no AVX2) has no int8 matmul of its own: fbgemm's runs")
+    if contracts["capability"] == "AVX2":
+        assert contracts["levels"] == 127 or contracts["own_int8"] == "", contracts
+    assert contracts["own_int8"], contracts
+    assert contracts["own_int8_bits"], contracts
 
 
 def test_the_default_stays_within_the_documented_drift(contracts):

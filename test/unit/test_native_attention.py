@@ -211,6 +211,10 @@ def test_the_decode_step_runs_natively_and_agrees_with_torch(kernel, tiny_hub, p
     fast = lm.fast_lm()
     assert fast.native is kernel
     assert (fast.decoder is not None) == (precision == "int8-dynamic")
+    if precision == "int8-dynamic":  # the weights are in the layout of the engine's own int8 matmul, where it has one
+        from server.engine import qdynamic
+
+        assert qdynamic.is_own(fast.layers[0].fc1.packed, kernel) == bool(qdynamic.own_kernel(kernel))
     k_books = lm.num_codebooks
     with torch.inference_mode():
         first = encode_text(lm, "warm analog synth", with_null=True)

@@ -23,6 +23,11 @@
 #include <utility>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+#include <omp.h>
+
 namespace {
 
 constexpr int kLanes = 16;  // partial sums per reduction (lane_sum)
@@ -323,8 +328,9 @@ at::Tensor dequantize_rows(at::Tensor out, const at::Tensor& shift, const at::Te
 }
 
 // Decoder: a whole int8-dynamic decode step (every layer, the final norm and the codebook heads) in one
-// call, for server/engine/fastlm.py's FastLM.step: fbgemm's int8 matmul called directly, the functions
-// above, and its own layer norm and GELU. What it saves is the Python and dispatch between ~850 small
+// call, for server/engine/fastlm.py's FastLM.step: the engine's own int8 matmul (below; fbgemm's, called
+// directly, where it has none), the functions above, and its own layer norm and GELU (the GELU and the
+// residual adds fused into the matmul's stores). What it saves is the Python and dispatch between ~850 small
 // calls a step (one request on musicgen-small), ~10 ms of ~28. Every op is row-wise or per request, so
 // a request's logits do not depend on its batch; they are close to the Python step's, not its bits.
 
@@ -344,22 +350,361 @@ void layer_norm_rows(const float* x, float* out, int64_t rows, int64_t width, co
   }
 }
 
-// x * Phi(x), Phi through erf (Abramowitz and Stegun 7.1.26, |error| < 1.5e-7), in place.
-void gelu_inplace(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    const float a = std::fabs(v) * 0.70710678118654752f;
-    const float t = 1.0f / (1.0f + 0.3275911f * a);
-    float poly = 1.061405429f;
-    poly = poly * t - 1.453152027f;
-    poly = poly * t + 1.421413741f;
-    poly = poly * t - 0.284496736f;
-    poly = poly * t + 0.254829592f;
-    poly = poly * t;
-    const float erf_abs = 1.0f - poly * exp_nonpositive(-a * a);
-    const float erf = v < 0.0f ? -erf_abs : erf_abs;
-    x[i] = 0.5f * v * (1.0f + erf);
+// x * Phi(x), Phi through erf (Abramowitz and Stegun 7.1.26, |error| < 1.5e-7).
+inline float gelu(float v) {
+  const float a = std::fabs(v) * 0.70710678118654752f;
+  const float t = 1.0f / (1.0f + 0.3275911f * a);
+  float poly = 1.061405429f;
+  poly = poly * t - 1.453152027f;
+  poly = poly * t + 1.421413741f;
+  poly = poly * t - 0.284496736f;
+  poly = poly * t + 0.254829592f;
+  poly = poly * t;
+  const float erf_abs = 1.0f - poly * exp_nonpositive(-a * a);
+  const float erf = v < 0.0f ? -erf_abs : erf_abs;
+  return 0.5f * v * (1.0f + erf);
+}
+
+// The engine's own int8 matmul (int8_linear, and the Decoder's linears where it runs): int8 weight codes
+// times activations quantized to unsigned codes per request, summed exactly in int32.
+// Why not fbgemm's: at the few rows of a decode step its packed kernel streamed 28-31 GB/s of weights on
+// 2 threads of an AMD EPYC Zen 4 where a plain loop over this layout streamed 45-48 GB/s (a 1 GiB copy:
+// 32.7 GB/s read + written), and a call through torch carries fbgemm's own quantize and requantize
+// passes. Each output is (sum - zero_point_r * code_sum_c) * scale_r * channel_scale_c: the integer sum
+// is exact, so a row's numbers do not depend on its batch, on the thread count or on the path (VNNI or
+// AVX2) that summed it.
+//
+// Layout: blocks of 16 output channels; in a block, 4 input positions of each channel side by side
+// ([blocks][in / 4][16][4], zero-padded): one 64-byte load holds 4 codes of 16 channels, which one
+// VNNI vpdpbusd multiplies by a row's 4 activation codes (broadcast) into 16 int32 sums.
+// Without VNNI (AVX2: AMD Zen 3 and older) vpmaddubsw adds pairs of products into int16, exact for
+// activation codes up to 127 (qdynamic.activation_levels says 127 on such CPUs): 2 x 127 x 128 < 2^15.
+
+constexpr int64_t kBlock = 16;  // output channels per block
+constexpr int64_t kGroup = 4;   // input positions per 32-bit lane
+
+struct Int8Weights {
+  at::Tensor packed;     // int8 [blocks, in_groups, 64]
+  at::Tensor code_sums;  // int32 [out_features]: each channel's sum of codes
+  int64_t out_features = 0, in_features = 0;
+};
+
+Int8Weights pack_int8(const at::Tensor& codes) {
+  TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kChar, "codes must be int8 [out, in]");
+  const at::Tensor c = codes.contiguous();
+  const int64_t out = c.size(0), in = c.size(1);
+  const int64_t blocks = (out + kBlock - 1) / kBlock, groups = (in + kGroup - 1) / kGroup;
+  Int8Weights w{at::zeros({blocks, groups, kBlock * kGroup}, c.options()), at::empty({out}, c.options().dtype(at::kInt)),
+                out, in};
+  const int8_t* src = c.data_ptr<int8_t>();
+  int8_t* dst = w.packed.data_ptr<int8_t>();
+  int32_t* sums = w.code_sums.data_ptr<int32_t>();
+  at::parallel_for(0, out, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      int32_t sum = 0;
+      int8_t* block = dst + (o / kBlock) * groups * kBlock * kGroup + (o % kBlock) * kGroup;
+      for (int64_t i = 0; i < in; ++i) {
+        block[(i / kGroup) * kBlock * kGroup + i % kGroup] = src[o * in + i];
+        sum += src[o * in + i];
+      }
+      sums[o] = sum;
+    }
+  });
+  return w;
+}
+
+at::Tensor unpack_int8(const Int8Weights& w) {
+  const int64_t out = w.out_features, in = w.in_features, groups = w.packed.size(1);
+  at::Tensor codes = at::empty({out, in}, w.packed.options());
+  const int8_t* src = w.packed.data_ptr<int8_t>();
+  int8_t* dst = codes.data_ptr<int8_t>();
+  for (int64_t o = 0; o < out; ++o) {
+    const int8_t* block = src + (o / kBlock) * groups * kBlock * kGroup + (o % kBlock) * kGroup;
+    for (int64_t i = 0; i < in; ++i) dst[o * in + i] = block[(i / kGroup) * kBlock * kGroup + i % kGroup];
   }
+  return codes;
+}
+
+enum class Int8Path { none, avx2, vnni };
+
+// The path this build and CPU have for activation codes up to `levels`.
+Int8Path int8_path(int64_t levels) {
+#if defined(__AVX512F__)
+  if (__builtin_cpu_supports("avx512vnni")) return Int8Path::vnni;
+#endif
+#if defined(__AVX2__)
+  if (levels <= 127) return Int8Path::avx2;
+#endif
+  (void)levels;
+  return Int8Path::none;
+}
+
+std::string int8_kernel(int64_t levels) {
+  switch (int8_path(levels)) {
+    case Int8Path::vnni: return "avx512-vnni";
+    case Int8Path::avx2: return "avx2";
+    default: return "";
+  }
+}
+
+// One tile: CB blocks of 16 channels by RB rows, over every input group; acc [RB][CB * 16].
+#if defined(__AVX512F__)
+template <int CB, int RB>
+__attribute__((target("avx512vnni"))) void tile_vnni(const int8_t* w, int64_t groups, int64_t block_stride,
+                                                      const uint8_t* a, int64_t a_stride, int32_t* acc_out) {
+  __m512i acc[CB][RB];
+  for (int c = 0; c < CB; ++c)
+    for (int r = 0; r < RB; ++r) acc[c][r] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i wv[CB];
+    for (int c = 0; c < CB; ++c) wv[c] = _mm512_loadu_si512(w + c * block_stride + g * kBlock * kGroup);
+    for (int r = 0; r < RB; ++r) {
+      int32_t four;
+      std::memcpy(&four, a + r * a_stride + g * kGroup, sizeof(four));
+      const __m512i av = _mm512_set1_epi32(four);
+      for (int c = 0; c < CB; ++c) acc[c][r] = _mm512_dpbusd_epi32(acc[c][r], av, wv[c]);
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CB; ++c) _mm512_storeu_si512(acc_out + r * CB * kBlock + c * kBlock, acc[c][r]);
+}
+#endif
+
+#if defined(__AVX2__)
+template <int CB, int RB>
+void tile_avx2(const int8_t* w, int64_t groups, int64_t block_stride, const uint8_t* a, int64_t a_stride,
+               int32_t* acc_out) {
+  __m256i acc[CB][2][RB];
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int c = 0; c < CB; ++c)
+    for (int h = 0; h < 2; ++h)
+      for (int r = 0; r < RB; ++r) acc[c][h][r] = _mm256_setzero_si256();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i wv[CB][2];
+    for (int c = 0; c < CB; ++c)
+      for (int h = 0; h < 2; ++h)
+        wv[c][h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c * block_stride + g * kBlock * kGroup + h * 32));
+    for (int r = 0; r < RB; ++r) {
+      int32_t four;
+      std::memcpy(&four, a + r * a_stride + g * kGroup, sizeof(four));
+      const __m256i av = _mm256_set1_epi32(four);
+      for (int c = 0; c < CB; ++c)
+        for (int h = 0; h < 2; ++h) {
+          const __m256i pairs = _mm256_maddubs_epi16(av, wv[c][h]);  // exact: codes <= 127
+          acc[c][h][r] = _mm256_add_epi32(acc[c][h][r], _mm256_madd_epi16(pairs, ones));
+        }
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int c = 0; c < CB; ++c)
+      for (int h = 0; h < 2; ++h)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc_out + r * CB * kBlock + c * kBlock + h * 8), acc[c][h][r]);
+}
+#endif
+
+enum class Store { set, gelu, add };  // out = y, out = gelu(y), out += y
+
+// A call's quantized rows and what turns the sums into outputs.
+struct Int8Call {
+  const uint8_t* codes;  // [rows, groups * 4]
+  int64_t code_stride;
+  const int32_t* zero;  // per row
+  const float* scale;   // per row
+  const float* channel_scale;
+  const float* bias;  // or null
+  float* out;
+  int64_t out_stride;
+  Store store;
+};
+
+// (sum - zero * code_sum) * scale * channel_scale (+ bias), stored as `store` says: rows r0.., channels c0..
+// One branch-free loop per store, so each vectorizes.
+void finish(const Int8Weights& w, const Int8Call& call, const int32_t* acc, int64_t acc_stride, int64_t r0,
+            int64_t rows, int64_t c0, int64_t width) {
+  const int32_t* __restrict sums = w.code_sums.data_ptr<int32_t>() + c0;
+  const float* __restrict cs = call.channel_scale + c0;
+  const float* __restrict bias = call.bias != nullptr ? call.bias + c0 : nullptr;
+  width = std::min(width, w.out_features - c0);
+  float y[12 * 2 * kBlock];
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t zero = call.zero[r0 + r];
+    const float scale = call.scale[r0 + r];
+    const int32_t* __restrict a = acc + r * acc_stride;
+    float* __restrict o = call.out + (r0 + r) * call.out_stride + c0;
+    for (int64_t c = 0; c < width; ++c) y[c] = static_cast<float>(a[c] - zero * sums[c]) * scale * cs[c];
+    if (bias != nullptr) {
+      for (int64_t c = 0; c < width; ++c) y[c] += bias[c];
+    }
+    switch (call.store) {
+      case Store::set:
+        for (int64_t c = 0; c < width; ++c) o[c] = y[c];
+        break;
+      case Store::gelu:
+        for (int64_t c = 0; c < width; ++c) o[c] = gelu(y[c]);
+        break;
+      case Store::add:
+        for (int64_t c = 0; c < width; ++c) o[c] = o[c] + y[c];
+        break;
+    }
+  }
+}
+
+template <int CB, int RB>
+void run_tile(Int8Path path, const int8_t* w, int64_t groups, int64_t block_stride, const uint8_t* a, int64_t a_stride,
+              int32_t* acc) {
+#if defined(__AVX512F__)
+  if (path == Int8Path::vnni) return tile_vnni<CB, RB>(w, groups, block_stride, a, a_stride, acc);
+#endif
+#if defined(__AVX2__)
+  tile_avx2<CB, RB>(w, groups, block_stride, a, a_stride, acc);
+#endif
+  (void)path, (void)w, (void)groups, (void)block_stride, (void)a, (void)a_stride, (void)acc;
+}
+
+// Rows per tile: as many as the registers hold beside the weights (32 zmm with VNNI, 16 ymm without).
+template <int CB>
+constexpr int max_rows(bool vnni) {
+  return vnni ? (CB == 1 ? 12 : 8) : (CB == 1 ? 6 : 2);
+}
+
+// Every row against CB blocks starting at block b0.
+template <int CB>
+void column_tiles(Int8Path path, const Int8Weights& w, const Int8Call& call, int64_t rows, int64_t b0) {
+  const int64_t groups = w.packed.size(1), block_stride = groups * kBlock * kGroup;
+  const int8_t* wb = w.packed.data_ptr<int8_t>() + b0 * block_stride;
+  const int rmax = path == Int8Path::vnni ? max_rows<CB>(true) : max_rows<CB>(false);
+  int32_t acc[12 * CB * kBlock];
+  for (int64_t r = 0; r < rows; r += rmax) {
+    const int64_t n = std::min<int64_t>(rmax, rows - r);
+    const uint8_t* a = call.codes + r * call.code_stride;
+    switch (n) {
+#define AUDIOCRAFT_TILE(R)                                                          \
+  case R:                                                                           \
+    run_tile<CB, R>(path, wb, groups, block_stride, a, call.code_stride, acc); \
+    break;
+      AUDIOCRAFT_TILE(1) AUDIOCRAFT_TILE(2) AUDIOCRAFT_TILE(3) AUDIOCRAFT_TILE(4) AUDIOCRAFT_TILE(5)
+      AUDIOCRAFT_TILE(6) AUDIOCRAFT_TILE(7) AUDIOCRAFT_TILE(8) AUDIOCRAFT_TILE(9) AUDIOCRAFT_TILE(10)
+      AUDIOCRAFT_TILE(11) AUDIOCRAFT_TILE(12)
+#undef AUDIOCRAFT_TILE
+      default: TORCH_CHECK(false, "tile of ", n, " rows");
+    }
+    finish(w, call, acc, CB * kBlock, r, n, b0 * kBlock, CB * kBlock);
+  }
+}
+
+#if defined(__AVX2__)
+// The smallest and largest of p[0..n) (order-free, so exact).
+std::pair<float, float> row_range(const float* p, int64_t n) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(p + i);
+    lo = _mm256_min_ps(lo, v);
+    hi = _mm256_max_ps(hi, v);
+  }
+  alignas(32) float l[8], h[8];
+  _mm256_store_ps(l, lo);
+  _mm256_store_ps(h, hi);
+  float a = 0.0f, b = 0.0f;
+  for (int k = 0; k < 8; ++k) a = std::min(a, l[k]), b = std::max(b, h[k]);
+  for (; i < n; ++i) a = std::min(a, p[i]), b = std::max(b, p[i]);
+  return {a, b};
+}
+
+// codes[i] = clamp(round_half_even(x[i] / scale + zero), 0, top): quantize_spans' codes, bit for bit
+// (a product by 1 / scale, fused or not, rounds a few codes the other way).
+void quantize_row(const float* x, int64_t n, float scale, float zero, int32_t top, uint8_t* codes) {
+  const __m256 sc = _mm256_set1_ps(scale), z = _mm256_set1_ps(zero);
+  const __m256i zero_i = _mm256_setzero_si256(), top_i = _mm256_set1_epi32(top);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256i c = _mm256_cvtps_epi32(_mm256_add_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), sc), z));  // nearest, ties even
+    c = _mm256_min_epi32(_mm256_max_epi32(c, zero_i), top_i);
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(c, c), zero_i);
+    const uint32_t low = static_cast<uint32_t>(_mm256_extract_epi32(bytes, 0));
+    const uint32_t high = static_cast<uint32_t>(_mm256_extract_epi32(bytes, 4));
+    std::memcpy(codes + i, &low, 4);
+    std::memcpy(codes + i + 4, &high, 4);
+  }
+  for (; i < n; ++i) {
+    const float v = std::nearbyint(x[i] / scale + zero);
+    codes[i] = static_cast<uint8_t>(std::min(std::max(v, 0.0f), static_cast<float>(top)));
+  }
+}
+#endif
+
+// x [rows, in] float32 contiguous, each request's rows (ends) quantized with its own range (0 in it;
+// scale and zero point as qparams gives them) to codes 0..levels; then the matmul and `store` into
+// out [rows, out_features]. One OpenMP region for the whole call: the threads split the rows to
+// quantize, then the output channels (two barriers instead of two fork-joins: at one request a call
+// is ~100 us, and each fork-join cost several).
+void int8_matmul(Int8Path path, const Int8Weights& w, const float* x, int64_t rows, const std::vector<int64_t>& ends,
+                 int64_t levels, const float* channel_scale, const float* bias, float* out, Store store) {
+#if defined(__AVX2__)
+  const int64_t in = w.in_features, groups = w.packed.size(1), stride = groups * kGroup;
+  std::vector<uint8_t> codes(rows * stride, 0);
+  std::vector<int32_t> zero(rows);
+  std::vector<float> scale(rows), lo(rows), hi(rows);
+  std::vector<int64_t> span_of(rows);
+  for (int64_t s = 0, first = 0; s < static_cast<int64_t>(ends.size()); first = ends[s++]) {
+    TORCH_CHECK(ends[s] > first && ends[s] <= rows, "spans must be non-empty and in order");
+    for (int64_t r = first; r < ends[s]; ++r) span_of[r] = s;
+  }
+  TORCH_CHECK(!ends.empty() && ends.back() == rows, "the spans must end at the last row");
+  const Int8Call call{codes.data(), stride, zero.data(), scale.data(), channel_scale, bias, out, w.out_features, store};
+  const int64_t blocks = w.packed.size(0);
+  // Few rows stream the weights (one block per tile); more rows reuse each weight load twice.
+  const int64_t cb = rows <= 4 || blocks % 2 != 0 ? 1 : 2;
+  const int64_t tiles = blocks / cb;
+  const int threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles)));
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    for (int64_t r = tid; r < rows; r += nt) std::tie(lo[r], hi[r]) = row_range(x + r * in, in);
+#pragma omp barrier
+    for (int64_t r = tid; r < rows; r += nt) {
+      const int64_t s = span_of[r], first = s == 0 ? 0 : ends[s - 1];
+      float a = 0.0f, b = 0.0f;
+      for (int64_t q = first; q < ends[s]; ++q) a = std::min(a, lo[q]), b = std::max(b, hi[q]);
+      const auto [sc, zp] = qparams(a, b, levels);
+      quantize_row(x + r * in, in, sc, static_cast<float>(zp), static_cast<int32_t>(levels),
+                   codes.data() + r * stride);
+      zero[r] = static_cast<int32_t>(zp);
+      scale[r] = sc;
+    }
+#pragma omp barrier
+    for (int64_t t = tid * tiles / nt, end = (tid + 1) * tiles / nt; t < end; ++t) {
+      if (cb == 1) column_tiles<1>(path, w, call, rows, t);
+      else column_tiles<2>(path, w, call, rows, t * 2);
+    }
+  }
+#else
+  (void)path, (void)w, (void)x, (void)rows, (void)ends, (void)levels, (void)channel_scale, (void)bias, (void)out, (void)store;
+  TORCH_CHECK(false, "this build has no int8 kernel");
+#endif
+}
+
+// int8_linear: x [rows, in] float32, ends: each request's last row + 1. Returns [rows, out] float32.
+at::Tensor int8_linear(const Int8Weights& w, const at::Tensor& x, const std::vector<int64_t>& ends, int64_t levels,
+                       const at::Tensor& channel_scale, const c10::optional<at::Tensor>& bias) {
+  const Int8Path path = int8_path(levels);
+  TORCH_CHECK(path != Int8Path::none, "this build and CPU have no int8 kernel for activation codes up to ", levels);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == w.in_features && x.scalar_type() == at::kFloat, "x must be float32 [rows, ",
+              w.in_features, "]");
+  TORCH_CHECK(!ends.empty() && ends.back() == x.size(0), "the spans must end at the last row");
+  TORCH_CHECK(channel_scale.numel() == w.out_features && channel_scale.scalar_type() == at::kFloat,
+              "one float32 channel scale per output");
+  const at::Tensor xc = x.contiguous(), cs = channel_scale.contiguous();
+  c10::optional<at::Tensor> b;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->numel() == w.out_features && bias->scalar_type() == at::kFloat, "one float32 bias per output");
+    b = bias->contiguous();
+  }
+  at::Tensor out = at::empty({x.size(0), w.out_features}, x.options());
+  pybind11::gil_scoped_release no_gil;
+  int8_matmul(path, w, xc.data_ptr<float>(), x.size(0), ends, levels, cs.data_ptr<float>(),
+              b.has_value() ? b->data_ptr<float>() : nullptr, out.data_ptr<float>(), Store::set);
+  return out;
 }
 
 // fbgemm's prepacked weights, from the Python object torch.ops.quantized.linear_prepack returned.
@@ -371,8 +716,9 @@ c10::intrusive_ptr<LinearPackedParamsBase> unwrap_packed(const pybind11::object&
 }
 
 struct Linear {
-  c10::intrusive_ptr<LinearPackedParamsBase> packed;
-  at::Tensor code_sums, channel_scale;
+  c10::intrusive_ptr<LinearPackedParamsBase> packed;  // fbgemm's, or null where `own` holds the weights
+  c10::optional<Int8Weights> own;                      // the engine's int8 layout (int8_linear)
+  at::Tensor code_sums, channel_scale;                 // code_sums: fbgemm's path only
   c10::optional<at::Tensor> bias;
 };
 
@@ -390,8 +736,8 @@ struct Layer {
   Linear fc1, fc2;
 };
 
-// qdynamic.linear, then the bias: x [rows, in] contiguous float32, ends as quantize_spans takes them.
-at::Tensor linear(const Linear& l, const at::Tensor& x, const std::vector<int64_t>& ends, int64_t levels) {
+// qdynamic.linear through fbgemm, then the bias: x [rows, in] contiguous float32, ends as quantize_spans takes them.
+at::Tensor fbgemm_linear(const Linear& l, const at::Tensor& x, const std::vector<int64_t>& ends, int64_t levels) {
   at::Tensor out;
   if (ends.size() == 1) {  // fbgemm quantizes a request alone itself
     const auto [lo, hi] = range_with_zero(x.data_ptr<float>(), x.numel());
@@ -422,7 +768,8 @@ at::Tensor norm(const Norm& n, const at::Tensor& x) {
 class Decoder {
  public:
   Decoder(int64_t hidden, int64_t heads, double scale, int64_t levels)
-      : hidden_(hidden), heads_(heads), dim_(hidden / heads), scale_(static_cast<float>(scale)), levels_(levels) {
+      : hidden_(hidden), heads_(heads), dim_(hidden / heads), scale_(static_cast<float>(scale)), levels_(levels),
+        path_(int8_path(levels)) {
     TORCH_CHECK(hidden % heads == 0, "hidden size must split into heads");
   }
 
@@ -478,13 +825,13 @@ class Decoder {
     for (int64_t li = 0; li < layers; ++li) {
       const Layer& layer = layers_[li];
       // self-attention
-      at::Tensor qkv = linear(layer.qkv, norm(layer.norm_self, h), ends, levels_);
+      at::Tensor qkv = linear(layer.qkv, norm(layer.norm_self, h), ends);
       at::Tensor att = at::empty({rows, hidden_}, h.options());
       const float* qp = qkv.data_ptr<float>();
       attend_rows(qp, qkv.stride(0), qp + hidden_, qp + 2 * hidden_, qkv.stride(0),
                   layer_caches(self_k, self_v, lengths, 1, li), row_request, heads_, dim_, self_rows.max_length, scale_,
                   cache_dtype, att.data_ptr<float>());
-      add_rows(hp, linear(layer.out, att, ends, levels_), nullptr);
+      linear_into(layer.out, att, ends, hp, Store::add);
 
       // cross-attention, conditional rows only (the null rows' is exactly 0)
       if (cross) {
@@ -492,23 +839,47 @@ class Decoder {
         for (int64_t i = 0; i < n_cond; ++i) {
           std::memcpy(cond_h.data_ptr<float>() + i * hidden_, hp + cond_rows[i] * hidden_, hidden_ * sizeof(float));
         }
-        at::Tensor cq = linear(*layer.cross_q, norm(*layer.norm_cross, cond_h), cond.ends, levels_);
+        at::Tensor cq = linear(*layer.cross_q, norm(*layer.norm_cross, cond_h), cond.ends);
         at::Tensor catt = at::empty({n_cond, hidden_}, h.options());
         attend_rows(cq.data_ptr<float>(), cq.stride(0), nullptr, nullptr, 0,
                     layer_caches(cross_k, cross_v, text_lengths, 1, li), cond.request, heads_, dim_, cond.max_length,
                     scale_, text_dtype, catt.data_ptr<float>());
-        add_rows(hp, linear(*layer.cross_out, catt, cond.ends, levels_), &cond_rows);
+        add_rows(hp, linear(*layer.cross_out, catt, cond.ends), &cond_rows);
       }
 
       // feed-forward
-      at::Tensor f = linear(layer.fc1, norm(layer.norm_ffn, h), ends, levels_);
-      gelu_inplace(f.data_ptr<float>(), f.numel());
-      add_rows(hp, linear(layer.fc2, f, ends, levels_), nullptr);
+      at::Tensor f = linear(layer.fc1, norm(layer.norm_ffn, h), ends, Store::gelu);
+      linear_into(layer.fc2, f, ends, hp, Store::add);
     }
-    return linear(*heads_out_, norm(*final_norm_, h), ends, levels_);
+    return linear(*heads_out_, norm(*final_norm_, h), ends);
   }
 
  private:
+  // y = x W^T + b into out [rows, outputs] as `store` says: the engine's int8 matmul where it holds the
+  // weights (the store fused into it), else fbgemm's and a pass after.
+  void linear_into(const Linear& l, const at::Tensor& x, const std::vector<int64_t>& ends, float* out,
+                   Store store) const {
+    if (l.own.has_value() && path_ != Int8Path::none) {
+      int8_matmul(path_, *l.own, x.data_ptr<float>(), x.size(0), ends, levels_, l.channel_scale.data_ptr<float>(),
+                  l.bias.has_value() ? l.bias->data_ptr<float>() : nullptr, out, store);
+      return;
+    }
+    TORCH_CHECK(l.packed, "the engine's int8 kernel does not run here and the layer has no fbgemm weights");
+    const at::Tensor y = fbgemm_linear(l, x, ends, levels_);
+    const float* yp = y.data_ptr<float>();
+    for (int64_t i = 0, n = y.numel(); i < n; ++i) {
+      out[i] = store == Store::add ? out[i] + yp[i] : store == Store::gelu ? gelu(yp[i]) : yp[i];
+    }
+  }
+
+  at::Tensor linear(const Linear& l, const at::Tensor& x, const std::vector<int64_t>& ends,
+                    Store store = Store::set) const {
+    const int64_t outputs = l.own.has_value() ? l.own->out_features : l.channel_scale.numel();
+    at::Tensor out = at::empty({x.size(0), outputs}, x.options());
+    linear_into(l, x, ends, out.data_ptr<float>(), store);
+    return out;
+  }
+
   // h[rows[i]] += x[i] (every row in order when rows is null), one IEEE add per element.
   void add_rows(float* h, const at::Tensor& x, const std::vector<int64_t>* rows) const {
     const float* xp = x.data_ptr<float>();
@@ -522,6 +893,7 @@ class Decoder {
   int64_t hidden_, heads_, dim_;
   float scale_;
   int64_t levels_;
+  Int8Path path_;
   std::vector<Layer> layers_;
   c10::optional<Norm> final_norm_;
   c10::optional<Linear> heads_out_;
@@ -536,10 +908,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("quantize_spans", &quantize_spans, "Per-request activation codes for fbgemm's int8 matmul");
   m.def("dequantize_rows", &dequantize_rows, "Per-request and per-channel scales after fbgemm's int8 matmul");
   namespace py = pybind11;
+  py::class_<Int8Weights>(m, "Int8Weights")
+      .def(py::init(&pack_int8), py::arg("codes"))
+      .def("codes", &unpack_int8)
+      .def_property_readonly("code_sums", [](const Int8Weights& w) { return w.code_sums; })
+      .def_property_readonly("nbytes", [](const Int8Weights& w) { return w.packed.numel(); })
+      .def_property_readonly("shape", [](const Int8Weights& w) { return std::make_pair(w.out_features, w.in_features); });
+  m.def("int8_kernel", &int8_kernel, "The engine's int8 matmul for activation codes up to levels: its name, or ''");
+  m.def("int8_linear", &int8_linear, "x W^T for the engine's int8 weights, x quantized per request",
+        py::arg("weights"), py::arg("x"), py::arg("ends"), py::arg("levels"), py::arg("channel_scale"),
+        py::arg("bias") = py::none());
   py::class_<Linear>(m, "Linear")
       .def(py::init([](const py::object& packed, at::Tensor code_sums, at::Tensor channel_scale,
                        c10::optional<at::Tensor> bias) {
-             return Linear{unwrap_packed(packed), code_sums.contiguous(), channel_scale.contiguous(), bias};
+             TORCH_CHECK(channel_scale.scalar_type() == at::kFloat && (!bias.has_value() || bias->scalar_type() == at::kFloat),
+                         "channel scales and bias must be float32");
+             if (bias.has_value()) bias = bias->contiguous();
+             if (py::isinstance<Int8Weights>(packed)) {
+               return Linear{{}, packed.cast<Int8Weights>(), code_sums, channel_scale.contiguous(), bias};
+             }
+             return Linear{unwrap_packed(packed), {}, code_sums.contiguous(), channel_scale.contiguous(), bias};
            }),
            py::arg("packed"), py::arg("code_sums"), py::arg("channel_scale"), py::arg("bias") = py::none());
   py::class_<Norm>(m, "Norm")
