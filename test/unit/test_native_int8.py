@@ -40,6 +40,8 @@ def _weights(out_features: int, in_features: int, seed: int):
         (96, 256, [2, 1, 2]),  # 5 rows: two blocks per tile
         (100, 250, [3, 4]),  # channels past the last full block, inputs past the last group of 4
         (112, 64, [2] * 10 + [7]),  # 27 rows: full tiles and a remainder; an odd number of blocks
+        (128, 96, [3, 3]),  # 6 rows over 8 blocks: four blocks per tile with VNNI, two without
+        (128, 96, [2] * 10 + [7]),
     ],
 )
 def test_gives_fbgemms_bits(kernels, levels, out_features, in_features, request_rows, monkeypatch):
