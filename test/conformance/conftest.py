@@ -34,6 +34,12 @@ class OracleVenv:
 
 
 @pytest.fixture(scope="session")
+def oracle_environ() -> dict[str, str]:
+    """The environment an oracle's set-up script or Python runs in (not this venv's)."""
+    return oracle_env()
+
+
+@pytest.fixture(scope="session")
 def oracle_venv() -> OracleVenv:
     """The oracle's venv. Skips only when the environment cannot be created (no package registry);
     anything that goes wrong after that fails."""

@@ -12,7 +12,6 @@ Skips only when the oracle environment cannot be created (no package registry).
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -31,17 +30,11 @@ HERE = Path(__file__).resolve().parent
 TOLERANCE = 1e-5
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def pair(tmp_path_factory, oracle_environ):
     """(audioseal's results, the engine's loaded model) on one tiny snapshot."""
     setup = subprocess.run(
-        ["bash", str(HERE / "setup-audioseal.sh")], capture_output=True, text=True, timeout=3600, env=_env()
+        ["bash", str(HERE / "setup-audioseal.sh")], capture_output=True, text=True, timeout=3600, env=oracle_environ
     )
     if setup.returncode != 0:
         tail = "\n".join(setup.stderr.strip().splitlines()[-15:])
@@ -59,7 +52,7 @@ def pair(tmp_path_factory):
         capture_output=True,
         text=True,
         timeout=1800,
-        env=_env() | {"PYTHONPATH": site},
+        env=oracle_environ | {"PYTHONPATH": site},
     )
     assert run.returncode == 0, f"audioseal_oracle.py failed:\n{run.stderr[-4000:]}"
     results = dict(np.load(out / "audioseal.npz"))

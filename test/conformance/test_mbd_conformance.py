@@ -13,8 +13,6 @@ The project's own tiny checkpoint (`models make-tiny`) goes the other way: audio
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +26,11 @@ from server.models.convert.audiocraft_export import read_package
 from server.models.convert.mbd_checkpoint import MUSICGEN_FILE
 from server.models.mbd import ensure_converted, load_folder
 
-HERE = Path(__file__).resolve().parent
 # The same float32 arithmetic in another torch build, through 4 bands x 20 denoising steps with
 # clipping and two band-split equalisers: rounding only. Measured at most 3.0e-7 (peaks ~0.24) over
 # the six runs on AMD Zen 4; a wrong step, a swapped tensor or noise drawn out of order moves the
 # audio by ~1e-1.
 AUDIO_TOLERANCE = 1e-5
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +44,9 @@ def project_tiny(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def oracle(tmp_path_factory, project_tiny) -> dict:
-    setup = subprocess.run(
-        ["bash", str(HERE / "setup-env.sh")], capture_output=True, text=True, timeout=3600, env=_env()
-    )
-    if setup.returncode != 0:
-        tail = "\n".join(setup.stderr.strip().splitlines()[-15:])
-        pytest.skip(
-            f"the audiocraft oracle environment could not be created (setup-env.sh exit {setup.returncode}):\n{tail}"
-        )
-    python = setup.stdout.strip().splitlines()[-1]
+def oracle(tmp_path_factory, project_tiny, oracle_venv) -> dict:
     out = tmp_path_factory.mktemp("oracle-mbd")
-    run = subprocess.run(
-        [python, str(HERE / "oracle_mbd.py"), str(out), str(project_tiny)],
-        capture_output=True, text=True, timeout=1800, env=_env(),
-    )  # fmt: skip
-    assert run.returncode == 0, f"oracle_mbd.py failed:\n{run.stderr[-4000:]}"
+    oracle_venv.run("oracle_mbd.py", out, project_tiny)
     results = json.loads((out / "mbd" / "results.json").read_text())
     results["root"] = out / "mbd"
     return results
