@@ -367,10 +367,12 @@ inline float gelu(float v) {
 
 // The engine's own int8 matmul (int8_linear, and the Decoder's linears where it runs): int8 weight codes
 // times activations quantized to unsigned codes per request, summed exactly in int32.
-// Why not fbgemm's: at the few rows of a decode step its packed kernel streamed 28-31 GB/s of weights on
-// 2 threads of an AMD EPYC Zen 4 where a plain loop over this layout streamed 45-48 GB/s (a 1 GiB copy:
-// 32.7 GB/s read + written), and a call through torch carries fbgemm's own quantize and requantize
-// passes. Each output is (sum - zero_point_r * code_sum_c) * scale_r * channel_scale_c: the integer sum
+// Why not fbgemm's: at a decode step's few rows each call carries fbgemm's own passes (quantize, row
+// offsets, requantize) and fork-joins around a weight stream that is the whole cost; here one OpenMP
+// region quantizes, streams and stores, with the step's GELU and residual adds in the stores. Measured
+// on an AMD EPYC Zen 5, 2 threads, musicgen-small: a one-request step 12.9 -> 10.7 ms, a ten-request
+// step 46.2 -> 39.4 ms, 5 s of audio 4.58 -> 3.87 s (docs/benchmarks.md, issue 20, session 10). Held to
+// AVX2 the two are level (3-6 % behind fbgemm at one request). Each output is (sum - zero_point_r * code_sum_c) * scale_r * channel_scale_c: the integer sum
 // is exact, so a row's numbers do not depend on its batch, on the thread count or on the path (VNNI or
 // AVX2) that summed it.
 //
