@@ -143,18 +143,20 @@ class PackedLinear:
         else:  # qdynamic: the codes packed at unit scale (the channel scales go after), in the engine's
             # own layout where its int8 matmul runs, else prepacked for fbgemm
             self.native = kernels
-            self.packed = self._pack(self.weight, kernels)
+            self._pack(self.weight, kernels, own=True)
             self.scales = scale
-            # Integer code sums, exact in fp32. numpy's int32 row sum: torch's took 36 ms on one
-            # musicgen-large fc1 (8192 x 2048) against 3.8 ms, a third of a load's packing time.
-            self.weight_sums = torch.from_numpy(self.weight.numpy().sum(axis=1, dtype=np.int32)).float()
             self.weight = torch.empty(0, dtype=torch.int8)  # the packed copy is the one used
 
-    @staticmethod
-    def _pack(codes: torch.Tensor, kernels, own: bool = True):  # noqa: ANN001, ANN205
+    def _pack(self, codes: torch.Tensor, kernels, own: bool) -> None:  # noqa: ANN001
+        """self.packed (and the codes' row sums fbgemm's path corrects with) in one layout."""
         if own and qdynamic.own_kernel(kernels):
-            return kernels.Int8Weights(codes)
-        return qdynamic.prepack(codes)
+            self.packed = kernels.Int8Weights(codes)  # it sums the codes as it packs them
+            self.weight_sums = self.packed.code_sums.float()
+            return
+        self.packed = qdynamic.prepack(codes)
+        # Integer code sums, exact in fp32. numpy's int32 row sum: torch's took 36 ms on one
+        # musicgen-large fc1 (8192 x 2048) against 3.8 ms, a third of a load's packing time.
+        self.weight_sums = torch.from_numpy(codes.numpy().sum(axis=1, dtype=np.int32)).float()
 
     def use_kernels(self, kernels, own_int8: bool = True) -> None:  # noqa: ANN001 - server/engine/native's module, or None
         """Run on these kernels (None: torch's ops alone), repacking the int8 codes into the layout
@@ -164,7 +166,7 @@ class PackedLinear:
             return
         own = own_int8 and bool(qdynamic.own_kernel(kernels))
         if qdynamic.is_own(self.packed, self.native) != own:
-            self.packed = self._pack(qdynamic.codes_of(self.packed, self.native), kernels, own)
+            self._pack(qdynamic.codes_of(self.packed, self.native), kernels, own)
         self.native = kernels
 
     def tensors(self) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.settings import Settings
-from server.engine import native
+from server.engine import native, qdynamic
 from server.engine.decode import encode_text
 from server.models.registry import ModelRegistry
 
@@ -212,8 +212,6 @@ def test_the_decode_step_runs_natively_and_agrees_with_torch(kernel, tiny_hub, p
     assert fast.native is kernel
     assert (fast.decoder is not None) == (precision == "int8-dynamic")
     if precision == "int8-dynamic":  # the weights are in the layout of the engine's own int8 matmul, where it has one
-        from server.engine import qdynamic
-
         assert qdynamic.is_own(fast.layers[0].fc1.packed, kernel) == bool(qdynamic.own_kernel(kernel))
     k_books = lm.num_codebooks
     with torch.inference_mode():
@@ -222,10 +220,15 @@ def test_the_decode_step_runs_natively_and_agrees_with_torch(kernel, tiny_hub, p
         rows = 4 if guided == "all" else 3
         cond_rows, cond_step = (torch.tensor([0, 2]), 2) if guided == "all" else (torch.tensor([0, 2]), None)
         runs = {}
-        for name, on, whole in (("whole", True, True), ("python", True, False), ("torch", False, False)):
+        forms = [("whole", True, True, True), ("python", True, False, True), ("torch", False, False, True)]
+        if precision == "int8-dynamic":  # bench/generate.py's int8-dynamic/fbgemm: the whole step on fbgemm's
+            forms.append(("fbgemm", True, True, False))
+        for name, on, whole, own in forms:
             caches = [fast.new_cache(2, 10, first), fast.new_cache(rows - 2, 10, second)]
             gen = torch.Generator().manual_seed(0)
-            fast.use_native(on, whole_step=whole)
+            fast.use_native(on, whole_step=whole, own_int8=own)
+            if name == "fbgemm":
+                assert not qdynamic.is_own(fast.layers[0].fc1.packed, kernel)
             try:
                 steps = []
                 for _ in range(7):
@@ -235,6 +238,8 @@ def test_the_decode_step_runs_natively_and_agrees_with_torch(kernel, tiny_hub, p
                 fast.use_native(True)
             runs[name] = torch.stack(steps)
     torch.testing.assert_close(runs["whole"], runs["python"], rtol=1e-4, atol=1e-4)
+    if "fbgemm" in runs:
+        torch.testing.assert_close(runs["fbgemm"], runs["whole"], rtol=1e-4, atol=1e-4)
     tolerance = 1e-4 if precision == "int8-dynamic" else 5e-2  # bf16 caches: torch attends in bf16
     torch.testing.assert_close(runs["python"], runs["torch"], rtol=tolerance, atol=tolerance)
 

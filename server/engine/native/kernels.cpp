@@ -83,10 +83,24 @@ inline float dot(const float* q, const T* k, int64_t dim) {
   return lane_sum(dim, [&](int64_t d) { return q[d] * load(k + d); });
 }
 
-// The smallest and largest of p[0..n), with 0 in the range (a request's quantization range).
+// The smallest and largest of p[0..n), with 0 in the range (a request's quantization range). Min and
+// max are order-free, so the AVX2 loop gives the plain loop's result.
 inline std::pair<float, float> range_with_zero(const float* p, int64_t n) {
   float lo = 0.0f, hi = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  __m256 lo8 = _mm256_setzero_ps(), hi8 = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(p + i);
+    lo8 = _mm256_min_ps(lo8, v);
+    hi8 = _mm256_max_ps(hi8, v);
+  }
+  alignas(32) float l[8], h[8];
+  _mm256_store_ps(l, lo8);
+  _mm256_store_ps(h, hi8);
+  for (int k = 0; k < 8; ++k) lo = std::min(lo, l[k]), hi = std::max(hi, h[k]);
+#endif
+  for (; i < n; ++i) {
     lo = std::min(lo, p[i]);
     hi = std::max(hi, p[i]);
   }
@@ -595,24 +609,6 @@ void column_tiles(Int8Path path, const Int8Weights& w, const Int8Call& call, int
 }
 
 #if defined(__AVX2__)
-// The smallest and largest of p[0..n) (order-free, so exact).
-std::pair<float, float> row_range(const float* p, int64_t n) {
-  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(p + i);
-    lo = _mm256_min_ps(lo, v);
-    hi = _mm256_max_ps(hi, v);
-  }
-  alignas(32) float l[8], h[8];
-  _mm256_store_ps(l, lo);
-  _mm256_store_ps(h, hi);
-  float a = 0.0f, b = 0.0f;
-  for (int k = 0; k < 8; ++k) a = std::min(a, l[k]), b = std::max(b, h[k]);
-  for (; i < n; ++i) a = std::min(a, p[i]), b = std::max(b, p[i]);
-  return {a, b};
-}
-
 // codes[i] = clamp(round_half_even(x[i] / scale + zero), 0, top): quantize_spans' codes, bit for bit
 // (a product by 1 / scale, fused or not, rounds a few codes the other way).
 void quantize_row(const float* x, int64_t n, float scale, float zero, int32_t top, uint8_t* codes) {
@@ -665,7 +661,7 @@ void int8_matmul(Int8Path path, const Int8Weights& w, const float* x, int64_t ro
 #pragma omp parallel num_threads(threads)
   {
     const int64_t tid = omp_get_thread_num(), nt = omp_get_num_threads();
-    for (int64_t r = tid; r < rows; r += nt) std::tie(lo[r], hi[r]) = row_range(x + r * in, in);
+    for (int64_t r = tid; r < rows; r += nt) std::tie(lo[r], hi[r]) = range_with_zero(x + r * in, in);
 #pragma omp barrier
     for (int64_t r = tid; r < rows; r += nt) {
       const int64_t s = span_of[r], first = s == 0 ? 0 : ends[s - 1];
@@ -918,7 +914,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init(&pack_int8), py::arg("codes"))
       .def("codes", &unpack_int8)
       .def_property_readonly("code_sums", [](const Int8Weights& w) { return w.code_sums; })
-      .def_property_readonly("nbytes", [](const Int8Weights& w) { return w.packed.numel(); })
       .def_property_readonly("shape", [](const Int8Weights& w) { return std::make_pair(w.out_features, w.in_features); });
   m.def("int8_kernel", &int8_kernel, "The engine's int8 matmul for activation codes up to levels: its name, or ''");
   m.def("int8_linear", &int8_linear, "x W^T for the engine's int8 weights, x quantized per request",
