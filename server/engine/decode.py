@@ -14,11 +14,14 @@ The job runner (server/jobs/runner.py) drives it.
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 
 from server.engine import delay, threads
+from server.engine.codec import channels_last
+from server.engine.codec.channels_last import ChannelsLastDecoder
 from server.engine.errors import UnsupportedRequest
 from server.engine.fastlm import THREAD_INVARIANT, FastLM, RequestCache
 from server.engine.sampling import SamplerBatch, SamplingParams, guide, guide_double
@@ -464,13 +467,35 @@ def decode_pieces(lm: TextToAudioLM, pieces: list[Piece]) -> list[torch.Tensor]:
     return out  # type: ignore[return-value]
 
 
+_CPU_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, ChannelsLastDecoder | None] = weakref.WeakKeyDictionary()
+
+
+def codec_decoder(codec: torch.nn.Module, exact: bool):
+    """codes [rows, K, T] -> audio [rows, 1, samples] with the model's EnCodec.
+
+    On the CPU in float32 that is the channels-last runner (server/engine/codec/channels_last.py),
+    1.5-2.5x faster than transformers' decoder and equal to it to float rounding. `exact` (the
+    float32 precision, which reproduces transformers bit for bit), CUDA, other dtypes and
+    structures the runner does not know take transformers' own decode."""
+    param = next(codec.parameters())
+    fast = None
+    if not exact and param.device.type == "cpu" and param.dtype == torch.float32:
+        if codec not in _CPU_DECODERS:
+            _CPU_DECODERS[codec] = ChannelsLastDecoder(codec.decoder) if channels_last.supports(codec) else None
+        fast = _CPU_DECODERS[codec]
+
+    def decode(rows: torch.Tensor) -> torch.Tensor:
+        if fast is None:
+            return codec.decode(rows[None], audio_scales=[None]).audio_values
+        return fast(codec.quantizer.decode(rows.transpose(0, 1)))
+
+    return decode
+
+
 def _codec_pass(lm: TextToAudioLM, pieces: list[Piece]) -> torch.Tensor:
     """One batched EnCodec decode of pieces of one shape: [B, channels, samples]."""
-    codec = lm.model.audio_encoder
+    decode = codec_decoder(lm.model.audio_encoder, exact=lm.precision == "float32")
     frames = torch.stack([p.codes[:, slice(*p.span)] for p in pieces]).to(lm.device)  # [B, K, T]
-
-    def decode(rows: torch.Tensor) -> torch.Tensor:  # [rows, K', T] -> [rows, 1, samples]
-        return codec.decode(rows[None], audio_scales=[None]).audio_values
 
     if not lm.stereo:
         return decode(frames)

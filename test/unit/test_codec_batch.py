@@ -21,29 +21,39 @@ def registry(tiny_hub):
     return ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype="float32"))
 
 
+@pytest.fixture(scope="module", params=["float32", "int8-dynamic"])
+def any_registry(request, tiny_hub):
+    """float32 decodes with transformers' EnCodec (exact); the CPU default with the channels-last one."""
+    return ModelRegistry(Settings(models_dir=tiny_hub, device="cpu", dtype=request.param))
+
+
 def random_codes(lm, frames: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, lm.decoder_config.vocab_size, (lm.num_codebooks, frames), generator=generator)
 
 
 class CountedDecode:
-    """Counts the codec's decode calls and the batch size of each."""
+    """Counts the codec passes and the rows of each."""
 
     def __init__(self, lm, monkeypatch):
         self.batches: list[int] = []
-        codec = lm.model.audio_encoder
-        real = codec.decode
+        real = decode.codec_decoder
 
-        def counted(codes, *args, **kwargs):
-            self.batches.append(codes.shape[1])
-            return real(codes, *args, **kwargs)
+        def counted(codec, exact):
+            inner = real(codec, exact)
 
-        monkeypatch.setattr(codec, "decode", counted)
+            def run(rows):
+                self.batches.append(rows.shape[0])
+                return inner(rows)
+
+            return run
+
+        monkeypatch.setattr(decode, "codec_decoder", counted)
 
 
 @pytest.mark.parametrize("name", ["musicgen-small", "musicgen-stereo-small"])
-def test_a_batched_pass_gives_each_piece_its_own_audio(registry, name, monkeypatch):
-    lm = registry.get(name)
+def test_a_batched_pass_gives_each_piece_its_own_audio(any_registry, name, monkeypatch):
+    lm = any_registry.get(name)
     timelines = [random_codes(lm, 120, seed) for seed in range(4)]
     # Three pieces of one shape (batched), one of another shape (its own pass), one with context.
     longer = random_codes(lm, 300, 9)
