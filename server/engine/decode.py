@@ -21,7 +21,6 @@ import torch
 
 from server.engine import delay, threads
 from server.engine.codec import channels_last
-from server.engine.codec.channels_last import ChannelsLastDecoder
 from server.engine.errors import UnsupportedRequest
 from server.engine.fastlm import THREAD_INVARIANT, FastLM, RequestCache
 from server.engine.sampling import SamplerBatch, SamplingParams, guide, guide_double
@@ -467,21 +466,22 @@ def decode_pieces(lm: TextToAudioLM, pieces: list[Piece]) -> list[torch.Tensor]:
     return out  # type: ignore[return-value]
 
 
-_CPU_DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, ChannelsLastDecoder | None] = weakref.WeakKeyDictionary()
+# Each codec's runner (None: transformers' decode), built on its first non-exact decode.
+_CPU_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def codec_decoder(codec: torch.nn.Module, exact: bool):
     """codes [rows, K, T] -> audio [rows, 1, samples] with the model's EnCodec.
 
     On the CPU in float32 that is the channels-last runner (server/engine/codec/channels_last.py),
-    1.5-2.5x faster than transformers' decoder and equal to it to float rounding. `exact` (the
+    1.4-2x faster than transformers' decoder and equal to it to float rounding. `exact` (the
     float32 precision, which reproduces transformers bit for bit), CUDA, other dtypes and
     structures the runner does not know take transformers' own decode."""
     param = next(codec.parameters())
     fast = None
     if not exact and param.device.type == "cpu" and param.dtype == torch.float32:
         if codec not in _CPU_DECODERS:
-            _CPU_DECODERS[codec] = ChannelsLastDecoder(codec.decoder) if channels_last.supports(codec) else None
+            _CPU_DECODERS[codec] = channels_last.for_codec(codec)
         fast = _CPU_DECODERS[codec]
 
     def decode(rows: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,9 @@ def test_a_batched_pass_gives_each_piece_its_own_audio(any_registry, name, monke
     alone = [decode.decode_piece(lm, p.codes, p.start, p.end) for p in pieces]
     calls = CountedDecode(lm, monkeypatch)
     together = decode.decode_pieces(lm, pieces)
+    # The CPU default decodes with the channels-last runner; float32, the exact mode, with transformers'.
+    runner = decode._CPU_DECODERS.get(lm.model.audio_encoder)
+    assert (runner is not None) == (lm.precision != "float32")
     channels = 2 if lm.stereo else 1
     # Stereo: both channels of the three are one batch of six; a piece alone decodes a channel a call.
     assert sorted(calls.batches) == ([1, 1, 1, 1, 6] if lm.stereo else [1, 1, 3])

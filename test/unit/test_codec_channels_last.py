@@ -102,8 +102,8 @@ def test_codec_decoder_is_transformers_bit_for_bit_when_exact_and_close_otherwis
 @torch.inference_mode()
 def test_a_structure_it_does_not_know_takes_transformers_decode():
     codec = small_codec(norm_type="time_group_norm")
-    assert not channels_last.supports(codec)
-    assert channels_last.supports(small_codec())
+    assert channels_last.for_codec(codec) is None
+    assert channels_last.for_codec(small_codec()) is not None
     codes = torch.randint(0, 64, (1, 2, 10))
     want = codec.decode(codes[None], audio_scales=[None]).audio_values
     assert torch.equal(codec_decoder(codec, exact=False)(codes), want)

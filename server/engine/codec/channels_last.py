@@ -5,9 +5,10 @@ The decoder's upsampling half works on long signals with few channels ([B, 64, 1
 layout and the output back, and the last stage (a transposed conv to 64 channels and a residual
 block at 32 kHz) spent 350 ms of a 0.7 s decode on that and on slow conv paths (Zen 4, 2 threads).
 Laid out as [B, C, 1, T] in channels_last, oneDNN runs the convolutions on the tensor as it is:
-the same stage took 187 ms, the whole decode ~2x less. The result equals transformers' decoder to
-float rounding (the convolutions sum in another order); `test/unit/test_codec_channels_last.py`
-checks it on the real structure.
+the same stage took 187 ms, and the whole decode 1.5x less alone, 2x less a request in a batch of
+ten (bench/codec_decode.py). The result equals transformers' decoder to float rounding (the
+convolutions sum in another order); `test/unit/test_codec_channels_last.py` checks it on the real
+structure.
 
 Weights are read once, with weight norm applied, when the runner is built: they never change
 after loading (the codec is not fine-tuned).
@@ -15,11 +16,11 @@ after loading (the codec is not fine-tuned).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from server.engine.codec.stream import ConvPadding, transpose_trim
 
 
 def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor:
@@ -41,48 +42,32 @@ def _pad_time(x: torch.Tensor, left: int, right: int, mode: str) -> torch.Tensor
     return padded[..., : padded.shape[-1] - extra]
 
 
+def _weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (transposed) convolution's weight as [*, *, 1, kernel] in channels_last, and its bias."""
+    if layer.norm_type != "weight_norm":
+        raise ValueError(f"{layer.norm_type} is not supported by the channels-last decoder")
+    weight = layer.conv.weight.detach()[:, :, None, :].contiguous(memory_format=torch.channels_last)
+    return weight, layer.conv.bias.detach()
+
+
 class _Conv:
     def __init__(self, layer: nn.Module):
-        if layer.norm_type != "weight_norm":
-            raise ValueError(f"{layer.norm_type} is not supported by the channels-last decoder")
-        conv = layer.conv
-        self.weight = conv.weight.detach()[:, :, None, :].contiguous(memory_format=torch.channels_last)
-        self.bias = conv.bias.detach().clone()
-        self.stride = int(conv.stride[0])
-        self.dilation = int(conv.dilation[0])
-        self.kernel = (int(conv.kernel_size[0]) - 1) * self.dilation + 1
-        self.padding_total = self.kernel - self.stride
-        self.causal = layer.causal
+        self.weight, self.bias = _weights(layer)
+        self.padding = ConvPadding.of(layer)
+        self.dilation = int(layer.conv.dilation[0])
         self.mode = layer.pad_mode
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[-1]
-        # transformers' _get_extra_padding_for_conv1d
-        n_frames = math.ceil((length - self.kernel + self.padding_total) / self.stride + 1) - 1
-        extra = n_frames * self.stride + self.kernel - self.padding_total - length
-        if self.causal:
-            left, right = self.padding_total, extra
-        else:
-            right = self.padding_total // 2
-            left, right = self.padding_total - right, right + extra
-        x = _pad_time(x, left, right, self.mode)
-        return F.conv2d(x, self.weight, self.bias, stride=(1, self.stride), dilation=(1, self.dilation))
+        p = self.padding
+        x = _pad_time(x, p.left, p.right + p.extra(x.shape[-1]), self.mode)
+        return F.conv2d(x, self.weight, self.bias, stride=(1, p.stride), dilation=(1, self.dilation))
 
 
 class _ConvTranspose:
     def __init__(self, layer: nn.Module):
-        if layer.norm_type != "weight_norm":
-            raise ValueError(f"{layer.norm_type} is not supported by the channels-last decoder")
-        conv = layer.conv
-        self.weight = conv.weight.detach()[:, :, None, :].contiguous(memory_format=torch.channels_last)
-        self.bias = conv.bias.detach().clone()
-        self.stride = int(conv.stride[0])
-        padding_total = int(conv.kernel_size[0]) - self.stride
-        if layer.causal:
-            self.pad_right = math.ceil(padding_total * layer.trim_right_ratio)
-        else:
-            self.pad_right = padding_total // 2
-        self.pad_left = padding_total - self.pad_right
+        self.weight, self.bias = _weights(layer)
+        self.stride = int(layer.conv.stride[0])
+        self.pad_left, self.pad_right = transpose_trim(layer)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # As a matmul and an overlap-add (the kernel is twice the stride) it took 20 % longer:
@@ -155,10 +140,10 @@ class ChannelsLastDecoder:
         return torch.cat(rows)
 
 
-def supports(codec: nn.Module) -> bool:
-    """Whether the codec's decoder has a channels-last runner (all of MusicGen's and AudioGen's)."""
+def for_codec(codec: nn.Module) -> ChannelsLastDecoder | None:
+    """The runner for the codec's decoder, or None where it has a layer the runner does not know
+    (MusicGen's and AudioGen's have none)."""
     try:
-        ChannelsLastDecoder(codec.decoder)
+        return ChannelsLastDecoder(codec.decoder)
     except ValueError:
-        return False
-    return True
+        return None

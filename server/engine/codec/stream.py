@@ -22,6 +22,7 @@ whole input at once (time_group_norm, in the 48 kHz model) cannot stream: that m
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,6 +39,40 @@ def _empty_like(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
     parts = [p for p in parts if p is not None]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
+@dataclass(frozen=True)
+class ConvPadding:
+    """transformers' padding rule for an EncodecConv1d: `left` and `right` samples around the input,
+    plus `extra(length)` on the right so that the last window is whole."""
+
+    kernel: int  # with dilation
+    stride: int
+    left: int
+    right: int
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> ConvPadding:
+        stride = int(layer.conv.stride[0])
+        kernel = (int(layer.conv.kernel_size[0]) - 1) * int(layer.conv.dilation[0]) + 1
+        total = kernel - stride
+        if layer.causal:
+            return cls(kernel, stride, total, 0)
+        return cls(kernel, stride, total - total // 2, total // 2)
+
+    def extra(self, length: int) -> int:
+        """transformers' _get_extra_padding_for_conv1d for an input of `length` samples."""
+        total = self.kernel - self.stride
+        n_frames = math.ceil((length - self.kernel + total) / self.stride + 1) - 1
+        return n_frames * self.stride + self.kernel - total - length
+
+
+def transpose_trim(layer: nn.Module) -> tuple[int, int]:
+    """The samples an EncodecConvTranspose1d trims from its output's start and end."""
+    stride = int(layer.conv.stride[0])
+    total = int(layer.conv.kernel_size[0]) - stride
+    right = math.ceil(total * layer.trim_right_ratio) if layer.causal else total // 2
+    return total - right, right
 
 
 class Stage:
@@ -66,14 +101,9 @@ class Conv(Stage):
             raise NotStreamable(f"{layer.norm_type} normalises over the whole input and cannot stream")
         self.conv = layer.conv
         self.mode = layer.pad_mode
-        self.stride = int(layer.conv.stride[0])
-        self.kernel = (int(layer.conv.kernel_size[0]) - 1) * int(layer.conv.dilation[0]) + 1
-        self.padding_total = self.kernel - self.stride
-        if layer.causal:
-            self.pad_left, self.pad_right = self.padding_total, 0
-        else:
-            self.pad_right = self.padding_total // 2
-            self.pad_left = self.padding_total - self.pad_right
+        self.padding = ConvPadding.of(layer)
+        self.stride, self.kernel = self.padding.stride, self.padding.kernel
+        self.pad_left, self.pad_right = self.padding.left, self.padding.right
         # Right padding is pad_right plus at most stride - 1 "extra" samples; reflecting m samples
         # needs the last m + 1 real ones.
         self._tail_len = self.pad_right + self.stride
@@ -116,18 +146,12 @@ class Conv(Stage):
         self._buf = self._buf[..., n * self.stride :].clone()
         return y
 
-    def _extra_padding(self, length: int) -> int:
-        # transformers' _get_extra_padding_for_conv1d, on the whole input's length.
-        n_frames = (length - self.kernel + self.padding_total) / self.stride + 1
-        n_frames = math.ceil(n_frames) - 1
-        return n_frames * self.stride + self.kernel - self.padding_total - length
-
     def flush(self) -> torch.Tensor | None:
         if self._seen == 0:
             return None
         if self._buf is None or self._tail is None:
             raise NotStreamable("the input is too short to stream; run the module on it in one piece")
-        right = self.pad_right + self._extra_padding(self._seen)
+        right = self.pad_right + self.padding.extra(self._seen)  # on the whole input's length
         if right:
             if self._tail.shape[-1] <= right:
                 raise NotStreamable("the input is too short to stream; run the module on it in one piece")
@@ -145,15 +169,9 @@ class ConvTranspose(Stage):
             raise NotStreamable(f"{layer.norm_type} normalises over the whole input and cannot stream")
         self.conv = layer.conv
         self.stride = int(layer.conv.stride[0])
-        kernel = int(layer.conv.kernel_size[0])
-        padding_total = kernel - self.stride
-        if layer.causal:
-            pad_right = math.ceil(padding_total * layer.trim_right_ratio)
-        else:
-            pad_right = padding_total // 2
-        self.pad_left = padding_total - pad_right
+        self.pad_left, pad_right = transpose_trim(layer)
         # Input frames before a chunk that still add to the chunk's first output samples.
-        self.context = math.ceil(padding_total / self.stride)
+        self.context = math.ceil((self.pad_left + pad_right) / self.stride)
         self._prev: torch.Tensor | None = None
         self._frames = 0  # input frames seen
         self._emitted = 0  # untrimmed output samples emitted (or dropped as left padding)
